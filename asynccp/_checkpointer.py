@@ -1,0 +1,468 @@
+"""Checkpointer: the object users hold. It wires the stages together and owns them.
+
+``save()`` validates and snapshots, then hands the checkpoint to the bounded queue and
+returns; one uploader task (in the checkpointer's own task group) takes checkpoints
+in save order, uploads and commits each, then applies retention. Leaving the
+``async with`` block flushes: every staged checkpoint commits (or its error is
+raised) before the block is left, even when the body raised or was cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._handle import SaveHandle
+from ._location import DEFAULT_CHUNK_SIZE, DEFAULT_PART_CONCURRENCY, Location, resolve
+from ._manifest import MAX_STEP, check_metadata, now
+from ._payload import Payload, discard, remove_staging, snapshot
+from ._queue import Policy, StagingQueue
+from ._restore import Checkpoint, latest, list_checkpoints, list_steps, load, newest_verified
+from ._retention import apply_retention, collect_orphans
+from ._upload import Pending, upload
+from .errors import (
+    CheckpointClosedError,
+    CheckpointError,
+    FlushTimeoutError,
+    StepAlreadyCommittedError,
+    StepOrderError,
+    SupersededError,
+)
+
+__all__ = ["Checkpointer", "Stats"]
+
+log = logging.getLogger("asynccp")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of what a :class:`Checkpointer` has done so far."""
+
+    saves: int
+    committed: int
+    failed: int
+    superseded: int
+    bytes_saved: int
+    bytes_committed: int
+    queue_depth: int
+    queue_bytes: int
+    stall_seconds: float
+    max_stall_seconds: float
+    upload_seconds: float
+    last_committed_step: int | None
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note`` that also works on Python 3.10."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # pragma: no cover - 3.10 only
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+class Checkpointer:
+    """Save checkpoints without stalling, commit them atomically, restore the latest.
+
+    Use it as ``async with Checkpointer(location, ...) as cp``. ``location`` is a
+    path, a ``file://``, ``memory://``, ``s3://``, ``gs://`` or ``az://`` URL, or an
+    obstore store object (with ``prefix=``). Extra keyword arguments go to
+    ``obstore.store.from_url`` for URLs (``client_options``, ``retry_config``,
+    credentials...).
+
+    Args:
+        max_pending: checkpoints staged but not yet committed before ``save()`` has
+            to wait (``policy="block"``) or supersede (``policy="latest"``).
+        max_pending_bytes: bytes staged but not yet committed (memory bound). One
+            checkpoint larger than this is accepted alone, once the queue is empty.
+        policy: ``"block"`` (backpressure) or ``"latest"`` (drop the oldest
+            checkpoint not yet started; its handle raises ``SupersededError``).
+        keep: keep the newest ``keep`` committed checkpoints (None keeps all).
+        keep_every: also keep every step divisible by this (milestones).
+        attempt: recorded in each manifest; set by the supervisor.
+        durable: fsync local writes before a checkpoint counts as committed.
+        flush_timeout: seconds the exit flush may take before pending work is
+            abandoned and reported with ``FlushTimeoutError``.
+        max_concurrency: files of one checkpoint uploaded at once.
+        chunk_size, part_concurrency: multipart part size and parallel parts for
+            large objects on remote stores.
+        orphan_grace: seconds before an uncommitted payload folder is collected.
+        staging_dir: where file payloads are copied while they wait (a temp dir).
+    """
+
+    def __init__(
+        self,
+        location: Any,
+        *,
+        prefix: str | None = None,
+        max_pending: int = 4,
+        max_pending_bytes: int = 1 << 30,
+        policy: Policy = "block",
+        keep: int | None = None,
+        keep_every: int | None = None,
+        attempt: int = 0,
+        durable: bool = True,
+        flush_timeout: float | timedelta = 300.0,
+        max_concurrency: int = 8,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+        orphan_grace: float | timedelta = 3600.0,
+        staging_dir: str | os.PathLike[str] | None = None,
+        **store_options: Any,
+    ) -> None:
+        _positive_int("max_pending", max_pending)
+        _positive_int("max_pending_bytes", max_pending_bytes)
+        _positive_int("keep", keep, allow_none=True, minimum=0)
+        _positive_int("keep_every", keep_every, allow_none=True)
+        _positive_int("attempt", attempt, minimum=0)
+        _positive_int("max_concurrency", max_concurrency)
+        if policy not in ("block", "latest"):
+            raise ValueError(f"policy must be 'block' or 'latest', got {policy!r}")
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
+        self._location: Location = resolve(
+            location,
+            prefix=prefix,
+            durable=durable,
+            chunk_size=chunk_size,
+            part_concurrency=part_concurrency,
+            **store_options,
+        )
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.policy: Policy = policy
+        self.keep = keep
+        self.keep_every = keep_every
+        self.attempt = attempt
+        self.flush_timeout = _seconds("flush_timeout", flush_timeout)
+        self.orphan_grace = _seconds("orphan_grace", orphan_grace)
+        self.max_concurrency = max_concurrency
+        self._staging_parent = None if staging_dir is None else os.fspath(staging_dir)
+        #: This writer's id, part of its payload folder names.
+        self.writer_id = secrets.token_hex(6)
+        self._state = "new"
+        self._failures: list[CheckpointError] = []
+        self._last_step: int | None = None
+        self._known_latest: int | None = None
+        self._orphans_collected = False
+        self._counts = {"saves": 0, "committed": 0, "failed": 0, "superseded": 0}
+        self._bytes_saved = self._bytes_committed = 0
+        self._stall = self._max_stall = self._upload_time = 0.0
+        self._last_committed: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Checkpointer {self._location.description} writer={self.writer_id} {self._state}>"
+
+    @property
+    def location(self) -> str:
+        """Where the checkpoints go, as a readable string."""
+        return self._location.description
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Checkpointer:
+        if self._state != "new":
+            raise CheckpointClosedError("a Checkpointer can be used in one `async with` block only")
+        self._state = "opening"
+        try:
+            await anyio.to_thread.run_sync(self._location.open)
+        except Exception as e:
+            self._state = "closed"
+            raise CheckpointError(f"cannot open {self._location.description}: {e}") from e
+        self._staging = Path(
+            await anyio.to_thread.run_sync(
+                lambda: tempfile.mkdtemp(prefix="asynccp-staging-", dir=self._staging_parent)
+            )
+        )
+        self._queue: StagingQueue[Pending] = StagingQueue(
+            self.max_pending, self.max_pending_bytes, self.policy, self._supersede
+        )
+        self._save_lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(self.max_concurrency)
+        self._worker_scope = anyio.CancelScope(shield=True)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._worker)
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = "closing"
+        self._queue.close()
+        errors: list[CheckpointError] = []
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self.flush_timeout) as flush_scope:
+                await self._queue.wait_idle()
+            if flush_scope.cancelled_caught:
+                errors.append(self._abandon())
+            await anyio.to_thread.run_sync(remove_staging, self._staging)
+        # The task group was entered in __aenter__, so it is exited last (scopes nest).
+        # The worker is finished or cancelled by now, so this returns promptly.
+        await self._tg.__aexit__(None, None, None)
+        self._state = "closed"
+        errors[:0] = self._take_failures()
+        if not errors:
+            return
+        if exc is not None:
+            for err in errors:
+                add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
+            return
+        first = errors[0]
+        for err in errors[1:]:
+            add_note(first, f"also: {type(err).__name__}: {err}")
+        raise first
+
+    def _abandon(self) -> FlushTimeoutError:
+        """Give up on pending work after ``flush_timeout``: fail every handle, stop the worker."""
+        pending = self._queue.drain()
+        err = FlushTimeoutError(
+            f"flush did not finish within {self.flush_timeout:g} s: "
+            f"{len(pending)} staged checkpoint(s) and the one in flight were abandoned "
+            f"(steps {[p.step for p in pending][:10]}); the latest committed step is "
+            f"{self._last_committed}"
+        )
+        for item in pending:
+            item.handle._fail(err)
+            discard(item.files)
+        self._worker_scope.cancel()
+        return err
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise CheckpointClosedError(
+                f"the Checkpointer is {self._state}; use it inside `async with Checkpointer(...) as cp`"
+            )
+
+    # -- saving -------------------------------------------------------------------------
+
+    async def save(self, step: int, payload: Payload, *, metadata: Any = None) -> SaveHandle:
+        """Stage checkpoint ``step`` and return at once; upload happens in the background.
+
+        ``payload`` is ``bytes`` (kept, zero-copy), any buffer (copied once), ``str``
+        (UTF-8 text), a path to a file or directory (copied to staging), or a mapping
+        of file names to those. Returns a :class:`SaveHandle`; ``await`` it to wait for
+        the commit. Raises any earlier background failure not yet reported.
+        """
+        self._check_open()
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise TypeError(f"step must be an int, got {type(step).__name__}")
+        if not 0 <= step <= MAX_STEP:
+            raise ValueError(f"step must be between 0 and {MAX_STEP}, got {step}")
+        meta = check_metadata(metadata)
+        async with self._save_lock:
+            started = time.perf_counter()
+            self._raise_failures()
+            if self._last_step is not None and step <= self._last_step:
+                raise StepOrderError(
+                    f"step {step} is not greater than the previous step {self._last_step}; "
+                    "steps must grow"
+                )
+            if self._known_latest is not None and step <= self._known_latest:
+                cls = StepAlreadyCommittedError if step == self._known_latest else StepOrderError
+                raise cls(
+                    f"step {step} is not after the latest committed step {self._known_latest} "
+                    f"in {self.location}; save step {self._known_latest + 1} or later"
+                )
+            files = await snapshot(payload, self._staging)
+            item = Pending(step, files, meta, now(), SaveHandle(step))
+            try:
+                await self._queue.put(item)
+            except BaseException:
+                discard(files)
+                raise
+            self._last_step = step
+            stall = time.perf_counter() - started
+        self._counts["saves"] += 1
+        self._bytes_saved += item.size
+        self._stall += stall
+        self._max_stall = max(self._max_stall, stall)
+        return item.handle
+
+    async def write(self, data: bytes) -> SaveHandle:
+        """Flyte-style: save ``data`` as the next step (latest committed + 1)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write() takes bytes, got {type(data).__name__}")
+        self._check_open()
+        if self._last_step is not None:
+            step = self._last_step + 1
+        else:
+            steps = await list_steps(self._location)
+            step = steps[-1] + 1 if steps else 0
+        return await self.save(step, data)
+
+    async def flush(self) -> None:
+        """Wait until every staged checkpoint has committed; raise unreported failures."""
+        self._check_open()
+        await self._queue.wait_idle()
+        self._raise_failures()
+
+    def _take_failures(self) -> list[CheckpointError]:
+        failures, self._failures = self._failures, []
+        return failures
+
+    def _raise_failures(self) -> None:
+        failures = self._take_failures()
+        if failures:
+            first = failures[0]
+            for err in failures[1:]:
+                add_note(first, f"also: {type(err).__name__}: {err}")
+            raise first
+
+    def _supersede(self, item: Pending) -> None:
+        item.handle._fail(
+            SupersededError(f"checkpoint {item.step} was superseded by a newer one before upload")
+        )
+        discard(item.files)
+        self._counts["superseded"] += 1
+
+    async def _worker(self) -> None:
+        with self._worker_scope:
+            while (item := await self._queue.get()) is not None:
+                await self._process(item)
+
+    async def _process(self, item: Pending) -> None:
+        started = time.perf_counter()
+        try:
+            ckpt = await upload(
+                self._location,
+                item,
+                writer=self.writer_id,
+                attempt=self.attempt,
+                limiter=self._limiter,
+            )
+        except CheckpointError as e:
+            self._counts["failed"] += 1
+            self._failures.append(e)
+            item.handle._fail(e)
+        except anyio.get_cancelled_exc_class():
+            item.handle._fail(FlushTimeoutError(f"checkpoint {item.step} was abandoned mid-upload"))
+            raise
+        else:
+            self._counts["committed"] += 1
+            self._bytes_committed += item.size
+            self._last_committed = item.step
+            item.handle._resolve(ckpt)
+            await self._housekeeping()
+        finally:
+            self._upload_time += time.perf_counter() - started
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(discard, item.files)
+            self._queue.done(item)
+
+    async def _housekeeping(self) -> None:
+        """Retention after a commit, orphan collection once per checkpointer; never fatal."""
+        try:
+            if self.keep is not None:
+                await apply_retention(self._location, self.keep, self.keep_every)
+            if not self._orphans_collected:
+                self._orphans_collected = True
+                await collect_orphans(self._location, timedelta(seconds=self.orphan_grace))
+        except Exception as e:
+            log.warning(
+                "asynccp: retention in %s failed (will retry next commit): %s", self.location, e
+            )
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def latest(self) -> Checkpoint | None:
+        """The newest committed checkpoint whose manifest is valid and payload complete.
+
+        Cheap: a listing and metadata calls, no payload reads. None when there is none.
+        """
+        ckpt = await latest(self._location)
+        if ckpt is not None:
+            self._known_latest = max(ckpt.step, self._known_latest or 0)
+        return ckpt
+
+    async def list(self) -> list[Checkpoint]:
+        """Every committed checkpoint with a valid manifest, oldest first."""
+        return await list_checkpoints(self._location)
+
+    async def get(self, step: int) -> Checkpoint:
+        """The checkpoint committed at ``step``; CheckpointNotFoundError if there is none."""
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise TypeError(f"step must be an int, got {type(step).__name__}")
+        if not 0 <= step <= MAX_STEP:
+            raise ValueError(f"step must be between 0 and {MAX_STEP}, got {step}")
+        return await load(self._location, step)
+
+    async def read(self) -> bytes | None:
+        """The payload of the newest checkpoint that verifies (it must hold one file).
+
+        Falls back past corrupt checkpoints with a ``CorruptCheckpointWarning``.
+        None when no checkpoint verifies.
+        """
+        found = await newest_verified(self._location, lambda c: c.read())
+        return None if found is None else found[1]
+
+    async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
+        """Download the newest checkpoint that verifies into ``dest_dir``; return it.
+
+        Falls back past corrupt checkpoints with a warning; None when there is none.
+        """
+        if not isinstance(dest_dir, (str, os.PathLike)):
+            raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
+        found = await newest_verified(self._location, lambda c: c.download(dest_dir))
+        return None if found is None else found[1]
+
+    async def prev_exists(self) -> bool:
+        """Whether a complete committed checkpoint exists at this location."""
+        return await self.latest() is not None
+
+    @property
+    def stats(self) -> Stats:
+        """Counts, bytes, queue depth, caller stall and upload time so far."""
+        queue = getattr(self, "_queue", None)
+        return Stats(
+            saves=self._counts["saves"],
+            committed=self._counts["committed"],
+            failed=self._counts["failed"],
+            superseded=self._counts["superseded"],
+            bytes_saved=self._bytes_saved,
+            bytes_committed=self._bytes_committed,
+            queue_depth=queue.depth if queue else 0,
+            queue_bytes=queue.staged_bytes if queue else 0,
+            stall_seconds=self._stall,
+            max_stall_seconds=self._max_stall,
+            upload_seconds=self._upload_time,
+            last_committed_step=self._last_committed,
+        )

@@ -1,0 +1,327 @@
+"""Where checkpoints live: a URL, path or obstore store turned into one storage handle.
+
+Every method here is synchronous and is meant to run in a worker thread
+(``anyio.to_thread.run_sync``). That is deliberate: obstore's asyncio API can abort
+the interpreter at exit (a tokio thread takes the GIL during shutdown, SIGABRT in
+about 1 run of 3 under load) and does not work under trio at all, while its
+synchronous API in worker threads exits cleanly and releases the GIL while it waits.
+
+Local directories get their own writer: obstore's LocalStore never fsyncs, and a
+checkpoint that vanishes in a power cut is no checkpoint. With ``durable=True``
+(the default) payload files and the manifest are written to a temporary name,
+fsynced, renamed (or hard-linked, for the create-if-absent commit) into place, and
+their folders fsynced, before a handle resolves. Reads, lists and deletes of local
+directories still go through obstore.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, PreconditionError
+from obstore.store import (
+    AzureStore,
+    GCSStore,
+    HTTPStore,
+    LocalStore,
+    MemoryStore,
+    S3Store,
+    from_url,
+)
+
+__all__ = ["STORE_TYPES", "Location", "ObjectInfo", "resolve"]
+
+STORE_TYPES = (S3Store, GCSStore, AzureStore, LocalStore, MemoryStore, HTTPStore)
+_REMOTE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
+_COPY_CHUNK = 8 << 20
+
+#: Multipart part size and parallel parts for large payload objects (remote stores).
+DEFAULT_CHUNK_SIZE = 8 << 20
+DEFAULT_PART_CONCURRENCY = 8
+
+
+class ObjectExists(Exception):
+    """A create-if-absent put found the object already there."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing says about one object (key relative to the location)."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass
+class Location:
+    """One storage handle: a store, a key prefix inside it, and how to write to it."""
+
+    description: str
+    store: Any = None
+    prefix: str = ""
+    local_root: Path | None = None
+    durable: bool = True
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    part_concurrency: int = DEFAULT_PART_CONCURRENCY
+
+    # -- setup --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the local directory and its store if needed (worker thread)."""
+        if self.local_root is not None and self.store is None:
+            self.local_root.mkdir(parents=True, exist_ok=True)
+            self.store = LocalStore(self.local_root)
+
+    def _key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    # -- writes -------------------------------------------------------------------
+
+    def put(self, rel: str, source: bytes | memoryview | Path, *, move: bool = False) -> None:
+        """Write one payload object (overwriting). ``move`` lets a local write take ``source``."""
+        if self.local_root is not None and self.durable:
+            self._local_put(rel, source, move=move)
+            return
+        obstore.put(
+            self.store,
+            self._key(rel),
+            source,
+            chunk_size=self.chunk_size,
+            max_concurrency=self.part_concurrency,
+        )
+
+    def create(self, rel: str, data: bytes) -> None:
+        """Write ``data`` only if ``rel`` does not exist; raise ObjectExists otherwise."""
+        if self.local_root is not None and self.durable:
+            self._local_put(rel, data, create=True)
+            return
+        try:
+            obstore.put(self.store, self._key(rel), data, mode="create")
+        except (AlreadyExistsError, PreconditionError) as e:
+            raise ObjectExists(rel) from e
+
+    def sync_folders(self, rels: list[str]) -> None:
+        """Make the folders holding ``rels`` durable (local durable stores only)."""
+        if self.local_root is None or not self.durable:
+            return
+        folders: set[Path] = set()
+        for rel in rels:
+            folder = (self.local_root / rel).parent
+            while folder != self.local_root and folder not in folders:
+                folders.add(folder)
+                folder = folder.parent
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(folder)
+        _fsync_dir(self.local_root)
+
+    def _local_put(
+        self,
+        rel: str,
+        source: bytes | memoryview | Path,
+        *,
+        create: bool = False,
+        move: bool = False,
+    ) -> None:
+        assert self.local_root is not None
+        dest = self.local_root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.asynccp-tmp")
+        try:
+            if isinstance(source, Path):
+                if move and _try_rename(source, tmp):
+                    _fsync_file(tmp)
+                else:
+                    _copy_durably(source, tmp)
+            else:
+                _write_durably(tmp, source)
+            if create:
+                try:
+                    os.link(tmp, dest)
+                except FileExistsError:
+                    raise ObjectExists(rel) from None
+                finally:
+                    tmp.unlink()
+                _fsync_dir(dest.parent)
+            else:
+                os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # -- reads --------------------------------------------------------------------
+
+    def get(self, rel: str) -> bytes:
+        """The whole object as bytes."""
+        return obstore.get(self.store, self._key(rel)).bytes().to_bytes()
+
+    def chunks(self, rel: str) -> Iterator[Any]:
+        """The object as a stream of buffers (for large objects)."""
+        return iter(obstore.get(self.store, self._key(rel)).stream(min_chunk_size=_COPY_CHUNK))
+
+    def size(self, rel: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+        try:
+            return int(obstore.head(self.store, self._key(rel))["size"])
+        except FileNotFoundError:
+            return None
+
+    def list(self, rel_prefix: str) -> list[ObjectInfo]:
+        """Every object under ``rel_prefix`` (keys relative to the location)."""
+        cut = len(self.prefix)
+        out: list[ObjectInfo] = []
+        for batch in obstore.list(self.store, prefix=self._key(rel_prefix)):
+            for meta in batch:
+                out.append(ObjectInfo(meta["path"][cut:], int(meta["size"]), meta["last_modified"]))
+        return out
+
+    def delete(self, rels: list[str]) -> None:
+        """Delete objects; missing ones are fine."""
+        for rel in rels:
+            try:
+                obstore.delete(self.store, self._key(rel))
+            except FileNotFoundError:
+                pass
+        if self.local_root is not None:
+            _prune_empty_dirs(self.local_root, rels)
+
+
+def resolve(
+    location: str | os.PathLike[str] | Any,
+    *,
+    prefix: str | None = None,
+    durable: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+    **store_options: Any,
+) -> Location:
+    """Turn what the user passed as a location into a :class:`Location` (no I/O)."""
+    for name, value in (("chunk_size", chunk_size), ("part_concurrency", part_concurrency)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if chunk_size < 5 << 20:
+        raise ValueError("chunk_size must be at least 5 MiB (the S3 minimum part size)")
+    common = {"durable": durable, "chunk_size": chunk_size, "part_concurrency": part_concurrency}
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    if isinstance(location, STORE_TYPES):
+        if store_options:
+            raise TypeError(f"store options {sorted(store_options)} only apply to URLs")
+        root = None
+        if isinstance(location, LocalStore):
+            root = Path(location.prefix) if location.prefix else None
+        loc = Location(repr(location), store=location, **common)  # type: ignore[arg-type]
+        if root is not None:
+            loc.local_root = root / (prefix or "")
+            loc.store = None if prefix else location
+            return loc
+        loc.prefix = _clean_prefix(prefix)
+        return loc
+    if prefix is not None:
+        raise TypeError("prefix= only applies when the location is an obstore store object")
+    if isinstance(location, os.PathLike):
+        location = os.fspath(location)
+    if not isinstance(location, str):
+        raise TypeError(
+            "location must be a path, a URL (file://, memory://, s3://, gs://, az://) "
+            f"or an obstore store object, got {type(location).__name__}"
+        )
+    if not location:
+        raise ValueError("location must not be empty")
+    if "://" not in location:
+        return _local(location, store_options, common)
+    parsed = urlparse(location)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URLs must be absolute local paths, got {location!r}")
+        return _local(unquote(parsed.path), store_options, common)
+    if scheme == "memory":
+        if store_options:
+            raise TypeError(f"store options {sorted(store_options)} do not apply to memory://")
+        path = (parsed.netloc + parsed.path).strip("/")
+        return Location(location, store=MemoryStore(), prefix=_clean_prefix(path), **common)  # type: ignore[arg-type]
+    if scheme in _REMOTE_SCHEMES:
+        store = from_url(location, **store_options)
+        return Location(location, store=store, **common)  # type: ignore[arg-type]
+    raise ValueError(f"unsupported location scheme {scheme!r} in {location!r}")
+
+
+def _local(path: str, store_options: dict[str, Any], common: dict[str, Any]) -> Location:
+    if store_options:
+        raise TypeError(f"store options {sorted(store_options)} do not apply to local paths")
+    root = Path(os.path.abspath(os.path.expanduser(path)))
+    return Location(str(root), local_root=root, **common)
+
+
+def _clean_prefix(prefix: str | None) -> str:
+    prefix = (prefix or "").strip("/")
+    if any(seg in ("", ".", "..") for seg in prefix.split("/")) and prefix:
+        raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' segment")
+    return f"{prefix}/" if prefix else ""
+
+
+def _write_durably(path: Path, data: bytes | memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_durably(src: Path, dest: Path) -> None:
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
+        shutil.copyfileobj(fin, fout, _COPY_CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _try_rename(src: Path, dest: Path) -> bool:
+    try:
+        os.rename(src, dest)
+        return True
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            return False
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune_empty_dirs(root: Path, rels: list[str]) -> None:
+    """Remove folders left empty by deletes (LocalStore leaves them behind)."""
+    folders = {(root / rel).parent for rel in rels}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent

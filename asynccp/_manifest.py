@@ -1,0 +1,192 @@
+"""The manifest: the JSON record whose creation commits a checkpoint.
+
+Layout under a location (DESIGN §4)::
+
+    data/<step:020d>-<writer>/<file name>   payload objects, written first
+    manifests/<step:020d>.json              the commit record, created last, if absent
+
+The manifest names its payload folder, so payload written by a losing or crashed
+writer never mixes with a committed checkpoint. Every field is validated on read:
+a manifest is untrusted input (anyone with write access to the bucket can edit it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ._payload import check_names, validate_name
+from .errors import CorruptCheckpointError, InvalidNameError
+
+__all__ = [
+    "FORMAT",
+    "MANIFESTS",
+    "FileInfo",
+    "Manifest",
+    "data_dir",
+    "manifest_key",
+    "step_of_manifest_key",
+]
+
+FORMAT = 1
+MANIFESTS = "manifests/"
+DATA = "data/"
+_MANIFEST_RE = re.compile(r"^manifests/(\d{20})\.json$")
+_DATA_DIR_RE = re.compile(r"^data/(\d{20})-([0-9a-z]{1,64})$")
+_WRITER_RE = re.compile(r"^[0-9a-z]{1,64}$")
+_CRC_RE = re.compile(r"^[0-9a-f]{8}$")
+MAX_STEP = 10**20 - 1
+
+
+def manifest_key(step: int) -> str:
+    """The key of the manifest that commits ``step`` (relative to the location)."""
+    return f"{MANIFESTS}{step:020d}.json"
+
+
+def step_of_manifest_key(key: str) -> int | None:
+    """The step a manifest key commits, or None when ``key`` is not a manifest."""
+    m = _MANIFEST_RE.match(key)
+    return int(m.group(1)) if m else None
+
+
+def data_dir(step: int, writer: str) -> str:
+    """The folder holding one writer's payload objects for ``step``."""
+    return f"{DATA}{step:020d}-{writer}"
+
+
+def parse_data_dir(folder: str) -> tuple[int, str] | None:
+    """``(step, writer)`` of a payload folder name, or None when it is not one."""
+    m = _DATA_DIR_RE.match(folder.rstrip("/"))
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Size and CRC32C of one file of a checkpoint."""
+
+    size: int
+    crc32c: int
+
+    @property
+    def checksum(self) -> str:
+        """The checksum as written in the manifest: ``"crc32c:<8 hex digits>"``."""
+        return f"crc32c:{self.crc32c:08x}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A decoded, validated manifest."""
+
+    step: int
+    writer: str
+    attempt: int
+    created_at: datetime
+    metadata: Mapping[str, Any]
+    files: Mapping[str, FileInfo]
+    data: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", data_dir(self.step, self.writer))
+
+    def encode(self) -> bytes:
+        """The manifest as UTF-8 JSON."""
+        doc = {
+            "format": FORMAT,
+            "step": self.step,
+            "writer": self.writer,
+            "attempt": self.attempt,
+            "created_at": self.created_at.isoformat(),
+            "data": self.data,
+            "metadata": self.metadata,
+            "files": {
+                name: {"size": info.size, "crc32c": f"{info.crc32c:08x}"}
+                for name, info in self.files.items()
+            },
+        }
+        return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, *, key: str) -> Manifest:
+        """Parse and validate ``raw``; raise CorruptCheckpointError naming ``key``."""
+
+        def bad(why: str) -> CorruptCheckpointError:
+            return CorruptCheckpointError(f"invalid manifest {key}: {why}")
+
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise bad(f"not JSON ({e})") from e
+        if not isinstance(doc, dict):
+            raise bad("not a JSON object")
+        fmt = doc.get("format")
+        if fmt != FORMAT or isinstance(fmt, bool):
+            raise bad(f"format {fmt!r} is not {FORMAT}; upgrade asynccp to read it")
+        step = _int(doc, "step", bad)
+        expected = step_of_manifest_key(key)
+        if expected is not None and step != expected:
+            raise bad(f"records step {step} but is stored as step {expected}")
+        writer = doc.get("writer")
+        if not isinstance(writer, str) or not _WRITER_RE.match(writer):
+            raise bad(f"writer {writer!r} is not a lowercase alphanumeric id")
+        attempt = _int(doc, "attempt", bad)
+        try:
+            created_at = datetime.fromisoformat(doc["created_at"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad("created_at is missing or not an ISO 8601 time") from e
+        if doc.get("data") != data_dir(step, writer):
+            raise bad(f"data folder {doc.get('data')!r} does not belong to step {step}")
+        metadata = doc.get("metadata")
+        if not isinstance(metadata, dict):
+            raise bad("metadata is not an object")
+        raw_files = doc.get("files")
+        if not isinstance(raw_files, dict):
+            raise bad("files is not an object")
+        files: dict[str, FileInfo] = {}
+        try:
+            for name, info in raw_files.items():
+                validate_name(name)
+                if not isinstance(info, dict):
+                    raise bad(f"entry for {name!r} is not an object")
+                size = _int(info, "size", bad)
+                crc = info.get("crc32c")
+                if not isinstance(crc, str) or not _CRC_RE.match(crc):
+                    raise bad(f"crc32c of {name!r} is not 8 hex digits")
+                files[name] = FileInfo(size, int(crc, 16))
+            check_names(list(files))
+        except InvalidNameError as e:
+            raise bad(str(e)) from e
+        return cls(step, writer, attempt, created_at, metadata, files)
+
+
+def _int(doc: Mapping[str, Any], key: str, bad: Any) -> int:
+    value = doc.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STEP:
+        raise bad(f"{key} {value!r} is not a non-negative integer")
+    return value
+
+
+def check_metadata(metadata: object) -> dict[str, Any]:
+    """Validate user metadata: a JSON-serialisable mapping with str keys (a copy)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    try:
+        # Round-trip: a private copy the caller cannot mutate, and proof it is JSON.
+        copy = json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"metadata must be JSON-serialisable (str keys, finite numbers): {e}"
+        ) from e
+    if any(not isinstance(k, str) for k in metadata):
+        raise TypeError("metadata keys must be str")
+    return copy  # type: ignore[no-any-return]
+
+
+def now() -> datetime:
+    """The current UTC time, as manifests record it."""
+    return datetime.now(timezone.utc)

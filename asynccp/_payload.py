@@ -1,0 +1,191 @@
+"""Turn what the caller passes to ``save()`` into staged files asynccp owns.
+
+A snapshot is taken before ``save()`` returns, so the caller may reuse its buffers and
+files at once: immutable ``bytes`` are kept as they are (zero-copy), mutable buffers are
+copied once, files are copied into a private staging folder. Large copies run in a
+worker thread so the event loop keeps running. Names are validated here, once, for
+every path into a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import anyio.to_thread
+import crc32c
+
+from .errors import InvalidNameError
+
+__all__ = ["DEFAULT_NAME", "Payload", "StagedFile", "snapshot", "validate_name"]
+
+#: The name a single-buffer payload gets inside its checkpoint.
+DEFAULT_NAME = "data"
+
+#: Copies at least this large go to a worker thread instead of running on the loop.
+_OFFLOAD_BYTES = 1 << 20
+_COPY_CHUNK = 8 << 20
+_MAX_NAME = 1024
+
+Payload = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Mapping[str, Any], Any]
+
+
+@dataclass
+class StagedFile:
+    """One file of a checkpoint, owned by asynccp until it is uploaded.
+
+    Exactly one of ``data`` (bytes in memory) and ``path`` (a staged copy on disk) is set.
+    ``crc32c`` is filled in when the bytes have been read once (during a file copy,
+    or by the uploader for buffers).
+    """
+
+    name: str
+    size: int
+    data: bytes | memoryview | None = None
+    path: Path | None = None
+    crc32c: int | None = None
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a safe relative object name, else raise InvalidNameError."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"a file name must be a str, got {type(name).__name__}")
+    if not name:
+        raise InvalidNameError("a file name must not be empty")
+    if len(name) > _MAX_NAME:
+        raise InvalidNameError(f"file name is longer than {_MAX_NAME} characters: {name[:40]!r}…")
+    if name.startswith("/"):
+        raise InvalidNameError(f"file name {name!r} is absolute; use a relative name like 'a/b'")
+    if "\\" in name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise InvalidNameError(f"file name {name!r} contains a backslash or control character")
+    for segment in name.split("/"):
+        if segment == "":
+            raise InvalidNameError(
+                f"file name {name!r} has an empty segment ('//' or a '/' at an end)"
+            )
+        if segment in (".", ".."):
+            raise InvalidNameError(
+                f"file name {name!r} has a {segment!r} segment; names may not escape"
+            )
+    return name
+
+
+def check_names(names: list[str]) -> None:
+    """Reject duplicate names and a name that is also another name's folder."""
+    seen = set(names)
+    if len(seen) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidNameError(f"duplicate file names in one checkpoint: {dup}")
+    for name in names:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in seen:
+                raise InvalidNameError(f"{folder!r} is both a file and the folder of {name!r}")
+
+
+async def snapshot(payload: Payload, staging: Path) -> list[StagedFile]:
+    """Take ownership of ``payload``'s bytes and return its files, names validated."""
+    if isinstance(payload, Mapping):
+        files: list[StagedFile] = []
+        for key, value in payload.items():
+            name = validate_name(key)
+            if isinstance(value, Mapping):
+                raise TypeError(f"payload[{name!r}] is a mapping; nest names with '/' instead")
+            files.extend(await _one(value, name, staging))
+    else:
+        files = await _one(payload, None, staging)
+    check_names([f.name for f in files])
+    return files
+
+
+async def _one(value: object, name: str | None, staging: Path) -> list[StagedFile]:
+    if isinstance(value, bytes):
+        return [StagedFile(name or DEFAULT_NAME, len(value), data=value)]
+    if isinstance(value, str):
+        data = await _maybe_offload(value.encode, len(value))
+        return [StagedFile(name or DEFAULT_NAME, len(data), data=data)]
+    if isinstance(value, os.PathLike):
+        return await anyio.to_thread.run_sync(_stage_path, Path(os.fspath(value)), name, staging)
+    try:
+        view = memoryview(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"unsupported payload type {type(value).__name__}: pass bytes, a buffer "
+            "(bytearray, memoryview, numpy array), str, a pathlib.Path to a file or "
+            "directory, or a mapping of names to those"
+        ) from None
+    if not view.c_contiguous:
+        raise TypeError("payload buffer is not C-contiguous; pass numpy.ascontiguousarray(x)")
+    flat = view.cast("B") if view.ndim != 1 or view.format != "B" else view
+    data = await _maybe_offload(flat.tobytes, flat.nbytes)
+    return [StagedFile(name or DEFAULT_NAME, len(data), data=data)]
+
+
+async def _maybe_offload(fn: Any, size: int) -> bytes:
+    if size >= _OFFLOAD_BYTES:
+        return await anyio.to_thread.run_sync(fn)
+    return fn()  # type: ignore[no-any-return]
+
+
+def _stage_path(src: Path, name: str | None, staging: Path) -> list[StagedFile]:
+    """Copy a file, or every file under a directory, into ``staging`` (worker thread)."""
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"payload path {str(src)!r} does not exist") from None
+    if stat.S_ISREG(st.st_mode):
+        return [_stage_file(src, validate_name(name or src.name), staging)]
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"payload path {str(src)!r} is neither a regular file nor a directory")
+    staged: list[StagedFile] = []
+    for root, dirs, filenames in os.walk(src):
+        dirs.sort()
+        for fn in sorted(filenames):
+            path = Path(root, fn)
+            if not path.is_file():
+                continue  # sockets, fifos, dangling links: not checkpoint data
+            rel = path.relative_to(src).as_posix()
+            staged.append(
+                _stage_file(path, validate_name(f"{name}/{rel}" if name else rel), staging)
+            )
+    return staged
+
+
+def _stage_file(src: Path, name: str, staging: Path) -> StagedFile:
+    """Copy one file into staging, computing its CRC32C in the same pass."""
+    fd, tmp = tempfile.mkstemp(dir=staging, prefix="staged-")
+    crc = 0
+    size = 0
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            while chunk := fin.read(_COPY_CHUNK):
+                crc = crc32c.crc32c(chunk, crc)
+                fout.write(chunk)
+                size += len(chunk)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return StagedFile(name, size, path=Path(tmp), crc32c=crc)
+
+
+def discard(files: list[StagedFile]) -> None:
+    """Delete the staged copies of ``files`` (worker thread or loop: unlink is cheap)."""
+    for f in files:
+        if f.path is not None:
+            try:
+                f.path.unlink()
+            except FileNotFoundError:
+                pass
+        f.data = None
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove the whole staging folder of a closed checkpointer."""
+    shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""The bounded staging queue between ``save()`` and the uploader.
+
+It bounds two things at once: how many checkpoints are staged but not yet committed
+(``max_pending``) and how many bytes they hold (``max_pending_bytes``). A checkpoint
+counts against both from the moment it is staged until it commits or fails, so
+memory stays bounded while uploads run. When there is no room, ``"block"`` makes the
+saver wait; ``"latest"`` drops the oldest checkpoint not yet started (a checkpoint
+exists to be superseded). A checkpoint larger than the whole byte budget is accepted
+when the queue is empty, so one oversized save waits instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, Literal, Protocol, TypeVar
+
+import anyio
+
+__all__ = ["Policy", "StagingQueue"]
+
+Policy = Literal["block", "latest"]
+
+
+class _Sized(Protocol):
+    size: int
+
+
+T = TypeVar("T", bound=_Sized)
+
+
+class StagingQueue(Generic[T]):
+    """FIFO of staged checkpoints with a count and byte budget (single event loop)."""
+
+    def __init__(
+        self,
+        max_pending: int,
+        max_pending_bytes: int,
+        policy: Policy,
+        on_superseded: Callable[[T], None],
+    ) -> None:
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.policy = policy
+        self._on_superseded = on_superseded
+        self._waiting: deque[T] = deque()
+        self._count = 0
+        self._bytes = 0
+        self._closed = False
+        self._changed = anyio.Event()
+
+    @property
+    def depth(self) -> int:
+        """Checkpoints staged and not yet committed or failed (started ones included)."""
+        return self._count
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes those checkpoints hold."""
+        return self._bytes
+
+    @property
+    def idle(self) -> bool:
+        """Nothing staged or in flight."""
+        return self._count == 0
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _has_room(self, size: int) -> bool:
+        if self._count == 0:
+            return True
+        return self._count < self.max_pending and self._bytes + size <= self.max_pending_bytes
+
+    async def put(self, item: T) -> None:
+        """Stage ``item``, waiting (``block``) or superseding (``latest``) when full."""
+        while not self._has_room(item.size):
+            if self.policy == "latest" and self._waiting:
+                victim = self._waiting.popleft()
+                self._count -= 1
+                self._bytes -= victim.size
+                self._on_superseded(victim)
+                continue
+            await self._changed.wait()
+        self._waiting.append(item)
+        self._count += 1
+        self._bytes += item.size
+        self._notify()
+
+    async def get(self) -> T | None:
+        """The next item to upload, in save order; None once closed and drained."""
+        while not self._waiting:
+            if self._closed:
+                return None
+            await self._changed.wait()
+        return self._waiting.popleft()
+
+    def done(self, item: T) -> None:
+        """``item`` committed or failed: give its room back."""
+        self._count -= 1
+        self._bytes -= item.size
+        self._notify()
+
+    async def wait_idle(self) -> None:
+        """Wait until every staged item is done."""
+        while self._count:
+            await self._changed.wait()
+
+    def close(self) -> None:
+        """Accept no more items; ``get`` returns None once the queue is drained."""
+        self._closed = True
+        self._notify()
+
+    def drain(self) -> list[T]:
+        """Remove and return every item not yet started (used when abandoning work)."""
+        items = list(self._waiting)
+        self._waiting.clear()
+        for item in items:
+            self._count -= 1
+            self._bytes -= item.size
+        self._notify()
+        return items

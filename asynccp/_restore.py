@@ -1,0 +1,293 @@
+"""Reading checkpoints back: list, find the latest complete one, read and verify.
+
+Restore never trusts storage: manifests are validated before use, every byte read is
+checked against the manifest's size and CRC32C, and downloads land in a private
+folder inside the destination and are moved into place only once every file verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import crc32c
+
+from ._location import Location
+from ._manifest import FileInfo, Manifest, manifest_key, step_of_manifest_key
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    CorruptCheckpointWarning,
+    StoreError,
+)
+
+__all__ = ["Checkpoint", "latest", "list_checkpoints", "list_steps", "load", "newest_verified"]
+
+log = logging.getLogger("asynccp")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """One committed checkpoint: what was saved at ``step``, and how to read it back.
+
+    Immutable. ``files`` maps each file name to its size and checksum; ``metadata`` is
+    what was passed to ``save()``; ``attempt`` is the supervised attempt that wrote it.
+    """
+
+    step: int
+    metadata: Mapping[str, Any]
+    files: Mapping[str, FileInfo]
+    created_at: datetime
+    attempt: int
+    writer: str
+    _location: Location = field(repr=False)
+    _data: str = field(repr=False)
+
+    @classmethod
+    def _from_manifest(cls, m: Manifest, location: Location) -> Checkpoint:
+        return cls(
+            step=m.step,
+            metadata=MappingProxyType(dict(m.metadata)),
+            files=MappingProxyType(dict(m.files)),
+            created_at=m.created_at,
+            attempt=m.attempt,
+            writer=m.writer,
+            _location=location,
+            _data=m.data,
+        )
+
+    @property
+    def size(self) -> int:
+        """Total payload bytes of the checkpoint."""
+        return sum(f.size for f in self.files.values())
+
+    def _name(self, name: str | None) -> str:
+        if name is None:
+            if len(self.files) != 1:
+                raise CheckpointError(
+                    f"checkpoint {self.step} holds {len(self.files)} files "
+                    f"({sorted(self.files)[:5]}…); pass read(name=...)"
+                )
+            return next(iter(self.files))
+        if name not in self.files:
+            raise CheckpointNotFoundError(
+                f"checkpoint {self.step} has no file {name!r}; it has {sorted(self.files)[:10]}"
+            )
+        return name
+
+    async def read(self, name: str | None = None) -> bytes:
+        """The bytes of one file, verified against the manifest's size and CRC32C.
+
+        ``name`` may be left out when the checkpoint holds exactly one file.
+        Raises :class:`CorruptCheckpointError` when the object is missing or differs.
+        """
+        name = self._name(name)
+        return await anyio.to_thread.run_sync(self._read_verified, name)
+
+    def _read_verified(self, name: str) -> bytes:
+        key = f"{self._data}/{name}"
+        try:
+            data = self._location.get(key)
+        except FileNotFoundError as e:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.step}: payload object {key} is missing"
+            ) from e
+        except Exception as e:
+            raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
+        _check(self.step, name, self.files[name], len(data), crc32c.crc32c(data))
+        return data
+
+    async def download(self, dest_dir: str | os.PathLike[str]) -> Path:
+        """Write every file under ``dest_dir`` (created if needed), verified; return it.
+
+        Files are downloaded into a hidden folder inside ``dest_dir`` and moved into
+        place only once all of them verified, so ``dest_dir`` never holds a mix of a
+        half-downloaded checkpoint. Existing files of the same names are replaced.
+        """
+        if not isinstance(dest_dir, (str, os.PathLike)):
+            raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
+        dest = Path(os.path.abspath(os.fspath(dest_dir)))
+        tmp = Path(await anyio.to_thread.run_sync(_make_tmp, dest))
+        try:
+            limiter = anyio.CapacityLimiter(8)
+            async with anyio.create_task_group() as tg:
+                for name in self.files:
+                    tg.start_soon(self._download_one_async, name, tmp, limiter)
+            await anyio.to_thread.run_sync(_move_into_place, tmp, dest, list(self.files))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)
+        return dest
+
+    async def _download_one_async(
+        self, name: str, tmp: Path, limiter: anyio.CapacityLimiter
+    ) -> None:
+        await anyio.to_thread.run_sync(self._download_one, name, tmp, limiter=limiter)
+
+    def _download_one(self, name: str, tmp: Path) -> None:
+        target = _inside(tmp, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        key = f"{self._data}/{name}"
+        crc = 0
+        size = 0
+        try:
+            with open(target, "wb") as out:
+                for chunk in self._location.chunks(key):
+                    crc = crc32c.crc32c(chunk, crc)
+                    size += len(chunk)
+                    out.write(chunk)
+        except FileNotFoundError as e:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.step}: payload object {key} is missing"
+            ) from e
+        except OSError:
+            raise
+        except Exception as e:
+            raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
+        _check(self.step, name, self.files[name], size, crc)
+
+    async def verify(self) -> None:
+        """Read every file and check it; raise :class:`CorruptCheckpointError` if one fails."""
+        for name in self.files:
+            await anyio.to_thread.run_sync(self._verify_one, name)
+
+    def _verify_one(self, name: str) -> None:
+        key = f"{self._data}/{name}"
+        crc = size = 0
+        try:
+            for chunk in self._location.chunks(key):
+                crc = crc32c.crc32c(chunk, crc)
+                size += len(chunk)
+        except FileNotFoundError as e:
+            raise CorruptCheckpointError(f"checkpoint {self.step}: {key} is missing") from e
+        _check(self.step, name, self.files[name], size, crc)
+
+
+def _check(step: int, name: str, info: FileInfo, size: int, crc: int) -> None:
+    if size != info.size:
+        raise CorruptCheckpointError(
+            f"checkpoint {step}: file {name!r} has {size} bytes, the manifest says {info.size}"
+        )
+    if crc != info.crc32c:
+        raise CorruptCheckpointError(
+            f"checkpoint {step}: file {name!r} fails its checksum "
+            f"(crc32c {crc:08x}, the manifest says {info.crc32c:08x}); the stored bytes changed"
+        )
+
+
+def _inside(root: Path, name: str) -> Path:
+    """``root/name``, refusing any name that would land outside ``root``."""
+    target = Path(os.path.normpath(root / name))
+    if os.path.commonpath([root, target]) != str(root) or target == root:
+        raise CorruptCheckpointError(f"file name {name!r} would be written outside {root}")
+    return target
+
+
+def _make_tmp(dest: Path) -> str:
+    dest.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(dir=dest, prefix=".asynccp-download-")
+
+
+def _move_into_place(tmp: Path, dest: Path, names: list[str]) -> None:
+    for name in names:
+        target = _inside(dest, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(_inside(tmp, name), target)
+
+
+# -- finding checkpoints ---------------------------------------------------------------
+
+
+async def list_steps(location: Location) -> list[int]:
+    """Every committed step at ``location``, ascending (one LIST call)."""
+    objs = await _store_call(location.list, "manifests/")
+    steps = (step_of_manifest_key(o.key) for o in objs)
+    return sorted(s for s in steps if s is not None)
+
+
+async def load(location: Location, step: int) -> Checkpoint:
+    """The checkpoint committed at ``step`` (its manifest read and validated)."""
+    key = manifest_key(step)
+    try:
+        raw = await anyio.to_thread.run_sync(location.get, key)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(
+            f"no checkpoint committed at step {step} in {location.description}"
+        ) from None
+    except Exception as e:
+        raise StoreError(f"reading {key} from {location.description} failed: {e}") from e
+    return Checkpoint._from_manifest(Manifest.decode(raw, key=key), location)
+
+
+async def list_checkpoints(location: Location) -> list[Checkpoint]:
+    """Every committed checkpoint whose manifest is valid, oldest first."""
+    out = []
+    for step in await list_steps(location):
+        try:
+            out.append(await load(location, step))
+        except (CorruptCheckpointError, CheckpointNotFoundError) as e:
+            log.warning("skipping step %d: %s", step, e)
+    return out
+
+
+async def is_complete(ckpt: Checkpoint) -> bool:
+    """Whether every payload object exists with its recorded size (one LIST, no reads)."""
+    objs = await _store_call(ckpt._location.list, ckpt._data + "/")
+    sizes = {o.key[len(ckpt._data) + 1 :]: o.size for o in objs}
+    return all(sizes.get(name) == info.size for name, info in ckpt.files.items())
+
+
+async def latest(location: Location) -> Checkpoint | None:
+    """The newest checkpoint that is committed, valid and complete, or None."""
+    for step in reversed(await list_steps(location)):
+        try:
+            ckpt = await load(location, step)
+        except (CorruptCheckpointError, CheckpointNotFoundError) as e:
+            log.warning("latest(): skipping step %d: %s", step, e)
+            continue
+        if await is_complete(ckpt):
+            return ckpt
+        log.warning("latest(): skipping step %d: payload objects missing or truncated", step)
+    return None
+
+
+async def newest_verified(
+    location: Location, action: Callable[[Checkpoint], Awaitable[T]]
+) -> tuple[Checkpoint, T] | None:
+    """Apply ``action`` to the newest checkpoint for which it verifies, falling back.
+
+    Each checkpoint skipped because it is corrupt is reported with a
+    :class:`CorruptCheckpointWarning` naming it.
+    """
+    for step in reversed(await list_steps(location)):
+        try:
+            ckpt = await load(location, step)
+            return ckpt, await action(ckpt)
+        except (CorruptCheckpointError, CheckpointNotFoundError) as e:
+            warnings.warn(
+                f"asynccp: checkpoint {step} in {location.description} failed verification "
+                f"and was skipped: {e}",
+                CorruptCheckpointWarning,
+                stacklevel=3,
+            )
+    return None
+
+
+async def _store_call(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except Exception as e:
+        raise StoreError(f"store call failed: {e}") from e

@@ -1,0 +1,112 @@
+"""Deleting what is no longer needed: old checkpoints, and payload nobody committed.
+
+Retention keeps the newest ``keep`` checkpoints plus every step divisible by
+``keep_every`` (the milestones). A checkpoint is deleted manifest first, so it stops
+being committed before any of its payload goes, and a reader never sees a manifest
+whose objects vanished under it by design.
+
+Orphans are payload folders no manifest points to: a crashed writer's upload, the
+loser of a two-writer race, temporary files of an interrupted local write. They are
+collected once they are older than a grace period, so an upload still in flight in
+another process is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+import anyio.to_thread
+
+from ._location import Location, ObjectInfo
+from ._manifest import DATA, Manifest, manifest_key, parse_data_dir
+from ._restore import list_steps
+from .errors import CorruptCheckpointError
+
+__all__ = ["apply_retention", "collect_orphans", "steps_to_delete"]
+
+log = logging.getLogger("asynccp")
+TMP_SUFFIX = ".asynccp-tmp"
+
+
+def steps_to_delete(steps: list[int], keep: int | None, keep_every: int | None) -> list[int]:
+    """Which committed ``steps`` retention removes (ascending ``steps`` in, ascending out)."""
+    if keep is None:
+        return []
+    kept = set(steps[-keep:]) if keep else set()
+    if keep_every:
+        kept |= {s for s in steps if s % keep_every == 0}
+    return [s for s in steps if s not in kept]
+
+
+async def delete_step(location: Location, step: int) -> None:
+    """Delete one checkpoint: its manifest, then the payload folder it names.
+
+    A manifest too broken to name its folder is deleted all the same; its payload is
+    then an orphan, and the orphan collector takes it.
+    """
+    folder = None
+    key = manifest_key(step)
+    try:
+        raw = await anyio.to_thread.run_sync(location.get, key)
+        folder = Manifest.decode(raw, key=key).data
+    except (FileNotFoundError, CorruptCheckpointError):
+        pass
+    await anyio.to_thread.run_sync(location.delete, [key])
+    if folder is not None:
+        objs = await anyio.to_thread.run_sync(location.list, folder + "/")
+        await anyio.to_thread.run_sync(location.delete, [o.key for o in objs])
+
+
+async def apply_retention(
+    location: Location, keep: int | None, keep_every: int | None
+) -> list[int]:
+    """Delete the checkpoints retention does not keep; return their steps."""
+    doomed = steps_to_delete(await list_steps(location), keep, keep_every)
+    for step in doomed:
+        await delete_step(location, step)
+    return doomed
+
+
+async def collect_orphans(location: Location, grace: timedelta) -> list[str]:
+    """Delete payload folders no manifest points to, older than ``grace``; return them."""
+    cutoff = datetime.now(timezone.utc) - grace
+    objs = await anyio.to_thread.run_sync(location.list, DATA)
+    folders: dict[str, list[ObjectInfo]] = defaultdict(list)
+    stale_tmp: list[str] = []
+    for o in objs:
+        if o.key.endswith(TMP_SUFFIX) and o.last_modified < cutoff:
+            stale_tmp.append(o.key)
+            continue
+        folder = "/".join(o.key.split("/")[:2])
+        folders[folder].append(o)
+    committed = set(await list_steps(location))
+    doomed: list[str] = []
+    for folder, contents in sorted(folders.items()):
+        parsed = parse_data_dir(folder)
+        if parsed is None or max(o.last_modified for o in contents) >= cutoff:
+            continue
+        step, writer = parsed
+        if step in committed and await _writer_of(location, step) in (writer, None):
+            continue
+        doomed.append(folder)
+        await anyio.to_thread.run_sync(location.delete, [o.key for o in contents])
+    manifests_tmp = await anyio.to_thread.run_sync(location.list, "manifests/")
+    stale_tmp += [
+        o.key for o in manifests_tmp if o.key.endswith(TMP_SUFFIX) and o.last_modified < cutoff
+    ]
+    if stale_tmp:
+        await anyio.to_thread.run_sync(location.delete, stale_tmp)
+    if doomed:
+        log.info("collected %d orphaned payload folder(s) in %s", len(doomed), location.description)
+    return doomed
+
+
+async def _writer_of(location: Location, step: int) -> str | None:
+    """The writer a committed manifest names; None when it cannot be read (keep the data)."""
+    key = manifest_key(step)
+    try:
+        return Manifest.decode(await anyio.to_thread.run_sync(location.get, key), key=key).writer
+    except (FileNotFoundError, CorruptCheckpointError):
+        return None

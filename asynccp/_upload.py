@@ -1,0 +1,130 @@
+"""Uploading one staged checkpoint: payload objects first, then the manifest that commits.
+
+The payload goes to a folder private to this writer (``data/<step>-<writer>/``), its
+files in parallel, large ones as multipart uploads. Only when every object is durable
+is the manifest created, with create-if-absent: that single conditional put is the
+commit. If another writer committed the step first, this writer's payload is deleted
+and the step reports :class:`StepAlreadyCommittedError`; data never mixes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import crc32c
+
+from ._handle import SaveHandle
+from ._location import Location, ObjectExists
+from ._manifest import FileInfo, Manifest, data_dir, manifest_key
+from ._payload import StagedFile
+from ._restore import Checkpoint
+from .errors import CorruptCheckpointError, StepAlreadyCommittedError, UploadError
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Pending", "upload"]
+
+log = logging.getLogger("asynccp")
+
+
+@dataclass(eq=False)
+class Pending:
+    """A checkpoint staged by ``save()`` and waiting for (or in) upload."""
+
+    step: int
+    files: list[StagedFile]
+    metadata: dict[str, Any]
+    created_at: datetime
+    handle: SaveHandle
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = sum(f.size for f in self.files)
+
+
+async def upload(
+    location: Location, item: Pending, *, writer: str, attempt: int, limiter: anyio.CapacityLimiter
+) -> Checkpoint:
+    """Upload ``item``'s payload, then commit its manifest; return the checkpoint."""
+    folder = data_dir(item.step, writer)
+    keys = [f"{folder}/{f.name}" for f in item.files]
+    try:
+        async with anyio.create_task_group() as tg:
+            for f, key in zip(item.files, keys):
+                tg.start_soon(_put_file, location, f, key, limiter)
+        await anyio.to_thread.run_sync(location.sync_folders, keys)
+        manifest = Manifest(
+            step=item.step,
+            writer=writer,
+            attempt=attempt,
+            created_at=item.created_at,
+            metadata=item.metadata,
+            files={f.name: FileInfo(f.size, f.crc32c or 0) for f in item.files},
+        )
+        await _commit(location, manifest)
+    except BaseException as e:
+        with anyio.CancelScope(shield=True):
+            await _cleanup(location, keys)
+        if isinstance(e, Exception) and not isinstance(e, StepAlreadyCommittedError | UploadError):
+            err = _first(e)
+            raise UploadError(
+                f"checkpoint step {item.step} was not committed to {location.description}: {err}"
+            ) from err
+        raise
+    return Checkpoint._from_manifest(manifest, location)
+
+
+def _first(e: BaseException) -> BaseException:
+    """The first leaf of an exception group (task groups wrap child errors)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
+
+
+async def _put_file(
+    location: Location, f: StagedFile, key: str, limiter: anyio.CapacityLimiter
+) -> None:
+    def work() -> None:
+        if f.data is not None:
+            if f.crc32c is None:
+                f.crc32c = crc32c.crc32c(f.data)
+            location.put(key, f.data)
+        else:
+            assert f.path is not None
+            location.put(key, f.path, move=True)
+
+    await anyio.to_thread.run_sync(work, limiter=limiter)
+
+
+async def _commit(location: Location, manifest: Manifest) -> None:
+    key = manifest_key(manifest.step)
+    try:
+        await anyio.to_thread.run_sync(location.create, key, manifest.encode())
+    except ObjectExists:
+        # A retried PUT whose first try landed looks like a conflict: check whose it is.
+        try:
+            raw = await anyio.to_thread.run_sync(location.get, key)
+            winner = Manifest.decode(raw, key=key).writer
+        except (CorruptCheckpointError, FileNotFoundError):
+            winner = "unknown"
+        if winner == manifest.writer:
+            return
+        raise StepAlreadyCommittedError(
+            f"step {manifest.step} is already committed in {location.description} "
+            f"(by writer {winner}; this writer is {manifest.writer}). Another process may be "
+            "writing the same location; resume from `await cp.latest()` and save a later step."
+        ) from None
+
+
+async def _cleanup(location: Location, keys: list[str]) -> None:
+    try:
+        await anyio.to_thread.run_sync(location.delete, keys)
+    except Exception as e:  # the orphan collector gets what this misses
+        log.warning("could not delete the payload of a failed checkpoint: %s", e)

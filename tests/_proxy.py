@@ -1,0 +1,296 @@
+"""A switchable fault-injecting TCP proxy for tests.
+
+It runs its own asyncio loop in a background thread, so it works the same
+under sync tests and under any test event loop. The mode is decided once per
+*connection*, when it is accepted: HTTP clients pool connections, so switching
+mode only affects new connections unless the live ones are cut (``set_mode``
+and ``fail_next`` do that by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from types import TracebackType
+from typing import Literal, get_args
+
+Mode = Literal["pass", "drop", "503"]
+FailMode = Literal["drop", "503"]
+
+_CHUNK = 64 * 1024
+_MAX_DISCARD = 64 * 1024 * 1024
+_RESPONSE_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 20\r\n"
+    b"Connection: close\r\n"
+    b"\r\n"
+    b"Service Unavailable\n"
+)
+
+
+class FaultProxy:
+    """TCP proxy on 127.0.0.1 in front of ``upstream_host:upstream_port``.
+
+    Modes (per new connection):
+      * ``"pass"``: forward bytes both ways.
+      * ``"drop"``: accept, then reset the connection at once (RST).
+      * ``"503"``: read the HTTP request, answer 503 with ``Connection: close``.
+    ``fail_next(n)`` makes only the next ``n`` connections fail, then the
+    proxy falls back to its mode, so tests can prove transient errors are retried.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.host = host
+        self.port = 0
+        self._lock = threading.Lock()
+        self._mode: Mode = "pass"
+        self._fail_budget = 0
+        self._fail_mode: FailMode = "drop"
+        self._connections = 0
+        self._failures = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._transports: set[asyncio.WriteTransport] = set()  # loop thread only
+        self._handlers: set[asyncio.Task[None]] = set()  # loop thread only
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the proxy, usable as an S3 endpoint."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def mode(self) -> Mode:
+        """Mode for new connections once any ``fail_next`` budget is used up."""
+        with self._lock:
+            return self._mode
+
+    @property
+    def connections(self) -> int:
+        """Number of client connections accepted so far."""
+        with self._lock:
+            return self._connections
+
+    @property
+    def failures(self) -> int:
+        """Number of connections that were failed on purpose (drop or 503)."""
+        with self._lock:
+            return self._failures
+
+    @property
+    def pending_failures(self) -> int:
+        """How many of the ``fail_next`` connections are still to come."""
+        with self._lock:
+            return self._fail_budget
+
+    def set_mode(self, mode: Mode, *, cut_active: bool = True) -> None:
+        """Switch mode and cancel any ``fail_next`` budget; optionally cut live connections."""
+        if mode not in get_args(Mode):
+            raise ValueError(f"unknown mode {mode!r}")
+        with self._lock:
+            self._mode = mode
+            self._fail_budget = 0
+        if cut_active:
+            self.cut_active()
+
+    def fail_next(self, n: int, mode: FailMode = "drop", *, cut_active: bool = True) -> None:
+        """Fail only the next ``n`` new connections with ``mode``, then use ``self.mode`` again."""
+        if mode not in get_args(FailMode) or n < 0:
+            raise ValueError(f"bad fail_next({n!r}, {mode!r})")
+        with self._lock:
+            self._fail_budget = n
+            self._fail_mode = mode
+        if cut_active:
+            self.cut_active()
+
+    def reset_counts(self) -> None:
+        """Zero ``connections`` and ``failures``."""
+        with self._lock:
+            self._connections = 0
+            self._failures = 0
+
+    def cut_active(self, timeout: float = 5.0) -> None:
+        """Abort every open connection (so pooled client connections are not reused)."""
+        if self._loop is None or not self._loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(self._abort_all(), self._loop).result(timeout)
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Bind a free port and serve from a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("proxy already started")
+        self._ready.clear()
+        name = f"FaultProxy->{self.upstream}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("proxy did not start")
+        if self._error is not None:
+            self._thread.join(timeout)
+            self._thread = None
+            raise RuntimeError("proxy failed to start") from self._error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and all connections, and join the thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError("proxy thread did not stop")
+
+    def __enter__(self) -> FaultProxy:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- loop thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # surfaced by start()
+            self._error = e
+        finally:
+            self._loop = None
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, self.host, 0)
+        self.port = int(server.sockets[0].getsockname()[1])
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            await self._abort_all()
+            # Let handlers see the aborts and finish on their own: on 3.11,
+            # cancelling a start_server handler task logs a spurious traceback.
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=5.0)
+            await server.wait_closed()
+
+    async def _abort_all(self) -> None:
+        for t in list(self._transports):
+            t.abort()
+        self._transports.clear()
+
+    def _next_action(self) -> Mode:
+        with self._lock:
+            self._connections += 1
+            if self._fail_budget > 0:
+                self._fail_budget -= 1
+                self._failures += 1
+                return self._fail_mode
+            if self._mode != "pass":
+                self._failures += 1
+            return self._mode
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._transports.add(writer.transport)
+        try:
+            action = self._next_action()
+            if action == "drop":
+                _reset(writer)
+            elif action == "503":
+                await _answer_503(reader, writer)
+            else:
+                await self._forward(reader, writer)
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # peer went away or sent junk; nothing to report in a fault proxy
+        finally:
+            self._handlers.discard(task)
+            self._transports.discard(writer.transport)
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            _reset(writer)
+            return
+        self._transports.add(up_writer.transport)
+        if self._stop is not None and self._stop.is_set():  # stopped while connecting
+            writer.transport.abort()
+            up_writer.transport.abort()
+        try:
+            both = (writer.transport, up_writer.transport)
+            await asyncio.gather(_pump(reader, up_writer, both), _pump(up_reader, writer, both))
+        finally:
+            self._transports.discard(up_writer.transport)
+            up_writer.transport.abort()
+
+
+async def _pump(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    both: tuple[asyncio.WriteTransport, asyncio.WriteTransport],
+) -> None:
+    """Copy ``src`` to ``dst``, forwarding EOF; on an error abort both sides."""
+    try:
+        while data := await src.read(_CHUNK):
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof() and not dst.transport.is_closing():
+            dst.write_eof()
+    except OSError:
+        for t in both:
+            t.abort()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0) rather than a polite FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def _answer_503(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the request head (and a modest body) and answer 503 + ``Connection: close``.
+
+    Draining the body first avoids the kernel sending RST for unread data, which
+    would make the client see a reset instead of the 503.
+    """
+    head = await reader.readuntil(b"\r\n\r\n")  # LimitOverrunError past 64 KiB
+    headers: dict[str, str] = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    if headers.get("expect", "").lower() != "100-continue" and 0 < length <= _MAX_DISCARD:
+        while length > 0:
+            chunk = await reader.read(min(_CHUNK, length))
+            if not chunk:
+                break
+            length -= len(chunk)
+    writer.write(_RESPONSE_503)
+    writer.close()  # flushes the response, then FIN
+    await writer.wait_closed()
