@@ -269,7 +269,8 @@ class Checkpointer:
     def _check_open(self) -> None:
         if self._state != "open":
             raise CheckpointClosedError(
-                f"the Checkpointer is {self._state}; use it inside `async with Checkpointer(...) as cp`"
+                f"the Checkpointer is {self._state}; "
+                "use it inside `async with Checkpointer(...) as cp`"
             )
 
     # -- saving -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ directories still go through obstore.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -188,10 +189,8 @@ class Location:
     def delete(self, rels: list[str]) -> None:
         """Delete objects; missing ones are fine."""
         for rel in rels:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 obstore.delete(self.store, self._key(rel))
-            except FileNotFoundError:
-                pass
         if self.local_root is not None:
             _prune_empty_dirs(self.local_root, rels)
 

@@ -179,10 +179,7 @@ def discard(files: list[StagedFile]) -> None:
     """Delete the staged copies of ``files`` (worker thread or loop: unlink is cheap)."""
     for f in files:
         if f.path is not None:
-            try:
-                f.path.unlink()
-            except FileNotFoundError:
-                pass
+            f.path.unlink(missing_ok=True)
         f.data = None
 
 

@@ -119,8 +119,7 @@ class Checkpoint:
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        dest = Path(os.path.abspath(os.fspath(dest_dir)))
-        tmp = Path(await anyio.to_thread.run_sync(_make_tmp, dest))
+        dest, tmp = await anyio.to_thread.run_sync(_make_tmp, os.fspath(dest_dir))
         try:
             limiter = anyio.CapacityLimiter(8)
             async with anyio.create_task_group() as tg:
@@ -196,9 +195,11 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
-def _make_tmp(dest: Path) -> str:
+def _make_tmp(dest_dir: str) -> tuple[Path, Path]:
+    """The absolute destination (created) and a private download folder inside it."""
+    dest = Path(os.path.abspath(dest_dir))
     dest.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(dir=dest, prefix=".asynccp-download-")
+    return dest, Path(tempfile.mkdtemp(dir=dest, prefix=".asynccp-download-"))
 
 
 def _move_into_place(tmp: Path, dest: Path, names: list[str]) -> None:

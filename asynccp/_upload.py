@@ -57,7 +57,7 @@ async def upload(
     keys = [f"{folder}/{f.name}" for f in item.files]
     try:
         async with anyio.create_task_group() as tg:
-            for f, key in zip(item.files, keys):
+            for f, key in zip(item.files, keys, strict=True):
                 tg.start_soon(_put_file, location, f, key, limiter)
         await anyio.to_thread.run_sync(location.sync_folders, keys)
         manifest = Manifest(
