@@ -361,9 +361,11 @@ class Checkpointer:
                 await self._process(item)
 
     async def _process(self, item: Pending) -> None:
+        """Upload and commit one checkpoint; free its room before its handle resolves."""
         started = time.perf_counter()
+        outcome: Checkpoint | CheckpointError
         try:
-            ckpt = await upload(
+            outcome = await upload(
                 self._location,
                 item,
                 writer=self.writer_id,
@@ -371,23 +373,26 @@ class Checkpointer:
                 limiter=self._limiter,
             )
         except CheckpointError as e:
-            self._counts["failed"] += 1
-            self._failures.append(e)
-            item.handle._fail(e)
+            outcome = e
         except anyio.get_cancelled_exc_class():
             item.handle._fail(FlushTimeoutError(f"checkpoint {item.step} was abandoned mid-upload"))
+            self._queue.done(item)
             raise
-        else:
-            self._counts["committed"] += 1
-            self._bytes_committed += item.size
-            self._last_committed = item.step
-            item.handle._resolve(ckpt)
-            await self._housekeeping()
         finally:
             self._upload_time += time.perf_counter() - started
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(discard, item.files)
-            self._queue.done(item)
+        self._queue.done(item)
+        if isinstance(outcome, CheckpointError):
+            self._counts["failed"] += 1
+            self._failures.append(outcome)
+            item.handle._fail(outcome)
+            return
+        self._counts["committed"] += 1
+        self._bytes_committed += item.size
+        self._last_committed = item.step
+        item.handle._resolve(outcome)
+        await self._housekeeping()
 
     async def _housekeeping(self) -> None:
         """Retention after a commit, orphan collection once per checkpointer; never fatal."""

@@ -1,0 +1,394 @@
+"""Checkpointer semantics on every kind of store: local files, memory, and S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from _moto import make_s3_store
+from obstore.store import MemoryStore
+
+import asynccp
+from asynccp import Checkpointer
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Something to pass as a Checkpointer location; reusable by a second checkpointer."""
+    if request.param == "local":
+        return tmp_path / "ckpts"
+    if request.param == "memory":
+        return MemoryStore()
+    endpoint = request.getfixturevalue("moto_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return make_s3_store(endpoint, bucket, prefix="runs/42")
+
+
+async def test_save_commit_and_resume(location: Any) -> None:
+    async with Checkpointer(location) as cp:
+        assert await cp.latest() is None
+        assert not await cp.prev_exists()
+        handles = [await cp.save(s, f"state {s}".encode(), metadata={"s": s}) for s in range(5)]
+    # leaving the block flushed: every handle is resolved and committed
+    assert all(h.done() for h in handles)
+    committed = [await h for h in handles]
+    assert [c.step for c in committed] == list(range(5))
+
+    async with Checkpointer(location) as cp2:
+        prev = await cp2.latest()
+        assert prev is not None and prev.step == 4
+        assert prev.metadata == {"s": 4}
+        assert await prev.read() == b"state 4"
+        assert [c.step for c in await cp2.list()] == [0, 1, 2, 3, 4]
+        assert await (await cp2.get(2)).read("data") == b"state 2"
+        assert await cp2.prev_exists()
+        await cp2.save(prev.step + 1, b"more")
+    async with Checkpointer(location) as cp3:
+        latest = await cp3.latest()
+        assert latest is not None and latest.step == 5 and latest.writer != prev.writer
+
+
+async def test_payload_kinds_round_trip(location: Any, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha")
+    (src / "sub" / "b.bin").write_bytes(os.urandom(3000))
+    single = tmp_path / "single.bin"
+    single.write_bytes(b"one file")
+    arr = np.arange(12, dtype=np.float64).reshape(3, 4)
+    async with Checkpointer(location) as cp:
+        h1 = await cp.save(1, {"weights": arr, "note": "hi", "raw": bytearray(b"ba"), "tree": src})
+        h2 = await cp.save(2, single)
+        h3 = await cp.save(3, memoryview(b"mv"))
+        h4 = await cp.save(4, src)
+        c1, c2, c3, c4 = await h1, await h2, await h3, await h4
+    assert sorted(c1.files) == ["note", "raw", "tree/a.txt", "tree/sub/b.bin", "weights"]
+    assert np.array_equal(np.frombuffer(await c1.read("weights")).reshape(3, 4), arr)
+    assert await c1.read("note") == b"hi"
+    assert await c1.read("tree/sub/b.bin") == (src / "sub" / "b.bin").read_bytes()
+    assert list(c2.files) == ["single.bin"] and await c2.read() == b"one file"
+    assert await c3.read() == b"mv"
+    out = await c4.download(tmp_path / "restored")
+    assert (out / "a.txt").read_bytes() == b"alpha"
+    assert (out / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    assert not [p for p in out.iterdir() if p.name.startswith(".asynccp")]
+
+
+async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> None:
+    buf = bytearray(b"A" * 1000)
+    arr = np.zeros(1 << 18, dtype=np.uint8)  # 256 KiB
+    big = bytearray(b"B" * (2 << 20))  # copied off the loop
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"before")
+    store = MemoryStore()
+    async with Checkpointer(store, max_pending=10) as cp:
+        h = await cp.save(0, {"buf": buf, "arr": arr, "big": big, "file": f})
+        buf[:] = b"Z" * 1000
+        arr[:] = 7
+        big[:10] = b"0123456789"
+        f.write_bytes(b"after, and longer")
+        c = await h
+    assert await c.read("buf") == b"A" * 1000
+    assert await c.read("arr") == bytes(1 << 18)
+    assert await c.read("big") == b"B" * (2 << 20)
+    assert await c.read("file") == b"before"
+
+
+async def test_steps_must_grow_and_committed_steps_are_not_overwritten(tmp_path: Path) -> None:
+    loc = tmp_path / "loc"
+    async with Checkpointer(loc) as cp:
+        await cp.save(5, b"five")
+        with pytest.raises(asynccp.StepOrderError, match="steps must grow"):
+            await cp.save(5, b"again")
+        with pytest.raises(asynccp.StepOrderError):
+            await cp.save(3, b"older")
+    # a second writer that knows the latest committed step is refused at once
+    async with Checkpointer(loc) as cp2:
+        assert (await cp2.latest()).step == 5  # type: ignore[union-attr]
+        with pytest.raises(asynccp.StepAlreadyCommittedError, match="latest committed step 5"):
+            await cp2.save(5, b"overwrite")
+    # one that does not know finds out at commit time; nothing of it is written
+    async with Checkpointer(loc) as cp3:
+        h = await cp3.save(5, b"overwrite")
+        with pytest.raises(asynccp.StepAlreadyCommittedError, match="already committed"):
+            await h
+        with pytest.raises(asynccp.StepAlreadyCommittedError):
+            await cp3.save(6, b"next")  # the failure is delivered to the main line once
+        writer = cp3.writer_id
+    assert not list((loc / "data").glob(f"*-{writer}"))
+    async with Checkpointer(loc) as cp4:
+        assert await (await cp4.get(5)).read() == b"five"
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [(-1, ValueError), (1.5, TypeError), ("3", TypeError), (True, TypeError), (10**20, ValueError)],
+)
+async def test_bad_steps_are_rejected_and_nothing_is_written(
+    tmp_path: Path, step: Any, error: type[Exception]
+) -> None:
+    async with Checkpointer(tmp_path / "loc") as cp:
+        with pytest.raises(error):
+            await cp.save(step, b"x")
+    assert not list((tmp_path / "loc").rglob("*.json"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"../escape": b"x"},
+        {"/abs": b"x"},
+        {"a//b": b"x"},
+        {"": b"x"},
+        {"a/./b": b"x"},
+        {"a/": b"x"},
+        {"back\\slash": b"x"},
+        {"a": b"x", "a/b": b"y"},
+    ],
+)
+async def test_unsafe_names_are_rejected(tmp_path: Path, payload: dict[str, bytes]) -> None:
+    async with Checkpointer(tmp_path / "loc") as cp:
+        with pytest.raises(asynccp.InvalidNameError):
+            await cp.save(0, payload)
+        assert cp.stats.saves == 0
+    assert not list((tmp_path / "loc").rglob("*.json"))
+
+
+async def test_bad_payloads_are_rejected(tmp_path: Path) -> None:
+    async with Checkpointer(tmp_path / "loc") as cp:
+        with pytest.raises(TypeError, match="unsupported payload type"):
+            await cp.save(0, 42)
+        with pytest.raises(TypeError, match="unsupported payload type"):
+            await cp.save(0, {"x": object()})
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            await cp.save(0, tmp_path / "missing.bin")
+        with pytest.raises(TypeError, match="not C-contiguous"):
+            await cp.save(0, np.arange(10)[::2])
+        with pytest.raises(TypeError, match="JSON"):
+            await cp.save(0, b"x", metadata={"f": object()})
+        with pytest.raises(TypeError, match="mapping"):
+            await cp.save(0, b"x", metadata=[1, 2])
+        with pytest.raises(TypeError, match="write\\(\\) takes bytes"):
+            await cp.write("text")  # type: ignore[arg-type]
+        assert cp.stats.saves == 0
+    assert not list((tmp_path / "loc").rglob("*.json"))
+    assert not list((tmp_path / "loc").rglob("data/*"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_pending": 0}, ValueError),
+        ({"max_pending": "4"}, TypeError),
+        ({"max_pending_bytes": -1}, ValueError),
+        ({"policy": "newest"}, ValueError),
+        ({"keep": -1}, ValueError),
+        ({"keep_every": 0}, ValueError),
+        ({"flush_timeout": -1}, ValueError),
+        ({"durable": "yes"}, TypeError),
+        ({"chunk_size": 1024}, ValueError),
+        ({"prefix": "x"}, TypeError),  # prefix only applies to store objects
+    ],
+)
+def test_bad_options_are_rejected(tmp_path: Path, kwargs: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        Checkpointer(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "location", ["ftp://host/x", "", 42, "memory://a/../b"], ids=["scheme", "empty", "int", "dots"]
+)
+def test_bad_locations_are_rejected(location: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        Checkpointer(location)
+
+
+async def test_closed_checkpointer_refuses_work(tmp_path: Path) -> None:
+    cp = Checkpointer(tmp_path)
+    with pytest.raises(asynccp.CheckpointClosedError):
+        await cp.save(0, b"x")
+    async with cp:
+        pass
+    with pytest.raises(asynccp.CheckpointClosedError):
+        await cp.save(0, b"x")
+    with pytest.raises(asynccp.CheckpointClosedError):
+        async with cp:
+            pass
+
+
+async def test_block_policy_applies_backpressure_on_count_and_bytes() -> None:
+    store = MemoryStore()
+    async with Checkpointer(store, max_pending=2, max_pending_bytes=1 << 20) as cp:
+        for step in range(20):
+            await cp.save(step, os.urandom(300_000))
+            # never more staged than the bounds (one oversize save is the only exception)
+            assert cp.stats.queue_depth <= 2
+            assert cp.stats.queue_bytes <= 1 << 20
+    assert cp.stats.committed == 20 and cp.stats.superseded == 0
+
+
+async def test_oversized_checkpoint_is_accepted_alone() -> None:
+    async with Checkpointer(MemoryStore(), max_pending_bytes=1000) as cp:
+        await cp.save(0, b"a" * 10)
+        h = await cp.save(1, b"b" * 5000)  # waits for an empty queue, then goes alone
+        assert cp.stats.queue_depth == 1
+        assert (await h).size == 5000
+
+
+async def test_latest_policy_supersedes_oldest_waiting(tmp_path: Path) -> None:
+    async with Checkpointer(tmp_path, max_pending=2, policy="latest") as cp:
+        handles = [await cp.save(s, s.to_bytes(16, "big")) for s in range(200)]
+        assert cp.stats.queue_depth <= 2
+    superseded = [h for h in handles if h.superseded]
+    committed = [h for h in handles if not h.superseded]
+    assert superseded, "200 back-to-back saves into a 2-slot queue must supersede some"
+    assert committed[-1].step == 199  # the newest always wins
+    with pytest.raises(asynccp.SupersededError):
+        await superseded[0]
+    assert cp.stats.superseded == len(superseded)
+    assert cp.stats.committed == len(committed)
+    async with Checkpointer(tmp_path) as cp2:
+        steps = [c.step for c in await cp2.list()]
+    assert steps == [h.step for h in committed]  # committed in save order, none lost
+
+
+async def test_retention_keeps_newest_and_milestones(location: Any) -> None:
+    async with Checkpointer(location, keep=2, keep_every=5, max_pending=1) as cp:
+        for step in range(12):
+            await (await cp.save(step, {"a": b"x" * step, "b/c": b"y"}))
+    async with Checkpointer(location) as cp2:
+        assert [c.step for c in await cp2.list()] == [0, 5, 10, 11]
+        # no payload of a deleted checkpoint remains
+        kept = {c.writer for c in await cp2.list()}
+        assert len(kept) == 1
+    if isinstance(location, Path):
+        folders = sorted(p.name[:20] for p in (location / "data").iterdir())
+        assert [int(f) for f in folders] == [0, 5, 10, 11]
+
+
+async def test_orphaned_payload_is_collected(tmp_path: Path) -> None:
+    loc = tmp_path / "loc"
+    orphan = loc / "data" / f"{3:020d}-deadbeef"
+    orphan.mkdir(parents=True)
+    (orphan / "data").write_bytes(b"crashed writer")
+    fresh = loc / "data" / f"{9:020d}-cafe"
+    fresh.mkdir(parents=True)
+    (fresh / "data").write_bytes(b"another writer, still uploading")
+    os.utime(orphan / "data", (0, 0))  # long ago
+    async with Checkpointer(loc, orphan_grace=600) as cp:
+        await (await cp.save(4, b"real"))
+    assert not orphan.exists()
+    assert fresh.exists()  # younger than the grace period: left alone
+
+
+async def test_stats_and_handles(tmp_path: Path) -> None:
+    async with Checkpointer(tmp_path) as cp:
+        h = await cp.save(0, b"12345")
+        assert repr(h).startswith("<SaveHandle step=0")
+        ckpt = await h
+        assert h.done() and h.exception() is None and not h.superseded
+        stats = cp.stats
+    assert stats.saves == 1 and stats.committed == 1 and stats.failed == 0
+    assert stats.bytes_saved == stats.bytes_committed == 5
+    assert stats.last_committed_step == 0 and stats.queue_depth == 0
+    assert stats.stall_seconds >= stats.max_stall_seconds > 0
+    assert ckpt.files["data"].checksum.startswith("crc32c:")
+
+
+async def test_flyte_style_write_read_restore(tmp_path: Path) -> None:
+    loc = tmp_path / "loc"
+    async with Checkpointer(loc) as cp:
+        assert await cp.read() is None
+        assert await cp.restore(tmp_path / "none") is None
+        await cp.write(b"1")
+        await cp.write(b"2")
+        await cp.flush()
+        assert await cp.read() == b"2"
+    async with Checkpointer(loc) as cp:
+        h = await cp.write(b"3")  # continues after the committed steps
+        assert h.step == 2
+        await cp.save(3, {"x": b"1", "y": b"2"})
+        await cp.flush()
+        with pytest.raises(asynccp.CheckpointError, match="holds 2 files"):
+            await cp.read()
+        out = await cp.restore(tmp_path / "dest")
+        assert out is not None
+        assert sorted(p.name for p in out.iterdir()) == ["x", "y"]
+
+
+async def test_get_missing_step_and_file(tmp_path: Path) -> None:
+    async with Checkpointer(tmp_path) as cp:
+        with pytest.raises(asynccp.CheckpointNotFoundError):
+            await cp.get(7)
+        c = await (await cp.save(1, b"x"))
+        with pytest.raises(asynccp.CheckpointNotFoundError, match="no file 'nope'"):
+            await c.read("nope")
+        with pytest.raises(ValueError):
+            await cp.get(-1)
+
+
+async def test_manifest_format_on_disk(tmp_path: Path) -> None:
+    async with Checkpointer(tmp_path, attempt=2) as cp:
+        await cp.save(7, {"w": b"abc"}, metadata={"loss": 0.5})
+    doc = json.loads((tmp_path / "manifests" / f"{7:020d}.json").read_text())
+    assert doc["format"] == 1 and doc["step"] == 7 and doc["attempt"] == 2
+    assert doc["data"] == f"data/{7:020d}-{cp.writer_id}"
+    assert doc["files"] == {"w": {"size": 3, "crc32c": "364b3fb7"}}
+    assert doc["metadata"] == {"loss": 0.5}
+    # payload objects hold the caller's bytes unchanged
+    assert (tmp_path / doc["data"] / "w").read_bytes() == b"abc"
+
+
+async def test_url_locations(tmp_path: Path, moto_server: str, s3_bucket: str) -> None:
+    async with Checkpointer(f"file://{tmp_path}/viaurl") as cp:
+        await cp.save(0, b"u")
+    assert (tmp_path / "viaurl" / "manifests").is_dir()
+    async with Checkpointer("memory://scratch") as cp:
+        await (await cp.save(0, b"m"))
+        assert (await cp.latest()).step == 0  # type: ignore[union-attr]
+    opts = {
+        "endpoint": moto_server,
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+        "region": "us-east-1",
+    }
+    url = f"s3://{s3_bucket}/runs/7"
+    async with Checkpointer(url, config=opts, client_options={"allow_http": True}) as cp:
+        await cp.save(3, b"s3")
+    async with Checkpointer(url, config=opts, client_options={"allow_http": True}) as cp:
+        c = await cp.latest()
+        assert c is not None and c.step == 3 and await c.read() == b"s3"
+    # the prefix in the URL is honoured: the objects live under runs/7/
+    direct = make_s3_store(moto_server, s3_bucket, prefix="runs/7")
+    async with Checkpointer(direct) as cp:
+        assert (await cp.latest()).step == 3  # type: ignore[union-attr]
+
+
+async def test_large_file_multipart_on_s3(s3_store: Any, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    data = os.urandom(12 << 20)  # > chunk_size: multipart
+    big.write_bytes(data)
+    async with Checkpointer(s3_store, chunk_size=5 << 20) as cp:
+        c = await (await cp.save(0, {"big": big, "buf": data}))
+    assert c.files["big"].size == len(data)
+    assert await c.read("big") == data
+    out = await c.download(tmp_path / "out")
+    assert (out / "buf").read_bytes() == data
+
+
+async def test_works_under_trio(tmp_path: Path) -> None:
+    """The I/O path runs obstore's sync API in threads, so trio works too."""
+
+    async def job() -> bytes | None:
+        async with Checkpointer(tmp_path / "trio") as cp:
+            await cp.save(0, b"trio!")
+        async with Checkpointer(tmp_path / "trio") as cp:
+            return await cp.read()
+
+    result = await anyio.to_thread.run_sync(lambda: anyio.run(job, backend="trio"))
+    assert result == b"trio!"
