@@ -232,31 +232,33 @@ class Checkpointer:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self.flush_timeout) as flush_scope:
                 await self._queue.wait_idle()
+            errors += self._take_failures()
             if flush_scope.cancelled_caught:
                 errors.append(self._abandon())
-            await anyio.to_thread.run_sync(remove_staging, self._staging)
-        # The task group was entered in __aenter__, so it is exited last (scopes nest).
-        # The worker is finished or cancelled by now, so this returns promptly.
-        await self._tg.__aexit__(None, None, None)
-        self._state = "closed"
-        errors[:0] = self._take_failures()
-        if not errors:
-            return
         if exc is not None:
             for err in errors:
                 add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
-            return
-        first = errors[0]
-        for err in errors[1:]:
-            add_note(first, f"also: {type(err).__name__}: {err}")
-        raise first
+        try:
+            # The task group was entered in __aenter__, so it is exited last (scopes
+            # nest). Its worker has drained the queue or been cancelled by now.
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_staging, self._staging)
+            self._state = "closed"
+        if errors and exc is None:
+            first = errors[0]
+            for err in errors[1:]:
+                add_note(first, f"also: {type(err).__name__}: {err}")
+            raise first
 
     def _abandon(self) -> FlushTimeoutError:
         """Give up on pending work after ``flush_timeout``: fail every handle, stop the worker."""
         pending = self._queue.drain()
         err = FlushTimeoutError(
             f"flush did not finish within {self.flush_timeout:g} s: "
-            f"{len(pending)} staged checkpoint(s) and the one in flight were abandoned "
+            f"{len(pending)} staged checkpoint(s) were abandoned, and the one in flight "
+            "(which may still commit if its last request lands) "
             f"(steps {[p.step for p in pending][:10]}); the latest committed step is "
             f"{self._last_committed}"
         )

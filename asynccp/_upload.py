@@ -100,13 +100,17 @@ async def _put_file(
             assert f.path is not None
             location.put(key, f.path, move=True)
 
-    await anyio.to_thread.run_sync(work, limiter=limiter)
+    # Abandonable: only a flush timeout cancels the uploader, and then it must not wait
+    # for a request that may hang until obstore's retry_timeout.
+    await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
 
 
 async def _commit(location: Location, manifest: Manifest) -> None:
     key = manifest_key(manifest.step)
     try:
-        await anyio.to_thread.run_sync(location.create, key, manifest.encode())
+        await anyio.to_thread.run_sync(
+            location.create, key, manifest.encode(), abandon_on_cancel=True
+        )
     except ObjectExists:
         # A retried PUT whose first try landed looks like a conflict: check whose it is.
         try:
