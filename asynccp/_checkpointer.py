@@ -146,7 +146,7 @@ class Checkpointer:
     ) -> None:
         _positive_int("max_pending", max_pending)
         _positive_int("max_pending_bytes", max_pending_bytes)
-        _positive_int("keep", keep, allow_none=True, minimum=0)
+        _positive_int("keep", keep, allow_none=True)
         _positive_int("keep_every", keep_every, allow_none=True)
         _positive_int("attempt", attempt, minimum=0)
         _positive_int("max_concurrency", max_concurrency)

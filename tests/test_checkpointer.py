@@ -188,6 +188,7 @@ async def test_bad_payloads_are_rejected(tmp_path: Path) -> None:
         ({"max_pending_bytes": -1}, ValueError),
         ({"policy": "newest"}, ValueError),
         ({"keep": -1}, ValueError),
+        ({"keep": 0}, ValueError),
         ({"keep_every": 0}, ValueError),
         ({"flush_timeout": -1}, ValueError),
         ({"durable": "yes"}, TypeError),

@@ -1,0 +1,101 @@
+"""Manifests are untrusted input: every field is validated before use."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from asynccp import CorruptCheckpointError
+from asynccp._manifest import FileInfo, Manifest, manifest_key, parse_data_dir, step_of_manifest_key
+from asynccp._retention import steps_to_delete
+
+KEY = manifest_key(7)
+
+
+def good() -> dict[str, Any]:
+    m = Manifest(
+        step=7,
+        writer="abc123",
+        attempt=1,
+        created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+        metadata={"loss": 0.25},
+        files={"a/b.bin": FileInfo(3, 0xDEADBEEF)},
+    )
+    return json.loads(m.encode())
+
+
+def test_round_trip() -> None:
+    m = Manifest.decode(json.dumps(good()).encode(), key=KEY)
+    assert m.step == 7 and m.writer == "abc123" and m.attempt == 1
+    assert m.files == {"a/b.bin": FileInfo(3, 0xDEADBEEF)}
+    assert m.data == f"data/{7:020d}-abc123"
+    assert Manifest.decode(m.encode(), key=KEY) == m
+
+
+def mutate(path: list[str], value: Any) -> bytes:
+    doc = good()
+    target = doc
+    for p in path[:-1]:
+        target = target[p]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (mutate(["format"], 2), "format"),
+        (mutate(["format"], True), "format"),
+        (mutate(["step"], 8), "stored as step 7"),
+        (mutate(["step"], -1), "step"),
+        (mutate(["step"], "7"), "step"),
+        (mutate(["writer"], "../x"), "writer"),
+        (mutate(["attempt"], None), "attempt"),
+        (mutate(["created_at"], "yesterday"), "created_at"),
+        (mutate(["created_at"], KeyError), "created_at"),
+        (mutate(["data"], "data/../../etc"), "data folder"),
+        (mutate(["metadata"], [1]), "metadata"),
+        (mutate(["files"], []), "files"),
+        (mutate(["files"], {"../../x": {"size": 1, "crc32c": "00000000"}}), "'..'"),
+        (mutate(["files"], {"/etc/passwd": {"size": 1, "crc32c": "00000000"}}), "absolute"),
+        (mutate(["files"], {"a//b": {"size": 1, "crc32c": "00000000"}}), "empty segment"),
+        (mutate(["files", "a/b.bin", "size"], -5), "size"),
+        (mutate(["files", "a/b.bin", "size"], 1.5), "size"),
+        (mutate(["files", "a/b.bin", "crc32c"], "xyz"), "crc32c"),
+        (mutate(["files", "a/b.bin"], 3), "not an object"),
+    ],
+)
+def test_invalid_manifests_are_errors_not_crashes(raw: bytes, why: str) -> None:
+    with pytest.raises(CorruptCheckpointError, match=why):
+        Manifest.decode(raw, key=KEY)
+
+
+def test_key_parsing() -> None:
+    assert step_of_manifest_key(manifest_key(42)) == 42
+    assert step_of_manifest_key("manifests/42.json") is None
+    assert step_of_manifest_key("manifests/.00000000000000000042.json.x.asynccp-tmp") is None
+    assert parse_data_dir(f"data/{5:020d}-ab12") == (5, "ab12")
+    assert parse_data_dir("data/5-ab12") is None
+
+
+@pytest.mark.parametrize(
+    ("keep", "every", "doomed"),
+    [
+        (None, None, []),
+        (3, None, [0, 1, 2, 3, 4, 5, 6]),
+        (3, 5, [1, 2, 3, 4, 6]),
+        (0, None, list(range(10))),
+        (20, None, []),
+    ],
+)
+def test_retention_arithmetic(keep: int | None, every: int | None, doomed: list[int]) -> None:
+    assert steps_to_delete(list(range(10)), keep, every) == doomed
