@@ -80,8 +80,18 @@ class Location:
 
     def open(self) -> None:
         """Create the local directory and its store if needed (worker thread)."""
-        if self.local_root is not None and self.store is None:
+        if self.local_root is None:
+            return
+        if self.durable:
+            # Create the two top folders once, durably: every later fsync is then of a
+            # folder whose own entry is already on disk.
+            for top in ("data", "manifests"):
+                (self.local_root / top).mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.local_root)
+            _fsync_dir(self.local_root.parent)
+        else:
             self.local_root.mkdir(parents=True, exist_ok=True)
+        if self.store is None:
             self.store = LocalStore(self.local_root)
 
     def _key(self, rel: str) -> str:
