@@ -26,7 +26,13 @@ import anyio
 import anyio.to_thread
 
 from ._handle import SaveHandle
-from ._location import DEFAULT_CHUNK_SIZE, DEFAULT_PART_CONCURRENCY, Location, resolve
+from ._location import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_IO_ATTEMPTS,
+    DEFAULT_PART_CONCURRENCY,
+    Location,
+    resolve,
+)
 from ._manifest import MAX_STEP, check_metadata, now
 from ._payload import Payload, discard, remove_staging, snapshot
 from ._queue import Policy, StagingQueue
@@ -120,6 +126,8 @@ class Checkpointer:
         max_concurrency: files of one checkpoint uploaded at once.
         chunk_size, part_concurrency: multipart part size and parallel parts for
             large objects on remote stores.
+        io_attempts: attempts per store call on connection-level errors, on top of
+            the retries obstore makes itself (its ``retry_config``).
         orphan_grace: seconds before an uncommitted payload folder is collected.
         staging_dir: where file payloads are copied while they wait (a temp dir).
     """
@@ -140,6 +148,7 @@ class Checkpointer:
         max_concurrency: int = 8,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+        io_attempts: int = DEFAULT_IO_ATTEMPTS,
         orphan_grace: float | timedelta = 3600.0,
         staging_dir: str | os.PathLike[str] | None = None,
         **store_options: Any,
@@ -160,6 +169,7 @@ class Checkpointer:
             durable=durable,
             chunk_size=chunk_size,
             part_concurrency=part_concurrency,
+            io_attempts=io_attempts,
             **store_options,
         )
         self.max_pending = max_pending

@@ -25,11 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, PreconditionError
+import stamina
+from obstore.exceptions import AlreadyExistsError, GenericError, PreconditionError
 from obstore.store import (
     AzureStore,
     GCSStore,
@@ -49,6 +50,9 @@ _COPY_CHUNK = 8 << 20
 #: Multipart part size and parallel parts for large payload objects (remote stores).
 DEFAULT_CHUNK_SIZE = 8 << 20
 DEFAULT_PART_CONCURRENCY = 8
+#: Attempts per store call on connection-level errors, on top of obstore's retry_config.
+DEFAULT_IO_ATTEMPTS = 4
+T = TypeVar("T")
 
 
 class ObjectExists(Exception):
@@ -75,6 +79,29 @@ class Location:
     durable: bool = True
     chunk_size: int = DEFAULT_CHUNK_SIZE
     part_concurrency: int = DEFAULT_PART_CONCURRENCY
+    io_attempts: int = DEFAULT_IO_ATTEMPTS
+
+    def _retrying(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call obstore, retrying what it gave up on at the connection level.
+
+        obstore retries 5xx answers and most dropped connections itself, but some
+        transport errors (a pooled connection found dead: "connection was not ready")
+        surface after few or no retries. They are ``GenericError``; "not found",
+        "permission denied", "already exists" have their own types and are final.
+        Payload puts are idempotent, and a repeated manifest create is recognised
+        by its writer id, so repeating a call is safe.
+        """
+        for attempt in stamina.retry_context(
+            on=GenericError,
+            attempts=self.io_attempts,
+            timeout=None,
+            wait_initial=0.05,
+            wait_max=2.0,
+            wait_jitter=0.05,
+        ):
+            with attempt:
+                return fn(*args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- setup --------------------------------------------------------------------
 
@@ -104,7 +131,8 @@ class Location:
         if self.local_root is not None and self.durable:
             self._local_put(rel, source, move=move)
             return
-        obstore.put(
+        self._retrying(
+            obstore.put,
             self.store,
             self._key(rel),
             source,
@@ -118,7 +146,7 @@ class Location:
             self._local_put(rel, data, create=True)
             return
         try:
-            obstore.put(self.store, self._key(rel), data, mode="create")
+            self._retrying(obstore.put, self.store, self._key(rel), data, mode="create")
         except (AlreadyExistsError, PreconditionError) as e:
             raise ObjectExists(rel) from e
 
@@ -181,16 +209,18 @@ class Location:
         if self.local_root is not None:
             with open(self.local_root / rel, "rb") as f:
                 return f.read()
-        return obstore.get(self.store, self._key(rel)).bytes().to_bytes()
+        result = self._retrying(obstore.get, self.store, self._key(rel))
+        return result.bytes().to_bytes()  # type: ignore[no-any-return]
 
     def chunks(self, rel: str) -> Iterator[Any]:
         """The object as a stream of buffers (for large objects)."""
-        return iter(obstore.get(self.store, self._key(rel)).stream(min_chunk_size=_COPY_CHUNK))
+        result = self._retrying(obstore.get, self.store, self._key(rel))
+        return iter(result.stream(min_chunk_size=_COPY_CHUNK))
 
     def size(self, rel: str) -> int | None:
         """The object's size, or None when it does not exist."""
         try:
-            return int(obstore.head(self.store, self._key(rel))["size"])
+            return int(self._retrying(obstore.head, self.store, self._key(rel))["size"])
         except FileNotFoundError:
             return None
 
@@ -198,16 +228,22 @@ class Location:
         """Every object under ``rel_prefix`` (keys relative to the location)."""
         cut = len(self.prefix)
         out: list[ObjectInfo] = []
-        for batch in obstore.list(self.store, prefix=self._key(rel_prefix)):
-            for meta in batch:
-                out.append(ObjectInfo(meta["path"][cut:], int(meta["size"]), meta["last_modified"]))
-        return out
+
+        def collect() -> list[ObjectInfo]:
+            out.clear()
+            for batch in obstore.list(self.store, prefix=self._key(rel_prefix)):
+                for meta in batch:
+                    key, size = meta["path"][cut:], int(meta["size"])
+                    out.append(ObjectInfo(key, size, meta["last_modified"]))
+            return out
+
+        return self._retrying(collect)  # type: ignore[no-any-return]
 
     def delete(self, rels: list[str]) -> None:
         """Delete objects; missing ones are fine."""
         for rel in rels:
             with contextlib.suppress(FileNotFoundError):
-                obstore.delete(self.store, self._key(rel))
+                self._retrying(obstore.delete, self.store, self._key(rel))
         if self.local_root is not None:
             _prune_empty_dirs(self.local_root, rels)
 
@@ -219,15 +255,22 @@ def resolve(
     durable: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+    io_attempts: int = DEFAULT_IO_ATTEMPTS,
     **store_options: Any,
 ) -> Location:
     """Turn what the user passed as a location into a :class:`Location` (no I/O)."""
-    for name, value in (("chunk_size", chunk_size), ("part_concurrency", part_concurrency)):
+    sizes = (("chunk_size", chunk_size), ("part_concurrency", part_concurrency))
+    for name, value in (*sizes, ("io_attempts", io_attempts)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if chunk_size < 5 << 20:
         raise ValueError("chunk_size must be at least 5 MiB (the S3 minimum part size)")
-    common = {"durable": durable, "chunk_size": chunk_size, "part_concurrency": part_concurrency}
+    common = {
+        "durable": durable,
+        "chunk_size": chunk_size,
+        "part_concurrency": part_concurrency,
+        "io_attempts": io_attempts,
+    }
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
     if isinstance(location, STORE_TYPES):

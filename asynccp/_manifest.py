@@ -118,8 +118,8 @@ class Manifest:
 
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise bad(f"not JSON ({e})") from e
+        except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
+            raise bad(f"not JSON ({type(e).__name__}: {str(e)[:100]})") from e
         if not isinstance(doc, dict):
             raise bad("not a JSON object")
         fmt = doc.get("format")

@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 import crc32c
 
+from ._groups import first_leaf
 from ._location import Location
 from ._manifest import FileInfo, Manifest, manifest_key, step_of_manifest_key
 from .errors import (
@@ -122,9 +123,13 @@ class Checkpoint:
         dest, tmp = await anyio.to_thread.run_sync(_make_tmp, os.fspath(dest_dir))
         try:
             limiter = anyio.CapacityLimiter(8)
-            async with anyio.create_task_group() as tg:
-                for name in self.files:
-                    tg.start_soon(self._download_one_async, name, tmp, limiter)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for name in self.files:
+                        tg.start_soon(self._download_one_async, name, tmp, limiter)
+            except Exception as e:  # a task group wraps its children's errors
+                leaf = first_leaf(e)
+                raise leaf from leaf.__cause__
             await anyio.to_thread.run_sync(_move_into_place, tmp, dest, list(self.files))
         finally:
             with anyio.CancelScope(shield=True):

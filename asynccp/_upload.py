@@ -10,7 +10,6 @@ and the step reports :class:`StepAlreadyCommittedError`; data never mixes.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,15 +18,18 @@ import anyio
 import anyio.to_thread
 import crc32c
 
+from ._groups import first_leaf
 from ._handle import SaveHandle
 from ._location import Location, ObjectExists
 from ._manifest import FileInfo, Manifest, data_dir, manifest_key
 from ._payload import StagedFile
 from ._restore import Checkpoint
-from .errors import CorruptCheckpointError, StepAlreadyCommittedError, UploadError
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+from .errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    StepAlreadyCommittedError,
+    UploadError,
+)
 
 __all__ = ["Pending", "upload"]
 
@@ -55,6 +57,7 @@ async def upload(
     """Upload ``item``'s payload, then commit its manifest; return the checkpoint."""
     folder = data_dir(item.step, writer)
     keys = [f"{folder}/{f.name}" for f in item.files]
+    commit_sent = False
     try:
         async with anyio.create_task_group() as tg:
             for f, key in zip(item.files, keys, strict=True):
@@ -68,24 +71,24 @@ async def upload(
             metadata=item.metadata,
             files={f.name: FileInfo(f.size, f.crc32c or 0) for f in item.files},
         )
+        commit_sent = True
         await _commit(location, manifest)
     except BaseException as e:
-        with anyio.CancelScope(shield=True):
-            await _cleanup(location, keys)
-        if isinstance(e, Exception) and not isinstance(e, StepAlreadyCommittedError | UploadError):
-            err = _first(e)
+        # Once the manifest may have reached the store, the payload must stay: a commit
+        # whose answer was lost (a timeout, an abandoned request) would otherwise point
+        # at deleted objects. If it did not commit, the orphan collector removes it.
+        if not commit_sent or isinstance(e, StepAlreadyCommittedError):
+            with anyio.CancelScope(shield=True):
+                await _cleanup(location, keys)
+        leaf = first_leaf(e)
+        if isinstance(leaf, CheckpointError):
+            raise leaf from leaf.__cause__
+        if isinstance(leaf, Exception):
             raise UploadError(
-                f"checkpoint step {item.step} was not committed to {location.description}: {err}"
-            ) from err
+                f"checkpoint step {item.step} was not committed to {location.description}: {leaf}"
+            ) from leaf
         raise
     return Checkpoint._from_manifest(manifest, location)
-
-
-def _first(e: BaseException) -> BaseException:
-    """The first leaf of an exception group (task groups wrap child errors)."""
-    while isinstance(e, BaseExceptionGroup) and e.exceptions:
-        e = e.exceptions[0]
-    return e
 
 
 async def _put_file(
