@@ -1,0 +1,717 @@
+"""The ``asynccp`` command: ``bench``, ``ls``, ``show``, ``verify``, ``restore``, ``gc``.
+
+argparse, not click: six flat sub-commands with a handful of options each need nothing
+argparse lacks, and the core install stays free of one more dependency.
+
+Every command takes a location as asynccp does (a path, ``file://``, ``s3://``,
+``gs://``, ``az://``, ``memory://``); remote stores read the usual environment
+variables (``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``, ``AWS_ACCESS_KEY_ID``...) and take
+extra options with ``-o KEY=VALUE``. Output is for people; ``--json`` prints one JSON
+document instead. A bad argument or an unreachable location prints one line on stderr
+and exits non-zero, without a traceback (set ``ASYNCCP_DEBUG=1`` to see one).
+
+Exit codes: 0 success, 1 failure (a checkpoint failed verification, nothing to
+restore, a store error), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+from obstore.store import LocalStore
+
+from . import _bench
+from ._location import Location, resolve
+from ._manifest import MAX_STEP
+from ._restore import Checkpoint, list_checkpoints, list_steps, load, newest_verified
+from ._retention import apply_retention, collect_orphans, steps_to_delete
+from .errors import CheckpointError, CorruptCheckpointError, StoreError
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["main"]
+
+PROG = "asynccp"
+
+
+class UsageError(Exception):
+    """A bad argument: exit 2."""
+
+
+class Failure(Exception):
+    """The command ran and failed (nothing to restore, verification failed): exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _step(text: str) -> int:
+    value = _nonneg_int(text)
+    if value > MAX_STEP:
+        raise argparse.ArgumentTypeError(f"step must be <= {MAX_STEP}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return _bench.parse_size(text)
+    except _bench.BenchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _sizes(text: str) -> list[int]:
+    return [_size(part) for part in text.split(",") if part.strip()] or [_size(text)]
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in _bench.KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind(s) {', '.join(bad) or repr(text)}; choose from {', '.join(_bench.KINDS)}"
+        )
+    return kinds
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"store options are KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--store-option",
+        dest="store_options",
+        metavar="KEY=VALUE",
+        type=_option,
+        action="append",
+        default=[],
+        help="option for obstore.store.from_url, e.g. -o endpoint=http://127.0.0.1:9000 "
+        "(remote URLs only; environment variables such as AWS_ENDPOINT_URL also apply)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_nonneg_int,
+        default=3,
+        help="retries of a failed store request before giving up (remote URLs; default 3)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        help="seconds one store request may take, body included (remote URLs; obstore's "
+        "default is 30)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Async-first intra-task checkpointing: benchmark it, and inspect, verify, "
+        "restore and clean up the checkpoints at a location.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    b = sub.add_parser(
+        "bench",
+        help="measure caller stall, throughput, loop lag and memory against baselines",
+        description="Measure asynccp against a synchronous writer and raw obstore on the same "
+        "store, interleaved, and print medians and ratios. Runs on a private temporary "
+        "directory unless --url is given (a sub-folder is used and removed there too).",
+    )
+    b.add_argument("--url", help="location to benchmark (default: a temporary local directory)")
+    b.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[1 << 20, 16 << 20, 64 << 20],
+        help="comma-separated payload sizes (default 1MiB,16MiB,64MiB)",
+    )
+    b.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=list(_bench.KINDS),
+        help="payload kinds: bytes, bytearray, file, files (a folder of many small files); "
+        "default all",
+    )
+    b.add_argument("--saves", type=_pos_int, default=4, help="saves per round (default 4)")
+    b.add_argument(
+        "--rounds", type=_pos_int, default=3, help="interleaved rounds per case (default 3)"
+    )
+    b.add_argument("--policy", choices=("block", "latest"), default="block")
+    b.add_argument("--max-pending", type=_pos_int, default=4, help="queue bound (checkpoints)")
+    b.add_argument(
+        "--max-pending-bytes",
+        type=_size,
+        default=256 << 20,
+        help="queue bound in bytes, also the memory probe's bound (default 256MiB)",
+    )
+    b.add_argument(
+        "--files-per-save",
+        type=_pos_int,
+        default=64,
+        help="files per checkpoint for --kinds files (default 64)",
+    )
+    b.add_argument(
+        "--small-saves",
+        type=_nonneg_int,
+        default=10_000,
+        help="16-byte saves with policy=latest in the small-save test (0 skips it)",
+    )
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    b.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="local directories: durable=False for asynccp and no fsync for the baselines",
+    )
+    b.add_argument("--json", metavar="FILE", help="also write every figure as JSON ('-': stdout)")
+    b.add_argument("--plot", metavar="FILE.png", help="draw stall and throughput vs size")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    b.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target is missed")
+    _store_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    def located(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description)
+        p.add_argument("url", metavar="URL", help="the checkpoint location (path or URL)")
+        return p
+
+    p = located("ls", "list committed checkpoints", "List the committed checkpoints, oldest first.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _store_args(p)
+    p.set_defaults(func=cmd_ls)
+
+    p = located("show", "show one checkpoint", "Show one checkpoint's manifest and files.")
+    p.add_argument("step", metavar="STEP", type=_step)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _store_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = located(
+        "verify",
+        "read and check every checkpoint",
+        "Read every file of every committed checkpoint (or of --step) and check its size and "
+        "CRC32C against the manifest. Exits 1 if any checkpoint fails.",
+    )
+    p.add_argument("--step", type=_step, help="verify this step only")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _store_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = located(
+        "restore",
+        "download a checkpoint into a folder",
+        "Download the newest checkpoint that verifies (or --step N) into DEST, verified; files "
+        "appear in DEST only once all of them verified. Exits 1 if there is none.",
+    )
+    p.add_argument("dest", metavar="DEST", help="destination folder (created if needed)")
+    p.add_argument("--step", type=_step, help="restore this step (no fallback)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _store_args(p)
+    p.set_defaults(func=cmd_restore)
+
+    p = located(
+        "gc",
+        "apply retention and collect orphans",
+        "Delete committed checkpoints beyond the newest --keep (keeping every --keep-every "
+        "milestone), manifest first, then payload folders nobody committed that are older "
+        "than --orphan-grace.",
+    )
+    p.add_argument("--keep", type=_pos_int, required=True, help="newest checkpoints to keep")
+    p.add_argument("--keep-every", type=_pos_int, help="also keep every step divisible by K")
+    p.add_argument(
+        "--orphan-grace",
+        type=_seconds,
+        default=3600.0,
+        help="collect uncommitted payload folders older than this many seconds (default 3600)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _store_args(p)
+    p.set_defaults(func=cmd_gc)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# -- locations -------------------------------------------------------------------------
+
+
+def _is_remote(url: str) -> bool:
+    scheme = urlparse(url).scheme.lower() if "://" in url else ""
+    return scheme not in ("", "file", "memory")
+
+
+def _store_options(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
+    opts: dict[str, Any] = dict(args.store_options)
+    if url is None or not _is_remote(url):
+        if opts:
+            raise UsageError("-o/--store-option applies to remote URLs only")
+        return {}
+    retry: dict[str, Any] = {"max_retries": args.retries}
+    if args.timeout is not None:
+        opts["client_options"] = {"timeout": timedelta(seconds=args.timeout)}
+        retry["retry_timeout"] = timedelta(seconds=max(args.timeout * (args.retries + 1), 1))
+    opts["retry_config"] = retry
+    return opts
+
+
+def _open(args: argparse.Namespace) -> Location:
+    """The location of a read/maintenance command; a local one must already exist."""
+    url: str = args.url
+    try:
+        loc = resolve(url, **_store_options(args, url))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"bad location {url!r}: {e}") from None
+    except Exception as e:  # obstore's own parsing/configuration errors
+        raise UsageError(f"bad location {url!r}: {_one_line(e)}") from None
+    if loc.local_root is not None and not loc.local_root.is_dir():
+        what = "is not a directory" if loc.local_root.exists() else "does not exist"
+        raise Failure(f"{loc.local_root} {what}")
+    if loc.local_root is not None and loc.store is None:
+        # Not loc.open(): that prepares a location for writing (creates its folders).
+        loc.store = LocalStore(loc.local_root)
+    return loc
+
+
+# -- output helpers --------------------------------------------------------------------
+
+
+def _ckpt_doc(c: Checkpoint) -> dict[str, Any]:
+    return {
+        "step": c.step,
+        "created_at": c.created_at.isoformat(),
+        "attempt": c.attempt,
+        "writer": c.writer,
+        "size": c.size,
+        "metadata": dict(c.metadata),
+        "files": {n: {"size": f.size, "checksum": f.checksum} for n, f in c.files.items()},
+    }
+
+
+def _table(head: Sequence[str], rows: list[Sequence[str]], right: set[int] = frozenset()) -> str:  # type: ignore[assignment]
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([fmt(head), *map(fmt, rows)])
+
+
+def _when(c: Checkpoint) -> str:
+    return c.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: Callable[[], str]) -> None:
+    print(json.dumps(doc, indent=2) if args.json else text())
+
+
+def _meta(meta: Any, width: int = 48) -> str:
+    s = json.dumps(dict(meta), separators=(",", ":")) if meta else ""
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    loc = _open(args)
+    ckpts = await list_checkpoints(loc)
+
+    def text() -> str:
+        if not ckpts:
+            return f"no checkpoints in {loc.description}"
+        rows = [
+            [
+                str(c.step),
+                _when(c),
+                str(len(c.files)),
+                _bench.fmt_size(c.size),
+                str(c.attempt),
+                c.writer,
+                _meta(c.metadata),
+            ]
+            for c in ckpts
+        ]
+        head = ["STEP", "CREATED (UTC)", "FILES", "SIZE", "ATTEMPT", "WRITER", "METADATA"]
+        total = sum(c.size for c in ckpts)
+        return (
+            _table(head, rows, right={0, 2, 3, 4})
+            + f"\n{len(ckpts)} checkpoint(s), {_bench.fmt_size(total)}, "
+            f"newest step {ckpts[-1].step}"
+        )
+
+    _emit(args, {"location": loc.description, "checkpoints": [_ckpt_doc(c) for c in ckpts]}, text)
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    loc = _open(args)
+    c = await _load(loc, args.step)
+
+    def text() -> str:
+        lines = [
+            f"step        {c.step}",
+            f"created_at  {c.created_at.isoformat()}",
+            f"attempt     {c.attempt}",
+            f"writer      {c.writer}",
+            f"size        {_bench.fmt_size(c.size)} ({c.size} bytes) in {len(c.files)} file(s)",
+            f"metadata    {json.dumps(dict(c.metadata), indent=None)}",
+            "",
+        ]
+        rows = [[n, str(f.size), f.checksum] for n, f in sorted(c.files.items())]
+        return "\n".join(lines) + _table(["FILE", "BYTES", "CHECKSUM"], rows, right={1})
+
+    _emit(args, {"location": loc.description, **_ckpt_doc(c)}, text)
+    return 0
+
+
+async def _load(loc: Location, step: int) -> Checkpoint:
+    try:
+        return await load(loc, step)
+    except CheckpointError as e:
+        raise Failure(str(e)) from None
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    loc = _open(args)
+    steps = [args.step] if args.step is not None else await list_steps(loc)
+    results = []
+    for step in steps:
+        entry: dict[str, Any] = {"step": step, "ok": False, "error": None}
+        try:
+            c = await load(loc, step)
+            entry.update(files=len(c.files), size=c.size)
+            await c.verify()
+            entry["ok"] = True
+        except StoreError as e:
+            entry["error"] = f"store error: {_one_line(e)}"
+        except CheckpointError as e:
+            entry["error"] = _one_line(e)
+        results.append(entry)
+        if not args.json:
+            if entry["ok"]:
+                print(
+                    f"step {step}: ok ({entry['files']} file(s), {_bench.fmt_size(entry['size'])})"
+                )
+            else:
+                print(f"step {step}: FAILED: {entry['error']}")
+    failed = [r["step"] for r in results if not r["ok"]]
+    if args.json:
+        print(
+            json.dumps(
+                {"location": loc.description, "ok": not failed, "checkpoints": results}, indent=2
+            )
+        )
+    elif not results:
+        print(f"no checkpoints in {loc.description}")
+    else:
+        print(
+            f"{len(results) - len(failed)} of {len(results)} checkpoint(s) verified"
+            + (f"; failed: {failed}" if failed else "")
+        )
+    return 1 if failed else 0
+
+
+async def cmd_restore(args: argparse.Namespace) -> int:
+    loc = _open(args)
+    dest = Path(args.dest)
+    if dest.exists() and not dest.is_dir():  # noqa: ASYNC240 - a CLI, one stat
+        raise UsageError(f"DEST {dest} exists and is not a directory")
+    if args.step is not None:
+        c = await _load(loc, args.step)
+        try:
+            path = await _download(c, dest)
+        except CorruptCheckpointError as e:
+            raise Failure(f"checkpoint {args.step} failed verification: {_one_line(e)}") from None
+    else:
+        found = await newest_verified(loc, lambda c: _download(c, dest))
+        if found is None:
+            raise Failure(f"no checkpoint in {loc.description} verifies; nothing restored")
+        c, path = found
+    doc = {
+        "location": loc.description,
+        "step": c.step,
+        "dest": str(path),
+        "files": sorted(c.files),
+        "size": c.size,
+    }
+    _emit(
+        args,
+        doc,
+        lambda: (
+            f"restored step {c.step} ({len(c.files)} file(s), {_bench.fmt_size(c.size)}) to {path}"
+        ),
+    )
+    return 0
+
+
+async def _download(c: Checkpoint, dest: Path) -> Path:
+    """``c.download(dest)``, with the error of a failed file raised as itself.
+
+    ``Checkpoint.download`` fetches files in a task group, which wraps a failure in an
+    ExceptionGroup; ``newest_verified`` only falls back past a bare
+    CorruptCheckpointError, so the first leaf is re-raised here.
+    """
+    try:
+        return await c.download(dest)
+    except BaseExceptionGroup as eg:
+        leaf: BaseException = eg
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        raise leaf from eg
+
+
+async def cmd_gc(args: argparse.Namespace) -> int:
+    loc = _open(args)
+    steps = await list_steps(loc)
+    doomed = steps_to_delete(steps, args.keep, args.keep_every)
+    orphans: list[str] = []
+    if not args.dry_run:
+        doomed = await apply_retention(loc, args.keep, args.keep_every)
+        orphans = await collect_orphans(loc, timedelta(seconds=args.orphan_grace))
+    kept = [s for s in steps if s not in set(doomed)]
+    doc = {
+        "location": loc.description,
+        "dry_run": args.dry_run,
+        "deleted_steps": doomed,
+        "kept_steps": kept,
+        "orphans_collected": orphans,
+    }
+
+    def text() -> str:
+        verb = "would delete" if args.dry_run else "deleted"
+        lines = [f"{verb} {len(doomed)} checkpoint(s)" + (f": {_short(doomed)}" if doomed else "")]
+        lines.append(f"kept {len(kept)} checkpoint(s)" + (f": {_short(kept)}" if kept else ""))
+        if args.dry_run:
+            lines.append("orphaned payload folders are not looked at in a dry run")
+        else:
+            lines.append(
+                f"collected {len(orphans)} orphaned payload folder(s) "
+                f"older than {args.orphan_grace:g} s"
+            )
+        return "\n".join(lines)
+
+    _emit(args, doc, text)
+    return 0
+
+
+def _short(steps: list[int], n: int = 12) -> str:
+    s = ", ".join(map(str, steps[:n]))
+    return s + (f", … ({len(steps) - n} more)" if len(steps) > n else "")
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    opts = _bench.Options(
+        url=args.url,
+        sizes=args.sizes,
+        kinds=args.kinds,
+        saves=args.saves,
+        rounds=args.rounds,
+        policy=args.policy,
+        max_pending=args.max_pending,
+        max_pending_bytes=args.max_pending_bytes,
+        small_saves=args.small_saves,
+        files_per_save=args.files_per_save,
+        durable=not args.no_fsync,
+        memory=not args.no_memory,
+        store_options=_store_options(args, args.url),
+    )
+    try:
+        opts.validate()
+    except _bench.BenchError as e:
+        raise UsageError(f"{PROG} bench: {e}") from None
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'asynccp[bench]'") from None
+    console = _rich_console()
+    with _progress(console, _bench.plan(opts), args.quiet) as progress:
+        doc = await _bench.run(opts, progress)
+    if args.json:
+        text = json.dumps(doc, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")  # noqa: ASYNC240 - the run is over
+    if args.plot:
+        _bench.plot(doc, args.plot)
+    if args.json != "-":
+        if console is not None:
+            _bench.render_rich(doc, console)
+        else:
+            print(_bench.render_text(doc))
+    if args.fail_on_miss and not all(t["met"] for t in doc["targets"]):
+        return 1
+    return 0
+
+
+def _rich_console() -> Any:
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+class _progress:
+    """rich progress bar on a terminal; plain lines on stderr otherwise; nothing if quiet."""
+
+    def __init__(self, console: Any, total: int, quiet: bool) -> None:
+        self.total = total
+        self.quiet = quiet
+        self.done = 0
+        self.bar: Any = None
+        if not quiet and console is not None and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]asynccp bench[/]"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+
+    def __enter__(self) -> Callable[[str], None]:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("starting", total=self.total)
+        return self.step
+
+    def step(self, label: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            if self.done:
+                self.bar.advance(self.task)
+            self.bar.update(self.task, description=label)
+        else:
+            print(f"[{self.done + 1}/{self.total}] {label}", file=sys.stderr, flush=True)
+        self.done += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= 400 else msg[:397] + "..."
+
+
+def _showwarning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"{PROG}: warning: {_one_line(Warning(str(message)))}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    debug = bool(os.environ.get("ASYNCCP_DEBUG"))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=f"{PROG}: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    warnings.showwarning = _showwarning
+    try:
+        args = build_parser().parse_args(argv)
+        coro: Coroutine[Any, Any, int] = args.func(args)
+        return asyncio.run(coro)
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except UsageError as e:
+        _fail(str(e), debug)
+        return 2
+    except _bench.BenchError as e:
+        _fail(f"{PROG} bench: {e}", debug)
+        return 1
+    except Failure as e:
+        _fail(f"{PROG}: {e}", debug)
+        return 1
+    except (CheckpointError, OSError) as e:
+        _fail(f"{PROG}: {_one_line(e)}", debug)
+        return 1
+    except Exception as e:
+        _fail(f"{PROG}: {type(e).__name__}: {_one_line(e)}", debug)
+        return 1
+
+
+def _fail(message: str, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
