@@ -38,9 +38,6 @@ from ._restore import Checkpoint, list_checkpoints, list_steps, load, newest_ver
 from ._retention import apply_retention, collect_orphans, steps_to_delete
 from .errors import CheckpointError, CorruptCheckpointError, StoreError
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 __all__ = ["main"]
 
 PROG = "asynccp"
@@ -479,11 +476,11 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     if args.step is not None:
         c = await _load(loc, args.step)
         try:
-            path = await _download(c, dest)
+            path = await c.download(dest)
         except CorruptCheckpointError as e:
             raise Failure(f"checkpoint {args.step} failed verification: {_one_line(e)}") from None
     else:
-        found = await newest_verified(loc, lambda c: _download(c, dest))
+        found = await newest_verified(loc, lambda c: c.download(dest))
         if found is None:
             raise Failure(f"no checkpoint in {loc.description} verifies; nothing restored")
         c, path = found
@@ -502,22 +499,6 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         ),
     )
     return 0
-
-
-async def _download(c: Checkpoint, dest: Path) -> Path:
-    """``c.download(dest)``, with the error of a failed file raised as itself.
-
-    ``Checkpoint.download`` fetches files in a task group, which wraps a failure in an
-    ExceptionGroup; ``newest_verified`` only falls back past a bare
-    CorruptCheckpointError, so the first leaf is re-raised here.
-    """
-    try:
-        return await c.download(dest)
-    except BaseExceptionGroup as eg:
-        leaf: BaseException = eg
-        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
-            leaf = leaf.exceptions[0]
-        raise leaf from eg
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
@@ -678,6 +659,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"{PROG}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    # The core retries transient store errors itself (stamina logs each retry as a
+    # warning); a command reports only the final outcome, in one line.
+    logging.getLogger("stamina").setLevel(logging.DEBUG if debug else logging.ERROR)
     warnings.showwarning = _showwarning
     try:
         args = build_parser().parse_args(argv)
