@@ -919,9 +919,10 @@ def render_text(doc: dict[str, Any]) -> str:
         fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
         return [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
 
-    out = [*_summary(doc), ""]
+    out = [*_summary(doc), "", "asynccp bench", ""]
     out += table(_HEAD, list(_rows(doc)))
-    out += ["", *table(["target", "measured", "target", ""], list(_target_rows(doc)))]
+    out += ["", "targets", ""]
+    out += table(["target", "measured", "goal", ""], list(_target_rows(doc)))
     return "\n".join(out)
 
 
@@ -940,7 +941,7 @@ def render_rich(doc: dict[str, Any], console: Any) -> None:
         last = row
         t.add_row(*row)
     console.print(t)
-    tt = Table("target", "measured", "target", "", title="targets", title_justify="left")
+    tt = Table("target", "measured", "goal", "", title="targets", title_justify="left")
     for row in _target_rows(doc):
         style = "green" if row[3] == "met" else "bold red"
         tt.add_row(*row[:3], f"[{style}]{row[3]}[/]")
