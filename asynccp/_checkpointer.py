@@ -34,7 +34,7 @@ from ._location import (
     resolve,
 )
 from ._manifest import MAX_STEP, check_metadata, now
-from ._payload import Payload, discard, remove_staging, snapshot
+from ._payload import Payload, Stager
 from ._queue import Policy, StagingQueue
 from ._restore import Checkpoint, latest, list_checkpoints, list_steps, load, newest_verified
 from ._retention import apply_retention, collect_orphans
@@ -213,13 +213,14 @@ class Checkpointer:
         except Exception as e:
             self._state = "closed"
             raise CheckpointError(f"cannot open {self._location.description}: {e}") from e
-        self._staging = Path(
-            await anyio.to_thread.run_sync(
-                lambda: tempfile.mkdtemp(prefix="asynccp-staging-", dir=self._staging_parent)
-            )
+        folder = await anyio.to_thread.run_sync(
+            lambda: tempfile.mkdtemp(prefix="asynccp-staging-", dir=self._staging_parent)
         )
         self._queue: StagingQueue[Pending] = StagingQueue(
             self.max_pending, self.max_pending_bytes, self.policy, self._supersede
+        )
+        self._stager = Stager(
+            Path(folder), lambda: self.max_pending_bytes - self._queue.staged_bytes
         )
         self._save_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(self.max_concurrency)
@@ -254,7 +255,7 @@ class Checkpointer:
             await self._tg.__aexit__(None, None, None)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(remove_staging, self._staging)
+                await anyio.to_thread.run_sync(self._stager.close)
             self._state = "closed"
         if errors and exc is None:
             first = errors[0]
@@ -274,7 +275,7 @@ class Checkpointer:
         )
         for item in pending:
             item.handle._fail(err)
-            discard(item.files)
+            self._stager.discard(item.files)
         self._worker_scope.cancel()
         return err
 
@@ -315,12 +316,12 @@ class Checkpointer:
                     f"step {step} is not after the latest committed step {self._known_latest} "
                     f"in {self.location}; save step {self._known_latest + 1} or later"
                 )
-            files = await snapshot(payload, self._staging)
+            files = await self._stager.snapshot(payload)
             item = Pending(step, files, meta, now(), SaveHandle(step))
             try:
                 await self._queue.put(item)
             except BaseException:
-                discard(files)
+                self._stager.discard(files)
                 raise
             self._last_step = step
             stall = time.perf_counter() - started
@@ -364,7 +365,7 @@ class Checkpointer:
         item.handle._fail(
             SupersededError(f"checkpoint {item.step} was superseded by a newer one before upload")
         )
-        discard(item.files)
+        self._stager.discard(item.files)
         self._counts["superseded"] += 1
 
     async def _worker(self) -> None:
@@ -393,7 +394,7 @@ class Checkpointer:
         finally:
             self._upload_time += time.perf_counter() - started
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(discard, item.files)
+                await anyio.to_thread.run_sync(self._stager.discard, item.files)
         self._queue.done(item)
         if isinstance(outcome, CheckpointError):
             self._counts["failed"] += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import anyio
@@ -94,18 +95,27 @@ async def upload(
 async def _put_file(
     location: Location, f: StagedFile, key: str, limiter: anyio.CapacityLimiter
 ) -> None:
-    def work() -> None:
-        if f.data is not None:
-            if f.crc32c is None:
-                f.crc32c = crc32c.crc32c(f.data)
-            location.put(key, f.data)
-        else:
-            assert f.path is not None
-            location.put(key, f.path, move=True)
-
+    """Upload one file; a buffer's checksum is computed while its bytes are written."""
     # Abandonable: only a flush timeout cancels the uploader, and then it must not wait
     # for a request that may hang until obstore's retry_timeout.
-    await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+    if f.data is None:
+        assert f.path is not None
+        await anyio.to_thread.run_sync(
+            partial(location.put, key, f.path, move=True), limiter=limiter, abandon_on_cancel=True
+        )
+        return
+    async with anyio.create_task_group() as tg:
+        if f.crc32c is None:
+            tg.start_soon(_checksum, f)
+        await anyio.to_thread.run_sync(
+            location.put, key, f.data, limiter=limiter, abandon_on_cancel=True
+        )
+
+
+async def _checksum(f: StagedFile) -> None:
+    data = f.data
+    assert data is not None
+    f.crc32c = await anyio.to_thread.run_sync(crc32c.crc32c, data, abandon_on_cancel=True)
 
 
 async def _commit(location: Location, manifest: Manifest) -> None:

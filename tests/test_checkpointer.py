@@ -83,11 +83,13 @@ async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> N
     buf = bytearray(b"A" * 1000)
     arr = np.zeros(1 << 18, dtype=np.uint8)  # 256 KiB
     big = bytearray(b"B" * (2 << 20))  # copied off the loop
+    frozen = np.full(3 << 20, 5, dtype=np.uint8)  # read-only: copied in slices
+    frozen.flags.writeable = False
     f = tmp_path / "f.bin"
     f.write_bytes(b"before")
     store = MemoryStore()
     async with Checkpointer(store, max_pending=10) as cp:
-        h = await cp.save(0, {"buf": buf, "arr": arr, "big": big, "file": f})
+        h = await cp.save(0, {"buf": buf, "arr": arr, "big": big, "frozen": frozen, "file": f})
         buf[:] = b"Z" * 1000
         arr[:] = 7
         big[:10] = b"0123456789"
@@ -96,6 +98,7 @@ async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> N
     assert await c.read("buf") == b"A" * 1000
     assert await c.read("arr") == bytes(1 << 18)
     assert await c.read("big") == b"B" * (2 << 20)
+    assert await c.read("frozen") == b"\x05" * (3 << 20)
     assert await c.read("file") == b"before"
 
 
