@@ -229,7 +229,9 @@ async def load(location: Location, step: int) -> Checkpoint:
     key = manifest_key(step)
     try:
         raw = await anyio.to_thread.run_sync(location.get, key)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if "NoSuchBucket" in str(e):  # S3 says "not found" for the bucket too
+            raise StoreError(f"the bucket of {location.description} does not exist") from e
         raise CheckpointNotFoundError(
             f"no checkpoint committed at step {step} in {location.description}"
         ) from None

@@ -242,6 +242,8 @@ async def test_failing_store_read_side_raises_not_none(failing_store: FailingSto
             await cp.prev_exists()
         with pytest.raises(StoreError):
             await cp.read()
+        with pytest.raises(StoreError):  # not "no checkpoint at step 0"
+            await cp.get(0)
 
 
 # -- 2. transient errors are retried ---------------------------------------------------
