@@ -9,6 +9,16 @@ from ._checkpointer import Checkpointer, Stats
 from ._handle import SaveHandle
 from ._manifest import FileInfo
 from ._restore import Checkpoint
+from ._supervisor import (
+    DEFAULT_GRACE,
+    PREEMPTED_EXIT_CODE,
+    Backoff,
+    Preempted,
+    RetryEvent,
+    checkpointed,
+    current,
+    supervise,
+)
 from .errors import (
     CheckpointClosedError,
     CheckpointError,
@@ -27,6 +37,7 @@ from .errors import (
 )
 
 __all__ = [
+    "Backoff",
     "Checkpoint",
     "CheckpointClosedError",
     "CheckpointError",
@@ -34,11 +45,15 @@ __all__ = [
     "Checkpointer",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
+    "DEFAULT_GRACE",
     "FileInfo",
     "FlushTimeoutError",
     "InvalidNameError",
+    "PREEMPTED_EXIT_CODE",
+    "Preempted",
     "RecoverableError",
     "RetriesExhausted",
+    "RetryEvent",
     "SaveHandle",
     "Stats",
     "StepAlreadyCommittedError",
@@ -46,6 +61,9 @@ __all__ = [
     "StoreError",
     "SupersededError",
     "UploadError",
+    "checkpointed",
+    "current",
+    "supervise",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,359 @@
+"""Pre-emption: SIGTERM/SIGINT stop the attempt, flush within the grace period, exit 75.
+
+The process-level tests run ``examples/preemptible_job.py`` as a real worker process
+(spawned with ``sys.executable``, never forked), signal it in the middle of a run,
+and start it again on the same location. The in-process tests signal the test
+process itself, only while the supervisor's handlers are installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from _moto import make_s3_store
+from _proxy import FaultProxy
+
+import asynccp
+from asynccp import Checkpointer, RetryEvent
+
+WORKER = Path(__file__).parent.parent / "examples" / "preemptible_job.py"
+GRACE = 20.0  # the worker's grace period, and the bound on how long it may take to exit
+
+
+class Worker:
+    """A preemptible_job.py process whose stdout lines are read by a thread."""
+
+    def __init__(self, location: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), "--location", str(location), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 120.0) -> list[str]:
+        """Read stdout until ``count`` lines match ``pattern``; return those lines."""
+        deadline = time.monotonic() + timeout
+        hits = [line for line in self.seen if re.fullmatch(pattern, line)]
+        while len(hits) < count:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                pytest.fail(f"no {count} lines matching {pattern!r} in time: {self.seen[-10:]}")
+            if line is None:
+                pytest.fail(f"worker ended early: {self.seen[-10:]}\n{self.stderr()}")
+            self.seen.append(line)
+            if re.fullmatch(pattern, line):
+                hits.append(line)
+        return hits
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, list[str], str]:
+        """Wait for the exit; return the exit code, every stdout line, and stderr."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        while (line := self.lines.get()) is not None:
+            self.seen.append(line)
+        return code, self.seen, self.stderr()
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def steps(lines: list[str], word: str) -> list[int]:
+    return [int(m.group(1)) for line in lines if (m := re.fullmatch(rf"{word} (\d+)", line))]
+
+
+@pytest.mark.parametrize(
+    ("signum", "backend"),
+    [(signal.SIGTERM, "asyncio"), (signal.SIGTERM, "trio"), (signal.SIGINT, "asyncio")],
+    ids=["SIGTERM-asyncio", "SIGTERM-trio", "SIGINT-asyncio"],
+)
+def test_signalled_worker_exits_75_and_a_new_process_resumes(
+    tmp_path: Path, signum: signal.Signals, backend: str
+) -> None:
+    location = tmp_path / "ck"
+    args = ["--size-mb", "8", "--interval", "0.01", "--grace", str(GRACE), "--keep", "4"]
+    first = Worker(location, "--steps", "1000000", "--backend", backend, *args)
+    try:
+        assert first.wait_for(r"resume .*") == ["resume none"]
+        first.wait_for(r"committed \d+", count=3)
+        committed_before = max(steps(first.seen, "committed"))
+        first.proc.send_signal(signum)
+        sent = time.monotonic()
+        code, lines, stderr = first.finish(timeout=GRACE + 60)
+        took = time.monotonic() - sent
+    finally:
+        first.kill()
+    assert code == asynccp.PREEMPTED_EXIT_CODE == 75, stderr
+    assert took < GRACE, f"exited {took:.1f} s after the signal, grace is {GRACE} s"
+    assert f"pre-empted by {signum.name}" in stderr
+    assert "every staged checkpoint committed" in stderr
+    assert "Traceback" not in stderr, stderr
+    last_staged = max(steps(lines, "staged"))
+
+    second = Worker(location, "--steps", str(last_staged + 4), "--backend", backend, *args)
+    try:
+        code, lines, stderr = second.finish()
+    finally:
+        second.kill()
+    assert code == 0, stderr
+    resumed = int(lines[0].removeprefix("resume "))
+    assert resumed >= committed_before  # at least as new as what was committed before
+    assert resumed == last_staged  # and in fact everything staged was flushed
+    assert lines[-1] == f"done {last_staged + 3}"
+    assert steps(lines, "staged") == list(range(last_staged + 1, last_staged + 4))
+
+
+# -- in process: the test process signals itself while the handlers are installed ------------
+
+
+def kill_self(signum: signal.Signals = signal.SIGTERM) -> None:
+    os.kill(os.getpid(), signum)
+
+
+async def test_preempted_raises_system_exit_with_the_code_after_flushing(tmp_path: Path) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    calls = 0
+
+    async def job(cp: Checkpointer) -> None:
+        nonlocal calls
+        calls += 1
+        for step in range(3):
+            await cp.save(step, bytes(4 << 20))
+        kill_self()
+        await anyio.sleep_forever()
+
+    with pytest.raises(asynccp.Preempted) as ei:
+        await asynccp.supervise(job, tmp_path, retries=5, recoverable=lambda e: True)
+    exc = ei.value
+    assert isinstance(exc, SystemExit) and exc.code == asynccp.PREEMPTED_EXIT_CODE
+    assert exc.signal == signal.SIGTERM and exc.attempt == 0
+    assert exc.last_step == 2 and exc.errors == ()
+    assert "pre-empted by SIGTERM during attempt 0" in str(exc)
+    assert calls == 1  # not retried, whatever `recoverable` says
+    async with Checkpointer(tmp_path) as cp:
+        assert [c.step for c in await cp.list()] == [0, 1, 2]
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers restored
+
+
+async def test_preemptions_budget_restarts_in_process_without_using_retries(
+    tmp_path: Path,
+) -> None:
+    events: list[RetryEvent] = []
+
+    async def job(cp: Checkpointer) -> str:
+        prev = await cp.latest()
+        step = prev.step + 1 if prev else 0
+        await cp.save(step, b"x")
+        if cp.attempt < 2:
+            kill_self(signal.SIGINT if cp.attempt else signal.SIGTERM)
+            await anyio.sleep_forever()
+        return f"finished at step {step} on attempt {cp.attempt}"
+
+    result = await asynccp.supervise(
+        job, tmp_path, retries=0, preemptions=2, backoff=3600, on_retry=events.append
+    )
+    assert result == "finished at step 2 on attempt 2"
+    assert [(e.attempt, e.signal, e.resume_step, e.delay) for e in events] == [
+        (0, signal.SIGTERM, 0, 0.0),
+        (1, signal.SIGINT, 1, 0.0),
+    ]
+    assert all(e.preempted and e.error is None for e in events)
+    assert [e.preemptions_left for e in events] == [1, 0]
+
+
+async def test_preemption_budget_spent_then_exit(tmp_path: Path) -> None:
+    async def job(cp: Checkpointer) -> None:
+        kill_self()
+        await anyio.sleep_forever()
+
+    with pytest.raises(asynccp.Preempted) as ei:
+        await asynccp.supervise(job, tmp_path, preemptions=1)
+    assert ei.value.attempt == 1 and ei.value.last_step is None
+
+
+async def test_signal_during_backoff_preempts(tmp_path: Path) -> None:
+    calls = 0
+
+    async def job(cp: Checkpointer) -> None:
+        nonlocal calls
+        calls += 1
+        raise asynccp.RecoverableError("wait an hour")
+
+    async def signal_soon(event: RetryEvent) -> None:
+        kill_self()
+
+    with pytest.raises(asynccp.Preempted) as ei:
+        await asynccp.supervise(job, tmp_path, backoff=3600, on_retry=signal_soon)
+    assert calls == 1 and ei.value.attempt == 0
+
+
+async def test_grace_bounds_a_flush_that_cannot_finish_and_errors_are_reported(
+    fault_proxy: FaultProxy, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_s3_store(
+        fault_proxy.url,
+        s3_bucket,
+        retry_config={
+            "max_retries": 100,
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(milliseconds=200),
+            },
+            "retry_timeout": timedelta(seconds=5),
+        },
+    )
+
+    async def job(cp: Checkpointer) -> None:
+        await (await cp.save(0, b"committed"))
+        await (await cp.save(1, b"committed"))  # and step 0's housekeeping is done
+        fault_proxy.set_mode("503")  # the store is gone: nothing more can commit
+        await cp.save(2, b"stuck")
+        kill_self()
+        await anyio.sleep_forever()
+
+    with pytest.raises(asynccp.Preempted) as ei:
+        # flush_timeout would allow 300 s; the grace period cuts the pre-empted flush to 0.5 s
+        await asynccp.supervise(job, store, grace=0.5, flush_timeout=300)
+    fault_proxy.set_mode("pass")
+    exc = ei.value
+    assert exc.code == 75 and exc.last_step == 1
+    assert any("FlushTimeoutError" in e for e in exc.errors), exc.errors
+    assert "flushing failed" in str(exc)
+    logged = [r for r in caplog.records if r.name == "asynccp" and r.levelno >= logging.ERROR]
+    assert any("FlushTimeoutError" in r.getMessage() for r in logged)
+
+
+async def test_handlers_restored_after_success_and_failure(tmp_path: Path) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    during: list[Any] = []
+
+    async def ok(cp: Checkpointer) -> None:
+        during.append(signal.getsignal(signal.SIGTERM))
+
+    async def bad(cp: Checkpointer) -> None:
+        raise ValueError("no")
+
+    await asynccp.supervise(ok, tmp_path)
+    assert during[0] != before[signal.SIGTERM]  # installed while running
+    assert {s: signal.getsignal(s) for s in before} == before
+    with pytest.raises(ValueError):
+        await asynccp.supervise(bad, tmp_path)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+async def test_handle_signals_false_installs_nothing(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    during: list[Any] = []
+
+    async def job(cp: Checkpointer) -> None:
+        during.append(signal.getsignal(signal.SIGTERM))
+
+    await asynccp.supervise(job, tmp_path, handle_signals=False)
+    assert during == [before]
+
+
+def test_preempted_under_trio_in_process(tmp_path: Path) -> None:
+    async def job(cp: Checkpointer) -> None:
+        await cp.save(0, b"x")
+        kill_self()
+        await anyio.sleep_forever()
+
+    with pytest.raises(asynccp.Preempted) as ei:
+        anyio.run(asynccp.supervise, job, tmp_path, backend="trio")
+    assert ei.value.code == 75 and ei.value.last_step == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_flush_cut_by_grace_is_reported_under_both_backends(tmp_path: Path, backend: str) -> None:
+    """Big fsynced local payloads and a 10 ms grace: the flush cannot finish in time."""
+
+    async def job(cp: Checkpointer) -> None:
+        handles = [await cp.save(step, bytes(64 << 20)) for step in range(4)]
+        assert not handles[-1].done(), "premise: still uploading when the signal comes"
+        kill_self()
+        await anyio.sleep_forever()
+
+    with pytest.raises(asynccp.Preempted) as ei:
+        anyio.run(functools.partial(asynccp.supervise, job, tmp_path, grace=0.01), backend=backend)
+    assert any(e.startswith("FlushTimeoutError") for e in ei.value.errors), ei.value.errors
+
+
+async def test_concurrent_supervisors_share_the_signals(tmp_path: Path) -> None:
+    """Three jobs at once; the first (which owns the signal receiver) finishes early.
+
+    A SIGTERM afterwards still pre-empts both others: the receiver was handed over,
+    and each signal goes to every supervisor in the process.
+    """
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    first_running, release_first, first_done = anyio.Event(), anyio.Event(), anyio.Event()
+    ready = {"a": anyio.Event(), "b": anyio.Event()}
+    outcomes: dict[str, Any] = {}
+
+    async def first(cp: Checkpointer) -> str:
+        first_running.set()
+        await release_first.wait()
+        return "first done"
+
+    async def long(cp: Checkpointer, name: str) -> None:
+        await (await cp.save(0, name.encode()))
+        ready[name].set()
+        await anyio.sleep_forever()
+
+    async def run_first() -> None:
+        outcomes["first"] = await asynccp.supervise(first, tmp_path / "first")
+        first_done.set()
+
+    async def run_long(name: str) -> None:
+        try:
+            await asynccp.supervise(functools.partial(long, name=name), tmp_path / name)
+        except asynccp.Preempted as e:
+            outcomes[name] = e
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_first)
+            await first_running.wait()
+            tg.start_soon(run_long, "a")
+            tg.start_soon(run_long, "b")
+            await ready["a"].wait()
+            await ready["b"].wait()
+            release_first.set()
+            await first_done.wait()
+            kill_self()
+    assert outcomes["first"] == "first done"
+    for name in ("a", "b"):
+        assert isinstance(outcomes[name], asynccp.Preempted), outcomes
+        assert outcomes[name].last_step == 0
+    assert {s: signal.getsignal(s) for s in before} == before
