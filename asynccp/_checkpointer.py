@@ -225,6 +225,7 @@ class Checkpointer:
         self._save_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(self.max_concurrency)
         self._worker_scope = anyio.CancelScope(shield=True)
+        self._worker_done = anyio.Event()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._worker)
@@ -243,16 +244,32 @@ class Checkpointer:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self.flush_timeout) as flush_scope:
                 await self._queue.wait_idle()
+                await self._worker_done.wait()  # retention after the last commit, too
             errors += self._take_failures()
             if flush_scope.cancelled_caught:
-                errors.append(self._abandon())
+                self._location.abandoned.set()
+                if self._queue.idle:  # only housekeeping was left: it can wait for next time
+                    log.warning(
+                        "asynccp: retention cut short by flush_timeout in %s", self.location
+                    )
+                    self._worker_scope.cancel()
+                else:
+                    errors.append(self._abandon())
+        notes = [f"asynccp: while flushing checkpoints: {type(e).__name__}: {e}" for e in errors]
         if exc is not None:
-            for err in errors:
-                add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
+            for note in notes:
+                add_note(exc, note)
         try:
             # The task group was entered in __aenter__, so it is exited last (scopes
-            # nest). Its worker has drained the queue or been cancelled by now.
+            # nest). Its worker has finished or been cancelled: this returns at once.
             await self._tg.__aexit__(None, None, None)
+        except BaseException as e:
+            # asyncio re-raises a pending cancellation as a new exception here: it must
+            # carry the flush errors too.
+            if e is not exc:
+                for note in notes:
+                    add_note(e, note)
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._stager.close)
@@ -369,9 +386,12 @@ class Checkpointer:
         self._counts["superseded"] += 1
 
     async def _worker(self) -> None:
-        with self._worker_scope:
-            while (item := await self._queue.get()) is not None:
-                await self._process(item)
+        try:
+            with self._worker_scope:
+                while (item := await self._queue.get()) is not None:
+                    await self._process(item)
+        finally:
+            self._worker_done.set()
 
     async def _process(self, item: Pending) -> None:
         """Upload and commit one checkpoint; free its room before its handle resolves."""

@@ -21,8 +21,9 @@ import errno
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +60,10 @@ class ObjectExists(Exception):
     """A create-if-absent put found the object already there."""
 
 
+class Abandoned(Exception):
+    """The work this call belonged to was abandoned: do not retry it."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a listing says about one object (key relative to the location)."""
@@ -80,6 +85,9 @@ class Location:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     part_concurrency: int = DEFAULT_PART_CONCURRENCY
     io_attempts: int = DEFAULT_IO_ATTEMPTS
+    #: Set when pending work is abandoned: a worker thread still running a call then
+    #: stops retrying, so it does not keep the process alive longer than one request.
+    abandoned: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _retrying(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call obstore, retrying what it gave up on at the connection level.
@@ -100,6 +108,8 @@ class Location:
             wait_jitter=0.05,
         ):
             with attempt:
+                if attempt.num > 1 and self.abandoned.is_set():
+                    raise Abandoned(f"{self.description}: given up (the flush ran out of time)")
                 return fn(*args, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover
 

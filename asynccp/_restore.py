@@ -228,7 +228,7 @@ async def load(location: Location, step: int) -> Checkpoint:
     """The checkpoint committed at ``step`` (its manifest read and validated)."""
     key = manifest_key(step)
     try:
-        raw = await anyio.to_thread.run_sync(location.get, key)
+        raw = await anyio.to_thread.run_sync(location.get, key, abandon_on_cancel=True)
     except FileNotFoundError as e:
         if "NoSuchBucket" in str(e):  # S3 says "not found" for the bucket too
             raise StoreError(f"the bucket of {location.description} does not exist") from e
@@ -295,7 +295,8 @@ async def newest_verified(
 
 
 async def _store_call(fn: Callable[..., T], *args: Any) -> T:
+    """A metadata call (list) off the loop; a cancelled caller does not wait for it."""
     try:
-        return await anyio.to_thread.run_sync(fn, *args)
+        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
     except Exception as e:
         raise StoreError(f"store call failed: {e}") from e

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import anyio.to_thread
 
@@ -28,6 +29,15 @@ __all__ = ["apply_retention", "collect_orphans", "steps_to_delete"]
 
 log = logging.getLogger("asynccp")
 TMP_SUFFIX = ".asynccp-tmp"
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    """A store call in a worker thread, abandoned (not awaited) if housekeeping is cancelled.
+
+    Housekeeping is cut short when the exit flush runs out of time; it must not hold
+    the exit for as long as a hung request takes to give up.
+    """
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
 
 def steps_to_delete(steps: list[int], keep: int | None, keep_every: int | None) -> list[int]:
@@ -49,14 +59,14 @@ async def delete_step(location: Location, step: int) -> None:
     folder = None
     key = manifest_key(step)
     try:
-        raw = await anyio.to_thread.run_sync(location.get, key)
+        raw = await _call(location.get, key)
         folder = Manifest.decode(raw, key=key).data
     except (FileNotFoundError, CorruptCheckpointError):
         pass
-    await anyio.to_thread.run_sync(location.delete, [key])
+    await _call(location.delete, [key])
     if folder is not None:
-        objs = await anyio.to_thread.run_sync(location.list, folder + "/")
-        await anyio.to_thread.run_sync(location.delete, [o.key for o in objs])
+        objs = await _call(location.list, folder + "/")
+        await _call(location.delete, [o.key for o in objs])
 
 
 async def apply_retention(
@@ -72,7 +82,7 @@ async def apply_retention(
 async def collect_orphans(location: Location, grace: timedelta) -> list[str]:
     """Delete payload folders no manifest points to, older than ``grace``; return them."""
     cutoff = datetime.now(timezone.utc) - grace
-    objs = await anyio.to_thread.run_sync(location.list, DATA)
+    objs = await _call(location.list, DATA)
     folders: dict[str, list[ObjectInfo]] = defaultdict(list)
     stale_tmp: list[str] = []
     for o in objs:
@@ -91,13 +101,13 @@ async def collect_orphans(location: Location, grace: timedelta) -> list[str]:
         if step in committed and await _writer_of(location, step) in (writer, None):
             continue
         doomed.append(folder)
-        await anyio.to_thread.run_sync(location.delete, [o.key for o in contents])
-    manifests_tmp = await anyio.to_thread.run_sync(location.list, "manifests/")
+        await _call(location.delete, [o.key for o in contents])
+    manifests_tmp = await _call(location.list, "manifests/")
     stale_tmp += [
         o.key for o in manifests_tmp if o.key.endswith(TMP_SUFFIX) and o.last_modified < cutoff
     ]
     if stale_tmp:
-        await anyio.to_thread.run_sync(location.delete, stale_tmp)
+        await _call(location.delete, stale_tmp)
     if doomed:
         log.info("collected %d orphaned payload folder(s) in %s", len(doomed), location.description)
     return doomed
@@ -107,6 +117,6 @@ async def _writer_of(location: Location, step: int) -> str | None:
     """The writer a committed manifest names; None when it cannot be read (keep the data)."""
     key = manifest_key(step)
     try:
-        return Manifest.decode(await anyio.to_thread.run_sync(location.get, key), key=key).writer
+        return Manifest.decode(await _call(location.get, key), key=key).writer
     except (FileNotFoundError, CorruptCheckpointError):
         return None

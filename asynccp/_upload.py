@@ -35,6 +35,7 @@ from .errors import (
 __all__ = ["Pending", "upload"]
 
 log = logging.getLogger("asynccp")
+CLEANUP_SECONDS = 10.0
 
 
 @dataclass(eq=False)
@@ -78,9 +79,11 @@ async def upload(
         # Once the manifest may have reached the store, the payload must stay: a commit
         # whose answer was lost (a timeout, an abandoned request) would otherwise point
         # at deleted objects. If it did not commit, the orphan collector removes it.
-        if not commit_sent or isinstance(e, StepAlreadyCommittedError):
-            with anyio.CancelScope(shield=True):
-                await _cleanup(location, keys)
+        # A cancelled upload (the exit flush ran out of time) does not clean up at all:
+        # the store may be the reason, and the exit must not wait for it.
+        cancelled = isinstance(first_leaf(e), anyio.get_cancelled_exc_class())
+        if not cancelled and (not commit_sent or isinstance(e, StepAlreadyCommittedError)):
+            await _cleanup(location, keys)
         leaf = first_leaf(e)
         if isinstance(leaf, CheckpointError):
             raise leaf from leaf.__cause__
@@ -141,7 +144,17 @@ async def _commit(location: Location, manifest: Manifest) -> None:
 
 
 async def _cleanup(location: Location, keys: list[str]) -> None:
-    try:
-        await anyio.to_thread.run_sync(location.delete, keys)
-    except Exception as e:  # the orphan collector gets what this misses
-        log.warning("could not delete the payload of a failed checkpoint: %s", e)
+    """Delete a failed checkpoint's payload, best effort and briefly.
+
+    A store that just failed an upload may not answer deletes either: after
+    ``CLEANUP_SECONDS`` the failure is reported anyway, and the orphan collector gets
+    what is left.
+    """
+    with anyio.move_on_after(CLEANUP_SECONDS):
+        try:
+            await anyio.to_thread.run_sync(location.delete, keys, abandon_on_cancel=True)
+            return
+        except Exception as e:
+            log.warning("could not delete the payload of a failed checkpoint: %s", e)
+            return
+    log.warning("gave up deleting the payload of a failed checkpoint after %s s", CLEANUP_SECONDS)

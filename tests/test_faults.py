@@ -832,3 +832,65 @@ async def assert_only_complete_checkpoints(reader_store: S3Store, steps: list[in
     keys = Raw(store=reader_store).keys("data/")
     stray = [k for k in keys if "/".join(k.split("/")[:2]) + "/" not in folders]
     assert stray == [], "payload objects of uncommitted checkpoints were left behind"
+
+
+# -- the exit flush is bounded, and its errors survive a cancellation --------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_cancelled_holder_carries_flush_errors_as_notes(tmp_path: Path, backend: str) -> None:
+    """The exception that leaves a cancelled block names what the flush abandoned.
+
+    (asyncio re-raises a pending cancellation as a new exception after the exit:
+    the notes must be on that one.)
+    """
+    caught: list[BaseException] = []
+
+    async def main() -> None:
+        with anyio.CancelScope() as outer:
+            try:
+                async with Checkpointer(tmp_path / backend, flush_timeout=0.001) as cp:
+                    for step in range(4):
+                        await cp.save(step, bytes(32 * MiB))
+                    outer.cancel()
+                    await anyio.sleep_forever()
+            except BaseException as e:
+                caught.append(e)
+                raise
+
+    anyio.run(main, backend=backend)
+    assert len(caught) == 1
+    notes = getattr(caught[0], "__notes__", [])
+    assert any("FlushTimeoutError" in n for n in notes), notes
+
+
+async def test_exit_is_bounded_when_the_store_hangs_after_a_commit(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """A store that stops answering cannot hold the exit past flush_timeout.
+
+    The store client would retry for 6 s; retention and orphan collection run after
+    the first commit and meet the dead store too. The exit must still end soon after
+    flush_timeout (0.5 s): a liveness bound with a wide margin, not a speed measurement.
+    """
+    patient = {
+        "max_retries": 1000,
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=50),
+            "max_backoff": timedelta(seconds=1),
+        },
+        "retry_timeout": timedelta(seconds=6),
+    }
+    store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=patient)  # type: ignore[arg-type]
+    with anyio.fail_after(5):
+        with pytest.raises(FlushTimeoutError):
+            async with Checkpointer(store, keep=1, flush_timeout=0.5, orphan_grace=0) as cp:
+                await (await cp.save(0, b"committed"))
+                fault_proxy.set_mode("503")  # housekeeping after that commit may meet it too
+                stuck = await cp.save(1, b"never")
+        with pytest.raises(FlushTimeoutError):
+            await stuck
+    fault_proxy.set_mode("pass")
+    async with Checkpointer(store) as reader:
+        latest = await reader.latest()
+        assert latest is not None and latest.step == 0
