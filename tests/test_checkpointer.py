@@ -82,8 +82,8 @@ async def test_payload_kinds_round_trip(location: Any, tmp_path: Path) -> None:
 async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> None:
     buf = bytearray(b"A" * 1000)
     arr = np.zeros(1 << 18, dtype=np.uint8)  # 256 KiB
-    big = bytearray(b"B" * (2 << 20))  # copied off the loop
-    frozen = np.full(3 << 20, 5, dtype=np.uint8)  # read-only: copied in slices
+    big = bytearray(b"B" * (6 << 20))  # copied off the loop
+    frozen = np.full(5 << 20, 5, dtype=np.uint8)  # read-only: copied in slices
     frozen.flags.writeable = False
     f = tmp_path / "f.bin"
     f.write_bytes(b"before")
@@ -97,9 +97,24 @@ async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> N
         c = await h
     assert await c.read("buf") == b"A" * 1000
     assert await c.read("arr") == bytes(1 << 18)
-    assert await c.read("big") == b"B" * (2 << 20)
-    assert await c.read("frozen") == b"\x05" * (3 << 20)
+    assert await c.read("big") == b"B" * (6 << 20)
+    assert await c.read("frozen") == b"\x05" * (5 << 20)
     assert await c.read("file") == b"before"
+
+
+async def test_reused_staging_buffers_never_mix_checkpoints(tmp_path: Path) -> None:
+    """Same-sized saves reuse staging memory; each checkpoint still holds its own bytes."""
+    state = bytearray(5 << 20)
+    async with Checkpointer(tmp_path, max_pending=2, max_pending_bytes=16 << 20) as cp:
+        handles = []
+        for step in range(8):
+            state[:] = bytes([step]) * len(state)
+            handles.append(await cp.save(step, state))
+            if step % 3 == 0:
+                await handles[-1]  # some saves find a returned buffer, some do not
+        committed = [await h for h in handles]
+    for step, ckpt in enumerate(committed):
+        assert await ckpt.read() == bytes([step]) * len(state)
 
 
 async def test_steps_must_grow_and_committed_steps_are_not_overwritten(tmp_path: Path) -> None:
