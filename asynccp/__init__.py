@@ -9,16 +9,9 @@ from ._checkpointer import Checkpointer, Stats
 from ._handle import SaveHandle
 from ._manifest import FileInfo
 from ._restore import Checkpoint
-from ._supervisor import (
-    DEFAULT_GRACE,
-    PREEMPTED_EXIT_CODE,
-    Backoff,
-    Preempted,
-    RetryEvent,
-    checkpointed,
-    current,
-    supervise,
-)
+from ._retry_policy import Backoff, RetryEvent
+from ._signals import DEFAULT_GRACE, PREEMPTED_EXIT_CODE
+from ._supervisor import Preempted, checkpointed, current, supervise
 from .errors import (
     CheckpointClosedError,
     CheckpointError,

@@ -10,7 +10,6 @@ raised) before the block is left, even when the body raised or was cancelled.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import sys
@@ -39,6 +38,7 @@ from ._queue import Policy, StagingQueue
 from ._restore import Checkpoint, latest, list_checkpoints, list_steps, load, newest_verified
 from ._retention import apply_retention, collect_orphans
 from ._upload import Pending, upload
+from ._validate import check_seconds, is_int
 from .errors import (
     CheckpointClosedError,
     CheckpointError,
@@ -82,23 +82,10 @@ def add_note(exc: BaseException, note: str) -> None:
 def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
 
 
 class Checkpointer:
@@ -178,8 +165,8 @@ class Checkpointer:
         self.keep = keep
         self.keep_every = keep_every
         self.attempt = attempt
-        self.flush_timeout = _seconds("flush_timeout", flush_timeout)
-        self.orphan_grace = _seconds("orphan_grace", orphan_grace)
+        self.flush_timeout = check_seconds("flush_timeout", flush_timeout)
+        self.orphan_grace = check_seconds("orphan_grace", orphan_grace)
         self.max_concurrency = max_concurrency
         self._staging_parent = None if staging_dir is None else os.fspath(staging_dir)
         #: This writer's id, part of its payload folder names.

@@ -16,60 +16,43 @@ this process for the first ``n`` signals, without using up ``retries``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
-import math
 import os
-import random
 import signal
-import sys
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
 from obstore.store import MemoryStore
 
 from ._checkpointer import Checkpointer, add_note
-from .errors import CheckpointClosedError, CheckpointError, RecoverableError, RetriesExhausted
+from ._retry_policy import (
+    DEFAULT_BACKOFF,
+    BackoffSpec,
+    NotAwaitableError,
+    OnRetry,
+    Recoverable,
+    RetryEvent,
+    backoff_function,
+    callbacks,
+    classifier,
+    retry_after,
+)
+from ._signals import DEFAULT_GRACE, PREEMPTED_EXIT_CODE, SignalWatcher
+from ._validate import check_seconds, is_int
+from .errors import CheckpointClosedError, CheckpointError, RetriesExhausted
 
-if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
-    from exceptiongroup import BaseExceptionGroup
-
-__all__ = [
-    "DEFAULT_BACKOFF",
-    "DEFAULT_GRACE",
-    "PREEMPTED_EXIT_CODE",
-    "Backoff",
-    "Preempted",
-    "RetryEvent",
-    "checkpointed",
-    "current",
-    "supervise",
-]
+__all__ = ["Preempted", "checkpointed", "current", "supervise"]
 
 log = logging.getLogger("asynccp")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-
-#: Exit code of a process stopped by SIGTERM/SIGINT after flushing its checkpoints.
-#: 75 is ``EX_TEMPFAIL`` in sysexits.h ("temporary failure, try again later"): distinct
-#: from 0/1/2, from the shell's 126/127, and from the 128+N of a process killed by a
-#: signal (143 for SIGTERM, 137 for SIGKILL, 130 for Ctrl-C, 134 for an abort).
-PREEMPTED_EXIT_CODE = 75
-
-#: Seconds a pre-empted attempt may spend flushing: well under Kubernetes' default
-#: ``terminationGracePeriodSeconds`` of 30, leaving time to exit before SIGKILL.
-DEFAULT_GRACE = 20.0
-
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
 
 _current: ContextVar[Checkpointer | None] = ContextVar("asynccp_current", default=None)
 
@@ -93,160 +76,9 @@ def current() -> Checkpointer:
     return cp
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _seconds(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if (
-        not _is_number(value)
-        or not math.isfinite(value)  # type: ignore[arg-type]
-        or value < 0  # type: ignore[operator]
-        or (positive and value == 0)
-    ):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
-# -- backoff ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with a cap and jitter, between attempts.
-
-    The wait before retry ``n`` (1 for the first retry) is
-    ``min(max, initial * exp_base ** (n - 1) + uniform(0, jitter))`` seconds: the
-    formula (and the defaults' shape) of stamina, which asynccp's HTTP-minded users
-    already know. ``Backoff(initial=1, max=60)`` waits about 1, 2, 4, 8... up to 60 s.
-    """
-
-    initial: float = 1.0
-    max: float = 60.0
-    exp_base: float = 2.0
-    jitter: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("initial", "max", "jitter"):
-            object.__setattr__(self, name, _seconds(name, getattr(self, name)))
-        base = self.exp_base
-        if not _is_number(base) or not math.isfinite(base) or base < 1:
-            raise ValueError(f"exp_base must be a number >= 1, got {base!r}")
-
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        if not isinstance(retry, int) or isinstance(retry, bool) or retry < 1:
-            raise ValueError(f"retry must be an int >= 1, got {retry!r}")
-        jitter = random.uniform(0, self.jitter) if self.jitter else 0.0
-        try:
-            return min(self.max, self.initial * self.exp_base ** (retry - 1) + jitter)
-        except OverflowError:
-            return self.max
-
-
-#: The default ``backoff`` of :func:`supervise`: about 1, 2, 4... up to 60 s, jittered.
-DEFAULT_BACKOFF = Backoff()
-
-BackoffSpec = float | timedelta | Backoff | Callable[[int], float | timedelta]
-Recoverable = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
-OnRetry = Callable[["RetryEvent"], Any] | Iterable[Callable[["RetryEvent"], Any]] | None
-
-
-def _backoff_function(backoff: object) -> Callable[[int], float]:
-    if isinstance(backoff, Backoff):
-        return backoff.delay
-    if _is_number(backoff) or isinstance(backoff, timedelta):
-        fixed = _seconds("backoff", backoff)
-        return lambda _retry: fixed
-    if callable(backoff):
-        custom = backoff
-
-        def delay(retry: int) -> float:
-            return _seconds(
-                f"backoff({retry}) (the value your backoff function returned)", custom(retry)
-            )
-
-        return delay
-    raise TypeError(
-        "backoff must be a number of seconds (0 for none), a timedelta, an asynccp.Backoff, "
-        f"or a function of the retry number returning seconds; got {type(backoff).__name__}"
-    )
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    """The delay an error asks for (its ``retry_after``), or None; the longest in a group."""
-    if isinstance(exc, BaseExceptionGroup):
-        delays = [d for e in exc.exceptions if (d := _retry_after(e)) is not None]
-        return max(delays) if delays else None
-    value = getattr(exc, "retry_after", None)
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if _is_number(value) and math.isfinite(value) and value >= 0:  # type: ignore[arg-type]
-        return float(value)  # type: ignore[arg-type]
-    return None
-
-
-# -- classification ---------------------------------------------------------------------
-
-
-class _NotAwaitableError(TypeError):
-    """fn(cp) returned something that cannot be awaited: a usage error, never retried."""
-
-
-def _classifier(recoverable: object) -> Callable[[BaseException], bool]:
-    """Turn ``recoverable`` into a test; reject anything else before the job runs."""
-    types: tuple[type[Exception], ...] = ()
-    predicate: Callable[[Exception], Any] | None = None
-    if isinstance(recoverable, type) or (
-        isinstance(recoverable, tuple) and all(isinstance(t, type) for t in recoverable)
-    ):
-        types = recoverable if isinstance(recoverable, tuple) else (recoverable,)
-        for t in types:
-            if not issubclass(t, Exception):
-                raise TypeError(
-                    f"recoverable types must be Exception subclasses, got {t.__name__}: "
-                    "cancellation, KeyboardInterrupt and SystemExit are never retried"
-                )
-    elif callable(recoverable):
-        predicate = recoverable
-    else:
-        raise TypeError(
-            "recoverable must be an exception type, a tuple of exception types, or a "
-            f"function taking the error and returning True to retry; got {recoverable!r}"
-        )
-
-    def is_recoverable(exc: BaseException) -> bool:
-        if isinstance(exc, BaseExceptionGroup):
-            return all(is_recoverable(e) for e in exc.exceptions)
-        if isinstance(exc, _NotAwaitableError):
-            return False
-        if isinstance(exc, (RecoverableError, *types)):
-            return True
-        return predicate is not None and bool(predicate(exc))
-
-    return is_recoverable
-
-
-def _callbacks(on_retry: object) -> tuple[Callable[[RetryEvent], Any], ...]:
-    if on_retry is None:
-        return ()
-    if callable(on_retry):
-        return (on_retry,)
-    if isinstance(on_retry, Iterable) and not isinstance(on_retry, (str, bytes)):
-        callbacks = tuple(on_retry)
-        if all(callable(cb) for cb in callbacks):
-            return callbacks
-    raise TypeError(
-        "on_retry must be a function taking an asynccp.RetryEvent (sync or async), "
-        f"or a list of them; got {on_retry!r}"
-    )
-
-
 def _count(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    """Check that argument ``name`` is an int >= 0 (a budget: retries, preemptions)."""
+    if not is_int(value):
         raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value}")
@@ -254,41 +86,13 @@ def _count(name: str, value: object) -> int:
 
 
 def _name(fn: Callable[..., Any]) -> str:
+    """The job's name for messages and logs (through ``functools.partial`` wrappers)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-# -- events and outcomes ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryEvent:
-    """What ``on_retry`` callbacks receive before the next attempt starts.
-
-    Attributes:
-        attempt: the attempt that just ended (0-based, as ``cp.attempt``).
-        error: the recoverable error it failed with; None when a signal pre-empted it.
-        delay: seconds the supervisor waits before the next attempt.
-        resume_step: the newest committed step, which the next attempt resumes from
-            (None when nothing is committed yet, or the store could not be asked).
-        retries_left: recoverable failures still allowed after this one.
-        preemptions_left: in-process pre-emptions still allowed.
-        signal: the signal that pre-empted the attempt, or None.
-    """
-
-    attempt: int
-    error: BaseException | None
-    delay: float
-    resume_step: int | None
-    retries_left: int
-    preemptions_left: int
-    signal: signal.Signals | None = None
-
-    @property
-    def preempted(self) -> bool:
-        """Whether a signal (not an error) ended the attempt."""
-        return self.signal is not None
+# -- outcomes ---------------------------------------------------------------------------
 
 
 class Preempted(SystemExit):
@@ -322,111 +126,25 @@ class Preempted(SystemExit):
 
 @dataclass
 class _Done(Generic[T]):
+    """The attempt returned ``value``."""
+
     value: T
 
 
 @dataclass
 class _Failed:
+    """The attempt raised ``error`` (after flushing its checkpoints)."""
+
     error: Exception
 
 
 @dataclass
 class _Stopped:
+    """A signal stopped the attempt: what the flush got wrong, and the step it reached."""
+
     signal: signal.Signals
     errors: tuple[str, ...] = ()
     committed: int | None = None
-
-
-# -- signals ----------------------------------------------------------------------------
-
-
-#: The supervisors handling signals in this process, oldest first. The oldest owns the
-#: signal receiver and hands each signal to all of them; when it finishes, the next
-#: oldest takes the receiver over. (One event loop handler per signal: two receivers
-#: would replace, then remove, each other's.)
-_watching: list[_Signals] = []
-
-
-class _Signals:
-    """Turns SIGTERM/SIGINT into the cancellation of whatever the supervisor is running."""
-
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
-        self.pending: signal.Signals | None = None
-        self.failed_before = 0  # cp.stats.failed when the signal arrived
-        self._scope: anyio.CancelScope | None = None
-        self._cp: Checkpointer | None = None
-        self._turn = anyio.Event()  # set when this one is to own the receiver
-
-    @contextlib.contextmanager
-    def interruptible(self, cp: Checkpointer | None = None) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that a signal cancels; ``cp``'s exit flush is then cut to grace."""
-        with anyio.CancelScope() as scope:
-            self._scope, self._cp = scope, cp
-            if self.pending is not None:
-                scope.cancel()
-            try:
-                yield scope
-            finally:
-                self._scope = self._cp = None
-
-    def receive(self, signum: signal.Signals) -> None:
-        name = signal.Signals(signum).name
-        if self.pending is not None:
-            log.warning("asynccp: %s received while already stopping; still flushing", name)
-            return
-        self.pending = signal.Signals(signum)
-        if self._cp is not None:
-            self.failed_before = self._cp.stats.failed
-            # The exit flush of a pre-empted attempt gets `grace`, not the full
-            # flush_timeout: the orchestrator's SIGKILL follows.
-            self._cp.flush_timeout = min(self._cp.flush_timeout, self.grace)
-        log.warning(
-            "asynccp: %s received: stopping, flushing staged checkpoints (at most %g s)",
-            name,
-            self.grace,
-        )
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def watch(self, *, task_status: TaskStatus[None]) -> None:
-        """Handle signals until cancelled (handing them to every supervisor watching)."""
-        if not _SIGNALS or threading.current_thread() is not threading.main_thread():
-            log.debug("asynccp: not in the main thread: signals are not handled")
-            task_status.started()
-            return
-        _watching.append(self)
-        try:
-            if _watching[0] is not self:  # another supervisor owns the receiver
-                task_status.started()
-                await self._turn.wait()
-                task_status = anyio.TASK_STATUS_IGNORED
-            await self._own_receiver(task_status)
-        finally:
-            owner = _watching[0] is self
-            _watching.remove(self)
-            if owner and _watching:
-                _watching[0]._turn.set()
-
-    async def _own_receiver(self, task_status: TaskStatus[None]) -> None:
-        """Receive signals until cancelled; then put the previous handlers back."""
-        previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
-        try:
-            with contextlib.ExitStack() as stack:
-                try:
-                    received = stack.enter_context(anyio.open_signal_receiver(*_SIGNALS))
-                except (NotImplementedError, RuntimeError, ValueError) as e:
-                    log.debug("asynccp: signals are not handled here: %s", e)
-                    return
-                finally:
-                    task_status.started()
-                async for signum in received:
-                    for watcher in list(_watching):
-                        watcher.receive(signum)
-        finally:
-            for sig, handler in previous.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
 
 
 # -- the supervisor ---------------------------------------------------------------------
@@ -450,13 +168,13 @@ class _Supervisor:
     ) -> None:
         self.retries = _count("retries", retries)
         self.preemptions = _count("preemptions", preemptions)
-        self.is_recoverable = _classifier(recoverable)
-        self.backoff = _backoff_function(backoff)
-        self.callbacks = _callbacks(on_retry)
+        self.is_recoverable = classifier(recoverable)
+        self.backoff = backoff_function(backoff)
+        self.callbacks = callbacks(on_retry)
         if not isinstance(handle_signals, bool):
             raise TypeError(f"handle_signals must be a bool, got {type(handle_signals).__name__}")
         self.handle_signals = handle_signals
-        self.grace = _seconds("grace", grace, positive=True)
+        self.grace = check_seconds("grace", grace, finite=True, positive=True)
         if "attempt" in checkpointer_options:
             raise TypeError("attempt= is set by the supervisor (0, 1, 2... per attempt)")
         # Every Checkpointer option is checked now, before anything runs (no I/O).
@@ -472,12 +190,13 @@ class _Supervisor:
             self.options["prefix"] = rest or None
 
     def checkpointer(self, attempt: int) -> Checkpointer:
+        """A fresh Checkpointer for attempt number ``attempt``, on the shared location."""
         return Checkpointer(self.location, attempt=attempt, **self.options)
 
     async def run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        signals = _Signals(self.grace)
+        signals = SignalWatcher(self.grace)
         outcome: _Done[Any] | BaseException
         nested = _current.get() is not None  # the outer supervisor handles signals
         async with anyio.create_task_group() as tg:
@@ -501,7 +220,7 @@ class _Supervisor:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        signals: _Signals,
+        signals: SignalWatcher,
     ) -> Any:
         name = _name(fn)
         attempt = failures = preempted = 0
@@ -526,7 +245,7 @@ class _Supervisor:
                         f"kept in {self.description}: fix the cause and run again to resume.",
                         attempts=attempt + 1,
                     ) from error
-                after = _retry_after(error)
+                after = retry_after(error)
                 delay = after if after is not None else self.backoff(failures)
             else:
                 preempted += 1
@@ -565,7 +284,7 @@ class _Supervisor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         cp: Checkpointer,
-        signals: _Signals,
+        signals: SignalWatcher,
     ) -> _Done[Any] | _Failed | _Stopped:
         notes: tuple[str, ...] = ()
         token = _current.set(cp)
@@ -627,7 +346,7 @@ async def _call(
     result = fn(cp, *args, **kwargs)
     if not inspect.isawaitable(result):
         name = _name(fn)
-        raise _NotAwaitableError(
+        raise NotAwaitableError(
             f"{name}(cp) returned {type(result).__name__}, not an awaitable: the job must be "
             f"an async function (`async def {name}(cp, ...)`)"
         )

@@ -1,0 +1,217 @@
+"""What the supervisor retries, how long it waits first, and whom it tells.
+
+The options of :func:`asynccp.supervise` that decide a retry (``recoverable``,
+``backoff``, ``on_retry``) arrive in several accepted shapes; this module turns each
+into one plain callable, and rejects anything else with a ``TypeError`` or
+``ValueError`` before the job runs. It also holds :class:`Backoff` (the default wait
+between attempts) and :class:`RetryEvent` (what ``on_retry`` callbacks receive). None
+of it touches the store, the event loop or signals.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ._validate import as_seconds, check_seconds, is_int, is_number
+from .errors import RecoverableError
+
+if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "Backoff",
+    "BackoffSpec",
+    "NotAwaitableError",
+    "OnRetry",
+    "Recoverable",
+    "RetryEvent",
+    "backoff_function",
+    "callbacks",
+    "classifier",
+    "retry_after",
+]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with a cap and jitter, between attempts.
+
+    The wait before retry ``n`` (1 for the first retry) is
+    ``min(max, initial * exp_base ** (n - 1) + uniform(0, jitter))`` seconds: the
+    formula (and the defaults' shape) of stamina, which asynccp's HTTP-minded users
+    already know. ``Backoff(initial=1, max=60)`` waits about 1, 2, 4, 8... up to 60 s.
+    """
+
+    initial: float = 1.0
+    max: float = 60.0
+    exp_base: float = 2.0
+    jitter: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "max", "jitter"):
+            object.__setattr__(self, name, check_seconds(name, getattr(self, name), finite=True))
+        base = self.exp_base
+        if not is_number(base) or not math.isfinite(base) or base < 1:
+            raise ValueError(f"exp_base must be a number >= 1, got {base!r}")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        if not is_int(retry) or retry < 1:
+            raise ValueError(f"retry must be an int >= 1, got {retry!r}")
+        jitter = random.uniform(0, self.jitter) if self.jitter else 0.0
+        try:
+            return min(self.max, self.initial * self.exp_base ** (retry - 1) + jitter)
+        except OverflowError:
+            return self.max
+
+
+#: The default ``backoff`` of :func:`supervise`: about 1, 2, 4... up to 60 s, jittered.
+DEFAULT_BACKOFF = Backoff()
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """What ``on_retry`` callbacks receive before the next attempt starts.
+
+    Attributes:
+        attempt: the attempt that just ended (0-based, as ``cp.attempt``).
+        error: the recoverable error it failed with; None when a signal pre-empted it.
+        delay: seconds the supervisor waits before the next attempt.
+        resume_step: the newest committed step, which the next attempt resumes from
+            (None when nothing is committed yet, or the store could not be asked).
+        retries_left: recoverable failures still allowed after this one.
+        preemptions_left: in-process pre-emptions still allowed.
+        signal: the signal that pre-empted the attempt, or None.
+    """
+
+    attempt: int
+    error: BaseException | None
+    delay: float
+    resume_step: int | None
+    retries_left: int
+    preemptions_left: int
+    signal: signal.Signals | None = None
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a signal (not an error) ended the attempt."""
+        return self.signal is not None
+
+
+#: What ``supervise(backoff=...)`` accepts.
+BackoffSpec = float | timedelta | Backoff | Callable[[int], float | timedelta]
+#: What ``supervise(recoverable=...)`` accepts.
+Recoverable = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
+#: What ``supervise(on_retry=...)`` accepts.
+OnRetry = Callable[[RetryEvent], Any] | Iterable[Callable[[RetryEvent], Any]] | None
+
+
+# -- how long to wait -------------------------------------------------------------------
+
+
+def backoff_function(backoff: object) -> Callable[[int], float]:
+    """Turn a ``backoff`` option into ``retry_number -> seconds``; reject anything else."""
+    if isinstance(backoff, Backoff):
+        return backoff.delay
+    if is_number(backoff) or isinstance(backoff, timedelta):
+        fixed = check_seconds("backoff", backoff, finite=True)
+        return lambda _retry: fixed
+    if callable(backoff):
+        custom = backoff
+
+        def delay(retry: int) -> float:
+            return check_seconds(
+                f"backoff({retry}) (the value your backoff function returned)",
+                custom(retry),
+                finite=True,
+            )
+
+        return delay
+    raise TypeError(
+        "backoff must be a number of seconds (0 for none), a timedelta, an asynccp.Backoff, "
+        f"or a function of the retry number returning seconds; got {type(backoff).__name__}"
+    )
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The delay an error asks for (its ``retry_after``), or None; the longest in a group.
+
+    An error that says when to come back (such as ``RecoverableError(retry_after=30)``)
+    knows better than the backoff; a value that is not a duration is ignored.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        delays = [d for e in exc.exceptions if (d := retry_after(e)) is not None]
+        return max(delays) if delays else None
+    return as_seconds(getattr(exc, "retry_after", None), finite=True)
+
+
+# -- what to retry ----------------------------------------------------------------------
+
+
+class NotAwaitableError(TypeError):
+    """fn(cp) returned something that cannot be awaited: a usage error, never retried."""
+
+
+def classifier(recoverable: object) -> Callable[[BaseException], bool]:
+    """Turn a ``recoverable`` option into a test; reject anything else before the job runs.
+
+    :class:`~asynccp.RecoverableError` always passes the test, an exception group passes
+    when all its errors do, and :class:`NotAwaitableError` never does.
+    """
+    types: tuple[type[Exception], ...] = ()
+    predicate: Callable[[Exception], Any] | None = None
+    if isinstance(recoverable, type) or (
+        isinstance(recoverable, tuple) and all(isinstance(t, type) for t in recoverable)
+    ):
+        types = recoverable if isinstance(recoverable, tuple) else (recoverable,)
+        for t in types:
+            if not issubclass(t, Exception):
+                raise TypeError(
+                    f"recoverable types must be Exception subclasses, got {t.__name__}: "
+                    "cancellation, KeyboardInterrupt and SystemExit are never retried"
+                )
+    elif callable(recoverable):
+        predicate = recoverable
+    else:
+        raise TypeError(
+            "recoverable must be an exception type, a tuple of exception types, or a "
+            f"function taking the error and returning True to retry; got {recoverable!r}"
+        )
+
+    def is_recoverable(exc: BaseException) -> bool:
+        if isinstance(exc, BaseExceptionGroup):
+            return all(is_recoverable(e) for e in exc.exceptions)
+        if isinstance(exc, NotAwaitableError):
+            return False
+        if isinstance(exc, (RecoverableError, *types)):
+            return True
+        return predicate is not None and bool(predicate(exc))
+
+    return is_recoverable
+
+
+# -- whom to tell -----------------------------------------------------------------------
+
+
+def callbacks(on_retry: object) -> tuple[Callable[[RetryEvent], Any], ...]:
+    """Turn an ``on_retry`` option into a tuple of callbacks; reject anything else."""
+    if on_retry is None:
+        return ()
+    if callable(on_retry):
+        return (on_retry,)
+    if isinstance(on_retry, Iterable) and not isinstance(on_retry, (str, bytes)):
+        found = tuple(on_retry)
+        if all(callable(cb) for cb in found):
+            return found
+    raise TypeError(
+        "on_retry must be a function taking an asynccp.RetryEvent (sync or async), "
+        f"or a list of them; got {on_retry!r}"
+    )
