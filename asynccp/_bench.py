@@ -20,8 +20,8 @@ Peak memory is measured in a fresh child process (``spawn``-free: a plain
 did earlier counts against it.
 
 The engine knows nothing about terminals: it reports progress through a callback and
-returns a plain dict (the ``--json`` document); :func:`render_text`, :func:`render_rich`
-and :func:`plot` turn that dict into a table or a figure.
+returns a plain dict (the ``--json`` document); :mod:`asynccp._bench_report` turns that
+dict into tables or a figure.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,10 +51,11 @@ import obstore
 from obstore.store import LocalStore
 
 from ._checkpointer import Checkpointer
-from ._location import resolve
+from ._format import fmt_size, one_line
+from ._location import _fsync_dir, _fsync_file, resolve
 from .errors import CheckpointError, SupersededError
 
-__all__ = ["KINDS", "BenchError", "Options", "parse_size", "plot", "render_text", "run"]
+__all__ = ["KINDS", "TARGETS", "BenchError", "MiB", "Options", "parse_size", "plan", "run"]
 
 KINDS = ("bytes", "bytearray", "file", "files")
 MiB = 1 << 20
@@ -105,14 +106,6 @@ def parse_size(text: str) -> int:
     return size
 
 
-def fmt_size(n: float) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1 << 10)):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 @dataclass
 class Options:
     """What ``asynccp bench`` measures (the CLI's options, validated)."""
@@ -133,6 +126,7 @@ class Options:
     store_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        """Raise BenchError, in one line, on the first bad option; sort the sizes."""
         if not self.sizes:
             raise BenchError("give at least one payload size")
         if any(not isinstance(s, int) or s <= 0 for s in self.sizes):
@@ -174,7 +168,7 @@ class Target:
         except (TypeError, ValueError) as e:
             raise BenchError(f"bad location {url!r}: {e}") from e
         except Exception as e:
-            raise BenchError(f"cannot use location {url!r}: {_one_line(e)}") from e
+            raise BenchError(f"cannot use location {url!r}: {one_line(e, limit=300)}") from e
         self.description = base.description
         run_id = f"asynccp-bench-{secrets.token_hex(4)}"
         self.root: Path | None = None
@@ -201,21 +195,23 @@ class Target:
             self.put("probe/x", b"x")
             self.remove("probe")
         except Exception as e:
-            raise BenchError(f"cannot reach {self.description}: {_one_line(e)}") from e
+            raise BenchError(f"cannot reach {self.description}: {one_line(e, limit=300)}") from e
 
     def checkpointer(self, sub: str, **kwargs: Any) -> Checkpointer:
+        """An asynccp Checkpointer on sub-folder ``sub``, with the run's durability."""
         if self.root is not None:
             return Checkpointer(self.root / sub, durable=self.durable, **kwargs)
         return Checkpointer(self.store, prefix=self.prefix + sub, **kwargs)
 
     def key(self, rel: str) -> str:
+        """The store key of ``rel`` (a path inside the target)."""
         return self.prefix + rel
 
     def put(self, rel: str, src: Any) -> None:
         """One raw obstore put; durable on local directories (file and folders fsynced)."""
         obstore.put(self.store, self.key(rel), src)
         if self.root is not None and self.durable:
-            _fsync(self.root / rel)
+            _fsync_file(self.root / rel)
             self.sync_dirs([rel])
 
     def put_many(self, items: list[tuple[str, Any]]) -> None:
@@ -223,10 +219,11 @@ class Target:
         for rel, src in items:
             obstore.put(self.store, self.key(rel), src)
             if self.root is not None and self.durable:
-                _fsync(self.root / rel)
+                _fsync_file(self.root / rel)
         self.sync_dirs([rel for rel, _ in items])
 
     def sync_dirs(self, rels: list[str]) -> None:
+        """fsync the folders holding ``rels``, deepest first, up to the root (durable local)."""
         if self.root is None or not self.durable:
             return
         dirs = set()
@@ -236,13 +233,15 @@ class Target:
                 dirs.add(d)
                 d = d.parent
         for d in sorted(dirs, key=lambda p: -len(p.parts)):
-            _fsync(d)
-        _fsync(self.root)
+            _fsync_dir(d)
+        _fsync_dir(self.root)
 
     def get(self, rel: str) -> Any:
+        """One raw obstore get, read whole."""
         return obstore.get(self.store, self.key(rel)).bytes()
 
     def remove(self, sub: str) -> None:
+        """Delete sub-folder ``sub`` (between rounds, so the store does not fill up)."""
         if self.root is not None:
             shutil.rmtree(self.root / sub, ignore_errors=True)
         else:
@@ -255,6 +254,7 @@ class Target:
                 obstore.delete(self.store, paths)
 
     def close(self) -> None:
+        """Delete everything this run wrote (and the temporary folder, if it made one)."""
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
@@ -262,20 +262,6 @@ class Target:
                 self._delete_prefix(self.prefix)
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else type(e).__name__
-    return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
 # -- payloads --------------------------------------------------------------------------
@@ -344,6 +330,7 @@ class Ticker:
 
 @contextlib.asynccontextmanager
 async def ticking(ticker: Ticker | None) -> Any:
+    """Run ``ticker`` on the loop for the duration of the block (nothing when None)."""
     if ticker is None:
         yield
         return
@@ -357,6 +344,8 @@ async def ticking(ticker: Ticker | None) -> Any:
 
 @dataclass
 class Round:
+    """What one round of one contender (asynccp or the sync writer) measured."""
+
     stalls: list[float] = field(default_factory=list)
     write_seconds: float = 0.0
     committed_bytes: int = 0
@@ -364,8 +353,20 @@ class Round:
     restored_bytes: int = 0
     copies: list[float] = field(default_factory=list)
 
+    @property
+    def write_mib_s(self) -> float:
+        """Committed write throughput, in MiB/s."""
+        return _mib_s(self.committed_bytes, self.write_seconds)
+
+    @property
+    def restore_mib_s(self) -> float:
+        """Restore (read) throughput, in MiB/s."""
+        return _mib_s(self.restored_bytes, self.restore_seconds)
+
 
 class Engine:
+    """Runs the rounds of each measurement and reduces them to the result document's parts."""
+
     def __init__(self, opts: Options, target: Target, progress: Callable[[str], None]) -> None:
         self.opts = opts
         self.target = target
@@ -373,10 +374,12 @@ class Engine:
         self._n = 0
 
     def _sub(self, what: str) -> str:
+        """A fresh sub-folder name, so that no round sees another's objects."""
         self._n += 1
         return f"{what}-{self._n:04d}"
 
     async def asynccp_round(self, case: Case, ticker: Ticker | None) -> Round:
+        """asynccp saves ``case`` ``saves`` times, awaits every commit, then reads them back."""
         o = self.opts
         r = Round()
         sub = self._sub("asynccp")
@@ -442,14 +445,14 @@ class Engine:
         return r
 
     async def case(self, case: Case, lag_case: bool) -> dict[str, Any]:
+        """Interleaved rounds of asynccp and the sync writer on ``case``: one ``cases`` entry."""
         o = self.opts
         a_rounds: list[Round] = []
         s_rounds: list[Round] = []
         a_lags = Ticker(o.tick_seconds)
         s_lags = Ticker(o.tick_seconds)
         for i in range(o.rounds):
-            order = ("asynccp", "sync") if i % 2 == 0 else ("sync", "asynccp")
-            for who in order:
+            for who in _order(i):
                 self.progress(f"{case.label}: round {i + 1}/{o.rounds}, {who}")
                 if who == "asynccp":
                     a_rounds.append(await self.asynccp_round(case, a_lags))
@@ -460,8 +463,12 @@ class Engine:
         def med_ratio(f: Callable[[Round, Round], float]) -> float:
             return statistics.median(f(a, s) for a, s in pairs)
 
-        def mbps(nbytes: int, secs: float) -> float:
-            return nbytes / secs / MiB if secs > 0 else math.inf
+        def rates(rate: Callable[[Round], float]) -> dict[str, float]:
+            return {
+                "asynccp": statistics.median(rate(a) for a in a_rounds),
+                "raw_obstore": statistics.median(rate(s) for s in s_rounds),
+                "ratio": med_ratio(lambda a, s: rate(a) / rate(s) if rate(a) else 0.0),
+            }
 
         out: dict[str, Any] = {
             "kind": case.kind,
@@ -478,36 +485,10 @@ class Engine:
                 ),
             },
             "throughput_mib_s": {
-                "asynccp": statistics.median(
-                    mbps(a.committed_bytes, a.write_seconds) for a in a_rounds
-                ),
-                "raw_obstore": statistics.median(
-                    mbps(s.committed_bytes, s.write_seconds) for s in s_rounds
-                ),
-                "ratio": med_ratio(
-                    lambda a, s: (
-                        (a.committed_bytes / a.write_seconds)
-                        / (s.committed_bytes / s.write_seconds)
-                    )
-                ),
+                **rates(lambda r: r.write_mib_s),
                 "committed_bytes": sum(a.committed_bytes for a in a_rounds),
             },
-            "restore_mib_s": {
-                "asynccp": statistics.median(
-                    mbps(a.restored_bytes, a.restore_seconds) for a in a_rounds
-                ),
-                "raw_obstore": statistics.median(
-                    mbps(s.restored_bytes, s.restore_seconds) for s in s_rounds
-                ),
-                "ratio": med_ratio(
-                    lambda a, s: (
-                        (a.restored_bytes / a.restore_seconds)
-                        / (s.restored_bytes / s.restore_seconds)
-                        if a.restored_bytes
-                        else 0.0
-                    )
-                ),
-            },
+            "restore_mib_s": rates(lambda r: r.restore_mib_s),
             "loop_lag_ms": {
                 "asynccp": _lag_summary(a_lags.lags),
                 "sync_writer": _lag_summary(s_lags.lags),
@@ -528,9 +509,8 @@ class Engine:
         a_rates, s_rates, ratios = [], [], []
         committed = superseded = 0
         for i in range(o.rounds):
-            order = ("asynccp", "sync") if i % 2 == 0 else ("sync", "asynccp")
             rates: dict[str, float] = {}
-            for who in order:
+            for who in _order(i):
                 self.progress(f"small saves: round {i + 1}/{o.rounds}, {who}")
                 if who == "asynccp":
                     sub = self._sub("small-asynccp")
@@ -570,7 +550,17 @@ class Engine:
         }
 
 
+def _order(i: int) -> tuple[str, str]:
+    """Who runs first in round ``i``: asynccp and the baseline take turns, so drift is shared."""
+    return ("asynccp", "sync") if i % 2 == 0 else ("sync", "asynccp")
+
+
+def _mib_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / MiB if seconds > 0 else math.inf
+
+
 def _median(groups: Any) -> float:
+    """The median of all values in all ``groups`` (every round's samples pooled)."""
     return statistics.median([x for g in groups for x in g])
 
 
@@ -579,6 +569,7 @@ def _ms(seconds: float) -> float:
 
 
 def _lag_summary(lags: list[float]) -> dict[str, float | int]:
+    """Tick count and p50 / p99 / max lateness (ms) of a Ticker's ticks."""
     if not lags:
         return {"ticks": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
     s = sorted(lags)
@@ -594,11 +585,13 @@ def _lag_summary(lags: list[float]) -> dict[str, float | int]:
 
 
 def _rss_now() -> int:
+    """This process's resident set size now, in bytes (Linux)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _reset_peak() -> bool:
+    """Reset the kernel's peak RSS (VmHWM) to now; False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -608,6 +601,7 @@ def _reset_peak() -> bool:
 
 
 def _peak_rss() -> int:
+    """This process's peak resident set size, in bytes (since :func:`_reset_peak`)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -650,6 +644,7 @@ def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def memory(opts: Options, target: Target, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Peak RSS growth of many saves of the largest bytearray, measured in a fresh process."""
     size = max(opts.sizes)
     m = opts.max_pending_bytes
     count = max(8, 2 * opts.max_pending, math.ceil(3 * m / size))
@@ -694,6 +689,7 @@ async def memory(opts: Options, target: Target, progress: Callable[[str], None])
 
 
 def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, memory, OS, Python, obstore and asynccp."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -715,6 +711,7 @@ def machine() -> dict[str, Any]:
 
 
 def _version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -769,255 +766,42 @@ async def run(opts: Options, progress: Callable[[str], None] = lambda _: None) -
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each checked on the largest size measured."""
+    """The issue's targets (:data:`TARGETS`), each checked on the largest size measured."""
     out: list[dict[str, Any]] = []
     cases = doc["cases"]
     largest = max(c["size"] for c in cases)
     top = {c["kind"]: c for c in cases if c["size"] == largest}
 
-    def add(name: str, value: float, limit: float, ok: bool, unit: str = "") -> None:
-        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "met": ok})
+    def add(name: str, value: float, limit: float, met: bool, unit: str) -> None:
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "met": met})
+
+    def at_most(name: str, value: float, limit: float, unit: str = "x") -> None:
+        add(name, value, limit, value <= limit, unit)
+
+    def at_least(name: str, value: float, limit: float, unit: str = "x") -> None:
+        add(name, value, limit, value >= limit, unit)
 
     size = fmt_size(largest)
     if "bytes" in top:
         r = top["bytes"]["stall_ms"]["ratio"]
-        add(f"stall, {size} bytes / sync write", r, TARGETS["stall_bytes"], r <= 0.01, "x")
+        at_most(f"stall, {size} bytes / sync write", r, TARGETS["stall_bytes"])
     if "bytearray" in top:
         r = top["bytearray"]["stall_ms"]["ratio_to_copy"]
-        add(f"stall, {size} bytearray / memory copy", r, 1.5, r <= 1.5, "x")
+        at_most(f"stall, {size} bytearray / memory copy", r, TARGETS["stall_bytearray"])
     for kind, c in top.items():
         r = c["throughput_mib_s"]["ratio"]
-        add(f"throughput, {size} {kind} / raw puts", r, 0.9, r >= 0.9, "x")
+        at_least(f"throughput, {size} {kind} / raw puts", r, TARGETS["throughput"])
     small = doc.get("small_saves")
     if small:
-        r = small["ratio"]
-        add("small saves (latest) / sync writes", r, 5.0, r >= 5.0, "x")
+        at_least("small saves (latest) / sync writes", small["ratio"], TARGETS["small_saves"])
     for kind, c in top.items():
         p99 = c["loop_lag_ms"]["asynccp"]["p99"]
-        add(f"loop lag p99, {size} {kind} uploading", p99, 5.0, p99 <= 5.0, "ms")
+        at_most(f"loop lag p99, {size} {kind} uploading", p99, TARGETS["lag_p99_ms"], "ms")
     for kind, c in top.items():
         r = c["restore_mib_s"]["ratio"]
-        add(f"restore, {size} {kind} / raw gets", r, 0.9, r >= 0.9, "x")
+        at_least(f"restore, {size} {kind} / raw gets", r, TARGETS["restore"])
     mem = doc.get("memory")
     if mem:
-        g = mem["growth_mib"]
-        add(
-            "peak RSS growth / max_pending_bytes + 100 MiB",
-            g,
-            mem["bound_mib"],
-            g <= mem["bound_mib"],
-            "MiB",
-        )
+        name = "peak RSS growth / max_pending_bytes + 100 MiB"
+        at_most(name, mem["growth_mib"], mem["bound_mib"], "MiB")
     return out
-
-
-# -- output ----------------------------------------------------------------------------
-
-
-def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
-    """The per-case table: measure, asynccp, baseline, ratio."""
-    for c in doc["cases"]:
-        label = f"{c['kind']} {fmt_size(c['size'])}"
-        if c["kind"] == "files":
-            label += f" ({c['files']} files)"
-        s = c["stall_ms"]
-        yield [
-            label,
-            "caller stall",
-            f"{s['asynccp']:.3f} ms",
-            f"sync write {s['sync_write']:.1f} ms",
-            f"{s['ratio'] * 100:.2f} %",
-        ]
-        if "memory_copy" in s:
-            yield [
-                "",
-                "",
-                "",
-                f"memory copy {s['memory_copy']:.1f} ms",
-                f"{s['ratio_to_copy']:.2f} x",
-            ]
-        t = c["throughput_mib_s"]
-        yield [
-            "",
-            "committed throughput",
-            f"{t['asynccp']:.0f} MiB/s",
-            f"raw puts {t['raw_obstore']:.0f} MiB/s",
-            f"{t['ratio'] * 100:.0f} %",
-        ]
-        r = c["restore_mib_s"]
-        yield [
-            "",
-            "restore throughput",
-            f"{r['asynccp']:.0f} MiB/s",
-            f"raw gets {r['raw_obstore']:.0f} MiB/s",
-            f"{r['ratio'] * 100:.0f} %",
-        ]
-        la, ls = c["loop_lag_ms"]["asynccp"], c["loop_lag_ms"]["sync_writer"]
-        yield [
-            "",
-            "loop lag p50 / p99",
-            f"{la['p50']:.2f} / {la['p99']:.2f} ms",
-            f"sync writer {ls['p50']:.1f} / {ls['p99']:.1f} ms",
-            "",
-        ]
-    small = doc.get("small_saves")
-    if small:
-        yield [
-            f"16 B x {small['saves']}",
-            "saves per second (latest)",
-            f"{small['asynccp_saves_per_s']:,.0f}/s",
-            f"sync writes {small['sync_writes_per_s']:,.0f}/s",
-            f"{small['ratio']:.1f} x",
-        ]
-    mem = doc.get("memory")
-    if mem:
-        yield [
-            f"bytearray {fmt_size(mem['size'])} x {mem['saves']}",
-            "peak RSS growth",
-            f"{mem['growth_mib']:.0f} MiB",
-            f"max_pending_bytes {mem['max_pending_bytes'] / MiB:.0f} MiB",
-            f"peak {mem['peak_rss_mib']:.0f} MiB",
-        ]
-
-
-_HEAD = ["payload", "measure", "asynccp", "baseline", "ratio"]
-
-
-def _summary(doc: dict[str, Any]) -> list[str]:
-    m = doc["machine"]
-    lines = [
-        f"asynccp {m['asynccp']} on {doc['location']['kind']} {doc['location']['description']}",
-        f"machine: {m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, "
-        f"Python {m['python']}, obstore {m['obstore']}; {doc['seconds']} s; "
-        f"medians of {doc['options']['rounds']} interleaved rounds",
-    ]
-    return lines
-
-
-def _target_rows(doc: dict[str, Any]) -> Iterator[list[str]]:
-    for t in doc["targets"]:
-        unit = t["unit"]
-        if unit == "x" and t["limit"] < 1:
-            val, lim = f"{t['value'] * 100:.2f} %", f"{t['limit'] * 100:.0f} %"
-        elif unit == "x":
-            val, lim = f"{t['value']:.2f} x", f"{t['limit']:g} x"
-        else:
-            val, lim = f"{t['value']:.1f} {unit}", f"{t['limit']:.0f} {unit}"
-        op = (
-            "<="
-            if ("stall" in t["target"] or "lag" in t["target"] or "RSS" in t["target"])
-            else ">="
-        )
-        yield [t["target"], val, f"{op} {lim}", "met" if t["met"] else "MISSED"]
-
-
-def render_text(doc: dict[str, Any]) -> str:
-    """Plain-text tables (when rich is not installed, or for logs)."""
-
-    def table(head: list[str], rows: list[list[str]]) -> list[str]:
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-        return [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
-
-    out = [*_summary(doc), "", "asynccp bench", ""]
-    out += table(_HEAD, list(_rows(doc)))
-    out += ["", "targets", ""]
-    out += table(["target", "measured", "goal", ""], list(_target_rows(doc)))
-    return "\n".join(out)
-
-
-def render_rich(doc: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    for line in _summary(doc):
-        console.print(line, highlight=False)
-    t = Table(*_HEAD, title="asynccp bench", title_justify="left")
-    for col in t.columns[2:]:
-        col.justify = "right"
-    last = None
-    for row in _rows(doc):
-        if row[0] and last is not None:
-            t.add_section()
-        last = row
-        t.add_row(*row)
-    console.print(t)
-    tt = Table("target", "measured", "goal", "", title="targets", title_justify="left")
-    for row in _target_rows(doc):
-        style = "green" if row[3] == "met" else "bold red"
-        tt.add_row(*row[:3], f"[{style}]{row[3]}[/]")
-    console.print(tt)
-
-
-def plot(doc: dict[str, Any], path: str) -> None:
-    """Stall and throughput against payload size, asynccp beside its baselines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    kinds = sorted({c["kind"] for c in doc["cases"]}, key=KINDS.index)
-    colors = dict(zip(KINDS, ["C0", "C1", "C2", "C3"], strict=True))
-    for kind in kinds:
-        cs = sorted((c for c in doc["cases"] if c["kind"] == kind), key=lambda c: c["size"])
-        x = [c["size"] / MiB for c in cs]
-        col = colors[kind]
-        ax1.plot(
-            x,
-            [c["stall_ms"]["asynccp"] for c in cs],
-            "o-",
-            color=col,
-            label=f"asynccp save ({kind})",
-        )
-        ax1.plot(
-            x,
-            [c["stall_ms"]["sync_write"] for c in cs],
-            "s--",
-            color=col,
-            alpha=0.6,
-            label=f"sync write ({kind})",
-        )
-        if kind == "bytearray":
-            ax1.plot(
-                x,
-                [c["stall_ms"]["memory_copy"] for c in cs],
-                "^:",
-                color=col,
-                alpha=0.6,
-                label="memory copy (bytearray)",
-            )
-        ax2.plot(
-            x,
-            [c["throughput_mib_s"]["asynccp"] for c in cs],
-            "o-",
-            color=col,
-            label=f"asynccp ({kind})",
-        )
-        ax2.plot(
-            x,
-            [c["throughput_mib_s"]["raw_obstore"] for c in cs],
-            "s--",
-            color=col,
-            alpha=0.6,
-            label=f"raw obstore puts ({kind})",
-        )
-    ax1.set(
-        xscale="log",
-        yscale="log",
-        xlabel="payload size (MiB)",
-        ylabel="caller stall (ms)",
-        title="caller stall per save",
-    )
-    ax2.set(
-        xscale="log",
-        xlabel="payload size (MiB)",
-        ylabel="MiB/s",
-        title="committed write throughput",
-    )
-    for ax in (ax1, ax2):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"asynccp bench — {doc['location']['kind']}, {doc['machine']['cpus']} CPUs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -31,7 +31,8 @@ from urllib.parse import urlparse
 
 from obstore.store import LocalStore
 
-from . import _bench
+from . import _bench, _bench_report
+from ._format import fmt_size, one_line, table
 from ._location import Location, resolve
 from ._manifest import MAX_STEP
 from ._restore import Checkpoint, list_checkpoints, list_steps, load, newest_verified
@@ -315,7 +316,7 @@ def _open(args: argparse.Namespace) -> Location:
     except (TypeError, ValueError) as e:
         raise UsageError(f"bad location {url!r}: {e}") from None
     except Exception as e:  # obstore's own parsing/configuration errors
-        raise UsageError(f"bad location {url!r}: {_one_line(e)}") from None
+        raise UsageError(f"bad location {url!r}: {one_line(e)}") from None
     if loc.local_root is not None and not loc.local_root.is_dir():
         what = "is not a directory" if loc.local_root.exists() else "does not exist"
         raise Failure(f"{loc.local_root} {what}")
@@ -338,19 +339,6 @@ def _ckpt_doc(c: Checkpoint) -> dict[str, Any]:
         "metadata": dict(c.metadata),
         "files": {n: {"size": f.size, "checksum": f.checksum} for n, f in c.files.items()},
     }
-
-
-def _table(head: Sequence[str], rows: list[Sequence[str]], right: set[int] = frozenset()) -> str:  # type: ignore[assignment]
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-
-    def fmt(row: Sequence[str]) -> str:
-        cells = [
-            str(c).rjust(w) if i in right else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return "\n".join([fmt(head), *map(fmt, rows)])
 
 
 def _when(c: Checkpoint) -> str:
@@ -381,7 +369,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 str(c.step),
                 _when(c),
                 str(len(c.files)),
-                _bench.fmt_size(c.size),
+                fmt_size(c.size),
                 str(c.attempt),
                 c.writer,
                 _meta(c.metadata),
@@ -391,8 +379,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         head = ["STEP", "CREATED (UTC)", "FILES", "SIZE", "ATTEMPT", "WRITER", "METADATA"]
         total = sum(c.size for c in ckpts)
         return (
-            _table(head, rows, right={0, 2, 3, 4})
-            + f"\n{len(ckpts)} checkpoint(s), {_bench.fmt_size(total)}, "
+            table(head, rows, right={0, 2, 3, 4})
+            + f"\n{len(ckpts)} checkpoint(s), {fmt_size(total)}, "
             f"newest step {ckpts[-1].step}"
         )
 
@@ -410,12 +398,12 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"created_at  {c.created_at.isoformat()}",
             f"attempt     {c.attempt}",
             f"writer      {c.writer}",
-            f"size        {_bench.fmt_size(c.size)} ({c.size} bytes) in {len(c.files)} file(s)",
+            f"size        {fmt_size(c.size)} ({c.size} bytes) in {len(c.files)} file(s)",
             f"metadata    {json.dumps(dict(c.metadata), indent=None)}",
             "",
         ]
         rows = [[n, str(f.size), f.checksum] for n, f in sorted(c.files.items())]
-        return "\n".join(lines) + _table(["FILE", "BYTES", "CHECKSUM"], rows, right={1})
+        return "\n".join(lines) + table(["FILE", "BYTES", "CHECKSUM"], rows, right={1})
 
     _emit(args, {"location": loc.description, **_ckpt_doc(c)}, text)
     return 0
@@ -440,15 +428,13 @@ async def cmd_verify(args: argparse.Namespace) -> int:
             await c.verify()
             entry["ok"] = True
         except StoreError as e:
-            entry["error"] = f"store error: {_one_line(e)}"
+            entry["error"] = f"store error: {one_line(e)}"
         except CheckpointError as e:
-            entry["error"] = _one_line(e)
+            entry["error"] = one_line(e)
         results.append(entry)
         if not args.json:
             if entry["ok"]:
-                print(
-                    f"step {step}: ok ({entry['files']} file(s), {_bench.fmt_size(entry['size'])})"
-                )
+                print(f"step {step}: ok ({entry['files']} file(s), {fmt_size(entry['size'])})")
             else:
                 print(f"step {step}: FAILED: {entry['error']}")
     failed = [r["step"] for r in results if not r["ok"]]
@@ -478,7 +464,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         try:
             path = await c.download(dest)
         except CorruptCheckpointError as e:
-            raise Failure(f"checkpoint {args.step} failed verification: {_one_line(e)}") from None
+            raise Failure(f"checkpoint {args.step} failed verification: {one_line(e)}") from None
     else:
         found = await newest_verified(loc, lambda c: c.download(dest))
         if found is None:
@@ -494,9 +480,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     _emit(
         args,
         doc,
-        lambda: (
-            f"restored step {c.step} ({len(c.files)} file(s), {_bench.fmt_size(c.size)}) to {path}"
-        ),
+        lambda: f"restored step {c.step} ({len(c.files)} file(s), {fmt_size(c.size)}) to {path}",
     )
     return 0
 
@@ -575,12 +559,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(text + "\n")  # noqa: ASYNC240 - the run is over
     if args.plot:
-        _bench.plot(doc, args.plot)
+        _bench_report.plot(doc, args.plot)
     if args.json != "-":
         if console is not None:
-            _bench.render_rich(doc, console)
+            _bench_report.render_rich(doc, console)
         else:
-            print(_bench.render_text(doc))
+            print(_bench_report.render_text(doc))
     if args.fail_on_miss and not all(t["met"] for t in doc["targets"]):
         return 1
     return 0
@@ -641,14 +625,8 @@ class _progress:
 # -- entry point -----------------------------------------------------------------------
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    msg = lines[0] if lines else type(e).__name__
-    return msg if len(msg) <= 400 else msg[:397] + "..."
-
-
 def _showwarning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-    print(f"{PROG}: warning: {_one_line(Warning(str(message)))}", file=sys.stderr)
+    print(f"{PROG}: warning: {one_line(Warning(str(message)))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -682,10 +660,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{PROG}: {e}", debug)
         return 1
     except (CheckpointError, OSError) as e:
-        _fail(f"{PROG}: {_one_line(e)}", debug)
+        _fail(f"{PROG}: {one_line(e)}", debug)
         return 1
     except Exception as e:
-        _fail(f"{PROG}: {type(e).__name__}: {_one_line(e)}", debug)
+        _fail(f"{PROG}: {type(e).__name__}: {one_line(e)}", debug)
         return 1
 
 

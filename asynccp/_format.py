@@ -1,0 +1,59 @@
+"""Text for people: byte sizes, one-line error messages, plain-text tables.
+
+Shared by the ``asynccp`` command and the benchmark report, so that a size, an error
+and a table read the same in ``asynccp ls`` as in ``asynccp bench``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+__all__ = ["fmt_size", "one_line", "table"]
+
+
+def fmt_size(n: float) -> str:
+    """``n`` bytes in the largest binary unit reached: ``"64 MiB"``, ``"1.5 GiB"``, ``"12 B"``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """The first non-blank line of an error's message (its type when there is none).
+
+    Store errors carry multi-line reports (the whole HTTP exchange); a command prints
+    one line, cut to ``limit`` characters.
+    """
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def table(
+    head: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Collection[int] = (),
+    rule: bool = False,
+) -> str:
+    """Columns padded to their widest cell, two spaces apart, without trailing blanks.
+
+    Args:
+        right: indices of the columns aligned right (numbers); the others align left.
+        rule: underline the head with dashes.
+    """
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    lines = [fmt(head)]
+    if rule:
+        lines.append(fmt(["-" * w for w in widths]))
+    return "\n".join([*lines, *map(fmt, rows)])
