@@ -7,11 +7,11 @@ about 1 run of 3 under load) and does not work under trio at all, while its
 synchronous API in worker threads exits cleanly and releases the GIL while it waits.
 
 Local directories get their own writer: obstore's LocalStore never fsyncs, and a
-checkpoint that vanishes in a power cut is no checkpoint. With ``durable=True``
-(the default) payload files and the manifest are written to a temporary name,
-fsynced, renamed (or hard-linked, for the create-if-absent commit) into place, and
-their folders fsynced, before a handle resolves. Reads, lists and deletes of local
-directories still go through obstore.
+checkpoint that vanishes in a power cut is no checkpoint. Payload files and the
+manifest are written to a temporary name, fsynced (``durable=True``, the default),
+renamed (or hard-linked, for the create-if-absent commit) into place, and their
+folders fsynced, before a handle resolves. ``durable=False`` skips the fsyncs only.
+Reads, lists and deletes of local directories still go through obstore.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Location:
 
     def put(self, rel: str, source: bytes | memoryview | Path, *, move: bool = False) -> None:
         """Write one payload object (overwriting). ``move`` lets a local write take ``source``."""
-        if self.local_root is not None and self.durable:
+        if self.local_root is not None:
             self._local_put(rel, source, move=move)
             return
         self._retrying(
@@ -152,7 +152,7 @@ class Location:
 
     def create(self, rel: str, data: bytes) -> None:
         """Write ``data`` only if ``rel`` does not exist; raise ObjectExists otherwise."""
-        if self.local_root is not None and self.durable:
+        if self.local_root is not None:
             self._local_put(rel, data, create=True)
             return
         try:
@@ -183,17 +183,19 @@ class Location:
         move: bool = False,
     ) -> None:
         assert self.local_root is not None
+        sync = self.durable
         dest = self.local_root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.asynccp-tmp")
         try:
             if isinstance(source, Path):
                 if move and _try_rename(source, tmp):
-                    _fsync_file(tmp)
+                    if sync:
+                        _fsync_file(tmp)
                 else:
-                    _copy_durably(source, tmp)
+                    _copy_file(source, tmp, sync=sync)
             else:
-                _write_durably(tmp, source)
+                _write_file(tmp, source, sync=sync)
             if create:
                 try:
                     os.link(tmp, dest)
@@ -201,7 +203,8 @@ class Location:
                     raise ObjectExists(rel) from None
                 finally:
                     tmp.unlink()
-                _fsync_dir(dest.parent)
+                if sync:
+                    _fsync_dir(dest.parent)
             else:
                 os.replace(tmp, dest)
         except BaseException:
@@ -340,22 +343,24 @@ def _clean_prefix(prefix: str | None) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def _write_durably(path: Path, data: bytes | memoryview) -> None:
+def _write_file(path: Path, data: bytes | memoryview, *, sync: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _copy_durably(src: Path, dest: Path) -> None:
+def _copy_file(src: Path, dest: Path, *, sync: bool) -> None:
     with open(src, "rb") as fin, open(dest, "xb") as fout:
         shutil.copyfileobj(fin, fout, _COPY_CHUNK)
         fout.flush()
-        os.fsync(fout.fileno())
+        if sync:
+            os.fsync(fout.fileno())
 
 
 def _try_rename(src: Path, dest: Path) -> bool:

@@ -411,3 +411,19 @@ async def test_works_under_trio(tmp_path: Path) -> None:
 
     result = await anyio.to_thread.run_sync(lambda: anyio.run(job, backend="trio"))
     assert result == b"trio!"
+
+
+async def test_non_durable_local_writes_same_layout(tmp_path: Path) -> None:
+    """durable=False skips fsyncs only: same files, same atomic create, no temp files left."""
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"file payload")
+    async with Checkpointer(tmp_path / "loc", durable=False) as cp:
+        await cp.save(0, {"a": b"x" * 10, "f": src, "big": bytearray(5 << 20)})
+    async with Checkpointer(tmp_path / "loc", durable=False) as cp:
+        c = await cp.latest()
+        assert c is not None and await c.read("f") == b"file payload"
+        await c.verify()
+    with pytest.raises(asynccp.StepAlreadyCommittedError):
+        async with Checkpointer(tmp_path / "loc", durable=False) as cp2:
+            await (await cp2.save(0, b"again"))  # the create-if-absent commit refuses it
+    assert not [p for p in (tmp_path / "loc").rglob("*") if p.name.endswith(".asynccp-tmp")]
