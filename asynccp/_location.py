@@ -230,13 +230,6 @@ class Location:
         result = self._retrying(obstore.get, self.store, self._key(rel))
         return iter(result.stream(min_chunk_size=_COPY_CHUNK))
 
-    def size(self, rel: str) -> int | None:
-        """The object's size, or None when it does not exist."""
-        try:
-            return int(self._retrying(obstore.head, self.store, self._key(rel))["size"])
-        except FileNotFoundError:
-            return None
-
     def list(self, rel_prefix: str) -> list[ObjectInfo]:
         """Every object under ``rel_prefix`` (keys relative to the location)."""
         cut = len(self.prefix)

@@ -144,15 +144,29 @@ class Checkpoint:
     def _download_one(self, name: str, tmp: Path) -> None:
         target = _inside(tmp, name)
         target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            self._stream_verified(name, out.write)
+
+    async def verify(self) -> None:
+        """Read every file and check it; raise :class:`CorruptCheckpointError` if one fails."""
+        for name in self.files:
+            await anyio.to_thread.run_sync(self._stream_verified, name, None)
+
+    def _stream_verified(self, name: str, sink: Callable[[Any], Any] | None) -> None:
+        """Stream one file through ``sink`` (if any), checking size and CRC32C as it goes.
+
+        Store errors become :class:`StoreError` (a missing object: corruption); errors
+        of the sink, such as a full local disk, propagate as they are.
+        """
         key = f"{self._data}/{name}"
-        crc = 0
-        size = 0
+        crc = size = 0
         try:
-            with open(target, "wb") as out:
-                for chunk in self._location.chunks(key):
-                    crc = crc32c.crc32c(chunk, crc)
-                    size += len(chunk)
-                    out.write(chunk)
+            chunks = self._location.chunks(key)
+            for chunk in chunks:
+                crc = crc32c.crc32c(chunk, crc)
+                size += len(chunk)
+                if sink is not None:
+                    sink(chunk)
         except FileNotFoundError as e:
             raise CorruptCheckpointError(
                 f"checkpoint {self.step}: payload object {key} is missing"
@@ -161,22 +175,6 @@ class Checkpoint:
             raise
         except Exception as e:
             raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
-        _check(self.step, name, self.files[name], size, crc)
-
-    async def verify(self) -> None:
-        """Read every file and check it; raise :class:`CorruptCheckpointError` if one fails."""
-        for name in self.files:
-            await anyio.to_thread.run_sync(self._verify_one, name)
-
-    def _verify_one(self, name: str) -> None:
-        key = f"{self._data}/{name}"
-        crc = size = 0
-        try:
-            for chunk in self._location.chunks(key):
-                crc = crc32c.crc32c(chunk, crc)
-                size += len(chunk)
-        except FileNotFoundError as e:
-            raise CorruptCheckpointError(f"checkpoint {self.step}: {key} is missing") from e
         _check(self.step, name, self.files[name], size, crc)
 
 
