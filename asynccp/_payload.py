@@ -141,10 +141,13 @@ class Stager:
         try:
             view = memoryview(value)  # type: ignore[arg-type]
         except TypeError:
+            hint = ""
+            if callable(getattr(value, "numpy", None)):  # a torch / tf tensor
+                hint = " (for a tensor, pass tensor.numpy() — on the CPU — or its serialised bytes)"
             raise TypeError(
                 f"unsupported payload type {type(value).__name__}: pass bytes, a buffer "
                 "(bytearray, memoryview, numpy array), str, a pathlib.Path to a file or "
-                "directory, or a mapping of names to those"
+                f"directory, or a mapping of names to those{hint}"
             ) from None
         if not view.c_contiguous:
             raise TypeError("payload buffer is not C-contiguous; pass numpy.ascontiguousarray(x)")

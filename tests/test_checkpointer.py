@@ -183,6 +183,13 @@ async def test_bad_payloads_are_rejected(tmp_path: Path) -> None:
             await cp.save(0, 42)
         with pytest.raises(TypeError, match="unsupported payload type"):
             await cp.save(0, {"x": object()})
+
+        class Tensor:  # looks like a torch tensor: no buffer protocol, a .numpy()
+            def numpy(self) -> Any:
+                return np.zeros(3)
+
+        with pytest.raises(TypeError, match=r"tensor\.numpy\(\)"):
+            await cp.save(0, Tensor())
         with pytest.raises(FileNotFoundError, match="does not exist"):
             await cp.save(0, tmp_path / "missing.bin")
         with pytest.raises(TypeError, match="not C-contiguous"):
