@@ -320,13 +320,16 @@ class Checkpointer:
                     f"step {step} is not after the latest committed step {self._known_latest} "
                     f"in {self.location}; save step {self._known_latest + 1} or later"
                 )
-            files = await self._stager.snapshot(payload)
-            item = Pending(step, files, meta, now(), SaveHandle(step))
+            parts = await self._stager.plan(payload)  # validates: nothing waits for room yet
+            size = sum(p.size for p in parts)
+            await self._queue.reserve(size)
             try:
-                await self._queue.put(item)
+                files = await self._stager.snapshot(parts)
             except BaseException:
-                self._stager.discard(files)
+                self._queue.unreserve(size)
                 raise
+            item = Pending(step, files, meta, now(), SaveHandle(step))
+            self._queue.add(item, reserved=size)
             self._last_step = step
             stall = time.perf_counter() - started
         self._counts["saves"] += 1

@@ -26,7 +26,15 @@ import crc32c
 
 from .errors import InvalidNameError
 
-__all__ = ["DEFAULT_NAME", "Payload", "StagedFile", "Stager", "check_names", "validate_name"]
+__all__ = [
+    "DEFAULT_NAME",
+    "Part",
+    "Payload",
+    "StagedFile",
+    "Stager",
+    "check_names",
+    "validate_name",
+]
 
 #: The name a single-buffer payload gets inside its checkpoint.
 DEFAULT_NAME = "data"
@@ -112,55 +120,49 @@ class Stager:
         self._free_bytes = 0
         self._lock = threading.Lock()  # buffers come back from worker threads
 
-    async def snapshot(self, payload: Payload) -> list[StagedFile]:
-        """Take ownership of ``payload``'s bytes and return its files, names validated."""
-        if isinstance(payload, Mapping):
-            files: list[StagedFile] = []
-            try:
-                for key, value in payload.items():
-                    name = validate_name(key)
-                    if isinstance(value, Mapping):
-                        raise TypeError(f"payload[{name!r}] is a mapping; nest names with '/'")
-                    files.extend(await self._one(value, name))
-                check_names([f.name for f in files])
-            except BaseException:
-                self.discard(files)
-                raise
-            return files
-        return await self._one(payload, None)
+    async def plan(self, payload: Payload) -> list[Part]:
+        """Validate ``payload`` and size it, copying nothing (so room can be reserved first).
 
-    async def _one(self, value: object, name: str | None) -> list[StagedFile]:
-        if isinstance(value, bytes):
-            return [StagedFile(name or DEFAULT_NAME, len(value), data=value)]
-        if isinstance(value, str):
-            data = await _maybe_offload(value.encode, len(value))
-            return [StagedFile(name or DEFAULT_NAME, len(data), data=data)]
-        if isinstance(value, os.PathLike):
-            path = Path(os.fspath(value))
-            return await anyio.to_thread.run_sync(_stage_path, path, name, self.folder)
+        Raises TypeError, InvalidNameError or FileNotFoundError for what cannot be saved.
+        """
+        if isinstance(payload, Mapping):
+            parts: list[Part] = []
+            for key, value in payload.items():
+                name = validate_name(key)
+                if isinstance(value, Mapping):
+                    raise TypeError(f"payload[{name!r}] is a mapping; nest names with '/'")
+                parts += await _plan_one(value, name)
+        else:
+            parts = await _plan_one(payload, None)
+        check_names([p.name for p in parts])
+        return parts
+
+    async def snapshot(self, parts: list[Part]) -> list[StagedFile]:
+        """Take ownership of the planned parts' bytes: after this the caller may reuse
+        its buffers and files."""
+        files: list[StagedFile] = []
         try:
-            view = memoryview(value)  # type: ignore[arg-type]
-        except TypeError:
-            hint = ""
-            if callable(getattr(value, "numpy", None)):  # a torch / tf tensor
-                hint = " (for a tensor, pass tensor.numpy() — on the CPU — or its serialised bytes)"
-            raise TypeError(
-                f"unsupported payload type {type(value).__name__}: pass bytes, a buffer "
-                "(bytearray, memoryview, numpy array), str, a pathlib.Path to a file or "
-                f"directory, or a mapping of names to those{hint}"
-            ) from None
-        if not view.c_contiguous:
-            raise TypeError("payload buffer is not C-contiguous; pass numpy.ascontiguousarray(x)")
-        flat = view.cast("B") if view.ndim != 1 or view.format != "B" else view
-        name = name or DEFAULT_NAME
-        if flat.nbytes < _OFFLOAD_BYTES:
-            return [StagedFile(name, flat.nbytes, data=flat.tobytes())]
-        buffer, data = await anyio.to_thread.run_sync(self._copy, flat)
-        return [StagedFile(name, flat.nbytes, data=data, buffer=buffer)]
+            for part in parts:
+                files.append(await self._stage(part))
+        except BaseException:
+            self.discard(files)
+            raise
+        return files
+
+    async def _stage(self, part: Part) -> StagedFile:
+        value = part.value
+        if isinstance(value, bytes):
+            return StagedFile(part.name, len(value), data=value)
+        if isinstance(value, Path):
+            return await anyio.to_thread.run_sync(_stage_file, value, part.name, self.folder)
+        if value.nbytes < _OFFLOAD_BYTES:
+            return StagedFile(part.name, value.nbytes, data=value.tobytes())
+        buffer, data = await anyio.to_thread.run_sync(self._copy, value)
+        return StagedFile(part.name, value.nbytes, data=data, buffer=buffer)
 
     def _copy(self, view: memoryview) -> tuple[mmap.mmap, memoryview]:
         """A private copy of ``view`` in a pooled buffer (worker thread: both the
-        allocation, which pre-faults the pages, and the copy take time)."""
+        allocation and the copy, which faults the pages in, take time)."""
         buffer = self._take(view.nbytes)
         try:
             return buffer, _copy_into(buffer, view)
@@ -228,34 +230,74 @@ def _copy_into(buffer: mmap.mmap, view: memoryview) -> memoryview:
     return out
 
 
+@dataclass
+class Part:
+    """One file of a payload, validated and sized but not yet copied.
+
+    ``value`` is immutable ``bytes`` (kept as is), a flat view of a mutable buffer (to
+    copy), or the path of a regular file (to copy into staging).
+    """
+
+    name: str
+    size: int
+    value: bytes | memoryview | Path
+
+
+async def _plan_one(value: object, name: str | None) -> list[Part]:
+    if isinstance(value, bytes):
+        return [Part(name or DEFAULT_NAME, len(value), value)]
+    if isinstance(value, str):
+        data = await _maybe_offload(value.encode, len(value))
+        return [Part(name or DEFAULT_NAME, len(data), data)]
+    if isinstance(value, os.PathLike):
+        return await anyio.to_thread.run_sync(_plan_path, Path(os.fspath(value)), name)
+    try:
+        view = memoryview(value)  # type: ignore[arg-type]
+    except TypeError:
+        hint = ""
+        if callable(getattr(value, "numpy", None)):  # a torch / tf tensor
+            hint = " (for a tensor, pass tensor.numpy() — on the CPU — or its serialised bytes)"
+        raise TypeError(
+            f"unsupported payload type {type(value).__name__}: pass bytes, a buffer "
+            "(bytearray, memoryview, numpy array), str, a pathlib.Path to a file or "
+            f"directory, or a mapping of names to those{hint}"
+        ) from None
+    if not view.c_contiguous:
+        raise TypeError("payload buffer is not C-contiguous; pass numpy.ascontiguousarray(x)")
+    flat = view.cast("B") if view.ndim != 1 or view.format != "B" else view
+    return [Part(name or DEFAULT_NAME, flat.nbytes, flat)]
+
+
 async def _maybe_offload(fn: Any, size: int) -> bytes:
     if size >= _OFFLOAD_BYTES:
         return await anyio.to_thread.run_sync(fn)
     return fn()  # type: ignore[no-any-return]
 
 
-def _stage_path(src: Path, name: str | None, staging: Path) -> list[StagedFile]:
-    """Copy a file, or every file under a directory, into ``staging`` (worker thread)."""
+def _plan_path(src: Path, name: str | None) -> list[Part]:
+    """The regular files at ``src`` (a file, or every file under a folder), sized (thread)."""
     try:
         st = src.stat()
     except FileNotFoundError:
         raise FileNotFoundError(f"payload path {str(src)!r} does not exist") from None
     if stat.S_ISREG(st.st_mode):
-        return [_stage_file(src, validate_name(name or src.name), staging)]
+        return [Part(validate_name(name or src.name), st.st_size, src)]
     if not stat.S_ISDIR(st.st_mode):
         raise ValueError(f"payload path {str(src)!r} is neither a regular file nor a directory")
-    staged: list[StagedFile] = []
+    parts: list[Part] = []
     for root, dirs, filenames in os.walk(src):
         dirs.sort()
         for fn in sorted(filenames):
             path = Path(root, fn)
-            if not path.is_file():
-                continue  # sockets, fifos, dangling links: not checkpoint data
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # a dangling link, or a file deleted while we walk
+            if not stat.S_ISREG(st.st_mode):
+                continue  # sockets, fifos: not checkpoint data
             rel = path.relative_to(src).as_posix()
-            staged.append(
-                _stage_file(path, validate_name(f"{name}/{rel}" if name else rel), staging)
-            )
-    return staged
+            parts.append(Part(validate_name(f"{name}/{rel}" if name else rel), st.st_size, path))
+    return parts
 
 
 def _stage_file(src: Path, name: str, staging: Path) -> StagedFile:

@@ -73,9 +73,11 @@ class StagingQueue(Generic[T]):
             return True
         return self._count < self.max_pending and self._bytes + size <= self.max_pending_bytes
 
-    async def put(self, item: T) -> None:
-        """Stage ``item``, waiting (``block``) or superseding (``latest``) when full."""
-        while not self._has_room(item.size):
+    async def reserve(self, size: int) -> None:
+        """Take a slot and ``size`` bytes of room, waiting (``block``) or superseding
+        (``latest``) until they fit. Room is taken *before* the snapshot, so staged
+        copies never exceed the budget."""
+        while not self._has_room(size):
             if self.policy == "latest" and self._waiting:
                 victim = self._waiting.popleft()
                 self._count -= 1
@@ -83,9 +85,21 @@ class StagingQueue(Generic[T]):
                 self._on_superseded(victim)
                 continue
             await self._changed.wait()
-        self._waiting.append(item)
         self._count += 1
-        self._bytes += item.size
+        self._bytes += size
+        self._notify()
+
+    def add(self, item: T, reserved: int) -> None:
+        """Queue ``item`` in the room reserved for it (its staged size may differ a
+        little from the reservation: a file that changed between the two)."""
+        self._bytes += item.size - reserved
+        self._waiting.append(item)
+        self._notify()
+
+    def unreserve(self, size: int) -> None:
+        """Give back a reservation that never became an item (the snapshot failed)."""
+        self._count -= 1
+        self._bytes -= size
         self._notify()
 
     async def get(self) -> T | None:
