@@ -71,7 +71,7 @@ async def upload(
             attempt=attempt,
             created_at=item.created_at,
             metadata=item.metadata,
-            files={f.name: FileInfo(f.size, f.crc32c or 0) for f in item.files},
+            files={f.name: FileInfo(f.size, _crc(f)) for f in item.files},
         )
         commit_sent = True
         await _commit(location, manifest)
@@ -81,10 +81,10 @@ async def upload(
         # at deleted objects. If it did not commit, the orphan collector removes it.
         # A cancelled upload (the exit flush ran out of time) does not clean up at all:
         # the store may be the reason, and the exit must not wait for it.
-        cancelled = isinstance(first_leaf(e), anyio.get_cancelled_exc_class())
+        leaf = first_leaf(e)
+        cancelled = isinstance(leaf, anyio.get_cancelled_exc_class())
         if not cancelled and (not commit_sent or isinstance(e, StepAlreadyCommittedError)):
             await _cleanup(location, keys)
-        leaf = first_leaf(e)
         if isinstance(leaf, CheckpointError):
             raise leaf from leaf.__cause__
         if isinstance(leaf, Exception):
@@ -113,6 +113,12 @@ async def _put_file(
         await anyio.to_thread.run_sync(
             location.put, key, f.data, limiter=limiter, abandon_on_cancel=True
         )
+
+
+def _crc(f: StagedFile) -> int:
+    if f.crc32c is None:  # every path through _put_file sets it
+        raise AssertionError(f"no checksum was computed for {f.name!r}")
+    return f.crc32c
 
 
 async def _checksum(f: StagedFile) -> None:
