@@ -170,9 +170,10 @@ class Location:
             while folder != self.local_root and folder not in folders:
                 folders.add(folder)
                 folder = folder.parent
+        # Deepest first, up to and including ``data/``; the root's own entries (data/,
+        # manifests/) were made durable once, by open().
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             _fsync_dir(folder)
-        _fsync_dir(self.local_root)
 
     def _local_put(
         self,
