@@ -318,9 +318,54 @@ def resolve(
         path = (parsed.netloc + parsed.path).strip("/")
         return Location(location, store=MemoryStore(), prefix=_clean_prefix(path), **common)  # type: ignore[arg-type]
     if scheme in _REMOTE_SCHEMES:
-        store = from_url(location, **store_options)
-        return Location(location, store=store, **common)  # type: ignore[arg-type]
+        return Location(location, store=_from_url(location, store_options), **common)  # type: ignore[arg-type]
     raise ValueError(f"unsupported location scheme {scheme!r} in {location!r}")
+
+
+#: obstore's ClientConfig keys: they belong in ``client_options={...}``; passed as plain
+#: keyword arguments, some of them make obstore panic instead of raising.
+CLIENT_KEYS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "default_headers",
+        "http1_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_only",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "root_certificate",
+        "randomize_addresses",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    }
+)
+
+
+def _from_url(url: str, options: dict[str, Any]) -> Any:
+    """``obstore.store.from_url`` with bad options reported as errors, not panics."""
+    misplaced = sorted(CLIENT_KEYS & options.keys())
+    if misplaced:
+        raise TypeError(
+            f"{misplaced} are HTTP client options: pass them as "
+            f"client_options={{{', '.join(repr(k) + ': ...' for k in misplaced)}}}"
+        )
+    try:
+        return from_url(url, **options)
+    except Exception as e:
+        raise ValueError(f"cannot open {url!r}: {e}".splitlines()[0]) from e
+    except BaseException as e:  # pyo3's PanicException derives from BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(f"cannot open {url!r} with options {sorted(options)}: {e}") from None
 
 
 def _local(path: str, store_options: dict[str, Any], common: dict[str, Any]) -> Location:

@@ -33,7 +33,7 @@ from obstore.store import LocalStore
 
 from . import _bench, _bench_report
 from ._format import fmt_size, one_line, table
-from ._location import Location, resolve
+from ._location import CLIENT_KEYS, Location, resolve
 from ._manifest import MAX_STEP
 from ._restore import Checkpoint, list_checkpoints, list_steps, load, newest_verified
 from ._retention import apply_retention, collect_orphans, steps_to_delete
@@ -300,10 +300,15 @@ def _store_options(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
         if opts:
             raise UsageError("-o/--store-option applies to remote URLs only")
         return {}
+    # -o takes store settings and HTTP client settings alike (allow_http=true, ...):
+    # obstore wants the latter apart, in client_options.
+    client = {k: opts.pop(k) for k in sorted(CLIENT_KEYS & opts.keys())}
     retry: dict[str, Any] = {"max_retries": args.retries}
     if args.timeout is not None:
-        opts["client_options"] = {"timeout": timedelta(seconds=args.timeout)}
+        client["timeout"] = timedelta(seconds=args.timeout)
         retry["retry_timeout"] = timedelta(seconds=max(args.timeout * (args.retries + 1), 1))
+    if client:
+        opts["client_options"] = client
     opts["retry_config"] = retry
     return opts
 

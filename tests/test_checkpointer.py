@@ -234,6 +234,20 @@ def test_bad_locations_are_rejected(location: Any) -> None:
         Checkpointer(location)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"allow_http": True}, TypeError, "client_options"),  # obstore would panic
+        ({"no_such_option": 1}, ValueError, "no_such_option"),
+    ],
+)
+def test_bad_store_options_are_clear_errors(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Checkpointer("s3://bucket/prefix", **options)
+
+
 async def test_closed_checkpointer_refuses_work(tmp_path: Path) -> None:
     cp = Checkpointer(tmp_path)
     with pytest.raises(asynccp.CheckpointClosedError):

@@ -400,3 +400,15 @@ def test_s3_bench_smoke(s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) 
     # The bench cleaned up after itself.
     store = make_s3_store(s3_env["AWS_ENDPOINT_URL"], s3_bucket)
     assert [m for batch in obstore.list(store) for m in batch] == []
+
+
+def test_s3_configured_with_store_options_only(s3_bucket: str, moto_server: str) -> None:
+    """-o takes store and HTTP client settings alike (allow_http goes to client_options)."""
+    url = f"s3://{s3_bucket}/opts"
+    opts = [
+        "-o", f"endpoint={moto_server}", "-o", "allow_http=true", "-o", f"region={REGION}",
+        "-o", f"access_key_id={ACCESS_KEY_ID}", "-o", f"secret_access_key={SECRET_ACCESS_KEY}",
+    ]  # fmt: skip
+    proc = run("ls", url, *opts)
+    assert proc.returncode == 0, proc.stderr
+    assert "no checkpoints" in proc.stdout
