@@ -52,6 +52,9 @@ __all__ = ["Checkpointer", "Stats"]
 
 log = logging.getLogger("asynccp")
 
+#: Checkpoints uploading at once: one committing, the next one's payload under way.
+_PIPELINE = 2
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -213,6 +216,7 @@ class Checkpointer:
         self._limiter = anyio.CapacityLimiter(self.max_concurrency)
         self._worker_scope = anyio.CancelScope(shield=True)
         self._worker_done = anyio.Event()
+        self._in_flight = anyio.Semaphore(_PIPELINE)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._worker)
@@ -376,15 +380,39 @@ class Checkpointer:
         self._counts["superseded"] += 1
 
     async def _worker(self) -> None:
+        """Take checkpoints in save order; upload up to ``_PIPELINE`` at once, commit in order.
+
+        While one checkpoint's manifest commits (and its fsyncs run), the next one's
+        payload already uploads: the commit's fixed cost is hidden behind the next
+        payload instead of adding to it. Each commit still waits for the previous one.
+        """
         try:
             with self._worker_scope:
-                while (item := await self._queue.get()) is not None:
-                    await self._process(item)
+                async with anyio.create_task_group() as tg:
+                    previous: anyio.Event | None = None
+                    while True:
+                        await self._in_flight.acquire()  # before get(): an item is never held
+                        item = await self._queue.get()
+                        if item is None:
+                            break
+                        committed = anyio.Event()
+                        tg.start_soon(self._process, item, previous, committed)
+                        previous = committed
         finally:
             self._worker_done.set()
 
-    async def _process(self, item: Pending) -> None:
-        """Upload and commit one checkpoint; free its room before its handle resolves."""
+    async def _process(
+        self, item: Pending, previous: anyio.Event | None, committed: anyio.Event
+    ) -> None:
+        """Upload one checkpoint, commit it after ``previous``; free its room before its
+        handle resolves; then retention."""
+        try:
+            await self._upload_and_commit(item, previous)
+        finally:
+            committed.set()
+            self._in_flight.release()
+
+    async def _upload_and_commit(self, item: Pending, previous: anyio.Event | None) -> None:
         started = time.perf_counter()
         outcome: Checkpoint | CheckpointError
         try:
@@ -394,6 +422,7 @@ class Checkpointer:
                 writer=self.writer_id,
                 attempt=self.attempt,
                 limiter=self._limiter,
+                turn=None if previous is None else previous.wait,
             )
         except CheckpointError as e:
             outcome = e
@@ -424,7 +453,9 @@ class Checkpointer:
                 await apply_retention(self._location, self.keep, self.keep_every)
             if not self._orphans_collected:
                 self._orphans_collected = True
-                await collect_orphans(self._location, timedelta(seconds=self.orphan_grace))
+                await collect_orphans(
+                    self._location, timedelta(seconds=self.orphan_grace), writer=self.writer_id
+                )
         except Exception as e:
             log.warning(
                 "asynccp: retention in %s failed (will retry next commit): %s", self.location, e

@@ -29,6 +29,12 @@ __all__ = ["apply_retention", "collect_orphans", "steps_to_delete"]
 
 log = logging.getLogger("asynccp")
 TMP_SUFFIX = ".asynccp-tmp"
+MANIFEST_TMP_AGE = timedelta(minutes=10)
+
+
+def _stale_tmp(o: ObjectInfo, cutoff: datetime) -> bool:
+    """A temporary file of an interrupted local write, older than ``cutoff``."""
+    return o.key.endswith(TMP_SUFFIX) and o.last_modified < cutoff
 
 
 async def _call(fn: Any, *args: Any) -> Any:
@@ -79,33 +85,39 @@ async def apply_retention(
     return doomed
 
 
-async def collect_orphans(location: Location, grace: timedelta) -> list[str]:
-    """Delete payload folders no manifest points to, older than ``grace``; return them."""
-    cutoff = datetime.now(timezone.utc) - grace
+async def collect_orphans(
+    location: Location, grace: timedelta, *, writer: str | None = None
+) -> list[str]:
+    """Delete payload folders no manifest points to, older than ``grace``; return them.
+
+    ``writer`` is the collecting checkpointer's own id: its folders are never touched
+    (the next checkpoint's payload may be uploading right now; its failures clean up
+    after themselves). A manifest's temporary file is a few milliseconds' work, so one
+    is only taken once it is older than ``grace`` *and* ten minutes.
+    """
+    now = datetime.now(timezone.utc)
+    cutoff = now - grace
     objs = await _call(location.list, DATA)
     folders: dict[str, list[ObjectInfo]] = defaultdict(list)
-    stale_tmp: list[str] = []
     for o in objs:
-        if o.key.endswith(TMP_SUFFIX) and o.last_modified < cutoff:
-            stale_tmp.append(o.key)
-            continue
-        folder = "/".join(o.key.split("/")[:2])
-        folders[folder].append(o)
+        folders["/".join(o.key.split("/")[:2])].append(o)
     committed = set(await list_steps(location))
     doomed: list[str] = []
+    stale_tmp: list[str] = []
     for folder, contents in sorted(folders.items()):
         parsed = parse_data_dir(folder)
-        if parsed is None or max(o.last_modified for o in contents) >= cutoff:
+        if parsed is None or parsed[1] == writer:
             continue
-        step, writer = parsed
-        if step in committed and await _writer_of(location, step) in (writer, None):
+        step, owner = parsed
+        stale_tmp += [o.key for o in contents if _stale_tmp(o, cutoff)]
+        if max(o.last_modified for o in contents) >= cutoff:
+            continue
+        if step in committed and await _writer_of(location, step) in (owner, None):
             continue
         doomed.append(folder)
         await _call(location.delete, [o.key for o in contents])
-    manifests_tmp = await _call(location.list, "manifests/")
-    stale_tmp += [
-        o.key for o in manifests_tmp if o.key.endswith(TMP_SUFFIX) and o.last_modified < cutoff
-    ]
+    manifests = await _call(location.list, "manifests/")
+    stale_tmp += [o.key for o in manifests if _stale_tmp(o, min(cutoff, now - MANIFEST_TMP_AGE))]
     if stale_tmp:
         await _call(location.delete, stale_tmp)
     if doomed:

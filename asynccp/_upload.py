@@ -10,6 +10,7 @@ and the step reports :class:`StepAlreadyCommittedError`; data never mixes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -54,9 +55,19 @@ class Pending:
 
 
 async def upload(
-    location: Location, item: Pending, *, writer: str, attempt: int, limiter: anyio.CapacityLimiter
+    location: Location,
+    item: Pending,
+    *,
+    writer: str,
+    attempt: int,
+    limiter: anyio.CapacityLimiter,
+    turn: Callable[[], Awaitable[Any]] | None = None,
 ) -> Checkpoint:
-    """Upload ``item``'s payload, then commit its manifest; return the checkpoint."""
+    """Upload ``item``'s payload, then commit its manifest; return the checkpoint.
+
+    ``turn``, when given, is awaited between the two: the previous checkpoint's commit
+    (checkpoints commit in save order, while their payloads may upload side by side).
+    """
     folder = data_dir(item.step, writer)
     keys = [f"{folder}/{f.name}" for f in item.files]
     commit_sent = False
@@ -73,6 +84,8 @@ async def upload(
             metadata=item.metadata,
             files={f.name: FileInfo(f.size, _crc(f)) for f in item.files},
         )
+        if turn is not None:
+            await turn()
         commit_sent = True
         await _commit(location, manifest)
     except BaseException as e:

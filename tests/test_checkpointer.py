@@ -448,3 +448,23 @@ async def test_non_durable_local_writes_same_layout(tmp_path: Path) -> None:
         async with Checkpointer(tmp_path / "loc", durable=False) as cp2:
             await (await cp2.save(0, b"again"))  # the create-if-absent commit refuses it
     assert not [p for p in (tmp_path / "loc").rglob("*") if p.name.endswith(".asynccp-tmp")]
+
+
+@pytest.mark.parametrize("kind", ["bytes", "file"])
+async def test_orphan_collection_never_takes_the_collectors_own_uploads(
+    tmp_path: Path, kind: str
+) -> None:
+    """With orphan_grace=0, collection runs right after the first commit, while the next
+    checkpoints' payloads upload (commits are pipelined): it must leave those alone."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(2 << 20))
+    async with Checkpointer(tmp_path / "loc", orphan_grace=0, max_pending=8) as cp:
+        handles = [
+            await cp.save(step, src if kind == "file" else os.urandom(2 << 20)) for step in range(8)
+        ]
+        committed = [await h for h in handles]  # every one committed...
+    async with Checkpointer(tmp_path / "loc") as reader:
+        latest = await reader.latest()
+        assert latest is not None and latest.step == 7  # ...and is complete
+        for ckpt in committed:
+            await ckpt.verify()
