@@ -1,8 +1,9 @@
 """Checkpointer: the object users hold. It wires the stages together and owns them.
 
-``save()`` validates and snapshots, then hands the checkpoint to the bounded queue and
-returns; one uploader task (in the checkpointer's own task group) takes checkpoints
-in save order, uploads and commits each, then applies retention. Leaving the
+``save()`` validates, reserves room in the bounded queue, snapshots, and returns; the
+worker task (in the checkpointer's own task group) takes checkpoints in save order,
+uploads the payloads of up to two at once and commits them strictly in order, then
+applies retention. Leaving the
 ``async with`` block flushes: every staged checkpoint commits (or its error is
 raised) before the block is left, even when the body raised or was cancelled.
 """
