@@ -405,8 +405,7 @@ class Engine:
         # Restores run with the ticker off: the lag figure is about uploads.
         t0 = time.perf_counter()
         for c in ckpts:
-            for name in c.files:
-                r.restored_bytes += len(await c.read(name))
+            r.restored_bytes += sum(len(b) for b in (await c.read_all()).values())
         r.restore_seconds = time.perf_counter() - t0
         await anyio.to_thread.run_sync(self.target.remove, sub)
         return r

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ __all__ = ["Checkpoint", "latest", "list_checkpoints", "list_steps", "load", "ne
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
+#: Files of one checkpoint read (or downloaded) at once.
+_READ_CONCURRENCY = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +101,34 @@ class Checkpoint:
         name = self._name(name)
         return await anyio.to_thread.run_sync(self._read_verified, name)
 
+    async def read_all(self) -> dict[str, bytes]:
+        """Every file's bytes by name, each verified.
+
+        Files are read in batches, one worker-thread trip per batch: many small files
+        would cost a trip each. On a local disk one batch per ~4 MiB, up to four side by
+        side (more only fight over the GIL); on a remote store eight (latency-bound).
+        Raises :class:`CorruptCheckpointError` if any file is missing or differs.
+        """
+        names = list(self.files)
+        width = _READ_CONCURRENCY
+        if self._location.local_root is not None:  # CPU-bound: a thread per ~4 MiB, up to 4
+            width = max(1, min(4, self.size // (4 << 20)))
+        batches = [names[i::width] for i in range(min(width, len(names)))]
+        out: dict[str, bytes] = {}
+
+        def read_batch(batch: list[str]) -> None:
+            for name in batch:
+                out[name] = self._read_verified(name)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for batch in batches:
+                    tg.start_soon(partial(anyio.to_thread.run_sync, read_batch, batch))
+        except Exception as e:  # a task group wraps its children's errors
+            leaf = first_leaf(e)
+            raise leaf from leaf.__cause__
+        return {name: out[name] for name in names}
+
     def _read_verified(self, name: str) -> bytes:
         key = f"{self._data}/{name}"
         try:
@@ -122,7 +153,7 @@ class Checkpoint:
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
         dest, tmp = await anyio.to_thread.run_sync(_make_tmp, os.fspath(dest_dir))
         try:
-            limiter = anyio.CapacityLimiter(8)
+            limiter = anyio.CapacityLimiter(_READ_CONCURRENCY)
             try:
                 async with anyio.create_task_group() as tg:
                     for name in self.files:

@@ -73,6 +73,9 @@ async def test_payload_kinds_round_trip(location: Any, tmp_path: Path) -> None:
     assert await c1.read("tree/sub/b.bin") == (src / "sub" / "b.bin").read_bytes()
     assert list(c2.files) == ["single.bin"] and await c2.read() == b"one file"
     assert await c3.read() == b"mv"
+    everything = await c1.read_all()
+    assert list(everything) == list(c1.files)
+    assert everything["note"] == b"hi" and everything["raw"] == b"ba"
     out = await c4.download(tmp_path / "restored")
     assert (out / "a.txt").read_bytes() == b"alpha"
     assert (out / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()

@@ -387,6 +387,8 @@ async def test_flipped_byte_is_detected_and_restore_falls_back(site: Site, tmp_p
             await ckpt.read()
         with pytest.raises(CorruptCheckpointError):
             await ckpt.verify()
+        with pytest.raises(CorruptCheckpointError, match="checksum"):  # not a group
+            await ckpt.read_all()
         with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
             assert await cp.read() == payloads[1]
         with pytest.raises(CorruptCheckpointError):
