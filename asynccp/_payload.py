@@ -142,23 +142,38 @@ class Stager:
         its buffers and files."""
         files: list[StagedFile] = []
         try:
+            # All file copies in one worker-thread trip: a folder of many small files
+            # would otherwise pay a trip per file.
+            paths = [p for p in parts if isinstance(p.value, Path)]
+            if paths:
+                files += await anyio.to_thread.run_sync(self._stage_files, paths)
             for part in parts:
-                files.append(await self._stage(part))
+                if not isinstance(part.value, Path):
+                    files.append(await self._stage_buffer(part.name, part.value))
         except BaseException:
             self.discard(files)
             raise
-        return files
+        order = {p.name: i for i, p in enumerate(parts)}
+        return sorted(files, key=lambda f: order[f.name])
 
-    async def _stage(self, part: Part) -> StagedFile:
-        value = part.value
+    def _stage_files(self, parts: list[Part]) -> list[StagedFile]:
+        staged: list[StagedFile] = []
+        try:
+            for part in parts:
+                assert isinstance(part.value, Path)
+                staged.append(_stage_file(part.value, part.name, self.folder))
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    async def _stage_buffer(self, name: str, value: bytes | memoryview) -> StagedFile:
         if isinstance(value, bytes):
-            return StagedFile(part.name, len(value), data=value)
-        if isinstance(value, Path):
-            return await anyio.to_thread.run_sync(_stage_file, value, part.name, self.folder)
+            return StagedFile(name, len(value), data=value)
         if value.nbytes < _OFFLOAD_BYTES:
-            return StagedFile(part.name, value.nbytes, data=value.tobytes())
+            return StagedFile(name, value.nbytes, data=value.tobytes())
         buffer, data = await anyio.to_thread.run_sync(self._copy, value)
-        return StagedFile(part.name, value.nbytes, data=data, buffer=buffer)
+        return StagedFile(name, value.nbytes, data=data, buffer=buffer)
 
     def _copy(self, view: memoryview) -> tuple[mmap.mmap, memoryview]:
         """A private copy of ``view`` in a pooled buffer (worker thread: both the
