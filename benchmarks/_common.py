@@ -135,3 +135,14 @@ def print_table(head: list[str], rows: list[list[str]]) -> None:
 def dump(path: str | None, doc: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def medians(res: dict[str, list[Round]]) -> dict[str, dict[str, float]]:
+    """Per contender: median stall (ms), throughput (MiB/s) and restore time (ms)."""
+    return {
+        "stall_ms": {k: statistics.median(r.stall_ms for r in v) for k, v in res.items()},
+        "throughput_mib_s": {k: statistics.median(r.mib_s for r in v) for k, v in res.items()},
+        "restore_ms": {
+            k: statistics.median(r.restore_seconds * 1000 for r in v) for k, v in res.items()
+        },
+    }

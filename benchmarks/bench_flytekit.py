@@ -86,14 +86,7 @@ def main() -> None:
             f, a, an = res["flytekit"], res["asynccp"], res["asynccp_nofsync"]
             doc = {
                 "size": size,
-                "stall_ms": {k: statistics.median(r.stall_ms for r in v) for k, v in res.items()},
-                "throughput_mib_s": {
-                    k: statistics.median(r.mib_s for r in v) for k, v in res.items()
-                },
-                "restore_ms": {
-                    k: statistics.median(r.restore_seconds * 1000 for r in v)
-                    for k, v in res.items()
-                },
+                **c.medians(res),
                 "stall_ratio": c.ratio([r.stall_ms for r in a], [r.stall_ms for r in f]),
                 "throughput_ratio_durable": c.ratio([r.mib_s for r in a], [r.mib_s for r in f]),
                 "throughput_ratio_nofsync": c.ratio([r.mib_s for r in an], [r.mib_s for r in f]),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import statistics
 import sys
 import time
 import warnings
@@ -95,14 +94,7 @@ def main() -> None:
             a, d = res["asynccp"], res["dcp_async_save"]
             doc = {
                 "size": size,
-                "stall_ms": {k: statistics.median(r.stall_ms for r in v) for k, v in res.items()},
-                "throughput_mib_s": {
-                    k: statistics.median(r.mib_s for r in v) for k, v in res.items()
-                },
-                "restore_ms": {
-                    k: statistics.median(r.restore_seconds * 1000 for r in v)
-                    for k, v in res.items()
-                },
+                **c.medians(res),
                 "stall_ratio": c.ratio([r.stall_ms for r in a], [r.stall_ms for r in d]),
                 "throughput_ratio": c.ratio([r.mib_s for r in a], [r.mib_s for r in d]),
             }
