@@ -368,8 +368,8 @@ def _flush_errors(
 ) -> tuple[str, ...]:
     """What went wrong while a pre-empted attempt flushed, from the exit's notes.
 
-    Under asyncio the cancellation leaving the Checkpointer is not the one its exit
-    annotated (the notes are lost), so the counts tell instead.
+    Failures the attempt's own flush already raised (and so are not repeated by the
+    exit) are told by the counts instead.
     """
     prefix = "asynccp: while flushing checkpoints: "
     errors = tuple(n.removeprefix(prefix) for n in notes if n.startswith(prefix))
