@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -382,7 +383,11 @@ class Checkpointer:
         item.handle._fail(
             SupersededError(f"checkpoint {item.step} was superseded by a newer one before upload")
         )
-        self._stager.discard(item.files)
+        if any(f.path is not None for f in item.files):
+            # Staged file copies are deleted off the loop: this runs inside save().
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._stager.discard, item.files))
+        else:
+            self._stager.discard(item.files)  # buffers only: nothing touches the disk
         self._counts["superseded"] += 1
 
     async def _worker(self) -> None:

@@ -471,3 +471,19 @@ async def test_orphan_collection_never_takes_the_collectors_own_uploads(
         assert latest is not None and latest.step == 7  # ...and is complete
         for ckpt in committed:
             await ckpt.verify()
+
+
+async def test_superseded_file_payloads_leave_no_staged_copies(tmp_path: Path) -> None:
+    src = tmp_path / "state.bin"
+    src.write_bytes(os.urandom(8 << 20))  # uploads (fsynced) take longer than staging
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    async with Checkpointer(
+        tmp_path / "loc", max_pending=3, policy="latest", staging_dir=staging
+    ) as cp:
+        handles = [await cp.save(step, src) for step in range(20)]
+        await cp.flush()
+        assert any(h.superseded for h in handles)
+        leftovers = [p for p in staging.rglob("*") if p.is_file()]
+    assert leftovers == []  # superseded copies were deleted, committed ones moved in
+    assert not list(staging.iterdir())  # and the staging folder itself is gone
