@@ -473,17 +473,31 @@ async def test_orphan_collection_never_takes_the_collectors_own_uploads(
             await ckpt.verify()
 
 
-async def test_superseded_file_payloads_leave_no_staged_copies(tmp_path: Path) -> None:
+async def test_superseded_file_payloads_leave_no_staged_copies(
+    tmp_path: Path, fault_proxy: Any, s3_bucket: str
+) -> None:
+    """The store answers 503 (retried) while saves pile up, so some are superseded for sure;
+    their staged copies are deleted (off the loop), the committed ones were uploaded."""
+    from datetime import timedelta
+
     src = tmp_path / "state.bin"
-    src.write_bytes(os.urandom(8 << 20))  # uploads (fsynced) take longer than staging
+    src.write_bytes(b"s" * 1000)
     staging = tmp_path / "staging"
     staging.mkdir()
-    async with Checkpointer(
-        tmp_path / "loc", max_pending=3, policy="latest", staging_dir=staging
-    ) as cp:
-        handles = [await cp.save(step, src) for step in range(20)]
-        await cp.flush()
+    patient = {
+        "max_retries": 1000,
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=20),
+            "max_backoff": timedelta(milliseconds=50),
+        },
+        "retry_timeout": timedelta(seconds=60),
+    }
+    store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=patient)  # type: ignore[arg-type]
+    fault_proxy.set_mode("503")  # the first upload is held in obstore's retries
+    async with Checkpointer(store, max_pending=3, policy="latest", staging_dir=staging) as cp:
+        handles = [await cp.save(step, src) for step in range(10)]
         assert any(h.superseded for h in handles)
-        leftovers = [p for p in staging.rglob("*") if p.is_file()]
-    assert leftovers == []  # superseded copies were deleted, committed ones moved in
-    assert not list(staging.iterdir())  # and the staging folder itself is gone
+        fault_proxy.set_mode("pass")
+        await cp.flush()
+        assert [p for p in staging.rglob("*") if p.is_file()] == []
+    assert not list(staging.iterdir())  # the staging folder itself is gone
