@@ -10,23 +10,30 @@ raised) before the block is left, even when the body raised or was cancelled.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
+from . import _catalog as catalog
+from ._catalog import Bad
 from ._handle import SaveHandle
+from ._leases import RENEW_SECONDS as LEASE_RENEW_SECONDS
+from ._leases import drop as drop_lease
+from ._leases import renew as renew_lease
 from ._location import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_IO_ATTEMPTS,
@@ -37,15 +44,15 @@ from ._location import (
 from ._manifest import MAX_STEP, check_metadata, now
 from ._payload import Payload, Stager
 from ._queue import Policy, StagingQueue
-from ._restore import Checkpoint, latest, list_checkpoints, list_steps, load, newest_verified
+from ._restore import Checkpoint
 from ._retention import apply_retention, collect_orphans
 from ._upload import Pending, upload
 from ._validate import check_seconds, is_int
 from .errors import (
     CheckpointClosedError,
     CheckpointError,
+    CorruptCheckpointError,
     FlushTimeoutError,
-    StepAlreadyCommittedError,
     StepOrderError,
     SupersededError,
 )
@@ -53,6 +60,7 @@ from .errors import (
 __all__ = ["Checkpointer", "Stats"]
 
 log = logging.getLogger("asynccp")
+T = TypeVar("T")
 
 #: Checkpoints uploading at once: one committing, the next one's payload under way.
 _PIPELINE = 2
@@ -184,7 +192,14 @@ class Checkpointer:
         self._state = "new"
         self._failures: list[CheckpointError] = []
         self._last_step: int | None = None
-        self._known_latest: int | None = None
+        #: The newest valid step at the location that is not known to be bad: saving at
+        #: or below it is a StepOrderError. Found at open, refined by every read.
+        self._floor: int | None = None
+        #: Checkpoints this checkpointer found not to verify: never counted, replaced
+        #: when their step is saved again.
+        self._bad: set[Bad] = set()
+        #: Records found valid (retention checks each once).
+        self._valid_keys: set[str] = set()
         self._orphans_collected = False
         self._counts = {"saves": 0, "committed": 0, "failed": 0, "superseded": 0}
         self._bytes_saved = self._bytes_committed = 0
@@ -224,11 +239,55 @@ class Checkpointer:
         self._worker_scope = anyio.CancelScope(shield=True)
         self._worker_done = anyio.Event()
         self._in_flight = anyio.Semaphore(_PIPELINE)
+        self._discovered = anyio.Event()
+        self._leased = anyio.Event()
+        # Shielded: the lease must outlive a cancelled body while the exit flush runs;
+        # the exit cancels it once the flush is over.
+        self._aux_scope = anyio.CancelScope(shield=True)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self._auxiliary)
         self._tg.start_soon(self._worker)
         self._state = "open"
         return self
+
+    async def _auxiliary(self) -> None:
+        """The open checkpointer's helpers: the lease, and finding the floor."""
+        with self._aux_scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._discover)
+                tg.start_soon(self._keep_lease)
+
+    async def _discover(self) -> None:
+        """Find the location's newest valid step (the floor for new saves), in the
+        background: ``save()`` waits for it only if it is not done by then."""
+        try:
+            found = await catalog.latest(self._location, skip=self._bad)
+        except Exception as e:
+            log.info("asynccp: could not read %s at open: %s", self.location, e)
+        else:
+            if found is not None:
+                self._raise_floor(found.step)
+        finally:
+            self._discovered.set()
+
+    async def _keep_lease(self) -> None:
+        """Hold this writer's lease while open, so no collector takes its uploads.
+
+        Uploads start once the first write of the lease is done (or failed: a writer
+        without a lease only risks its slow commits being checked afterwards).
+        """
+        while True:
+            try:
+                await renew_lease(self._location, self.writer_id)
+            except Exception as e:
+                log.warning("asynccp: could not write the lease of %r: %s", self, e)
+            finally:
+                self._leased.set()
+            await anyio.sleep(LEASE_RENEW_SECONDS)
+
+    def _raise_floor(self, step: int) -> None:
+        self._floor = step if self._floor is None else max(self._floor, step)
 
     async def __aexit__(
         self,
@@ -244,6 +303,7 @@ class Checkpointer:
                 await self._queue.wait_idle()
                 await self._worker_done.wait()  # retention after the last commit, too
             errors += self._take_failures()
+            self._aux_scope.cancel()
             if flush_scope.cancelled_caught:
                 self._location.abandoned.set()
                 if self._queue.idle:  # only housekeeping was left: it can wait for next time
@@ -253,6 +313,8 @@ class Checkpointer:
                     self._worker_scope.cancel()
                 else:
                     errors.append(self._abandon())
+            else:
+                await self._release_lease()
         notes = [f"asynccp: while flushing checkpoints: {type(e).__name__}: {e}" for e in errors]
         if exc is not None:
             for note in notes:
@@ -277,6 +339,14 @@ class Checkpointer:
             for err in errors[1:]:
                 add_note(first, f"also: {type(err).__name__}: {err}")
             raise first
+
+    async def _release_lease(self) -> None:
+        """Delete this writer's lease (briefly: an expired lease is harmless too)."""
+        with anyio.move_on_after(min(self.flush_timeout, 10.0)):
+            try:
+                await drop_lease(self._location, self.writer_id)
+            except Exception as e:
+                log.info("asynccp: could not delete the lease of %r: %s", self, e)
 
     def _abandon(self) -> FlushTimeoutError:
         """Give up on pending work after ``flush_timeout``: fail every handle, stop the worker."""
@@ -325,11 +395,13 @@ class Checkpointer:
                     f"step {step} is not greater than the previous step {self._last_step}; "
                     "steps must grow"
                 )
-            if self._known_latest is not None and step <= self._known_latest:
-                cls = StepAlreadyCommittedError if step == self._known_latest else StepOrderError
-                raise cls(
-                    f"step {step} is not after the latest committed step {self._known_latest} "
-                    f"in {self.location}; save step {self._known_latest + 1} or later"
+            if not self._discovered.is_set():
+                await self._discovered.wait()
+            if self._floor is not None and step <= self._floor:
+                raise StepOrderError(
+                    f"step {step} is at or below the newest valid checkpoint, step "
+                    f"{self._floor}, in {self.location}: resume from it "
+                    f"(`await cp.load_latest(...)`) and save step {self._floor + 1} or later"
                 )
             parts = await self._stager.plan(payload)  # validates: nothing waits for room yet
             size = sum(p.size for p in parts)
@@ -354,12 +426,9 @@ class Checkpointer:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes, got {type(data).__name__}")
         self._check_open()
-        if self._last_step is not None:
-            step = self._last_step + 1
-        else:
-            steps = await list_steps(self._location)
-            step = steps[-1] + 1 if steps else 0
-        return await self.save(step, data)
+        await self._discovered.wait()
+        newest = max(s for s in (-1, self._last_step, self._floor) if s is not None)
+        return await self.save(newest + 1, data)
 
     async def flush(self) -> None:
         """Wait until every staged checkpoint has committed; raise unreported failures."""
@@ -401,6 +470,7 @@ class Checkpointer:
             with self._worker_scope:
                 async with anyio.create_task_group() as tg:
                     previous: anyio.Event | None = None
+                    await self._leased.wait()  # no upload before this writer's lease
                     while True:
                         await self._in_flight.acquire()  # before get(): an item is never held
                         item = await self._queue.get()
@@ -436,6 +506,7 @@ class Checkpointer:
                 attempt=self.attempt,
                 limiter=self._limiter,
                 turn=None if previous is None else previous.wait,
+                bad=self._bad,
             )
         except CheckpointError as e:
             outcome = e
@@ -456,6 +527,8 @@ class Checkpointer:
         self._counts["committed"] += 1
         self._bytes_committed += item.size
         self._last_committed = item.step
+        self._raise_floor(item.step)
+        self._valid_keys.add(outcome._key)
         item.handle._resolve(outcome)
         await self._housekeeping()
 
@@ -463,7 +536,9 @@ class Checkpointer:
         """Retention after a commit, orphan collection once per checkpointer; never fatal."""
         try:
             if self.keep is not None:
-                await apply_retention(self._location, self.keep, self.keep_every)
+                await apply_retention(
+                    self._location, self.keep, self.keep_every, known_valid=self._valid_keys
+                )
             if not self._orphans_collected:
                 self._orphans_collected = True
                 await collect_orphans(
@@ -477,18 +552,77 @@ class Checkpointer:
     # -- reading ------------------------------------------------------------------------
 
     async def latest(self) -> Checkpoint | None:
-        """The newest committed checkpoint whose manifest is valid and payload complete.
+        """The newest valid checkpoint: its manifest valid and its payload complete.
 
-        Cheap: a listing and metadata calls, no payload reads. None when there is none.
+        Cheap: a listing and metadata calls, no payload reads (so it may still fail
+        verification when read: :meth:`load_latest` handles that). None when there is
+        none. Checkpoints this checkpointer found not to verify are skipped.
         """
-        ckpt = await latest(self._location)
+        await self._await_discovery()
+        ckpt = await catalog.latest(self._location, skip=self._bad)
         if ckpt is not None:
-            self._known_latest = max(ckpt.step, self._known_latest or 0)
+            self._raise_floor(ckpt.step)
         return ckpt
+
+    async def load_latest(
+        self, loader: Callable[[Checkpoint], Awaitable[T]]
+    ) -> tuple[Checkpoint, T] | None:
+        """Resume: run ``await loader(ckpt)`` on the newest checkpoint that loads.
+
+        Starts with the newest valid checkpoint; when ``loader`` raises
+        :class:`CorruptCheckpointError` (any read of the checkpoint that fails
+        verification does), it warns with a :class:`CorruptCheckpointWarning` naming
+        it and moves to the next older one. Returns ``(checkpoint, result)``, or None
+        when no checkpoint loads. The skipped ones no longer count for the step order:
+        saving their step again replaces them.
+
+        Example::
+
+            async def load(ckpt):
+                return np.frombuffer(await ckpt.read("weights"), np.float32)
+
+            found = await cp.load_latest(load)
+            start = found[0].step + 1 if found else 0
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be an async function of a Checkpoint, got {loader!r}")
+
+        async def run(ckpt: Checkpoint) -> T:
+            result = loader(ckpt)
+            if not inspect.isawaitable(result):
+                raise TypeError(
+                    f"loader returned {type(result).__name__}, not an awaitable: "
+                    "pass an async function (`async def loader(ckpt): ...`)"
+                )
+            return await result
+
+        return await self._newest(run)
+
+    async def _await_discovery(self) -> None:
+        if getattr(self, "_discovered", None) is not None:
+            await self._discovered.wait()
+
+    async def _newest(
+        self, action: Callable[[Checkpoint], Awaitable[T]]
+    ) -> tuple[Checkpoint, T] | None:
+        """``action`` on the newest checkpoint for which it verifies; the ones skipped
+        are remembered as bad, and the floor is the one found."""
+
+        def skipped(ckpt: Checkpoint | None, step: int, error: CorruptCheckpointError) -> None:
+            if ckpt is not None:
+                self._bad.add((ckpt.step, ckpt.writer))
+
+        await self._await_discovery()
+        found = await catalog.newest(self._location, action, skip=self._bad, on_corrupt=skipped)
+        # Everything above the one found was invalid or bad: they do not bound new steps.
+        self._floor = None if found is None else found[0].step
+        if self._last_committed is not None:
+            self._raise_floor(self._last_committed)
+        return found
 
     async def list(self) -> list[Checkpoint]:
         """Every committed checkpoint with a valid manifest, oldest first."""
-        return await list_checkpoints(self._location)
+        return await catalog.list_checkpoints(self._location)
 
     async def get(self, step: int) -> Checkpoint:
         """The checkpoint committed at ``step``; CheckpointNotFoundError if there is none."""
@@ -496,7 +630,7 @@ class Checkpointer:
             raise TypeError(f"step must be an int, got {type(step).__name__}")
         if not 0 <= step <= MAX_STEP:
             raise ValueError(f"step must be between 0 and {MAX_STEP}, got {step}")
-        return await load(self._location, step)
+        return await catalog.load(self._location, step)
 
     async def read(self) -> bytes | None:
         """The payload of the newest checkpoint that verifies (it must hold one file).
@@ -504,7 +638,7 @@ class Checkpointer:
         Falls back past corrupt checkpoints with a ``CorruptCheckpointWarning``.
         None when no checkpoint verifies.
         """
-        found = await newest_verified(self._location, lambda c: c.read())
+        found = await self._newest(lambda c: c.read())
         return None if found is None else found[1]
 
     async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
@@ -514,7 +648,7 @@ class Checkpointer:
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        found = await newest_verified(self._location, lambda c: c.download(dest_dir))
+        found = await self._newest(lambda c: c.download(dest_dir))
         return None if found is None else found[1]
 
     async def prev_exists(self) -> bool:

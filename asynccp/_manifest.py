@@ -1,13 +1,25 @@
 """The manifest: the JSON record whose creation commits a checkpoint.
 
-Layout under a location (DESIGN §4)::
+Layout under a location::
 
     data/<step:020d>-<writer>/<file name>   payload objects, written first
     manifests/<step:020d>.json              the commit record, created last, if absent
+    manifests/<step:020d>.<rev>.json        a later revision of that record (rev >= 1)
+    quarantine/<...>.json                   manifests moved aside, kept for inspection
+    writers/<writer>.json                   leases of live writers (orphan collection)
 
 The manifest names its payload folder, so payload written by a losing or crashed
-writer never mixes with a committed checkpoint. Every field is validated on read:
-a manifest is untrusted input (anyone with write access to the bucket can edit it).
+writer never mixes with a committed checkpoint.
+
+A step's commit record is its *highest* revision. Revisions exist because an invalid
+record (one that does not decode, or names missing payload) must never block its step,
+yet a store has no conditional delete: two writers that both moved the invalid record
+aside and re-created the key could delete each other's good commit. Instead the
+replacement is created, with create-if-absent, at the next revision; exactly one writer
+wins it, and the records below it are only ever moved to ``quarantine/``.
+
+Every field is validated on read: a manifest is untrusted input (anyone with write
+access to the bucket can edit it).
 """
 
 from __future__ import annotations
@@ -25,32 +37,43 @@ from .errors import CorruptCheckpointError, InvalidNameError
 __all__ = [
     "FORMAT",
     "MANIFESTS",
+    "QUARANTINE",
+    "WRITERS",
     "FileInfo",
     "Manifest",
     "data_dir",
     "manifest_key",
+    "parse_manifest_key",
     "step_of_manifest_key",
 ]
 
 FORMAT = 1
 MANIFESTS = "manifests/"
 DATA = "data/"
-_MANIFEST_RE = re.compile(r"^manifests/(\d{20})\.json$")
+QUARANTINE = "quarantine/"
+WRITERS = "writers/"
+_MANIFEST_RE = re.compile(r"^manifests/(\d{20})(?:\.([1-9]\d{0,5}))?\.json$")
 _DATA_DIR_RE = re.compile(r"^data/(\d{20})-([0-9a-z]{1,64})$")
 _WRITER_RE = re.compile(r"^[0-9a-z]{1,64}$")
 _CRC_RE = re.compile(r"^[0-9a-f]{8}$")
 MAX_STEP = 10**20 - 1
 
 
-def manifest_key(step: int) -> str:
-    """The key of the manifest that commits ``step`` (relative to the location)."""
-    return f"{MANIFESTS}{step:020d}.json"
+def manifest_key(step: int, rev: int = 0) -> str:
+    """The key of revision ``rev`` of the manifest that commits ``step``."""
+    return f"{MANIFESTS}{step:020d}.json" if rev == 0 else f"{MANIFESTS}{step:020d}.{rev}.json"
+
+
+def parse_manifest_key(key: str) -> tuple[int, int] | None:
+    """``(step, revision)`` of a manifest key, or None when ``key`` is not a manifest."""
+    m = _MANIFEST_RE.match(key)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
 def step_of_manifest_key(key: str) -> int | None:
     """The step a manifest key commits, or None when ``key`` is not a manifest."""
-    m = _MANIFEST_RE.match(key)
-    return int(m.group(1)) if m else None
+    parsed = parse_manifest_key(key)
+    return parsed[0] if parsed else None
 
 
 def data_dir(step: int, writer: str) -> str:

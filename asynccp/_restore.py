@@ -11,8 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -26,16 +25,15 @@ import crc32c
 
 from ._groups import first_leaf
 from ._location import Location
-from ._manifest import FileInfo, Manifest, manifest_key, step_of_manifest_key
+from ._manifest import FileInfo, Manifest, manifest_key
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    CorruptCheckpointWarning,
     StoreError,
 )
 
-__all__ = ["Checkpoint", "latest", "list_checkpoints", "list_steps", "load", "newest_verified"]
+__all__ = ["Checkpoint"]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
@@ -59,9 +57,10 @@ class Checkpoint:
     writer: str
     _location: Location = field(repr=False)
     _data: str = field(repr=False)
+    _key: str = field(repr=False, default="")  # the manifest object that commits it
 
     @classmethod
-    def _from_manifest(cls, m: Manifest, location: Location) -> Checkpoint:
+    def _from_manifest(cls, m: Manifest, location: Location, *, key: str = "") -> Checkpoint:
         return cls(
             step=m.step,
             metadata=MappingProxyType(dict(m.metadata)),
@@ -71,6 +70,7 @@ class Checkpoint:
             writer=m.writer,
             _location=location,
             _data=m.data,
+            _key=key or manifest_key(m.step),
         )
 
     @property
@@ -241,91 +241,3 @@ def _move_into_place(tmp: Path, dest: Path, names: list[str]) -> None:
         target = _inside(dest, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(_inside(tmp, name), target)
-
-
-# -- finding checkpoints ---------------------------------------------------------------
-
-
-async def list_steps(location: Location) -> list[int]:
-    """Every committed step at ``location``, ascending (one LIST call)."""
-    objs = await _store_call(location.list, "manifests/")
-    steps = (step_of_manifest_key(o.key) for o in objs)
-    return sorted(s for s in steps if s is not None)
-
-
-async def load(location: Location, step: int) -> Checkpoint:
-    """The checkpoint committed at ``step`` (its manifest read and validated)."""
-    key = manifest_key(step)
-    try:
-        raw = await anyio.to_thread.run_sync(location.get, key, abandon_on_cancel=True)
-    except FileNotFoundError as e:
-        if "NoSuchBucket" in str(e):  # S3 says "not found" for the bucket too
-            raise StoreError(f"the bucket of {location.description} does not exist") from e
-        raise CheckpointNotFoundError(
-            f"no checkpoint committed at step {step} in {location.description}"
-        ) from None
-    except Exception as e:
-        raise StoreError(f"reading {key} from {location.description} failed: {e}") from e
-    return Checkpoint._from_manifest(Manifest.decode(raw, key=key), location)
-
-
-async def list_checkpoints(location: Location) -> list[Checkpoint]:
-    """Every committed checkpoint whose manifest is valid, oldest first."""
-    out = []
-    for step in await list_steps(location):
-        try:
-            out.append(await load(location, step))
-        except (CorruptCheckpointError, CheckpointNotFoundError) as e:
-            log.warning("skipping step %d: %s", step, e)
-    return out
-
-
-async def is_complete(ckpt: Checkpoint) -> bool:
-    """Whether every payload object exists with its recorded size (one LIST, no reads)."""
-    objs = await _store_call(ckpt._location.list, ckpt._data + "/")
-    sizes = {o.key[len(ckpt._data) + 1 :]: o.size for o in objs}
-    return all(sizes.get(name) == info.size for name, info in ckpt.files.items())
-
-
-async def latest(location: Location) -> Checkpoint | None:
-    """The newest checkpoint that is committed, valid and complete, or None."""
-    for step in reversed(await list_steps(location)):
-        try:
-            ckpt = await load(location, step)
-        except (CorruptCheckpointError, CheckpointNotFoundError) as e:
-            log.warning("latest(): skipping step %d: %s", step, e)
-            continue
-        if await is_complete(ckpt):
-            return ckpt
-        log.warning("latest(): skipping step %d: payload objects missing or truncated", step)
-    return None
-
-
-async def newest_verified(
-    location: Location, action: Callable[[Checkpoint], Awaitable[T]]
-) -> tuple[Checkpoint, T] | None:
-    """Apply ``action`` to the newest checkpoint for which it verifies, falling back.
-
-    Each checkpoint skipped because it is corrupt is reported with a
-    :class:`CorruptCheckpointWarning` naming it.
-    """
-    for step in reversed(await list_steps(location)):
-        try:
-            ckpt = await load(location, step)
-            return ckpt, await action(ckpt)
-        except (CorruptCheckpointError, CheckpointNotFoundError) as e:
-            warnings.warn(
-                f"asynccp: checkpoint {step} in {location.description} failed verification "
-                f"and was skipped: {e}",
-                CorruptCheckpointWarning,
-                stacklevel=3,
-            )
-    return None
-
-
-async def _store_call(fn: Callable[..., T], *args: Any) -> T:
-    """A metadata call (list) off the loop; a cancelled caller does not wait for it."""
-    try:
-        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-    except Exception as e:
-        raise StoreError(f"store call failed: {e}") from e

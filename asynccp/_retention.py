@@ -1,31 +1,46 @@
 """Deleting what is no longer needed: old checkpoints, and payload nobody committed.
 
-Retention keeps the newest ``keep`` checkpoints plus every step divisible by
-``keep_every`` (the milestones). A checkpoint is deleted manifest first, so it stops
-being committed before any of its payload goes, and a reader never sees a manifest
-whose objects vanished under it by design.
+Retention keeps the newest ``keep`` *valid* checkpoints plus every valid step divisible
+by ``keep_every`` (the milestones), and deletes only valid checkpoints older than those:
+an invalid checkpoint never counts towards ``keep`` (so a broken newest record can never
+push the last good checkpoint out) and is never deleted by retention — ``asynccp ls`` and
+``verify`` show it, and only an explicit ``asynccp gc --invalid ...`` removes it or moves
+it to quarantine. A checkpoint is deleted manifest first, so it stops being committed
+before any of its payload goes.
 
 Orphans are payload folders no manifest points to: a crashed writer's upload, the
 loser of a two-writer race, temporary files of an interrupted local write. They are
-collected once they are older than a grace period, so an upload still in flight in
-another process is never touched.
+collected once they are older than a grace period *by the store's clock*, and never
+while their writer holds a live lease (:mod:`asynccp._leases`): an upload still in
+flight in another process is never touched, however slow its commit.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from collections.abc import MutableSet
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 
+from . import _catalog as catalog
+from ._catalog import Record
+from ._leases import drop, read_leases
 from ._location import Location, ObjectInfo
-from ._manifest import DATA, Manifest, manifest_key, parse_data_dir
-from ._restore import list_steps
-from .errors import CorruptCheckpointError
+from ._manifest import DATA, QUARANTINE, Manifest, parse_data_dir
+from ._upload import quarantine
+from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
-__all__ = ["apply_retention", "collect_orphans", "steps_to_delete"]
+__all__ = [
+    "apply_retention",
+    "collect_orphans",
+    "delete_record",
+    "invalid_records",
+    "steps_to_delete",
+]
 
 log = logging.getLogger("asynccp")
 TMP_SUFFIX = ".asynccp-tmp"
@@ -56,33 +71,89 @@ def steps_to_delete(steps: list[int], keep: int | None, keep_every: int | None) 
     return [s for s in steps if s not in kept]
 
 
-async def delete_step(location: Location, step: int) -> None:
-    """Delete one checkpoint: its manifest, then the payload folder it names.
+async def delete_record(location: Location, record: Record, folder: str | None) -> None:
+    """Delete one checkpoint: its manifest (every revision), then its payload ``folder``.
 
-    A manifest too broken to name its folder is deleted all the same; its payload is
-    then an orphan, and the orphan collector takes it.
+    With ``folder`` None (a record too broken to name one) the payload is left to the
+    orphan collector.
     """
-    folder = None
-    key = manifest_key(step)
-    try:
-        raw = await _call(location.get, key)
-        folder = Manifest.decode(raw, key=key).data
-    except (FileNotFoundError, CorruptCheckpointError):
-        pass
-    await _call(location.delete, [key])
+    await _call(location.delete, [record.key, *record.superseded])
     if folder is not None:
         objs = await _call(location.list, folder + "/")
         await _call(location.delete, [o.key for o in objs])
 
 
 async def apply_retention(
-    location: Location, keep: int | None, keep_every: int | None
+    location: Location,
+    keep: int | None,
+    keep_every: int | None,
+    *,
+    known_valid: MutableSet[str] | None = None,
 ) -> list[int]:
-    """Delete the checkpoints retention does not keep; return their steps."""
-    doomed = steps_to_delete(await list_steps(location), keep, keep_every)
-    for step in doomed:
-        await delete_step(location, step)
-    return doomed
+    """Delete the valid checkpoints retention does not keep; return their steps.
+
+    ``known_valid`` caches the keys of records found valid (a checkpointer's own
+    commits): each is checked once, not at every commit.
+    """
+    if keep is None:
+        return []
+    cache: MutableSet[str] = set() if known_valid is None else known_valid
+    valid: list[tuple[Record, str]] = []  # newest first, with their payload folders
+    for record in reversed(await catalog.records(location)):
+        try:
+            ckpt = await catalog.validate(location, record)
+        except (CorruptCheckpointError, CheckpointNotFoundError):
+            cache.discard(record.key)
+            continue  # never counted, never deleted here
+        cache.add(record.key)
+        valid.append((record, ckpt._data))
+    steps = [r.step for r, _ in reversed(valid)]
+    doomed = set(steps_to_delete(steps, keep, keep_every))
+    deleted = []
+    for record, folder in reversed(valid):
+        if record.step in doomed:
+            await delete_record(location, record, folder)
+            cache.discard(record.key)
+            deleted.append(record.step)
+    return deleted
+
+
+async def invalid_records(location: Location) -> list[tuple[Record, str]]:
+    """Every committed record that is not valid, with the reason (oldest first)."""
+    out = []
+    for record in await catalog.records(location):
+        try:
+            await catalog.validate(location, record)
+        except CheckpointNotFoundError:
+            continue
+        except CorruptCheckpointError as e:
+            out.append((record, str(e)))
+    return out
+
+
+async def remove_invalid(location: Location, *, how: str) -> list[int]:
+    """Move every invalid record to quarantine (``how="quarantine"``) or delete it and
+    its payload (``how="delete"``); valid checkpoints are not touched. Return the steps."""
+    if how not in ("quarantine", "delete"):
+        raise ValueError(f"how must be 'quarantine' or 'delete', got {how!r}")
+    steps = []
+    for record, _why in await invalid_records(location):
+        if how == "quarantine":
+            for key in (*record.superseded, record.key):
+                await quarantine(location, key)
+        else:
+            folder = await _folder_of(location, record.key)
+            await delete_record(location, record, folder)
+        steps.append(record.step)
+    return steps
+
+
+async def _folder_of(location: Location, key: str) -> str | None:
+    """The payload folder a manifest names, or None when it cannot be read."""
+    try:
+        return Manifest.decode(await _call(location.get, key), key=key).data
+    except (FileNotFoundError, CorruptCheckpointError):
+        return None
 
 
 async def collect_orphans(
@@ -90,45 +161,73 @@ async def collect_orphans(
 ) -> list[str]:
     """Delete payload folders no manifest points to, older than ``grace``; return them.
 
-    ``writer`` is the collecting checkpointer's own id: its folders are never touched
-    (the next checkpoint's payload may be uploading right now; its failures clean up
-    after themselves). A manifest's temporary file is a few milliseconds' work, so one
-    is only taken once it is older than ``grace`` *and* ten minutes.
+    Ages are measured by the store's clock (the collector's lease, just rewritten, says
+    what time it is there). Never collected: folders of a writer with a live lease
+    (``writer``, the collector's own, always is), folders a committed or quarantined
+    manifest names. A manifest's temporary file is a few milliseconds' work, so one is
+    only taken once it is older than ``grace`` *and* ten minutes.
     """
-    now = datetime.now(timezone.utc)
-    cutoff = now - grace
-    objs = await _call(location.list, DATA)
-    folders: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for o in objs:
-        folders["/".join(o.key.split("/")[:2])].append(o)
-    committed = set(await list_steps(location))
-    doomed: list[str] = []
-    stale_tmp: list[str] = []
-    for folder, contents in sorted(folders.items()):
-        parsed = parse_data_dir(folder)
-        if parsed is None or parsed[1] == writer:
-            continue
-        step, owner = parsed
-        stale_tmp += [o.key for o in contents if _stale_tmp(o, cutoff)]
-        if max(o.last_modified for o in contents) >= cutoff:
-            continue
-        if step in committed and await _writer_of(location, step) in (owner, None):
-            continue
-        doomed.append(folder)
-        await _call(location.delete, [o.key for o in contents])
-    manifests = await _call(location.list, "manifests/")
-    stale_tmp += [o.key for o in manifests if _stale_tmp(o, min(cutoff, now - MANIFEST_TMP_AGE))]
-    if stale_tmp:
-        await _call(location.delete, stale_tmp)
+    collector = writer or f"gc{secrets.token_hex(6)}"
+    leases = await read_leases(location, collector)
+    try:
+        now = leases.now
+        cutoff = now - grace
+        objs = await _call(location.list, DATA)
+        folders: dict[str, list[ObjectInfo]] = defaultdict(list)
+        for o in objs:
+            folders["/".join(o.key.split("/")[:2])].append(o)
+        candidates: dict[str, tuple[int, list[ObjectInfo]]] = {}
+        stale_tmp: list[str] = []
+        for folder, contents in sorted(folders.items()):
+            parsed = parse_data_dir(folder)
+            if parsed is None or parsed[1] == collector or leases.alive(parsed[1]):
+                continue
+            stale_tmp += [o.key for o in contents if _stale_tmp(o, cutoff)]
+            if max(o.last_modified for o in contents) < cutoff:
+                candidates[folder] = (parsed[0], contents)
+        named, unreadable = await _referenced(location, {s for s, _ in candidates.values()})
+        doomed: list[str] = []
+        for folder, (step, contents) in candidates.items():
+            if folder in named or step in unreadable:
+                continue
+            doomed.append(folder)
+            await _call(location.delete, [o.key for o in contents])
+        manifests = await _call(location.list, "manifests/")
+        tmp_cutoff = min(cutoff, now - MANIFEST_TMP_AGE)
+        stale_tmp += [o.key for o in manifests if _stale_tmp(o, tmp_cutoff)]
+        stale_tmp += leases.expired()
+        if stale_tmp:
+            await _call(location.delete, stale_tmp)
+    finally:
+        if writer is None:  # a one-off collector (the command line): its lease goes
+            await drop(location, collector)
     if doomed:
         log.info("collected %d orphaned payload folder(s) in %s", len(doomed), location.description)
     return doomed
 
 
-async def _writer_of(location: Location, step: int) -> str | None:
-    """The writer a committed manifest names; None when it cannot be read (keep the data)."""
-    key = manifest_key(step)
-    try:
-        return Manifest.decode(await _call(location.get, key), key=key).writer
-    except (FileNotFoundError, CorruptCheckpointError):
-        return None
+async def _referenced(location: Location, steps: set[int]) -> tuple[set[str], set[int]]:
+    """Of the candidate ``steps``: the payload folders a manifest names (committed, any
+    revision, or quarantined: kept for inspection with their data), and the steps with
+    a manifest too broken to name its folder (every folder of those is kept)."""
+    named: set[str] = set()
+    unreadable: set[int] = set()
+    if not steps:
+        return named, unreadable
+    keys = [
+        (r.step, k)
+        for r in await catalog.records(location)
+        if r.step in steps
+        for k in (*r.superseded, r.key)
+    ]
+    for o in await _call(location.list, QUARANTINE):
+        head = o.key[len(QUARANTINE) : len(QUARANTINE) + 20]
+        if head.isdigit() and int(head) in steps:
+            keys.append((int(head), o.key))
+    for step, key in keys:
+        folder = await _folder_of(location, key)
+        if folder is None:
+            unreadable.add(step)
+        else:
+            named.add(folder)
+    return named, unreadable

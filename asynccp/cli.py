@@ -32,10 +32,12 @@ from urllib.parse import urlparse
 from obstore.store import LocalStore
 
 from . import _bench, _bench_report
+from ._catalog import list_checkpoints, list_steps, load
+from ._catalog import newest as newest_verified
 from ._format import fmt_size, one_line, table
 from ._location import CLIENT_KEYS, Location, resolve
 from ._manifest import MAX_STEP
-from ._restore import Checkpoint, list_checkpoints, list_steps, load, newest_verified
+from ._restore import Checkpoint
 from ._retention import apply_retention, collect_orphans, steps_to_delete
 from .errors import CheckpointError, CorruptCheckpointError, StoreError
 

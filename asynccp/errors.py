@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointClosedError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CommitUnknownError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
     "FlushTimeoutError",
@@ -60,7 +61,16 @@ class StoreError(CheckpointError):
 
 
 class UploadError(StoreError):
-    """A checkpoint could not be uploaded or committed; nothing of it is committed."""
+    """A checkpoint could not be uploaded or committed; nothing of it is committed
+    (except for :class:`CommitUnknownError`, which says the outcome is unknown)."""
+
+
+class CommitUnknownError(UploadError):
+    """A checkpoint's commit request failed and the store could not be asked whether it
+    landed: the checkpoint may or may not be committed.
+
+    Its payload is kept. Readers decide: if the commit landed, ``latest()`` finds it.
+    """
 
 
 class CorruptCheckpointError(CheckpointError):

@@ -128,22 +128,28 @@ async def test_steps_must_grow_and_committed_steps_are_not_overwritten(tmp_path:
             await cp.save(5, b"again")
         with pytest.raises(asynccp.StepOrderError):
             await cp.save(3, b"older")
-    # a second writer that knows the latest committed step is refused at once
+    # a second writer knows the location's newest valid step from its open: refused at once
     async with Checkpointer(loc) as cp2:
-        assert (await cp2.latest()).step == 5  # type: ignore[union-attr]
-        with pytest.raises(asynccp.StepAlreadyCommittedError, match="latest committed step 5"):
+        with pytest.raises(asynccp.StepOrderError, match="newest valid checkpoint, step 5"):
             await cp2.save(5, b"overwrite")
-    # one that does not know finds out at commit time; nothing of it is written
+        with pytest.raises(asynccp.StepOrderError):
+            await cp2.save(2, b"older")
+    # one that opened before another writer committed finds out at commit time; nothing
+    # of it is written
     async with Checkpointer(loc) as cp3:
-        h = await cp3.save(5, b"overwrite")
+        await cp3.latest()  # its view: step 5 is the newest
+        async with Checkpointer(loc) as other:
+            await (await other.save(6, b"six"))
+        h = await cp3.save(6, b"overwrite")
         with pytest.raises(asynccp.StepAlreadyCommittedError, match="already committed"):
             await h
         with pytest.raises(asynccp.StepAlreadyCommittedError):
-            await cp3.save(6, b"next")  # the failure is delivered to the main line once
+            await cp3.save(7, b"next")  # the failure is delivered to the main line once
         writer = cp3.writer_id
     assert not list((loc / "data").glob(f"*-{writer}"))
     async with Checkpointer(loc) as cp4:
         assert await (await cp4.get(5)).read() == b"five"
+        assert await (await cp4.get(6)).read() == b"six"
 
 
 @pytest.mark.parametrize(
@@ -447,9 +453,9 @@ async def test_non_durable_local_writes_same_layout(tmp_path: Path) -> None:
         c = await cp.latest()
         assert c is not None and await c.read("f") == b"file payload"
         await c.verify()
-    with pytest.raises(asynccp.StepAlreadyCommittedError):
+    with pytest.raises(asynccp.StepOrderError):
         async with Checkpointer(tmp_path / "loc", durable=False) as cp2:
-            await (await cp2.save(0, b"again"))  # the create-if-absent commit refuses it
+            await (await cp2.save(0, b"again"))  # step 0 is committed and valid
     assert not [p for p in (tmp_path / "loc").rglob("*") if p.name.endswith(".asynccp-tmp")]
 
 
