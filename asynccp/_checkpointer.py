@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from ._payload import Payload, Stager
 from ._queue import Policy, StagingQueue
 from ._restore import Checkpoint
 from ._retention import apply_retention, collect_orphans
+from ._staging import open_staging
 from ._upload import Pending, upload
 from ._validate import check_seconds, is_int
 from .errors import (
@@ -225,15 +225,11 @@ class Checkpointer:
         except Exception as e:
             self._state = "closed"
             raise CheckpointError(f"cannot open {self._location.description}: {e}") from e
-        folder = await anyio.to_thread.run_sync(
-            lambda: tempfile.mkdtemp(prefix="asynccp-staging-", dir=self._staging_parent)
-        )
+        folder = await anyio.to_thread.run_sync(open_staging, self._staging_parent)
         self._queue: StagingQueue[Pending] = StagingQueue(
             self.max_pending, self.max_pending_bytes, self.policy, self._supersede
         )
-        self._stager = Stager(
-            Path(folder), lambda: self.max_pending_bytes - self._queue.staged_bytes
-        )
+        self._stager = Stager(folder, lambda: self.max_pending_bytes - self._queue.staged_bytes)
         self._save_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(self.max_concurrency)
         self._worker_scope = anyio.CancelScope(shield=True)

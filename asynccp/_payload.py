@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from typing import Any, Union
 import anyio.to_thread
 import crc32c
 
+from ._staging import StagingFolder
 from .errors import InvalidNameError
 
 __all__ = [
@@ -104,8 +104,9 @@ def check_names(names: list[str]) -> None:
 
 
 class Stager:
-    """Owns what ``save()`` staged: a private folder for file copies, and a pool of
-    buffers for copies of mutable memory.
+    """Owns what ``save()`` staged: a private folder for file copies (locked while it is
+    in use, see :mod:`asynccp._staging`), and a pool of buffers for copies of mutable
+    memory.
 
     A training loop saves same-sized state step after step. A fresh 64 MiB buffer
     costs page faults on every first touch (a copy into one took 3-4x longer than
@@ -113,8 +114,9 @@ class Stager:
     more of them than ``pool_room()`` allows (the room left in the staging budget).
     """
 
-    def __init__(self, folder: Path, pool_room: Callable[[], int]) -> None:
-        self.folder = folder
+    def __init__(self, staging: StagingFolder, pool_room: Callable[[], int]) -> None:
+        self.folder = staging.path
+        self._staging = staging
         self._pool_room = pool_room
         self._free: dict[int, list[mmap.mmap]] = {}
         self._free_bytes = 0
@@ -218,8 +220,8 @@ class Stager:
             f.data = f.buffer = None
 
     def close(self) -> None:
-        """Remove the staging folder and drop the pool (worker thread)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the staging folder, release its lock, drop the pool (worker thread)."""
+        self._staging.close()
         with self._lock:
             self._free.clear()
             self._free_bytes = 0

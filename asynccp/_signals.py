@@ -9,15 +9,22 @@ then exits with :data:`PREEMPTED_EXIT_CODE`.
 Supervisors running at once in one process share a single signal receiver (an event
 loop has one handler per signal), and the handlers found at the start are put back when
 the last one finishes. Signals are only handled in the main thread.
+
+Once a run has ended in pre-emption the process is on its way out, so the old handlers
+are *not* put back: the default SIGTERM action would kill it (exit code 143 instead of
+75) if the orchestrator, or an impatient user, sends the signal again while it exits.
+Further SIGTERM/SIGINT are logged and ignored instead, until the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import anyio
@@ -47,6 +54,12 @@ _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasa
 #: oldest takes the receiver over. (One event loop handler per signal: two receivers
 #: would replace, then remove, each other's.)
 _watching: list[SignalWatcher] = []
+
+#: True when a run that was watching signals has ended in pre-emption since the current
+#: signal receiver opened: when it closes, further signals are then ignored (logged)
+#: instead of going back to the handlers of before.
+_exiting = False
+_exit_hook_registered = False
 
 
 class SignalWatcher:
@@ -98,6 +111,13 @@ class SignalWatcher:
         if self._scope is not None:
             self._scope.cancel()
 
+    def exiting(self) -> None:
+        """This run ends in pre-emption: from the moment the signal receiver closes
+        until the process exits, SIGTERM/SIGINT are logged and ignored."""
+        global _exiting
+        if self in _watching:  # a run that does not handle signals changes nothing
+            _exiting = True
+
     async def watch(self, *, task_status: TaskStatus[None]) -> None:
         """Handle signals until cancelled (handing them to every supervisor watching)."""
         if not _SIGNALS or threading.current_thread() is not threading.main_thread():
@@ -118,12 +138,17 @@ class SignalWatcher:
                 _watching[0]._turn.set()
 
     async def _own_receiver(self, task_status: TaskStatus[None]) -> None:
-        """Receive signals until cancelled; then put the previous handlers back."""
+        """Receive signals until cancelled; then put the previous handlers back, or,
+        when a run ended in pre-emption, ignore further signals."""
+        global _exiting
         previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+        _exiting = False
+        opened = False
         try:
             with contextlib.ExitStack() as stack:
                 try:
                     received = stack.enter_context(anyio.open_signal_receiver(*_SIGNALS))
+                    opened = True
                 except (NotImplementedError, RuntimeError, ValueError) as e:
                     log.debug("asynccp: signals are not handled here: %s", e)
                     return
@@ -133,6 +158,52 @@ class SignalWatcher:
                     for watcher in list(_watching):
                         watcher.receive(signum)
         finally:
-            for sig, handler in previous.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
+            # Closing the receiver has just put the default action back (asyncio does
+            # so whatever was there before): replace it at once.
+            if opened and _exiting:
+                _ignore_further_signals()
+            else:
+                for sig, handler in previous.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
+
+
+def _log_and_ignore(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM/SIGINT handler of a pre-empted process: log the signal, nothing else.
+
+    It runs in the main thread between two bytecodes of whatever is exiting, so it must
+    never raise (no ``KeyboardInterrupt`` either): a failure to log is dropped.
+    """
+    with contextlib.suppress(Exception):
+        log.warning(
+            "asynccp: %s received after pre-emption: ignored, the process is exiting",
+            signal.Signals(signum).name,
+        )
+
+
+def _ignore_further_signals() -> None:
+    """Install :func:`_log_and_ignore` for SIGTERM/SIGINT, for the rest of the process.
+
+    Python drops its own handlers (back to the default action) late in interpreter
+    shutdown, after the ``atexit`` callbacks, and the process may take a while to get
+    there from this point (the event loop closes, threads are joined, modules torn
+    down). So an ``atexit`` callback turns the handler into a plain ``SIG_IGN`` in time:
+    a signal arriving during the very last steps of the exit is ignored without a log
+    line (there is no Python left to write one).
+    """
+    global _exit_hook_registered
+    for sig in _SIGNALS:
+        signal.signal(sig, _log_and_ignore)
+    if not _exit_hook_registered:
+        atexit.register(_ignore_at_exit)
+        _exit_hook_registered = True
+
+
+def _ignore_at_exit() -> None:
+    """At interpreter exit: ``SIG_IGN`` where :func:`_log_and_ignore` still handles."""
+    for sig in _SIGNALS:
+        try:
+            if signal.getsignal(sig) is _log_and_ignore:
+                signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):  # not the main thread: nothing to do
+            pass

@@ -208,9 +208,12 @@ class _Supervisor:
                 raise
             except BaseException as exc:  # raised below, outside the task group, unwrapped
                 outcome = exc
+                if isinstance(exc, Preempted):
+                    signals.exiting()  # so a second signal cannot kill the exit
             finally:
                 tg.cancel_scope.cancel()
-        # The signal handlers are back to what they were before supervise().
+        # The signal handlers are back to what they were before supervise() (after a
+        # pre-emption: further signals are logged and ignored until the process exits).
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome.value
@@ -467,7 +470,9 @@ async def supervise(
         handle_signals: handle SIGTERM and SIGINT (main thread only): cancel the
             attempt, flush within ``grace``, then raise :class:`Preempted` (a
             ``SystemExit`` with code :data:`PREEMPTED_EXIT_CODE`). The previous handlers
-            are restored when ``supervise`` returns.
+            are restored when ``supervise`` returns or raises anything else; after
+            ``Preempted``, further SIGTERM/SIGINT are logged and ignored until the
+            process exits (a second signal must not turn exit code 75 into 143).
         grace: seconds a pre-empted attempt may spend flushing (default 20).
         preemptions: signals absorbed in process: the first ``preemptions`` signals
             restart the attempt (at once, from the newest checkpoint) instead of
