@@ -221,9 +221,11 @@ async def newest(
                 ckpt = await validate(location, record)
                 if (ckpt.step, ckpt.writer) in skip:
                     raise CorruptCheckpointError("it failed verification when read before")
-                return ckpt, await action(ckpt)
+                result = await action(ckpt)
             except CheckpointNotFoundError:
-                vanished = True
+                if ckpt is not None:
+                    raise  # the action's own (a file name the checkpoint does not have)
+                vanished = True  # the record was deleted since the listing
                 break
             except CorruptCheckpointError as e:
                 if ckpt is not None and not await still_committed(location, ckpt):
@@ -237,6 +239,8 @@ async def newest(
                 )
                 if on_corrupt is not None:
                     on_corrupt(ckpt, record.step, e)
+            else:
+                return ckpt, result
         if not vanished:
             return None
     raise StoreError(_too_fast(location))

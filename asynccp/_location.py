@@ -11,22 +11,31 @@ checkpoint that vanishes in a power cut is no checkpoint. Payload files and the
 manifest are written to a temporary name, fsynced (``durable=True``, the default),
 renamed (or hard-linked, for the create-if-absent commit) into place, and their
 folders fsynced, before a handle resolves. ``durable=False`` skips the fsyncs only.
-Reads, lists and deletes of local directories still go through obstore.
+
+Reads, listings and deletes of local directories are asynccp's own too, with plain
+file calls: obstore's LocalStore refuses to read names such as ``shard#1`` (a ``#``
+and digits end its own temporary files) or ``weights:`` (taken for a drive letter),
+and drops them from listings, and one file whose name is not UTF-8 fails its whole
+listing. Every name asynccp accepts round-trips here, and a listing skips (with a
+warning) what it cannot name. Remote stores and memory go through obstore.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import unquote, urlparse
 
 import obstore
@@ -44,9 +53,12 @@ from obstore.store import (
 
 __all__ = ["STORE_TYPES", "Location", "ObjectInfo", "resolve"]
 
+log = logging.getLogger("asynccp")
 STORE_TYPES = (S3Store, GCSStore, AzureStore, LocalStore, MemoryStore, HTTPStore)
 _REMOTE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
 _COPY_CHUNK = 8 << 20
+#: The end of every temporary file name a local write uses (the orphan collector's mark).
+TMP_SUFFIX = ".asynccp-tmp"
 
 #: Multipart part size and parallel parts for large payload objects (remote stores).
 DEFAULT_CHUNK_SIZE = 8 << 20
@@ -88,6 +100,8 @@ class Location:
     #: Set when pending work is abandoned: a worker thread still running a call then
     #: stops retrying, so it does not keep the process alive longer than one request.
     abandoned: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: Local entries a listing skipped and warned about (each is warned about once).
+    _skipped: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def _retrying(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call obstore, retrying what it gave up on at the connection level.
@@ -187,7 +201,10 @@ class Location:
         sync = self.durable
         dest = self.local_root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.asynccp-tmp")
+        tmp_name = f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        if len(os.fsencode(tmp_name)) > 255:  # a long name: its temporary one must fit too
+            tmp_name = f".{secrets.token_hex(8)}{TMP_SUFFIX}"
+        tmp = dest.with_name(tmp_name)
         try:
             if isinstance(source, Path):
                 if move and _try_rename(source, tmp):
@@ -215,28 +232,41 @@ class Location:
     # -- reads --------------------------------------------------------------------
 
     def get(self, rel: str) -> bytes:
-        """The whole object as bytes.
+        """The whole object as bytes; FileNotFoundError when there is none.
+
+        A local folder where the object should be is no object either (as on an
+        object store, where a "folder" is only a prefix of other keys).
 
         Local files are read straight into a ``bytes`` object: one copy, where going
         through obstore costs two (into its buffer, then into ``bytes``).
         """
         if self.local_root is not None:
-            with open(self.local_root / rel, "rb") as f:
+            with _open_object(self.local_root / rel) as f:
                 return f.read()
         result = self._retrying(obstore.get, self.store, self._key(rel))
         return result.bytes().to_bytes()  # type: ignore[no-any-return]
 
     def chunks(self, rel: str) -> Iterator[Any]:
-        """The object as a stream of buffers (for large objects)."""
+        """The object as a stream of buffers (for large objects).
+
+        Errors may surface when the stream is first read rather than at this call.
+        """
+        if self.local_root is not None:
+            return _file_chunks(self.local_root / rel)
         result = self._retrying(obstore.get, self.store, self._key(rel))
         return iter(result.stream(min_chunk_size=_COPY_CHUNK))
 
     def list(self, rel_prefix: str) -> list[ObjectInfo]:
-        """Every object under ``rel_prefix`` (keys relative to the location)."""
-        cut = len(self.prefix)
-        out: list[ObjectInfo] = []
+        """Every object under the folder ``rel_prefix`` (keys relative to the location).
 
-        def collect() -> list[ObjectInfo]:
+        A local directory is walked here, not by obstore: see the module docstring.
+        """
+        if self.local_root is not None:
+            return self._list_local(rel_prefix)
+        cut = len(self.prefix)
+        out: builtins.list[ObjectInfo] = []
+
+        def collect() -> builtins.list[ObjectInfo]:
             out.clear()
             for batch in obstore.list(self.store, prefix=self._key(rel_prefix)):
                 for meta in batch:
@@ -246,13 +276,76 @@ class Location:
 
         return self._retrying(collect)  # type: ignore[no-any-return]
 
-    def delete(self, rels: list[str]) -> None:
+    def _list_local(self, rel_prefix: str) -> builtins.list[ObjectInfo]:
+        """Every regular file under ``local_root/rel_prefix``, as obstore would list it.
+
+        Links are followed (a dangling one, or a loop, is skipped); sizes and
+        modification times are the target's. An entry whose name is not UTF-8 cannot
+        be a key: it is skipped, with a warning (once per location and entry), instead
+        of failing the whole listing. Entries that vanish during the walk (another
+        process deleting) are skipped; other errors, such as a folder that may not be
+        read, propagate.
+        """
+        assert self.local_root is not None
+        folder = rel_prefix.strip("/")
+        top = os.path.join(self.local_root, folder) if folder else os.fspath(self.local_root)
+        try:
+            st = os.stat(top)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        out: builtins.list[ObjectInfo] = []
+        # (path, its key prefix, the folders above it: a link back to one is a loop)
+        stack = [(top, f"{folder}/" if folder else "", frozenset({(st.st_dev, st.st_ino)}))]
+        while stack:
+            path, keys, above = stack.pop()
+            try:
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted since we saw it
+            for entry in entries:
+                key = keys + entry.name
+                if _undecodable(entry.name):
+                    self._skip(key, "its name is not UTF-8, so it cannot be a checkpoint object")
+                    continue
+                try:
+                    st = entry.stat()  # follows a link, as obstore's listing does
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # a dangling link, or deleted since the folder was read
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+                    continue  # a link that points to itself, through others
+                if stat.S_ISDIR(st.st_mode):
+                    here = (st.st_dev, st.st_ino)
+                    if here in above:
+                        self._skip(key, "it is a link to a folder above it (a loop)")
+                        continue
+                    stack.append((entry.path, key + "/", above | {here}))
+                elif stat.S_ISREG(st.st_mode):
+                    out.append(ObjectInfo(key, st.st_size, _utc(st.st_mtime_ns)))
+        return out
+
+    def _skip(self, key: str, why: str) -> None:
+        """Warn (once) that a local listing skipped ``key``."""
+        if key not in self._skipped:
+            self._skipped.add(key)
+            shown = os.fsencode(key) if _undecodable(key) else key
+            log.warning("asynccp: %s: skipping %r: %s", self.description, shown, why)
+
+    def delete(self, rels: builtins.list[str]) -> None:
         """Delete objects; missing ones are fine."""
+        if self.local_root is not None:
+            for rel in rels:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    os.unlink(self.local_root / rel)
+            _prune_empty_dirs(self.local_root, rels)
+            return
         for rel in rels:
             with contextlib.suppress(FileNotFoundError):
                 self._retrying(obstore.delete, self.store, self._key(rel))
-        if self.local_root is not None:
-            _prune_empty_dirs(self.local_root, rels)
 
 
 def resolve(
@@ -380,6 +473,39 @@ def _clean_prefix(prefix: str | None) -> str:
     if any(seg in ("", ".", "..") for seg in prefix.split("/")) and prefix:
         raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' segment")
     return f"{prefix}/" if prefix else ""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _utc(ns: int) -> datetime:
+    """A file time in nanoseconds as an aware UTC datetime (microseconds, as obstore's)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _undecodable(name: str) -> bool:
+    """Whether ``name`` came from bytes that are not UTF-8 (it holds escaped surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _open_object(path: Path) -> BinaryIO:
+    """Open a local object for reading: FileNotFoundError (chained to the cause) when
+    ``path`` is a folder, or below a file — no object, as a store would say."""
+    try:
+        return open(path, "rb")
+    except (IsADirectoryError, NotADirectoryError) as e:
+        raise FileNotFoundError(errno.ENOENT, f"no object: {e.strerror}", str(path)) from e
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    """A local file as a stream of chunks (the file is opened at the first read)."""
+    with _open_object(path) as f:
+        while chunk := f.read(_COPY_CHUNK):
+            yield chunk
 
 
 def _write_file(path: Path, data: bytes | memoryview, *, sync: bool) -> None:

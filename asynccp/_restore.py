@@ -7,11 +7,14 @@ folder inside the destination and are moved into place only once every file veri
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -134,13 +137,17 @@ class Checkpoint:
         try:
             data = self._location.get(key)
         except FileNotFoundError as e:
-            raise CorruptCheckpointError(
-                f"checkpoint {self.step}: payload object {key} is missing"
-            ) from e
+            raise self._missing(key, e) from e
         except Exception as e:
             raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
         _check(self.step, name, self.files[name], len(data), crc32c.crc32c(data))
         return data
+
+    def _missing(self, key: str, e: FileNotFoundError) -> CorruptCheckpointError:
+        """A payload object that is not there: gone, or (on a local disk) a folder."""
+        folder = isinstance(e.__cause__, IsADirectoryError)
+        what = "is a folder, not a file" if folder else "is missing"
+        return CorruptCheckpointError(f"checkpoint {self.step}: payload object {key} {what}")
 
     async def download(self, dest_dir: str | os.PathLike[str]) -> Path:
         """Write every file under ``dest_dir`` (created if needed), verified; return it.
@@ -148,10 +155,25 @@ class Checkpoint:
         Files are downloaded into a hidden folder inside ``dest_dir`` and moved into
         place only once all of them verified, so ``dest_dir`` never holds a mix of a
         half-downloaded checkpoint. Existing files of the same names are replaced.
+
+        Links inside ``dest_dir`` are never followed (``dest_dir`` itself may be one):
+        a file whose place holds a symbolic link replaces the link, not what it points
+        to; a link where the checkpoint needs a folder is a :class:`CheckpointError`
+        naming it, raised before anything is moved (replacing the link would change the
+        caller's tree, following it would write outside ``dest_dir``). So is a file
+        where a folder is needed and a folder where a file goes.
+
+        A name this destination cannot hold (a path over the system's length limit, a
+        character its file system refuses, names that clash on a case-insensitive one)
+        is a :class:`CheckpointError` naming the file: the checkpoint is not corrupt, so
+        ``restore()`` does not fall back past it. Errors of the destination itself — a
+        full disk, no permission, a read-only file system — propagate as the
+        :class:`OSError` they are: they are the caller's to fix.
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        dest, tmp = await anyio.to_thread.run_sync(_make_tmp, os.fspath(dest_dir))
+        names = list(self.files)
+        dest, tmp = await anyio.to_thread.run_sync(_make_tmp, os.fspath(dest_dir), names, self.step)
         try:
             limiter = anyio.CapacityLimiter(_READ_CONCURRENCY)
             try:
@@ -161,7 +183,7 @@ class Checkpoint:
             except Exception as e:  # a task group wraps its children's errors
                 leaf = first_leaf(e)
                 raise leaf from leaf.__cause__
-            await anyio.to_thread.run_sync(_move_into_place, tmp, dest, list(self.files))
+            await anyio.to_thread.run_sync(_move_into_place, tmp, dest, names, self.step)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)
@@ -174,8 +196,13 @@ class Checkpoint:
 
     def _download_one(self, name: str, tmp: Path) -> None:
         target = _inside(tmp, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Exclusive: in a fresh folder, an existing file means two names clash.
+            out = open(target, "xb")  # noqa: SIM115 - closed by the with below
+        except OSError as e:
+            raise _unwritable(self.step, name, tmp.parent, e) from e
+        with out:
             self._stream_verified(name, out.write)
 
     async def verify(self) -> None:
@@ -191,22 +218,22 @@ class Checkpoint:
         """
         key = f"{self._data}/{name}"
         crc = size = 0
-        try:
-            chunks = self._location.chunks(key)
+        with contextlib.closing(self._chunks(key)) as chunks:
             for chunk in chunks:
                 crc = crc32c.crc32c(chunk, crc)
                 size += len(chunk)
                 if sink is not None:
-                    sink(chunk)
+                    sink(chunk)  # outside the store's error handling: its errors are its own
+        _check(self.step, name, self.files[name], size, crc)
+
+    def _chunks(self, key: str) -> Generator[Any, None, None]:
+        """The object's chunks, its store's errors turned into asynccp's."""
+        try:
+            yield from self._location.chunks(key)
         except FileNotFoundError as e:
-            raise CorruptCheckpointError(
-                f"checkpoint {self.step}: payload object {key} is missing"
-            ) from e
-        except OSError:
-            raise
+            raise self._missing(key, e) from e
         except Exception as e:
             raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
-        _check(self.step, name, self.files[name], size, crc)
 
 
 def _check(step: int, name: str, info: FileInfo, size: int, crc: int) -> None:
@@ -229,15 +256,147 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
-def _make_tmp(dest_dir: str) -> tuple[Path, Path]:
-    """The absolute destination (created) and a private download folder inside it."""
+#: errno values of a name the destination cannot hold (too long, refused characters) or
+#: of names that clash in it; every other OSError is the destination's own trouble.
+_NAME_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
+)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+#: Whether folders can be walked without following links (POSIX: openat, O_NOFOLLOW).
+#: ``os.replace`` is missing from ``os.supports_dir_fd`` but takes ``dst_dir_fd``
+#: wherever ``os.rename`` does (the same system call).
+_AT_CALLS = (
+    hasattr(os, "O_NOFOLLOW")
+    and hasattr(os, "O_DIRECTORY")
+    and {os.open, os.mkdir, os.rename} <= os.supports_dir_fd
+)
+
+
+def _unwritable(step: int, name: str, dest: Path, e: OSError) -> OSError | CheckpointError:
+    """The error for writing file ``name`` under ``dest`` failing with ``e``.
+
+    A name the destination cannot hold is a CheckpointError naming it; anything else
+    (a full disk, no permission, a read-only file system) is ``e`` itself.
+    """
+    if e.errno not in _NAME_ERRNOS:
+        return e
+    why = e.strerror or str(e)
+    if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        why += " (names that differ only in case clash on a case-insensitive file system)"
+    return CheckpointError(
+        f"checkpoint {step}: file {name!r} cannot be written under {dest}: {why}"
+    )
+
+
+def _check_dest(dest: Path, names: list[str], step: int) -> None:
+    """Refuse, before anything is written, a destination a download would misuse.
+
+    Each name's folders under ``dest`` must be absent or real folders (a symbolic link
+    is never followed, a file is in the way), and its own place must not be a folder.
+    A link or a file in a file's place is fine: it is replaced.
+    """
+    for name in names:
+        parts = name.split("/")
+        path = dest
+        for i, part in enumerate(parts):
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                break  # created by the move; nothing below it exists
+            except OSError as e:
+                raise _unwritable(step, name, dest, e) from e
+            if i == len(parts) - 1:
+                if stat.S_ISDIR(mode):
+                    raise CheckpointError(
+                        f"checkpoint {step}: cannot restore file {name!r}: {path} is a folder"
+                    )
+            elif stat.S_ISLNK(mode):
+                raise CheckpointError(
+                    f"checkpoint {step}: cannot restore file {name!r}: {path} is a symbolic "
+                    "link, and links inside the destination are never followed; remove it "
+                    "or restore elsewhere"
+                )
+            elif not stat.S_ISDIR(mode):
+                raise CheckpointError(
+                    f"checkpoint {step}: cannot restore file {name!r}: {path} is a file where "
+                    "the checkpoint needs a folder"
+                )
+
+
+def _make_tmp(dest_dir: str, names: list[str], step: int) -> tuple[Path, Path]:
+    """The absolute destination (created, checked for ``names``) and a private download
+    folder inside it."""
     dest = Path(os.path.abspath(dest_dir))
     dest.mkdir(parents=True, exist_ok=True)
+    _check_dest(dest, names, step)
     return dest, Path(tempfile.mkdtemp(dir=dest, prefix=".asynccp-download-"))
 
 
-def _move_into_place(tmp: Path, dest: Path, names: list[str]) -> None:
-    for name in names:
-        target = _inside(dest, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(_inside(tmp, name), target)
+def _move_into_place(tmp: Path, dest: Path, names: list[str], step: int) -> None:
+    """Move the verified files from ``tmp`` to their places under ``dest``.
+
+    The destination is checked again first (it may have changed during the download),
+    so a conflict moves nothing. Folders are then opened relative to their parent
+    without following links (``openat`` with ``O_NOFOLLOW``), so a link planted while
+    we move is refused too, not followed; ``rename`` replaces a link in a file's place.
+    """
+    _check_dest(dest, names, step)
+    if not _AT_CALLS:  # pragma: no cover - Windows: no openat; rely on the check above
+        for name in names:
+            target = _inside(dest, name)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(_inside(tmp, name), target)
+            except OSError as e:
+                raise _unwritable(step, name, dest, e) from e
+        return
+    top = os.open(dest, _DIR_FLAGS)  # dest itself may be a link: the caller chose it
+    try:
+        for name in names:
+            *folders, leaf = name.split("/")
+            fd = _open_folders(top, dest, folders, name, step)
+            try:
+                os.replace(_inside(tmp, name), leaf, dst_dir_fd=fd)
+            except OSError as e:
+                raise _unwritable(step, name, dest, e) from e
+            finally:
+                if fd != top:
+                    os.close(fd)
+    finally:
+        os.close(top)
+
+
+def _open_folders(top: int, dest: Path, folders: list[str], name: str, step: int) -> int:
+    """A descriptor of ``dest/folders...`` (created as needed), never following a link."""
+    fd, path = top, dest
+    flags = _DIR_FLAGS | os.O_NOFOLLOW
+    try:
+        for part in folders:
+            path = path / part
+            try:
+                try:
+                    sub = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, dir_fd=fd)
+                    sub = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    what = (
+                        "a symbolic link (links inside the destination are never followed)"
+                        if os.path.islink(path)
+                        else "a file where the checkpoint needs a folder"
+                    )
+                    raise CheckpointError(
+                        f"checkpoint {step}: cannot restore file {name!r}: {path} is {what}"
+                    ) from e
+                raise _unwritable(step, name, dest, e) from e
+            if fd != top:
+                os.close(fd)
+            fd = sub
+    except BaseException:
+        if fd != top:
+            os.close(fd)
+        raise
+    return fd

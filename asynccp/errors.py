@@ -33,10 +33,15 @@ class CheckpointError(Exception):
 
 
 class InvalidNameError(CheckpointError, ValueError):
-    """A file name inside a checkpoint is empty, absolute, or escapes its folder.
+    """A file name inside a checkpoint cannot be stored and restored safely everywhere.
 
-    Names are relative, ``/``-separated paths such as ``"model/weights.bin"``: no
-    leading ``/``, no ``..`` or ``.`` segment, no empty segment, no backslash or NUL.
+    Names are relative, ``/``-separated paths such as ``"model/weights.bin"``: at most
+    1024 characters, valid Unicode (no lone surrogate: a file name that is not UTF-8 on
+    disk cannot be saved); no leading ``/``, no ``..`` or ``.`` segment, no empty
+    segment, no segment longer than 255 bytes in UTF-8 (a local file system's limit);
+    no backslash or control character. Every other character, ``#`` and ``:``
+    included, round-trips on every store. Raised by ``save()`` before anything is
+    staged; a manifest naming such a file is a :class:`CorruptCheckpointError`.
     """
 
 
