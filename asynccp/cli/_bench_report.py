@@ -1,10 +1,11 @@
 """What ``asynccp bench`` shows: its result document as tables or a figure.
 
-:func:`asynccp._bench.run` returns a plain dict (the ``--json`` document); this module
-only reads it. :func:`render_text` prints plain tables (for logs, or without rich),
+:func:`asynccp.cli._bench.run` returns a plain dict (the ``--json`` document); this
+module only reads it. :func:`render_text` prints plain tables (for logs, or without rich),
 :func:`render_rich` the same tables on a terminal, :func:`plot` stall and throughput
 against payload size (with matplotlib). Keeping them apart from the engine keeps rich
-and matplotlib out of the measurement, and lets a saved document be shown again.
+and matplotlib out of the measurement (both are imported only inside the functions
+that draw), and lets a saved document be shown again.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ extra options with ``-o KEY=VALUE``. Output is for people; ``--json`` prints one
 document instead. A bad argument or an unreachable location prints one line on stderr
 and exits non-zero, without a traceback (set ``ASYNCCP_DEBUG=1`` to see one).
 
+The bench engine (and with it rich and matplotlib) is imported only by ``bench``.
+
 Exit codes: 0 success, 1 failure (a checkpoint failed verification, nothing to
 restore, a store error), 2 bad usage, 130 interrupted.
 """
@@ -31,15 +33,15 @@ from urllib.parse import urlparse
 
 from obstore.store import LocalStore
 
-from . import _bench, _bench_report
-from ._format import fmt_size, one_line, table
-from ._location import CLIENT_KEYS, Location, resolve
-from ._manifest import MAX_STEP
-from ._restore import Checkpoint, list_checkpoints, list_steps, load, newest_verified
-from ._retention import apply_retention, collect_orphans, steps_to_delete
-from .errors import CheckpointError, CorruptCheckpointError, StoreError
+from asynccp._location import CLIENT_KEYS, Location, resolve
+from asynccp._manifest import MAX_STEP
+from asynccp._restore import Checkpoint, list_checkpoints, list_steps, load, newest_verified
+from asynccp._retention import apply_retention, collect_orphans, steps_to_delete
+from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
 
-__all__ = ["main"]
+from ._format import fmt_size, one_line, parse_size, table
+
+__all__ = ["build_parser", "main"]
 
 PROG = "asynccp"
 
@@ -96,8 +98,8 @@ def _seconds(text: str) -> float:
 
 def _size(text: str) -> int:
     try:
-        return _bench.parse_size(text)
-    except _bench.BenchError as e:
+        return parse_size(text)
+    except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -106,6 +108,8 @@ def _sizes(text: str) -> list[int]:
 
 
 def _kinds(text: str) -> list[str]:
+    from . import _bench  # only bench takes --kinds: the engine is not loaded for `ls`
+
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in kinds if k not in _bench.KINDS]
     if bad or not kinds:
@@ -176,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--kinds",
         type=_kinds,
-        default=list(_bench.KINDS),
+        default=None,
         help="payload kinds: bytes, bytearray, file, files (a folder of many small files); "
         "default all",
     )
@@ -281,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from asynccp import __version__
 
     return __version__
 
@@ -530,10 +534,12 @@ def _short(steps: list[int], n: int = 12) -> str:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
+    from . import _bench, _bench_report  # the engine (and rich, matplotlib) only for bench
+
     opts = _bench.Options(
         url=args.url,
         sizes=args.sizes,
-        kinds=args.kinds,
+        kinds=args.kinds if args.kinds is not None else list(_bench.KINDS),
         saves=args.saves,
         rounds=args.rounds,
         policy=args.policy,
@@ -555,8 +561,11 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'asynccp[bench]'") from None
     console = _rich_console()
-    with _progress(console, _bench.plan(opts), args.quiet) as progress:
-        doc = await _bench.run(opts, progress)
+    try:
+        with _progress(console, _bench.plan(opts), args.quiet) as progress:
+            doc = await _bench.run(opts, progress)
+    except _bench.BenchError as e:
+        raise Failure(f"bench: {e}") from None
     if args.json:
         text = json.dumps(doc, indent=2)
         if args.json == "-":
@@ -658,9 +667,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         _fail(str(e), debug)
         return 2
-    except _bench.BenchError as e:
-        _fail(f"{PROG} bench: {e}", debug)
-        return 1
     except Failure as e:
         _fail(f"{PROG}: {e}", debug)
         return 1

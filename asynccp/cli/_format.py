@@ -6,9 +6,24 @@ and a table read the same in ``asynccp ls`` as in ``asynccp bench``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 
-__all__ = ["fmt_size", "one_line", "table"]
+__all__ = ["fmt_size", "one_line", "parse_size", "table"]
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+}
 
 
 def fmt_size(n: float) -> str:
@@ -18,6 +33,22 @@ def fmt_size(n: float) -> str:
             v = n / scale
             return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
     return f"{n:.0f} B"
+
+
+def parse_size(text: str) -> int:
+    """``"64MiB"``, ``"16m"``, ``"4096"`` -> bytes; ValueError when it is not a positive size."""
+    raw = text.strip().lower().replace("_", "")
+    num = raw.rstrip("kmgib")
+    unit = raw[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 64MiB, 512k, 4096)") from None
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit in {text!r} (use k, M, G, KiB, MiB, GiB)")
+    if not math.isfinite(value) or int(value * _SIZE_UNITS[unit]) <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:
