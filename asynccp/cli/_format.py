@@ -1,4 +1,4 @@
-"""Text for people: byte sizes, one-line error messages, plain-text tables.
+"""Text for people: byte sizes, figures, one-line error messages, plain-text tables.
 
 Shared by the ``asynccp`` command and the benchmark report, so that a size, an error
 and a table read the same in ``asynccp ls`` as in ``asynccp bench``.
@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-__all__ = ["fmt_size", "one_line", "parse_size", "table"]
+__all__ = ["NA", "fmt_ms", "fmt_num", "fmt_size", "one_line", "parse_size", "table"]
+
+#: How a figure without samples (or without a finite value) is shown.
+NA = "n/a"
 
 _SIZE_UNITS = {
     "": 1,
@@ -49,6 +52,31 @@ def parse_size(text: str) -> int:
     if not math.isfinite(value) or int(value * _SIZE_UNITS[unit]) <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
     return int(value * _SIZE_UNITS[unit])
+
+
+def fmt_num(value: float | None, spec: str, unit: str = "", *, scale: float = 1.0) -> str:
+    """``value * scale`` formatted with ``spec`` and followed by ``unit``; ``n/a`` when absent.
+
+    A figure nothing was measured for is ``None`` in a result document (or, from an
+    older document, not finite): it prints as ``n/a``, never as ``0.0 ms``.
+    """
+    if value is None or not math.isfinite(value):
+        return NA
+    return f"{value * scale:{spec}}{unit}"
+
+
+def fmt_ms(value: float | None, unit: str = " ms") -> str:
+    """Milliseconds with about three significant digits: ``0.0213 ms``, ``35.1 ms``; ``n/a``.
+
+    A fixed number of decimals would print a measured 0.02 ms as ``0.0 ms``, which
+    reads like nothing at all; this keeps small figures visible.
+    """
+    if value is None or not math.isfinite(value):
+        return NA
+    for limit, spec in ((100, ".0f"), (10, ".1f"), (1, ".2f"), (0.1, ".3f")):
+        if abs(value) >= limit:
+            return f"{value:{spec}}{unit}"
+    return f"{value:.4f}{unit}"
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:
