@@ -398,6 +398,7 @@ def check_verdict(line: str, doc: dict[str, Any], code: int, *, fail_on_miss: bo
         assert "--fail-on-miss" in line
 
 
+@pytest.mark.slow
 def test_bench_smoke_local(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     r = cli(*TINY_BENCH, "--json", str(out))
@@ -413,6 +414,7 @@ def test_bench_smoke_local(cli: Cli, tmp_path: Path) -> None:
     assert r.err == ""
 
 
+@pytest.mark.slow
 def test_bench_url_plot_and_cleanup(cli: Cli, tmp_path: Path) -> None:
     where = tmp_path / "store"
     png = tmp_path / "bench.png"
@@ -522,6 +524,7 @@ def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_s3_commands(cli: Cli, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) -> None:
     url = f"s3://{s3_bucket}/runs/7"
     save_steps(url, range(4))
@@ -542,6 +545,7 @@ def test_s3_commands(cli: Cli, s3_bucket: str, s3_env: dict[str, str], tmp_path:
     assert_one_line_error(cli("ls", "s3://no-such-bucket/x", "--retries", "0"), code=1)
 
 
+@pytest.mark.slow
 def test_s3_bench_smoke(cli: Cli, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     r = cli(*TINY_BENCH, "--url", f"s3://{s3_bucket}/bench", "--kinds", "bytes,files",
