@@ -61,4 +61,16 @@ __all__ = [
     "supervise",
 ]
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is where it is set)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asynccp")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
+del _version

@@ -39,7 +39,6 @@ from typing import Any, BinaryIO, TypeVar
 from urllib.parse import unquote, urlparse
 
 import obstore
-import stamina
 from obstore.exceptions import AlreadyExistsError, GenericError, PreconditionError
 from obstore.store import (
     AzureStore,
@@ -112,20 +111,44 @@ class Location:
         "permission denied", "already exists" have their own types and are final.
         Payload puts are idempotent, and a repeated manifest create is recognised
         by its writer id, so repeating a call is safe.
+
+        Up to ``io_attempts`` calls; before retry ``n`` it waits
+        ``min(2, 0.05 * 2 ** (n - 1) + uniform(0, 0.05))`` seconds on ``abandoned`` (so
+        abandoning the work also ends a backoff at once) and logs the retry at INFO on
+        the ``asynccp`` logger, in asynccp's words. The loop is asynccp's own, not
+        stamina's: stamina reports retries only through process-wide hooks
+        (``stamina.instrumentation.set_on_retry_hooks``), whose default logs a bare
+        ``stamina.retry_scheduled`` warning that reaches the stderr of a user who never
+        set up logging; muting it for asynccp's calls alone would mean replacing those
+        hooks (or filtering the ``stamina`` logger) for the user's own stamina calls
+        too, and a user's ``stamina.set_active(False)`` or ``set_testing()`` would
+        silently change these retries. INFO, not WARNING: a retried blip needs no
+        action, and a call that still fails raises to the caller.
         """
-        for attempt in stamina.retry_context(
-            on=GenericError,
-            attempts=self.io_attempts,
-            timeout=None,
-            wait_initial=0.05,
-            wait_max=2.0,
-            wait_jitter=0.05,
-        ):
-            with attempt:
-                if attempt.num > 1 and self.abandoned.is_set():
-                    raise Abandoned(f"{self.description}: given up (the flush ran out of time)")
+        import logging  # here, not at the top: this method is the only user in the module
+        import random
+
+        for attempt in range(1, self.io_attempts + 1):
+            try:
                 return fn(*args, **kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover
+            except GenericError as e:
+                if attempt >= self.io_attempts:
+                    raise
+                delay = min(2.0, 0.05 * 2 ** (attempt - 1) + random.uniform(0, 0.05))
+                lines = str(e).strip().splitlines()
+                logging.getLogger("asynccp").info(
+                    "%s: a store call failed (attempt %d of %d), retrying in %.2f s: %s",
+                    self.description,
+                    attempt,
+                    self.io_attempts,
+                    delay,
+                    lines[0] if lines else type(e).__name__,
+                )
+                if self.abandoned.wait(delay):
+                    raise Abandoned(
+                        f"{self.description}: given up (the flush ran out of time)"
+                    ) from e
+        raise AssertionError("unreachable: io_attempts >= 1")  # pragma: no cover
 
     # -- setup --------------------------------------------------------------------
 

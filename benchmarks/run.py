@@ -35,6 +35,11 @@ def bench(out: Path, name: str, *extra: str, env: dict[str, str] | None = None) 
     return json.loads(path.read_text())
 
 
+def num(value: float | None, spec: str, unit: str = "", scale: float = 1.0) -> str:
+    """A figure of a bench document; ``n/a`` when it had no samples (``None``)."""
+    return "n/a" if value is None else f"{value * scale:{spec}}{unit}"
+
+
 def targets_table(docs: dict[str, dict[str, Any]]) -> None:
     names = list(docs)
     print("| target | " + " | ".join(names) + " | goal |")
@@ -45,11 +50,11 @@ def targets_table(docs: dict[str, dict[str, Any]]) -> None:
         for t in doc["targets"]:
             row = rows.setdefault(t["target"], [""] * len(names))
             if t["unit"] == "x" and t["limit"] < 1:
-                val, goal = f"{t['value'] * 100:.1f} %", f"≥ {t['limit'] * 100:.0f} %"
+                val, goal = num(t["value"], ".1f", " %", 100), f"≥ {t['limit'] * 100:.0f} %"
             elif t["unit"] == "x":
-                val, goal = f"{t['value']:.2f} x", f"{t['limit']:g} x"
+                val, goal = num(t["value"], ".2f", " x"), f"{t['limit']:g} x"
             else:
-                val, goal = f"{t['value']:.1f} {t['unit']}", f"{t['limit']:.0f} {t['unit']}"
+                val, goal = num(t["value"], ".1f", f" {t['unit']}"), f"{t['limit']:.0f} {t['unit']}"
             if "stall" in t["target"] and t["unit"] == "x" and t["limit"] < 1:
                 goal = goal.replace("≥", "≤")
             elif "stall" in t["target"] or "lag" in t["target"] or "RSS" in t["target"]:
@@ -72,21 +77,25 @@ def cases_table(doc: dict[str, Any]) -> None:
     for c in doc["cases"]:
         s, t, r = c["stall_ms"], c["throughput_mib_s"], c["restore_mib_s"]
         la, ls = c["loop_lag_ms"]["asynccp"], c["loop_lag_ms"]["sync_writer"]
-        extra = f" (copy {s['memory_copy']:.1f} ms)" if "memory_copy" in s else ""
+        extra = f" (copy {num(s['memory_copy'], '.1f', ' ms')})" if "memory_copy" in s else ""
         print(
-            f"| {c['kind']} {c['size'] >> 20} MiB | {s['asynccp']:.3f} ms{extra} "
-            f"| {s['sync_write']:.1f} ms | {s['ratio'] * 100:.2f} % "
-            f"| {t['asynccp']:.0f} MiB/s | {t['raw_obstore']:.0f} MiB/s | {t['ratio'] * 100:.0f} % "
-            f"| {r['asynccp']:.0f} MiB/s | {r['raw_obstore']:.0f} MiB/s | {r['ratio'] * 100:.0f} % "
-            f"| {la['p50']:.1f} / {la['p99']:.1f} ms | {ls['p50']:.0f} / {ls['p99']:.0f} ms |"
+            f"| {c['kind']} {c['size'] >> 20} MiB | {num(s['asynccp'], '.3f', ' ms')}{extra} "
+            f"| {num(s['sync_write'], '.1f', ' ms')} | {num(s['ratio'], '.2f', ' %', 100)} "
+            f"| {num(t['asynccp'], '.0f', ' MiB/s')} | {num(t['raw_obstore'], '.0f', ' MiB/s')} "
+            f"| {num(t['ratio'], '.0f', ' %', 100)} "
+            f"| {num(r['asynccp'], '.0f', ' MiB/s')} | {num(r['raw_obstore'], '.0f', ' MiB/s')} "
+            f"| {num(r['ratio'], '.0f', ' %', 100)} "
+            f"| {num(la['p50'], '.1f')} / {num(la['p99'], '.1f', ' ms')} "
+            f"| {num(ls['p50'], '.0f')} / {num(ls['p99'], '.0f', ' ms')} |"
         )
     small, mem = doc.get("small_saves"), doc.get("memory")
     if small:
         print(
             f"\nSmall saves (16 B, policy=latest, {small['saves']} saves): asynccp "
-            f"{small['asynccp_saves_per_s']:,.0f}/s vs sync writes "
-            f"{small['sync_writes_per_s']:,.0f}/s "
-            f"= {small['ratio']:.1f} x ({small['committed']} committed, {small['superseded']} "
+            f"{num(small['asynccp_saves_per_s'], ',.0f', '/s')} vs sync writes "
+            f"{num(small['sync_writes_per_s'], ',.0f', '/s')} "
+            f"= {num(small['ratio'], '.1f', ' x')} ({small['committed']} committed, "
+            f"{small['superseded']} "
             "superseded)."
         )
     if mem:

@@ -1,18 +1,21 @@
-"""The ``asynccp`` command line, run as a real process (``python -m asynccp``).
+"""The ``asynccp`` command line, called in-process: ``asynccp.cli.main([...])``.
 
 Every command against a local directory, the read commands and ``bench`` against a
 real S3-compatible server (moto) with the store configured from environment
 variables only, and bad input: a one-line message on stderr, a non-zero exit, never a
-traceback. No timing assertions: ``bench`` is smoke-tested at tiny sizes.
+traceback. Where the process boundary is the point (``python -m asynccp``, a fresh
+interpreter's imports), ``test_cli_process.py`` and ``test_imports.py`` spawn one.
+No timing assertions: ``bench`` is smoke-tested at tiny sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ import pytest
 from _moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, make_s3_store
 
 import asynccp
+from asynccp.cli import _bench, _bench_report, main
+from asynccp.cli._main import MEMORY_BENCH_WARNING
 
 TINY_BENCH = [
     "bench", "--sizes", "64KiB,128KiB", "--saves", "2", "--rounds", "1", "--small-saves", "30",
@@ -28,34 +33,52 @@ TINY_BENCH = [
 ]  # fmt: skip
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
-    """``python -m asynccp ARGS`` in a fresh process; returns the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "asynccp", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+@dataclass
+class Result:
+    """What one ``main([...])`` call returned and printed."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.strip().splitlines()
 
 
-def assert_one_line_error(proc: Any, *, code: int | None = None, contains: str = "") -> str:
-    """A failed command: non-zero exit, exactly one line on stderr, no traceback."""
-    assert proc.returncode != 0, proc.stdout
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """``cli("ls", path)``: run the command line in this process, capture its output."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()  # drop whatever the test printed before
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def assert_one_line_error(r: Result, *, code: int | None = None, contains: str = "") -> str:
+    """A failed command: non-zero exit, exactly one ``asynccp:`` line on stderr."""
+    assert r.code != 0, r.out
     if code is not None:
-        assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert contains.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+        assert r.code == code, (r.code, r.err)
+    assert len(r.err_lines) == 1, r.err
+    assert "Traceback" not in r.err
+    line = r.err_lines[0]
+    assert line.startswith("asynccp: ") and line.count("asynccp:") == 1, line
+    assert contains.lower() in line.lower(), line
+    return line
 
 
 def save_steps(location: Any, steps: range, **options: Any) -> None:
     """Commit one checkpoint per step: a file ``data`` and, every other step, a folder."""
 
-    async def main() -> None:
+    async def save() -> None:
         async with asynccp.Checkpointer(location, **options) as cp:
             for s in steps:
                 payload: Any = f"state {s}".encode()
@@ -63,7 +86,7 @@ def save_steps(location: Any, steps: range, **options: Any) -> None:
                     payload = {"data": payload, "extra/notes.txt": f"notes {s}"}
                 await cp.save(s, payload, metadata={"loss": 1.0 / (s + 1)})
 
-    asyncio.run(main())
+    asyncio.run(save())
 
 
 @pytest.fixture
@@ -81,15 +104,15 @@ def payload_file(loc: Path, step: int, name: str = "data") -> Path:
 # -- ls / show -----------------------------------------------------------------------
 
 
-def test_ls_text_and_json(ckpts: Path) -> None:
-    proc = run("ls", str(ckpts))
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+def test_ls_text_and_json(cli: Cli, ckpts: Path) -> None:
+    r = cli("ls", str(ckpts))
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
     assert lines[0].split()[:2] == ["STEP", "CREATED"]
     assert [ln.split()[0] for ln in lines[1:6]] == ["0", "1", "2", "3", "4"]
     assert "5 checkpoint(s)" in lines[-1] and "newest step 4" in lines[-1]
 
-    doc = json.loads(run("ls", f"file://{ckpts}", "--json").stdout)
+    doc = json.loads(cli("ls", f"file://{ckpts}", "--json").out)
     assert [c["step"] for c in doc["checkpoints"]] == [0, 1, 2, 3, 4]
     three = doc["checkpoints"][3]
     assert set(three["files"]) == {"data", "extra/notes.txt"}
@@ -98,56 +121,56 @@ def test_ls_text_and_json(ckpts: Path) -> None:
     assert three["files"]["data"]["checksum"].startswith("crc32c:")
 
 
-def test_ls_empty_and_missing(tmp_path: Path) -> None:
-    proc = run("ls", str(tmp_path))
-    assert proc.returncode == 0 and "no checkpoints" in proc.stdout
+def test_ls_empty_and_missing(cli: Cli, tmp_path: Path) -> None:
+    r = cli("ls", str(tmp_path))
+    assert r.code == 0 and "no checkpoints" in r.out
     missing = tmp_path / "nope"
-    assert_one_line_error(run("ls", str(missing)), code=1, contains="does not exist")
+    assert_one_line_error(cli("ls", str(missing)), code=1, contains="does not exist")
     assert not missing.exists()  # a read command creates nothing
 
 
-def test_show(ckpts: Path) -> None:
-    proc = run("show", str(ckpts), "3")
-    assert proc.returncode == 0, proc.stderr
-    assert "step        3" in proc.stdout
-    assert "extra/notes.txt" in proc.stdout and '"loss": 0.25' in proc.stdout
-    doc = json.loads(run("show", str(ckpts), "1", "--json").stdout)
+def test_show(cli: Cli, ckpts: Path) -> None:
+    r = cli("show", str(ckpts), "3")
+    assert r.code == 0, r.err
+    assert "step        3" in r.out
+    assert "extra/notes.txt" in r.out and '"loss": 0.25' in r.out
+    doc = json.loads(cli("show", str(ckpts), "1", "--json").out)
     assert doc["step"] == 1 and doc["size"] == len(b"state 1") + len(b"notes 1")
-    assert_one_line_error(run("show", str(ckpts), "99"), code=1, contains="no checkpoint")
-    assert_one_line_error(run("show", str(ckpts), "-3"), code=2)
-    assert_one_line_error(run("show", str(ckpts), "three"), code=2)
+    assert_one_line_error(cli("show", str(ckpts), "99"), code=1, contains="no checkpoint")
+    assert_one_line_error(cli("show", str(ckpts), "-3"), code=2, contains=">= 0")
+    assert_one_line_error(cli("show", str(ckpts), "three"), code=2, contains=">= 0")
 
 
 # -- verify ----------------------------------------------------------------------------
 
 
-def test_verify_ok_then_corrupt(ckpts: Path) -> None:
-    proc = run("verify", str(ckpts))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "5 of 5 checkpoint(s) verified" in proc.stdout
+def test_verify_ok_then_corrupt(cli: Cli, ckpts: Path) -> None:
+    r = cli("verify", str(ckpts))
+    assert r.code == 0, r.out + r.err
+    assert "5 of 5 checkpoint(s) verified" in r.out
 
     victim = payload_file(ckpts, 2)
     data = bytearray(victim.read_bytes())
     data[0] ^= 0xFF  # same size, wrong checksum: only a full read finds it
     victim.write_bytes(bytes(data))
-    proc = run("verify", str(ckpts))
-    assert proc.returncode == 1
-    assert "step 2: FAILED" in proc.stdout and "checksum" in proc.stdout
-    assert "4 of 5" in proc.stdout
+    r = cli("verify", str(ckpts))
+    assert r.code == 1
+    assert "step 2: FAILED" in r.out and "checksum" in r.out
+    assert "4 of 5" in r.out
 
-    doc = json.loads(run("verify", str(ckpts), "--json").stdout)
+    doc = json.loads(cli("verify", str(ckpts), "--json").out)
     assert doc["ok"] is False
     assert [c["step"] for c in doc["checkpoints"] if not c["ok"]] == [2]
-    assert run("verify", str(ckpts), "--step", "3").returncode == 0
-    assert run("verify", str(ckpts), "--step", "2").returncode == 1
+    assert cli("verify", str(ckpts), "--step", "3").code == 0
+    assert cli("verify", str(ckpts), "--step", "2").code == 1
 
 
-def test_verify_reports_bad_manifest_and_missing_object(ckpts: Path) -> None:
+def test_verify_reports_bad_manifest_and_missing_object(cli: Cli, ckpts: Path) -> None:
     (ckpts / "manifests" / f"{1:020d}.json").write_text("{not json")
     payload_file(ckpts, 4).unlink()
-    proc = run("verify", str(ckpts), "--json")
-    assert proc.returncode == 1
-    failed = {c["step"]: c["error"] for c in json.loads(proc.stdout)["checkpoints"] if not c["ok"]}
+    r = cli("verify", str(ckpts), "--json")
+    assert r.code == 1
+    failed = {c["step"]: c["error"] for c in json.loads(r.out)["checkpoints"] if not c["ok"]}
     assert set(failed) == {1, 4}
     assert "manifest" in failed[1] and "missing" in failed[4]
 
@@ -155,80 +178,141 @@ def test_verify_reports_bad_manifest_and_missing_object(ckpts: Path) -> None:
 # -- restore ---------------------------------------------------------------------------
 
 
-def test_restore_newest_step_and_fallback(ckpts: Path, tmp_path: Path) -> None:
+def test_restore_newest_step_and_fallback(cli: Cli, ckpts: Path, tmp_path: Path) -> None:
     dest = tmp_path / "out"
-    proc = run("restore", str(ckpts), str(dest))
-    assert proc.returncode == 0, proc.stderr
-    assert "restored step 4" in proc.stdout
+    r = cli("restore", str(ckpts), str(dest))
+    assert r.code == 0, r.err
+    assert "restored step 4" in r.out
     assert (dest / "data").read_bytes() == b"state 4"
 
     dest3 = tmp_path / "out3"
-    doc = json.loads(run("restore", str(ckpts), str(dest3), "--step", "3", "--json").stdout)
+    doc = json.loads(cli("restore", str(ckpts), str(dest3), "--step", "3", "--json").out)
     assert doc["step"] == 3 and doc["files"] == ["data", "extra/notes.txt"]
     assert (dest3 / "extra" / "notes.txt").read_text() == "notes 3"
 
     # The newest fails its checksum: restore warns (one line) and falls back to step 3.
-    victim = payload_file(ckpts, 4)
-    victim.write_bytes(b"STATE 4")
+    payload_file(ckpts, 4).write_bytes(b"STATE 4")
     dest_fb = tmp_path / "fallback"
-    proc = run("restore", str(ckpts), str(dest_fb))
-    assert proc.returncode == 0, proc.stderr
-    assert "restored step 3" in proc.stdout
-    assert proc.stderr.count("\n") == 1 and "checkpoint 4" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    r = cli("restore", str(ckpts), str(dest_fb))
+    assert r.code == 0, r.err
+    assert "restored step 3" in r.out
+    assert len(r.err_lines) == 1 and r.err_lines[0].startswith("asynccp: warning: checkpoint 4")
     assert (dest_fb / "data").read_bytes() == b"state 3"
-    # Asking for the corrupt step explicitly fails, and leaves nothing behind.
-    dest4 = tmp_path / "out4"
-    assert_one_line_error(
-        run("restore", str(ckpts), str(dest4), "--step", "4"), code=1, contains="verification"
+
+
+def test_failed_restore_leaves_no_destination_behind(cli: Cli, ckpts: Path, tmp_path: Path) -> None:
+    payload_file(ckpts, 4).write_bytes(b"STATE 4")  # same size, wrong checksum
+    # A destination that did not exist, nested: every folder the command made goes again.
+    outer = tmp_path / "new"
+    dest = outer / "deeper" / "out4"
+    line = assert_one_line_error(
+        cli("restore", str(ckpts), str(dest), "--step", "4"), code=1, contains="verification"
     )
-    assert not (dest4 / "data").exists()
+    assert "checkpoint 4" in line
+    assert not outer.exists()
+    # A destination that existed stays, as it was (here: empty).
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert cli("restore", str(ckpts), str(existing), "--step", "4").code == 1
+    assert existing.is_dir() and list(existing.iterdir()) == []
+    # Nothing verifies at all: the same.
+    for step in range(4):
+        payload_file(ckpts, step).write_bytes(b"x" * len(f"state {step}"))
+    nothing = tmp_path / "nothing"
+    r = cli("restore", str(ckpts), str(nothing))
+    assert r.code == 1 and "nothing restored" in r.err_lines[-1]
+    assert len(r.err_lines) == 6  # a warning per skipped checkpoint, then the error
+    assert not nothing.exists()
 
 
-def test_restore_nothing(tmp_path: Path) -> None:
+def test_restore_nothing(cli: Cli, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(
-        run("restore", str(empty), str(tmp_path / "out")), code=1, contains="nothing restored"
-    )
+    r = cli("restore", str(empty), str(tmp_path / "out"))
+    assert_one_line_error(r, code=1, contains="nothing restored")
+    assert not (tmp_path / "out").exists()
 
 
 # -- gc --------------------------------------------------------------------------------
 
 
-def test_gc_keep_keep_every_dry_run_and_orphans(tmp_path: Path) -> None:
+def test_gc_keep_keep_every_dry_run_and_orphans(cli: Cli, tmp_path: Path) -> None:
     loc = tmp_path / "ckpts"
     save_steps(loc, range(10))
     orphan = loc / "data" / f"{42:020d}-deadbeef0000"
     orphan.mkdir(parents=True)
     (orphan / "data").write_bytes(b"never committed")
 
-    proc = run("gc", str(loc), "--keep", "2", "--keep-every", "4", "--dry-run", "--json")
-    doc = json.loads(proc.stdout)
+    r = cli("gc", str(loc), "--keep", "2", "--keep-every", "4", "--dry-run", "--json")
+    doc = json.loads(r.out)
     assert doc["deleted_steps"] == [1, 2, 3, 5, 6, 7] and doc["kept_steps"] == [0, 4, 8, 9]
     assert len(list((loc / "manifests").iterdir())) == 10  # dry run: nothing deleted
     assert orphan.exists()
 
-    proc = run("gc", str(loc), "--keep", "2", "--keep-every", "4")
-    assert proc.returncode == 0, proc.stderr
-    assert "deleted 6 checkpoint(s)" in proc.stdout
-    doc = json.loads(run("ls", str(loc), "--json").stdout)
+    r = cli("gc", str(loc), "--keep", "2", "--keep-every", "4")
+    assert r.code == 0, r.err
+    assert "deleted 6 checkpoint(s)" in r.out
+    doc = json.loads(cli("ls", str(loc), "--json").out)
     assert [c["step"] for c in doc["checkpoints"]] == [0, 4, 8, 9]
     assert orphan.exists()  # younger than the default grace (an hour)
 
-    doc = json.loads(run("gc", str(loc), "--keep", "1", "--orphan-grace", "0", "--json").stdout)
+    doc = json.loads(cli("gc", str(loc), "--keep", "1", "--orphan-grace", "0", "--json").out)
     assert doc["deleted_steps"] == [0, 4, 8]
     assert doc["orphans_collected"] == [f"data/{42:020d}-deadbeef0000"]
     assert not orphan.exists()
-    assert run("verify", str(loc)).returncode == 0
+    assert cli("verify", str(loc)).code == 0
 
 
-def test_gc_bad_arguments(ckpts: Path) -> None:
-    assert_one_line_error(run("gc", str(ckpts)), code=2, contains="--keep")
-    assert_one_line_error(run("gc", str(ckpts), "--keep", "-1"), code=2)
-    assert_one_line_error(run("gc", str(ckpts), "--keep", "0"), code=2)
-    assert_one_line_error(run("gc", str(ckpts), "--keep", "1", "--orphan-grace", "x"), code=2)
+def test_gc_bad_arguments(cli: Cli, ckpts: Path) -> None:
+    assert_one_line_error(cli("gc", str(ckpts)), code=2, contains="--keep")
+    assert_one_line_error(cli("gc", str(ckpts), "--keep", "1", "--orphan-grace", "x"), code=2)
     assert len(list((ckpts / "manifests").iterdir())) == 5
+
+
+def test_gc_keep_has_one_rule_and_one_message(cli: Cli, ckpts: Path) -> None:
+    """--keep -1, 0 and a non-number are refused alike: an integer >= 1."""
+    for bad in ("-1", "0", "two"):
+        line = assert_one_line_error(cli("gc", str(ckpts), "--keep", bad), code=2)
+        assert f"argument --keep: must be an integer >= 1, got '{bad}'" in line
+    assert len(list((ckpts / "manifests").iterdir())) == 5
+    assert "(>= 1)" in cli("gc", "--help").out
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+def test_every_message_has_one_prefix_and_warnings_one_casing(
+    cli: Cli, ckpts: Path, tmp_path: Path
+) -> None:
+    """Errors, warnings (Python's and the library's log records) all read the same way."""
+    (ckpts / "manifests" / f"{1:020d}.json").write_text("{not json")  # ls logs a warning
+    payload_file(ckpts, 4).write_bytes(b"STATE 4")  # restore warns, then falls back
+    results = {
+        "log warning": cli("ls", str(ckpts)),
+        "warning": cli("restore", str(ckpts), str(tmp_path / "out")),
+        "usage": cli("gc", str(ckpts), "--keep", "0"),
+        "failure": cli("show", str(ckpts), "99"),
+        "store": cli("ls", str(tmp_path / "missing")),
+    }
+    assert results["log warning"].code == 0 and results["warning"].code == 0
+    lines = {what: r.err_lines for what, r in results.items()}
+    assert all(len(ls) == 1 for ls in lines.values()), lines
+    for what, (line,) in lines.items():
+        assert line.startswith("asynccp: "), (what, line)
+        assert line.count("asynccp:") == 1, (what, line)
+        assert "WARNING" not in line and "Warning:" not in line, (what, line)
+    assert lines["log warning"][0].startswith("asynccp: warning: skipping step 1: ")
+    assert lines["warning"][0].startswith("asynccp: warning: checkpoint 4 ")
+    assert lines["usage"][0].startswith("asynccp: gc: argument --keep")
+
+
+def test_main_leaves_logging_and_warnings_as_it_found_them(cli: Cli, ckpts: Path) -> None:
+    root = logging.getLogger()
+    handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
+    (ckpts / "manifests" / f"{1:020d}.json").write_text("{not json")
+    assert cli("ls", str(ckpts)).code == 0
+    assert root.handlers == handlers and root.level == level
+    assert warnings.showwarning is showwarning
 
 
 # -- bad input common to all commands ------------------------------------------------------
@@ -245,16 +329,22 @@ def test_gc_bad_arguments(ckpts: Path) -> None:
         ["restore", "s3://"],
     ],
 )
-def test_usage_errors_are_one_line(args: list[str]) -> None:
-    assert_one_line_error(run(*args), code=2)
+def test_usage_errors_are_one_line(cli: Cli, args: list[str]) -> None:
+    assert_one_line_error(cli(*args), code=2)
 
 
-def test_help_and_version() -> None:
-    proc = run("--help")
-    assert proc.returncode == 0
+def test_help_and_version(cli: Cli) -> None:
+    r = cli("--help")
+    assert r.code == 0
     for cmd in ("bench", "ls", "show", "verify", "restore", "gc"):
-        assert cmd in proc.stdout
-    assert run("--version").stdout.strip() == f"asynccp {asynccp.__version__}"
+        assert cmd in r.out
+    assert cli("--version").out.strip() == f"asynccp {asynccp.__version__}"
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert asynccp.__version__ == version("asynccp")
 
 
 # -- bench -----------------------------------------------------------------------------
@@ -294,17 +384,38 @@ def check_bench_doc(doc: dict[str, Any], kinds: set[str], sizes: set[int]) -> No
     assert doc["machine"]["cpus"] and doc["machine"]["python"]
 
 
-def test_bench_smoke_local(tmp_path: Path) -> None:
+def check_verdict(line: str, doc: dict[str, Any], code: int, *, fail_on_miss: bool) -> None:
+    """The closing line: targets met or missed, and the exit code, as the run ended."""
+    missed = [t for t in doc["targets"] if not t["met"]]
+    assert line.startswith("verdict: ")
+    if missed:
+        assert f"{len(missed)} of {len(doc['targets'])} targets missed" in line
+        assert code == (1 if fail_on_miss else 0)
+    else:
+        assert f"all {len(doc['targets'])} targets met" in line and code == 0
+    assert f"exit code {code}" in line
+    if missed:  # the policy is stated whenever it matters
+        assert "--fail-on-miss" in line
+
+
+@pytest.mark.slow
+def test_bench_smoke_local(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = run(*TINY_BENCH, "--json", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "targets" in proc.stdout and "caller stall" in proc.stdout
+    r = cli(*TINY_BENCH, "--json", str(out))
+    assert r.code == 0, r.err  # a missed target is a finding, not a failure (no --fail-on-miss)
     doc = json.loads(out.read_text())
     check_bench_doc(doc, {"bytes", "bytearray", "file", "files"}, {64 << 10, 128 << 10})
     assert doc["location"]["kind"] == "local directory"
+    assert "targets" in r.out and "caller stall" in r.out
+    # The last column says what it is; the run ends with the verdict and its exit code.
+    assert "median ratio" in r.out
+    assert _bench_report.RATIO_NOTE.split(";")[0] in " ".join(r.out.split())
+    check_verdict(r.out.strip().splitlines()[-1], doc, r.code, fail_on_miss=False)
+    assert r.err == ""
 
 
-def test_bench_url_plot_and_cleanup(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_bench_url_plot_and_cleanup(cli: Cli, tmp_path: Path) -> None:
     where = tmp_path / "store"
     png = tmp_path / "bench.png"
     try:
@@ -313,14 +424,56 @@ def test_bench_url_plot_and_cleanup(tmp_path: Path) -> None:
         plot: list[str] = []
     else:
         plot = ["--plot", str(png)]
-    proc = run(*TINY_BENCH, "--kinds", "bytes", "--url", str(where), "--no-memory", *plot,
-               "--json", "-")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    r = cli(*TINY_BENCH, "--kinds", "bytes", "--url", str(where), "--no-memory", *plot,
+            "--json", "-")  # fmt: skip
+    doc = json.loads(r.out)  # stdout is the JSON document alone
     assert doc["memory"] is None and [c["kind"] for c in doc["cases"]] == ["bytes", "bytes"]
     if plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(where.iterdir()) == []  # the bench's own folder is removed
+    # With --json -, the verdict goes to stderr, as every other message there.
+    assert len(r.err_lines) == 1 and r.err_lines[0].startswith("asynccp: verdict: ")
+    check_verdict(r.err_lines[0].removeprefix("asynccp: "), doc, r.code, fail_on_miss=False)
+
+
+def test_bench_on_memory_warns_and_fail_on_miss_sets_the_exit_code(cli: Cli) -> None:
+    r = cli("bench", "--url", "memory://", "--sizes", "64KiB", "--kinds", "bytes", "--saves", "1",
+            "--rounds", "1", "--small-saves", "0", "--no-memory", "-q", "--fail-on-miss",
+            "--json", "-")  # fmt: skip
+    doc = json.loads(r.out)
+    assert r.err_lines[0] == f"asynccp: warning: {MEMORY_BENCH_WARNING}"
+    assert "say nothing about a real store" in r.err_lines[0]
+    assert len(r.err_lines) == 2
+    check_verdict(r.err_lines[1].removeprefix("asynccp: "), doc, r.code, fail_on_miss=True)
+    assert cli("bench", "--help").code == 0  # and the help says it too
+    assert "memory:// measures no storage" in " ".join(cli("bench", "--help").out.split())
+
+
+def test_bench_figure_without_samples_prints_na() -> None:
+    """A loop-lag ticker that never ticked: ``n/a`` in the table and the targets, not 0."""
+    opts = _bench.Options(url="memory://", sizes=[64 << 10], kinds=["bytes"], saves=1, rounds=1,
+                          small_saves=0, memory=False)  # fmt: skip
+    doc = asyncio.run(_bench.run(opts))
+    case = doc["cases"][0]
+    case["loop_lag_ms"]["asynccp"] = _bench._lag_summary([])  # what a run without ticks gives
+    case["restore_mib_s"]["asynccp"] = _bench._mib_s(0, 0.0)  # and a time too short to measure
+    assert case["loop_lag_ms"]["asynccp"]["p99"] is None
+    assert case["restore_mib_s"]["asynccp"] is None
+    doc["targets"] = _bench.targets(doc)
+    lag = next(t for t in doc["targets"] if t["target"].startswith("loop lag"))
+    assert lag["value"] is None and lag["met"] is False
+
+    text = _bench_report.render_text(doc)
+    lag_row = next(ln for ln in text.splitlines() if "loop lag p50 / p99" in ln)
+    assert lag_row.split()[5] == "n/a", lag_row  # the asynccp column
+    restore_row = next(ln for ln in text.splitlines() if "restore throughput" in ln)
+    assert restore_row.split()[2] == "n/a", restore_row
+    target_row = next(ln for ln in text.splitlines() if ln.startswith("loop lag p99"))
+    assert "n/a" in target_row and "no samples" in target_row
+    assert "0.0 ms" not in text and "0.00 ms" not in text
+    line, code = _bench_report.verdict(doc, fail_on_miss=True)
+    assert "without samples" in line and code == 1
+    json.dumps(doc, allow_nan=False)  # None, never NaN or Infinity, in the JSON document
 
 
 @pytest.mark.parametrize(
@@ -336,11 +489,11 @@ def test_bench_url_plot_and_cleanup(tmp_path: Path) -> None:
         (["--url", "nope://x"], "scheme"),
     ],
 )
-def test_bench_bad_options(args: list[str], contains: str) -> None:
-    assert_one_line_error(run("bench", "-q", *args), contains=contains)
+def test_bench_bad_options(cli: Cli, args: list[str], contains: str) -> None:
+    assert_one_line_error(cli("bench", "-q", *args), contains=contains)
 
 
-def test_bench_unreachable_url() -> None:
+def test_bench_unreachable_url(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens on the discard port
         "AWS_ALLOW_HTTP": "true",
@@ -348,52 +501,56 @@ def test_bench_unreachable_url() -> None:
         "AWS_SECRET_ACCESS_KEY": "x",
         "AWS_REGION": REGION,
     }
-    proc = run("bench", "-q", "--url", "s3://bucket/x", "--retries", "0", env=env, timeout=120)
-    assert_one_line_error(proc, code=1, contains="cannot reach")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    r = cli("bench", "-q", "--url", "s3://bucket/x", "--retries", "0")
+    assert_one_line_error(r, code=1, contains="cannot reach")
 
 
 # -- S3 (moto), configured from the environment only -----------------------------------------
 
 
 @pytest.fixture
-def s3_env(moto_server: str) -> dict[str, str]:
-    return {
+def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {
         "AWS_ENDPOINT_URL": moto_server,
         "AWS_ALLOW_HTTP": "true",
         "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         "AWS_REGION": REGION,
     }
-
-
-def test_s3_commands(s3_bucket: str, s3_env: dict[str, str], tmp_path: Path,
-                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    for key, value in s3_env.items():
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.mark.slow
+def test_s3_commands(cli: Cli, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) -> None:
     url = f"s3://{s3_bucket}/runs/7"
     save_steps(url, range(4))
 
-    doc = json.loads(run("ls", url, "--json").stdout)
+    doc = json.loads(cli("ls", url, "--json").out)
     assert [c["step"] for c in doc["checkpoints"]] == [0, 1, 2, 3]
-    assert "extra/notes.txt" in run("show", url, "3").stdout
-    proc = run("verify", url)
-    assert proc.returncode == 0 and "4 of 4" in proc.stdout, proc.stdout + proc.stderr
-    proc = run("restore", url, str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr
+    assert "extra/notes.txt" in cli("show", url, "3").out
+    r = cli("verify", url)
+    assert r.code == 0 and "4 of 4" in r.out, r.out + r.err
+    r = cli("restore", url, str(tmp_path / "out"))
+    assert r.code == 0, r.err
     assert (tmp_path / "out" / "extra" / "notes.txt").read_text() == "notes 3"
-    doc = json.loads(run("gc", url, "--keep", "1", "--json").stdout)
+    doc = json.loads(cli("gc", url, "--keep", "1", "--json").out)
     assert doc["deleted_steps"] == [0, 1, 2] and doc["kept_steps"] == [3]
-    assert [c["step"] for c in json.loads(run("ls", url, "--json").stdout)["checkpoints"]] == [3]
+    assert [c["step"] for c in json.loads(cli("ls", url, "--json").out)["checkpoints"]] == [3]
     # Another prefix in the same bucket is simply empty; a missing bucket is an error.
-    assert "no checkpoints" in run("ls", f"s3://{s3_bucket}/other").stdout
-    assert_one_line_error(run("ls", "s3://no-such-bucket/x", "--retries", "0"), code=1)
+    assert "no checkpoints" in cli("ls", f"s3://{s3_bucket}/other").out
+    assert_one_line_error(cli("ls", "s3://no-such-bucket/x", "--retries", "0"), code=1)
 
 
-def test_s3_bench_smoke(s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_s3_bench_smoke(cli: Cli, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = run(*TINY_BENCH, "--url", f"s3://{s3_bucket}/bench", "--kinds", "bytes,files",
-               "--json", str(out), env=s3_env)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    r = cli(*TINY_BENCH, "--url", f"s3://{s3_bucket}/bench", "--kinds", "bytes,files",
+            "--json", str(out))  # fmt: skip
+    assert r.code == 0, r.err
     doc = json.loads(out.read_text())
     check_bench_doc(doc, {"bytes", "files"}, {64 << 10, 128 << 10})
     assert doc["location"]["kind"] == "S3Store"
@@ -402,13 +559,13 @@ def test_s3_bench_smoke(s3_bucket: str, s3_env: dict[str, str], tmp_path: Path) 
     assert [m for batch in obstore.list(store) for m in batch] == []
 
 
-def test_s3_configured_with_store_options_only(s3_bucket: str, moto_server: str) -> None:
+def test_s3_configured_with_store_options_only(cli: Cli, s3_bucket: str, moto_server: str) -> None:
     """-o takes store and HTTP client settings alike (allow_http goes to client_options)."""
     url = f"s3://{s3_bucket}/opts"
     opts = [
         "-o", f"endpoint={moto_server}", "-o", "allow_http=true", "-o", f"region={REGION}",
         "-o", f"access_key_id={ACCESS_KEY_ID}", "-o", f"secret_access_key={SECRET_ACCESS_KEY}",
     ]  # fmt: skip
-    proc = run("ls", url, *opts)
-    assert proc.returncode == 0, proc.stderr
-    assert "no checkpoints" in proc.stdout
+    r = cli("ls", url, *opts)
+    assert r.code == 0, r.err
+    assert "no checkpoints" in r.out

@@ -150,6 +150,7 @@ async def check_location(target: Target, at_least: int) -> int:
     return latest.step
 
 
+@pytest.mark.slow
 async def test_sigkill_while_saving_leaves_a_good_latest(target: Target) -> None:
     latest: int | None = None
     for kill_after in KILL_AFTER:

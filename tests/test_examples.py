@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).parent.parent / "examples" / "train_loop.py"
 
 
@@ -16,6 +18,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_train_loop_crashes_then_resumes(tmp_path: Path) -> None:
     loc = str(tmp_path / "ckpts")
     first = run("--location", loc, "--steps", "40", "--crash-at", "25")

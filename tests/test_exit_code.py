@@ -43,6 +43,7 @@ def cpu_load() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_processes_exit_zero_under_cpu_load(
     cpu_load: list[subprocess.Popen[bytes]], moto_server: str, s3_bucket: str
 ) -> None:

@@ -232,6 +232,7 @@ async def test_failing_store_exit_raises(failing_store: FailingStore) -> None:
     assert_nothing_committed(failing_store)
 
 
+@pytest.mark.slow
 async def test_failing_store_read_side_raises_not_none(failing_store: FailingStore) -> None:
     """A store that cannot be read must not look like "no checkpoint yet" (start from zero)."""
     async with Checkpointer(failing_store.store) as cp:
@@ -249,6 +250,7 @@ async def test_failing_store_read_side_raises_not_none(failing_store: FailingSto
 # -- 2. transient errors are retried ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["503", "drop"])
 async def test_transient_faults_are_retried(
     fault_proxy: FaultProxy, s3_bucket: str, moto_server: str, mode: FailMode

@@ -294,6 +294,7 @@ async def test_cancellation_is_never_retried(tmp_path: Path) -> None:
 # -- flush before retry --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_failed_attempt_with_queued_local_saves_is_flushed_before_retry(
     tmp_path: Path,
 ) -> None:

@@ -2,8 +2,12 @@
 
 Everything is measured in one run, interleaved so that machine drift hits asynccp and
 its baselines alike: each round of a case runs asynccp and the baseline back to back,
-alternating which goes first, and every reported ratio is the median of the per-round
-ratios. The baselines use the same store, the same objects and the same durability:
+alternating which goes first. Each figure is the median of its samples over every
+round; each ratio is the median of the per-round ratios ``asynccp / baseline`` (a
+pair run back to back shares the machine's state of the moment), so it need not equal
+the ratio of the two medians shown, and the report says so. A figure without samples
+(a ticker that never ticked, a time too short to measure) is ``None``, shown as
+``n/a``. The baselines use the same store, the same objects and the same durability:
 
 * **sync writer** — what flytekit's ``SyncCheckpoint.write`` does: the caller itself
   writes the bytes to the store and waits (``obstore.put`` on the caller's thread; on
@@ -20,8 +24,9 @@ Peak memory is measured in a fresh child process (``spawn``-free: a plain
 did earlier counts against it.
 
 The engine knows nothing about terminals: it reports progress through a callback and
-returns a plain dict (the ``--json`` document); :mod:`asynccp._bench_report` turns that
-dict into tables or a figure.
+returns a plain dict (the ``--json`` document); :mod:`asynccp.cli._bench_report` turns
+that dict into tables or a figure. It uses the library as a user would (``Checkpointer``)
+plus the location resolver, so that ``--url`` reads like any asynccp location.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,30 +55,18 @@ import anyio.lowlevel
 import obstore
 from obstore.store import LocalStore
 
-from ._checkpointer import Checkpointer
-from ._format import fmt_size, one_line
-from ._location import _fsync_dir, _fsync_file, resolve
-from .errors import CheckpointError, SupersededError
+from asynccp import Checkpointer
+from asynccp._location import resolve
+from asynccp.errors import CheckpointError, SupersededError
 
-__all__ = ["KINDS", "TARGETS", "BenchError", "MiB", "Options", "parse_size", "plan", "run"]
+from ._format import fmt_size, one_line
+
+__all__ = ["KINDS", "TARGETS", "BenchError", "MiB", "Options", "plan", "run"]
 
 KINDS = ("bytes", "bytearray", "file", "files")
 MiB = 1 << 20
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "kb": 1 << 10,
-    "kib": 1 << 10,
-    "m": MiB,
-    "mb": MiB,
-    "mib": MiB,
-    "g": 1 << 30,
-    "gb": 1 << 30,
-    "gib": 1 << 30,
-}
 
-#: The targets of issue 4; each is checked on the largest payload size measured.
+#: asynccp's performance targets; each is checked on the largest payload size measured.
 TARGETS = {
     "stall_bytes": 0.01,  # asynccp stall / sync write, bytes payload
     "stall_bytearray": 1.5,  # asynccp stall / memory copy, bytearray payload
@@ -89,21 +82,29 @@ class BenchError(ValueError):
     """A bad benchmark option or an unusable location (reported in one line)."""
 
 
-def parse_size(text: str) -> int:
-    """``"64MiB"``, ``"16m"``, ``"4096"`` -> bytes; BenchError when it is not a positive size."""
-    raw = text.strip().lower().replace("_", "")
-    num = raw.rstrip("kmgib")
-    unit = raw[len(num) :]
+# The sync-writer baseline makes its writes durable the way any careful writer does
+# (fsync the file, then its folders). These two helpers repeat, on purpose, what the
+# core's durable local writer does: the baseline must not depend on how the code it is
+# compared with happens to be written, nor reach into its private names.
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        value = float(num)
-    except ValueError:
-        raise BenchError(f"not a size: {text!r} (use e.g. 64MiB, 512k, 4096)") from None
-    if unit not in _SIZE_UNITS:
-        raise BenchError(f"unknown size unit in {text!r} (use k, M, G, KiB, MiB, GiB)")
-    size = int(value * _SIZE_UNITS[unit])
-    if not math.isfinite(value) or size <= 0:
-        raise BenchError(f"size must be positive, got {text!r}")
-    return size
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries durable (POSIX; Windows has no directory fsync)."""
+    if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -354,13 +355,13 @@ class Round:
     copies: list[float] = field(default_factory=list)
 
     @property
-    def write_mib_s(self) -> float:
-        """Committed write throughput, in MiB/s."""
+    def write_mib_s(self) -> float | None:
+        """Committed write throughput, in MiB/s (None when no time was measured)."""
         return _mib_s(self.committed_bytes, self.write_seconds)
 
     @property
-    def restore_mib_s(self) -> float:
-        """Restore (read) throughput, in MiB/s."""
+    def restore_mib_s(self) -> float | None:
+        """Restore (read) throughput, in MiB/s (None when no time was measured)."""
         return _mib_s(self.restored_bytes, self.restore_seconds)
 
 
@@ -459,15 +460,21 @@ class Engine:
                     s_rounds.append(await self.sync_round(case, s_lags))
         pairs = list(zip(a_rounds, s_rounds, strict=True))
 
-        def med_ratio(f: Callable[[Round, Round], float]) -> float:
-            return statistics.median(f(a, s) for a, s in pairs)
+        def med_ratio(
+            mine: Callable[[Round], float | None], base: Callable[[Round], float | None]
+        ) -> float | None:
+            """The median over the rounds of ``mine(asynccp) / base(baseline)``."""
+            return _median([_ratio(mine(a), base(s)) for a, s in pairs])
 
-        def rates(rate: Callable[[Round], float]) -> dict[str, float]:
+        def rates(rate: Callable[[Round], float | None]) -> dict[str, float | None]:
             return {
-                "asynccp": statistics.median(rate(a) for a in a_rounds),
-                "raw_obstore": statistics.median(rate(s) for s in s_rounds),
-                "ratio": med_ratio(lambda a, s: rate(a) / rate(s) if rate(a) else 0.0),
+                "asynccp": _median([rate(a) for a in a_rounds]),
+                "raw_obstore": _median([rate(s) for s in s_rounds]),
+                "ratio": med_ratio(rate, rate),
             }
+
+        def stalls(r: Round) -> float | None:
+            return _median(r.stalls)
 
         out: dict[str, Any] = {
             "kind": case.kind,
@@ -476,12 +483,10 @@ class Engine:
             "rounds": o.rounds,
             "saves_per_round": o.saves,
             "stall_ms": {
-                "asynccp": _ms(_median(a.stalls for a in a_rounds)),
-                "asynccp_max": _ms(max(max(a.stalls) for a in a_rounds)),
-                "sync_write": _ms(_median(s.stalls for s in s_rounds)),
-                "ratio": med_ratio(
-                    lambda a, s: statistics.median(a.stalls) / statistics.median(s.stalls)
-                ),
+                "asynccp": _ms(_pooled_median(a.stalls for a in a_rounds)),
+                "asynccp_max": _ms(max((x for a in a_rounds for x in a.stalls), default=None)),
+                "sync_write": _ms(_pooled_median(s.stalls for s in s_rounds)),
+                "ratio": med_ratio(stalls, stalls),
             },
             "throughput_mib_s": {
                 **rates(lambda r: r.write_mib_s),
@@ -494,10 +499,8 @@ class Engine:
             },
         }
         if case.buffer is not None:
-            out["stall_ms"]["memory_copy"] = _ms(_median(s.copies for s in s_rounds))
-            out["stall_ms"]["ratio_to_copy"] = med_ratio(
-                lambda a, s: statistics.median(a.stalls) / statistics.median(s.copies)
-            )
+            out["stall_ms"]["memory_copy"] = _ms(_pooled_median(s.copies for s in s_rounds))
+            out["stall_ms"]["ratio_to_copy"] = med_ratio(stalls, lambda s: _median(s.copies))
         out["lag_case"] = lag_case
         return out
 
@@ -505,10 +508,12 @@ class Engine:
         """The seed's loop: many 16-byte counter saves, policy="latest", vs a sync write each."""
         o = self.opts
         per_round = max(1, o.small_saves // o.rounds)
-        a_rates, s_rates, ratios = [], [], []
+        a_rates: list[float | None] = []
+        s_rates: list[float | None] = []
+        ratios: list[float | None] = []
         committed = superseded = 0
         for i in range(o.rounds):
-            rates: dict[str, float] = {}
+            rates: dict[str, float | None] = {}
             for who in _order(i):
                 self.progress(f"small saves: round {i + 1}/{o.rounds}, {who}")
                 if who == "asynccp":
@@ -521,7 +526,7 @@ class Engine:
                         for n in range(per_round):
                             await cp.save(n, b"%016d" % (n + 1))
                         await cp.flush()
-                        rates[who] = per_round / (time.perf_counter() - t0)
+                        rates[who] = _per_s(per_round, time.perf_counter() - t0)
                         committed += cp.stats.committed
                         superseded += cp.stats.superseded
                 else:
@@ -532,18 +537,18 @@ class Engine:
                     while n < per_round and time.perf_counter() < deadline:
                         self.target.put(f"{sub}/counter", b"%016d" % (n + 1))
                         n += 1
-                    rates[who] = n / (time.perf_counter() - t0)
+                    rates[who] = _per_s(n, time.perf_counter() - t0)
                 await anyio.to_thread.run_sync(self.target.remove, sub)
             a_rates.append(rates["asynccp"])
             s_rates.append(rates["sync"])
-            ratios.append(rates["asynccp"] / rates["sync"])
+            ratios.append(_ratio(rates["asynccp"], rates["sync"]))
         return {
             "saves": per_round * o.rounds,
             "payload_bytes": 16,
             "policy": "latest",
-            "asynccp_saves_per_s": statistics.median(a_rates),
-            "sync_writes_per_s": statistics.median(s_rates),
-            "ratio": statistics.median(ratios),
+            "asynccp_saves_per_s": _median(a_rates),
+            "sync_writes_per_s": _median(s_rates),
+            "ratio": _median(ratios),
             "committed": committed,
             "superseded": superseded,
         }
@@ -554,23 +559,42 @@ def _order(i: int) -> tuple[str, str]:
     return ("asynccp", "sync") if i % 2 == 0 else ("sync", "asynccp")
 
 
-def _mib_s(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / MiB if seconds > 0 else math.inf
+def _per_s(count: int, seconds: float) -> float | None:
+    """``count`` per second; None when no time was measured (no rate to speak of)."""
+    return count / seconds if seconds > 0 else None
 
 
-def _median(groups: Any) -> float:
+def _mib_s(nbytes: int, seconds: float) -> float | None:
+    rate = _per_s(nbytes, seconds)
+    return None if rate is None else rate / MiB
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    """The median of the measured ``values`` (None ones left out); None when there are none."""
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None
+
+
+def _pooled_median(groups: Iterable[list[float]]) -> float | None:
     """The median of all values in all ``groups`` (every round's samples pooled)."""
-    return statistics.median([x for g in groups for x in g])
+    return _median([x for g in groups for x in g])
 
 
-def _ms(seconds: float) -> float:
-    return seconds * 1000.0
+def _ratio(mine: float | None, baseline: float | None) -> float | None:
+    """``mine / baseline``; None when either is missing or the quotient is not finite."""
+    if mine is None or not baseline or not math.isfinite(mine / baseline):
+        return None
+    return mine / baseline
 
 
-def _lag_summary(lags: list[float]) -> dict[str, float | int]:
-    """Tick count and p50 / p99 / max lateness (ms) of a Ticker's ticks."""
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _lag_summary(lags: list[float]) -> dict[str, float | int | None]:
+    """Tick count and p50 / p99 / max lateness (ms) of a Ticker's ticks (None: no ticks)."""
     if not lags:
-        return {"ticks": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+        return {"ticks": 0, "p50": None, "p99": None, "max": None}
     s = sorted(lags)
     return {
         "ticks": len(s),
@@ -661,7 +685,7 @@ async def memory(opts: Options, target: Target, progress: Callable[[str], None])
     }
     progress(f"peak memory: {count} saves of a {fmt_size(size)} bytearray, fresh process")
     code = (
-        "import json, sys; from asynccp._bench import _memory_child; "
+        "import json, sys; from asynccp.cli._bench import _memory_child; "
         "print(json.dumps(_memory_child(json.loads(sys.argv[1]))))"
     )
     proc = await anyio.run_process([sys.executable, "-c", code, json.dumps(spec)], check=False)
@@ -765,20 +789,26 @@ async def run(opts: Options, progress: Callable[[str], None] = lambda _: None) -
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets (:data:`TARGETS`), each checked on the largest size measured."""
+    """asynccp's targets (:data:`TARGETS`), each checked on the largest size measured.
+
+    A target whose figure has no samples (``None``) is not met: nothing shows it is.
+    """
     out: list[dict[str, Any]] = []
     cases = doc["cases"]
     largest = max(c["size"] for c in cases)
     top = {c["kind"]: c for c in cases if c["size"] == largest}
 
-    def add(name: str, value: float, limit: float, met: bool, unit: str) -> None:
-        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "met": met})
+    def add(name: str, value: float | None, limit: float, op: str, unit: str) -> None:
+        met = value is not None and (value <= limit if op == "<=" else value >= limit)
+        out.append(
+            {"target": name, "value": value, "op": op, "limit": limit, "unit": unit, "met": met}
+        )
 
-    def at_most(name: str, value: float, limit: float, unit: str = "x") -> None:
-        add(name, value, limit, value <= limit, unit)
+    def at_most(name: str, value: float | None, limit: float, unit: str = "x") -> None:
+        add(name, value, limit, "<=", unit)
 
-    def at_least(name: str, value: float, limit: float, unit: str = "x") -> None:
-        add(name, value, limit, value >= limit, unit)
+    def at_least(name: str, value: float | None, limit: float, unit: str = "x") -> None:
+        add(name, value, limit, ">=", unit)
 
     size = fmt_size(largest)
     if "bytes" in top:

@@ -1,10 +1,14 @@
-"""What ``asynccp bench`` shows: its result document as tables or a figure.
+"""What ``asynccp bench`` shows: its result document as tables, a verdict, a figure.
 
-:func:`asynccp._bench.run` returns a plain dict (the ``--json`` document); this module
-only reads it. :func:`render_text` prints plain tables (for logs, or without rich),
-:func:`render_rich` the same tables on a terminal, :func:`plot` stall and throughput
-against payload size (with matplotlib). Keeping them apart from the engine keeps rich
-and matplotlib out of the measurement, and lets a saved document be shown again.
+:func:`asynccp.cli._bench.run` returns a plain dict (the ``--json`` document); this
+module only reads it. :func:`render_text` prints plain tables (for logs, or without
+rich), :func:`render_rich` the same tables on a terminal, :func:`verdict` the closing
+line, :func:`plot` stall and throughput against payload size (with matplotlib). Keeping
+them apart from the engine keeps rich and matplotlib out of the measurement (both are
+imported only inside the functions that draw), and lets a saved document be shown again.
+
+Every figure goes through :func:`~asynccp.cli._format.fmt_num`: one with no samples
+prints ``n/a``, never ``0.0 ms``.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._bench import KINDS, MiB
-from ._format import fmt_size, table
+from ._format import NA, fmt_ms, fmt_num, fmt_size, table
 
-__all__ = ["plot", "render_rich", "render_text"]
+__all__ = ["RATIO_NOTE", "plot", "render_rich", "render_text", "verdict"]
 
 
 #: The columns of the main table (:func:`_rows`).
-_HEAD = ["payload", "measure", "asynccp", "baseline", "ratio"]
+_HEAD = ["payload", "measure", "asynccp", "baseline", "median ratio"]
+
+#: What the last column is (printed under the table).
+RATIO_NOTE = (
+    "median ratio: asynccp / baseline within each round (the two run back to back), "
+    "the median over the rounds; it need not equal the ratio of the two medians shown"
+)
 
 
 def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
@@ -32,40 +42,40 @@ def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
         yield [
             label,
             "caller stall",
-            f"{s['asynccp']:.3f} ms",
-            f"sync write {s['sync_write']:.1f} ms",
-            f"{s['ratio'] * 100:.2f} %",
+            fmt_ms(s["asynccp"]),
+            f"sync write {fmt_ms(s['sync_write'])}",
+            fmt_num(s["ratio"], ".2f", " %", scale=100),
         ]
         if "memory_copy" in s:
             yield [
                 "",
                 "",
                 "",
-                f"memory copy {s['memory_copy']:.1f} ms",
-                f"{s['ratio_to_copy']:.2f} x",
+                f"memory copy {fmt_ms(s['memory_copy'])}",
+                fmt_num(s["ratio_to_copy"], ".2f", " x"),
             ]
         t = c["throughput_mib_s"]
         yield [
             "",
             "committed throughput",
-            f"{t['asynccp']:.0f} MiB/s",
-            f"raw puts {t['raw_obstore']:.0f} MiB/s",
-            f"{t['ratio'] * 100:.0f} %",
+            fmt_num(t["asynccp"], ".0f", " MiB/s"),
+            f"raw puts {fmt_num(t['raw_obstore'], '.0f', ' MiB/s')}",
+            fmt_num(t["ratio"], ".0f", " %", scale=100),
         ]
         r = c["restore_mib_s"]
         yield [
             "",
             "restore throughput",
-            f"{r['asynccp']:.0f} MiB/s",
-            f"raw gets {r['raw_obstore']:.0f} MiB/s",
-            f"{r['ratio'] * 100:.0f} %",
+            fmt_num(r["asynccp"], ".0f", " MiB/s"),
+            f"raw gets {fmt_num(r['raw_obstore'], '.0f', ' MiB/s')}",
+            fmt_num(r["ratio"], ".0f", " %", scale=100),
         ]
         la, ls = c["loop_lag_ms"]["asynccp"], c["loop_lag_ms"]["sync_writer"]
         yield [
             "",
             "loop lag p50 / p99",
-            f"{la['p50']:.2f} / {la['p99']:.2f} ms",
-            f"sync writer {ls['p50']:.1f} / {ls['p99']:.1f} ms",
+            _pair(la),
+            f"sync writer {_pair(ls)}",
             "",
         ]
     small = doc.get("small_saves")
@@ -73,19 +83,27 @@ def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
         yield [
             f"16 B x {small['saves']}",
             "saves per second (latest)",
-            f"{small['asynccp_saves_per_s']:,.0f}/s",
-            f"sync writes {small['sync_writes_per_s']:,.0f}/s",
-            f"{small['ratio']:.1f} x",
+            fmt_num(small["asynccp_saves_per_s"], ",.0f", "/s"),
+            f"sync writes {fmt_num(small['sync_writes_per_s'], ',.0f', '/s')}",
+            fmt_num(small["ratio"], ".1f", " x"),
         ]
     mem = doc.get("memory")
     if mem:
+        peak = fmt_num(mem["peak_rss_mib"], ".0f", " MiB")
         yield [
             f"bytearray {fmt_size(mem['size'])} x {mem['saves']}",
             "peak RSS growth",
-            f"{mem['growth_mib']:.0f} MiB",
+            f"{fmt_num(mem['growth_mib'], '.0f', ' MiB')} (peak {peak})",
             f"max_pending_bytes {mem['max_pending_bytes'] / MiB:.0f} MiB",
-            f"peak {mem['peak_rss_mib']:.0f} MiB",
+            "",
         ]
+
+
+def _pair(lag: dict[str, Any]) -> str:
+    """``"p50 / p99 ms"`` of a loop-lag summary; ``n/a`` when the ticker never ticked."""
+    if lag["p50"] is None or lag["p99"] is None:
+        return NA
+    return f"{fmt_ms(lag['p50'], '')} / {fmt_ms(lag['p99'])}"
 
 
 def _summary(doc: dict[str, Any]) -> list[str]:
@@ -95,7 +113,7 @@ def _summary(doc: dict[str, Any]) -> list[str]:
         f"asynccp {m['asynccp']} on {doc['location']['kind']} {doc['location']['description']}",
         f"machine: {m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, "
         f"Python {m['python']}, obstore {m['obstore']}; {doc['seconds']} s; "
-        f"medians of {doc['options']['rounds']} interleaved rounds",
+        f"figures are medians of {doc['options']['rounds']} interleaved round(s)",
     ]
 
 
@@ -104,17 +122,41 @@ def _target_rows(doc: dict[str, Any]) -> Iterator[list[str]]:
     for t in doc["targets"]:
         unit = t["unit"]
         if unit == "x" and t["limit"] < 1:
-            val, lim = f"{t['value'] * 100:.2f} %", f"{t['limit'] * 100:.0f} %"
+            val, lim = fmt_num(t["value"], ".2f", " %", scale=100), f"{t['limit'] * 100:.0f} %"
         elif unit == "x":
-            val, lim = f"{t['value']:.2f} x", f"{t['limit']:g} x"
+            val, lim = fmt_num(t["value"], ".2f", " x"), f"{t['limit']:g} x"
+        elif unit == "ms":
+            val, lim = fmt_ms(t["value"]), f"{t['limit']:g} ms"
         else:
-            val, lim = f"{t['value']:.1f} {unit}", f"{t['limit']:.0f} {unit}"
-        op = (
-            "<="
-            if ("stall" in t["target"] or "lag" in t["target"] or "RSS" in t["target"])
-            else ">="
-        )
-        yield [t["target"], val, f"{op} {lim}", "met" if t["met"] else "MISSED"]
+            val, lim = fmt_num(t["value"], ".1f", f" {unit}"), f"{t['limit']:.0f} {unit}"
+        yield [t["target"], val, f"{t['op']} {lim}", _status(t)]
+
+
+def _status(target: dict[str, Any]) -> str:
+    """``met``, ``MISSED``, or ``no samples`` (not met either: nothing shows it is)."""
+    if target["value"] is None:
+        return "no samples"
+    return "met" if target["met"] else "MISSED"
+
+
+def verdict(doc: dict[str, Any], fail_on_miss: bool) -> tuple[str, int]:
+    """The closing line (targets met or missed, and the exit code) and that exit code.
+
+    A missed target is a finding, not a failure of the command: the exit code is 0
+    unless ``--fail-on-miss`` asked for 1 on a miss.
+    """
+    total = len(doc["targets"])
+    missed = [t for t in doc["targets"] if not t["met"]]
+    code = 1 if missed and fail_on_miss else 0
+    if not missed:
+        return f"verdict: all {total} targets met; exit code 0", 0
+    unmeasured = sum(1 for t in missed if t["value"] is None)
+    detail = f", {unmeasured} of them without samples" if unmeasured else ""
+    policy = "--fail-on-miss" if fail_on_miss else "a miss exits 1 only with --fail-on-miss"
+    return (
+        f"verdict: {len(missed)} of {total} targets missed{detail}; exit code {code} ({policy})",
+        code,
+    )
 
 
 def render_text(doc: dict[str, Any]) -> str:
@@ -127,6 +169,7 @@ def render_text(doc: dict[str, Any]) -> str:
             "asynccp bench",
             "",
             table(_HEAD, list(_rows(doc)), rule=True),
+            RATIO_NOTE,
             "",
             "targets",
             "",
@@ -150,6 +193,8 @@ def render_rich(doc: dict[str, Any], console: Any) -> None:
             t.add_section()
         last = row
         t.add_row(*row)
+    t.caption = RATIO_NOTE
+    t.caption_justify = "left"
     console.print(t)
     tt = Table("target", "measured", "goal", "", title="targets", title_justify="left")
     for row in _target_rows(doc):

@@ -10,20 +10,28 @@ extra options with ``-o KEY=VALUE``. Output is for people; ``--json`` prints one
 document instead. A bad argument or an unreachable location prints one line on stderr
 and exits non-zero, without a traceback (set ``ASYNCCP_DEBUG=1`` to see one).
 
+Everything said on stderr (errors, warnings, the library's log records) is one line
+that starts with a single ``asynccp:``; warnings read ``asynccp: warning: ...``.
+
 Exit codes: 0 success, 1 failure (a checkpoint failed verification, nothing to
-restore, a store error), 2 bad usage, 130 interrupted.
+restore, a store error), 2 bad usage, 130 interrupted. ``bench`` exits 0 when a
+target is missed unless ``--fail-on-miss`` is given (its last line says which).
+
+The bench engine (and with it rich and matplotlib) is imported only by ``bench``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,19 +39,20 @@ from urllib.parse import urlparse
 
 from obstore.store import LocalStore
 
-from . import _bench, _bench_report
-from ._catalog import list_checkpoints, list_steps, load
-from ._catalog import newest as newest_verified
-from ._format import fmt_size, one_line, table
-from ._location import CLIENT_KEYS, Location, resolve
-from ._manifest import MAX_STEP
-from ._restore import Checkpoint
-from ._retention import apply_retention, collect_orphans, steps_to_delete
-from .errors import CheckpointError, CorruptCheckpointError, StoreError
+from asynccp._catalog import list_checkpoints, list_steps, load
+from asynccp._catalog import newest as newest_verified
+from asynccp._location import CLIENT_KEYS, Location, resolve
+from asynccp._manifest import MAX_STEP
+from asynccp._restore import Checkpoint
+from asynccp._retention import apply_retention, collect_orphans, steps_to_delete
+from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
 
-__all__ = ["main"]
+from ._format import fmt_size, one_line, parse_size, table
+
+__all__ = ["build_parser", "main"]
 
 PROG = "asynccp"
+_PREFIX = f"{PROG}: "
 
 
 class UsageError(Exception):
@@ -56,33 +65,38 @@ class Failure(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        # "asynccp gc" -> "gc: ..."; main() adds the one "asynccp: " prefix.
+        command = self.prog.removeprefix(PROG).strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
 
 
 # -- argument parsing ------------------------------------------------------------------
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, with one message for every bad value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _pos_int(text: str) -> int:
-    value = _nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_nonneg_int = _int_at_least(0)
+_pos_int = _int_at_least(1)
 
 
 def _step(text: str) -> int:
     value = _nonneg_int(text)
     if value > MAX_STEP:
-        raise argparse.ArgumentTypeError(f"step must be <= {MAX_STEP}")
+        raise argparse.ArgumentTypeError(f"a step must be <= {MAX_STEP}, got {text!r}")
     return value
 
 
@@ -98,8 +112,8 @@ def _seconds(text: str) -> float:
 
 def _size(text: str) -> int:
     try:
-        return _bench.parse_size(text)
-    except _bench.BenchError as e:
+        return parse_size(text)
+    except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -108,6 +122,8 @@ def _sizes(text: str) -> list[int]:
 
 
 def _kinds(text: str) -> list[str]:
+    from . import _bench  # only bench takes --kinds: the engine is not loaded for `ls`
+
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in kinds if k not in _bench.KINDS]
     if bad or not kinds:
@@ -166,9 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure caller stall, throughput, loop lag and memory against baselines",
         description="Measure asynccp against a synchronous writer and raw obstore on the same "
         "store, interleaved, and print medians and ratios. Runs on a private temporary "
-        "directory unless --url is given (a sub-folder is used and removed there too).",
+        "directory unless --url is given (a sub-folder is used and removed there too). "
+        "Ends with a verdict line; exits 0 even when a target is missed, unless "
+        "--fail-on-miss is given.",
     )
-    b.add_argument("--url", help="location to benchmark (default: a temporary local directory)")
+    b.add_argument(
+        "--url",
+        help="location to benchmark (default: a temporary local directory; memory:// measures "
+        "no storage at all)",
+    )
     b.add_argument(
         "--sizes",
         type=_sizes,
@@ -178,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--kinds",
         type=_kinds,
-        default=list(_bench.KINDS),
+        default=None,
         help="payload kinds: bytes, bytearray, file, files (a folder of many small files); "
         "default all",
     )
@@ -265,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "milestone), manifest first, then payload folders nobody committed that are older "
         "than --orphan-grace.",
     )
-    p.add_argument("--keep", type=_pos_int, required=True, help="newest checkpoints to keep")
+    p.add_argument("--keep", type=_pos_int, required=True, help="newest checkpoints to keep (>= 1)")
     p.add_argument("--keep-every", type=_pos_int, help="also keep every step divisible by K")
     p.add_argument(
         "--orphan-grace",
@@ -283,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from asynccp import __version__
 
     return __version__
 
@@ -291,9 +313,13 @@ def _version() -> str:
 # -- locations -------------------------------------------------------------------------
 
 
+def _scheme(url: str) -> str:
+    """The URL scheme, lower case; "" for a plain path."""
+    return urlparse(url).scheme.lower() if "://" in url else ""
+
+
 def _is_remote(url: str) -> bool:
-    scheme = urlparse(url).scheme.lower() if "://" in url else ""
-    return scheme not in ("", "file", "memory")
+    return _scheme(url) not in ("", "file", "memory")
 
 
 def _store_options(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
@@ -461,22 +487,30 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or a
+    parent), or None when ``path`` exists: what a failed restore must remove again."""
+    missing = None
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
 async def cmd_restore(args: argparse.Namespace) -> int:
     loc = _open(args)
     dest = Path(args.dest)
     if dest.exists() and not dest.is_dir():  # noqa: ASYNC240 - a CLI, one stat
         raise UsageError(f"DEST {dest} exists and is not a directory")
-    if args.step is not None:
-        c = await _load(loc, args.step)
-        try:
-            path = await c.download(dest)
-        except CorruptCheckpointError as e:
-            raise Failure(f"checkpoint {args.step} failed verification: {one_line(e)}") from None
-    else:
-        found = await newest_verified(loc, lambda c: c.download(dest))
-        if found is None:
-            raise Failure(f"no checkpoint in {loc.description} verifies; nothing restored")
-        c, path = found
+    created = _first_missing(dest)
+    try:
+        c, path = await _restore(loc, dest, args.step)
+    except BaseException:
+        # Nothing was restored: leave no empty destination behind, but only remove
+        # what this command created (a DEST that existed before stays as it was).
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     doc = {
         "location": loc.description,
         "step": c.step,
@@ -490,6 +524,20 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         lambda: f"restored step {c.step} ({len(c.files)} file(s), {fmt_size(c.size)}) to {path}",
     )
     return 0
+
+
+async def _restore(loc: Location, dest: Path, step: int | None) -> tuple[Checkpoint, Path]:
+    """Download ``step`` (or the newest checkpoint that verifies) into ``dest``."""
+    if step is not None:
+        c = await _load(loc, step)
+        try:
+            return c, await c.download(dest)
+        except CorruptCheckpointError as e:
+            raise Failure(f"checkpoint {step} failed verification: {one_line(e)}") from None
+    found = await newest_verified(loc, lambda c: c.download(dest))
+    if found is None:
+        raise Failure(f"no checkpoint in {loc.description} verifies; nothing restored")
+    return found
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
@@ -531,11 +579,20 @@ def _short(steps: list[int], n: int = 12) -> str:
     return s + (f", … ({len(steps) - n} more)" if len(steps) > n else "")
 
 
+#: What ``bench --url memory://`` warns: RAM is not storage.
+MEMORY_BENCH_WARNING = (
+    "bench on memory:// keeps every object in this process's RAM: its comparisons "
+    "say nothing about a real store (use a local directory or a remote URL for that)"
+)
+
+
 async def cmd_bench(args: argparse.Namespace) -> int:
+    from . import _bench, _bench_report  # the engine (and rich, matplotlib) only for bench
+
     opts = _bench.Options(
         url=args.url,
         sizes=args.sizes,
-        kinds=args.kinds,
+        kinds=args.kinds if args.kinds is not None else list(_bench.KINDS),
         saves=args.saves,
         rounds=args.rounds,
         policy=args.policy,
@@ -550,15 +607,22 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     try:
         opts.validate()
     except _bench.BenchError as e:
-        raise UsageError(f"{PROG} bench: {e}") from None
+        raise UsageError(f"bench: {e}") from None
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'asynccp[bench]'") from None
+            raise UsageError(
+                "bench: --plot needs matplotlib: pip install 'asynccp[bench]'"
+            ) from None
+    if args.url is not None and _scheme(args.url) == "memory":
+        _say(MEMORY_BENCH_WARNING, "warning")
     console = _rich_console()
-    with _progress(console, _bench.plan(opts), args.quiet) as progress:
-        doc = await _bench.run(opts, progress)
+    try:
+        with _progress(console, _bench.plan(opts), args.quiet) as progress:
+            doc = await _bench.run(opts, progress)
+    except _bench.BenchError as e:
+        raise Failure(f"bench: {e}") from None
     if args.json:
         text = json.dumps(doc, indent=2)
         if args.json == "-":
@@ -567,14 +631,16 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             Path(args.json).write_text(text + "\n")  # noqa: ASYNC240 - the run is over
     if args.plot:
         _bench_report.plot(doc, args.plot)
-    if args.json != "-":
+    line, code = _bench_report.verdict(doc, args.fail_on_miss)
+    if args.json == "-":
+        _say(line)  # stdout holds the JSON document alone
+    else:
         if console is not None:
             _bench_report.render_rich(doc, console)
         else:
             print(_bench_report.render_text(doc))
-    if args.fail_on_miss and not all(t["met"] for t in doc["targets"]):
-        return 1
-    return 0
+        print(line)
+    return code
 
 
 def _rich_console() -> Any:
@@ -632,46 +698,89 @@ class _progress:
 # -- entry point -----------------------------------------------------------------------
 
 
-def _showwarning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-    print(f"{PROG}: warning: {one_line(Warning(str(message)))}", file=sys.stderr)
+def _clean(message: str) -> str:
+    """``message`` without the ``asynccp:`` prefixes the library puts on some of its own."""
+    message = message.strip()
+    while message.startswith(_PREFIX):
+        message = message[len(_PREFIX) :].lstrip()
+    return message
+
+
+def _say(message: str, label: str | None = None, *, debug: bool = False) -> None:
+    """One line on stderr: ``asynccp: [label: ]message``, one prefix whatever the source."""
+    text = _clean(message) if debug else one_line(Exception(_clean(message)))
+    print(_PREFIX + (f"{label}: " if label else "") + text, file=sys.stderr, flush=True)
+
+
+class _LogFormatter(logging.Formatter):
+    """Log records as the command's other messages: ``asynccp: warning: ...``, one line."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = _clean(record.getMessage())
+        if not self.debug:
+            message = one_line(Exception(message))
+        elif record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return f"{_PREFIX}{record.levelname.lower()}: {message}"
+
+
+@contextlib.contextmanager
+def _messages(debug: bool) -> Iterator[None]:
+    """For one command: warnings and log records go to stderr in the command's format.
+
+    Undone on exit (the root logger's handler and level, the warning hooks), so that
+    calling :func:`main` leaves a host process (a test, a notebook) as it found it.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter(debug))
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    if debug:
+        root.setLevel(logging.DEBUG)
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        _say(str(message), "warning", debug=debug)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it)."""
     debug = bool(os.environ.get("ASYNCCP_DEBUG"))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PROG}: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The core retries transient store errors itself (stamina logs each retry as a
-    # warning); a command reports only the final outcome, in one line.
-    logging.getLogger("stamina").setLevel(logging.DEBUG if debug else logging.ERROR)
-    warnings.showwarning = _showwarning
-    try:
-        args = build_parser().parse_args(argv)
-        coro: Coroutine[Any, Any, int] = args.func(args)
-        return asyncio.run(coro)
-    except SystemExit as e:  # --help / --version
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except UsageError as e:
-        _fail(str(e), debug)
-        return 2
-    except _bench.BenchError as e:
-        _fail(f"{PROG} bench: {e}", debug)
-        return 1
-    except Failure as e:
-        _fail(f"{PROG}: {e}", debug)
-        return 1
-    except (CheckpointError, OSError) as e:
-        _fail(f"{PROG}: {one_line(e)}", debug)
-        return 1
-    except Exception as e:
-        _fail(f"{PROG}: {type(e).__name__}: {one_line(e)}", debug)
-        return 1
+    with _messages(debug):
+        try:
+            args = build_parser().parse_args(argv)
+            coro: Coroutine[Any, Any, int] = args.func(args)
+            return asyncio.run(coro)
+        except SystemExit as e:  # --help / --version
+            return int(e.code or 0) if not isinstance(e.code, str) else 2
+        except KeyboardInterrupt:
+            _say("interrupted")
+            return 130
+        except UsageError as e:
+            _fail(str(e), debug)
+            return 2
+        except Failure as e:
+            _fail(str(e), debug)
+            return 1
+        except (CheckpointError, OSError) as e:
+            _fail(str(e), debug)
+            return 1
+        except Exception as e:
+            _fail(f"{type(e).__name__}: {e}", debug)
+            return 1
 
 
 def _fail(message: str, debug: bool) -> None:
@@ -679,8 +788,4 @@ def _fail(message: str, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    print(message, file=sys.stderr)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _say(message, debug=debug)

@@ -1,0 +1,118 @@
+"""Text for people: byte sizes, figures, one-line error messages, plain-text tables.
+
+Shared by the ``asynccp`` command and the benchmark report, so that a size, an error
+and a table read the same in ``asynccp ls`` as in ``asynccp bench``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+__all__ = ["NA", "fmt_ms", "fmt_num", "fmt_size", "one_line", "parse_size", "table"]
+
+#: How a figure without samples (or without a finite value) is shown.
+NA = "n/a"
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+}
+
+
+def fmt_size(n: float) -> str:
+    """``n`` bytes in the largest binary unit reached: ``"64 MiB"``, ``"1.5 GiB"``, ``"12 B"``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def parse_size(text: str) -> int:
+    """``"64MiB"``, ``"16m"``, ``"4096"`` -> bytes; ValueError when it is not a positive size."""
+    raw = text.strip().lower().replace("_", "")
+    num = raw.rstrip("kmgib")
+    unit = raw[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 64MiB, 512k, 4096)") from None
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown size unit in {text!r} (use k, M, G, KiB, MiB, GiB)")
+    if not math.isfinite(value) or int(value * _SIZE_UNITS[unit]) <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def fmt_num(value: float | None, spec: str, unit: str = "", *, scale: float = 1.0) -> str:
+    """``value * scale`` formatted with ``spec`` and followed by ``unit``; ``n/a`` when absent.
+
+    A figure nothing was measured for is ``None`` in a result document (or, from an
+    older document, not finite): it prints as ``n/a``, never as ``0.0 ms``.
+    """
+    if value is None or not math.isfinite(value):
+        return NA
+    return f"{value * scale:{spec}}{unit}"
+
+
+def fmt_ms(value: float | None, unit: str = " ms") -> str:
+    """Milliseconds with about three significant digits: ``0.0213 ms``, ``35.1 ms``; ``n/a``.
+
+    A fixed number of decimals would print a measured 0.02 ms as ``0.0 ms``, which
+    reads like nothing at all; this keeps small figures visible.
+    """
+    if value is None or not math.isfinite(value):
+        return NA
+    for limit, spec in ((100, ".0f"), (10, ".1f"), (1, ".2f"), (0.1, ".3f")):
+        if abs(value) >= limit:
+            return f"{value:{spec}}{unit}"
+    return f"{value:.4f}{unit}"
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """The first non-blank line of an error's message (its type when there is none).
+
+    Store errors carry multi-line reports (the whole HTTP exchange); a command prints
+    one line, cut to ``limit`` characters.
+    """
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def table(
+    head: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Collection[int] = (),
+    rule: bool = False,
+) -> str:
+    """Columns padded to their widest cell, two spaces apart, without trailing blanks.
+
+    Args:
+        right: indices of the columns aligned right (numbers); the others align left.
+        rule: underline the head with dashes.
+    """
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    lines = [fmt(head)]
+    if rule:
+        lines.append(fmt(["-" * w for w in widths]))
+    return "\n".join([*lines, *map(fmt, rows)])
