@@ -149,10 +149,10 @@ async def validate(location: Location, record: Record) -> Checkpoint:
     return ckpt
 
 
-async def still_committed(location: Location, ckpt: Checkpoint) -> bool:
-    """Whether ``ckpt``'s commit record is still there (False: deleted since, by retention)."""
+async def still_committed(location: Location, key: str) -> bool:
+    """Whether the commit record ``key`` is still there (False: deleted since, by retention)."""
     try:
-        await store_call(location, location.get, ckpt._key)
+        await store_call(location, location.get, key)
     except FileNotFoundError:
         return False
     return True
@@ -182,6 +182,9 @@ async def latest(location: Location, *, skip: Collection[Bad] = ()) -> Checkpoin
                 vanished = True  # rotated away since the listing: list again
                 break
             except CorruptCheckpointError as e:
+                if not await still_committed(location, record.key):
+                    vanished = True  # its payload went with it: rotation, not corruption
+                    break
                 log.warning(
                     "asynccp: latest(): skipping step %d in %s: %s",
                     record.step,
@@ -228,7 +231,7 @@ async def newest(
                 vanished = True  # the record was deleted since the listing
                 break
             except CorruptCheckpointError as e:
-                if ckpt is not None and not await still_committed(location, ckpt):
+                if not await still_committed(location, record.key):
                     vanished = True
                     break
                 warnings.warn(

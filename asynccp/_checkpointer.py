@@ -225,6 +225,11 @@ class Checkpointer:
         except Exception as e:
             self._state = "closed"
             raise CheckpointError(f"cannot open {self._location.description}: {e}") from e
+        try:
+            await self._discover()
+        except BaseException:  # cancelled while opening
+            self._state = "closed"
+            raise
         folder = await anyio.to_thread.run_sync(open_staging, self._staging_parent)
         self._queue: StagingQueue[Pending] = StagingQueue(
             self.max_pending, self.max_pending_bytes, self.policy, self._supersede
@@ -235,7 +240,6 @@ class Checkpointer:
         self._worker_scope = anyio.CancelScope(shield=True)
         self._worker_done = anyio.Event()
         self._in_flight = anyio.Semaphore(_PIPELINE)
-        self._discovered = anyio.Event()
         self._leased = anyio.Event()
         # Shielded: the lease must outlive a cancelled body while the exit flush runs;
         # the exit cancels it once the flush is over.
@@ -248,24 +252,23 @@ class Checkpointer:
         return self
 
     async def _auxiliary(self) -> None:
-        """The open checkpointer's helpers: the lease, and finding the floor."""
+        """The open checkpointer's helper task: it holds the lease until the exit."""
         with self._aux_scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._discover)
-                tg.start_soon(self._keep_lease)
+            await self._keep_lease()
 
     async def _discover(self) -> None:
-        """Find the location's newest valid step (the floor for new saves), in the
-        background: ``save()`` waits for it only if it is not done by then."""
+        """Find the location's newest valid step: the floor for new saves.
+
+        A store that cannot be read now is logged, not fatal: the floor is then unknown,
+        and a step committed meanwhile is still caught by the create-if-absent commit.
+        """
         try:
             found = await catalog.latest(self._location, skip=self._bad)
         except Exception as e:
-            log.info("asynccp: could not read %s at open: %s", self.location, e)
+            log.warning("asynccp: could not read %s at open: %s", self.location, e)
         else:
             if found is not None:
                 self._raise_floor(found.step)
-        finally:
-            self._discovered.set()
 
     async def _keep_lease(self) -> None:
         """Hold this writer's lease while open, so no collector takes its uploads.
@@ -391,8 +394,6 @@ class Checkpointer:
                     f"step {step} is not greater than the previous step {self._last_step}; "
                     "steps must grow"
                 )
-            if not self._discovered.is_set():
-                await self._discovered.wait()
             if self._floor is not None and step <= self._floor:
                 raise StepOrderError(
                     f"step {step} is at or below the newest valid checkpoint, step "
@@ -422,7 +423,6 @@ class Checkpointer:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes, got {type(data).__name__}")
         self._check_open()
-        await self._discovered.wait()
         newest = max(s for s in (-1, self._last_step, self._floor) if s is not None)
         return await self.save(newest + 1, data)
 
@@ -554,7 +554,6 @@ class Checkpointer:
         verification when read: :meth:`load_latest` handles that). None when there is
         none. Checkpoints this checkpointer found not to verify are skipped.
         """
-        await self._await_discovery()
         ckpt = await catalog.latest(self._location, skip=self._bad)
         if ckpt is not None:
             self._raise_floor(ckpt.step)
@@ -594,10 +593,6 @@ class Checkpointer:
 
         return await self._newest(run)
 
-    async def _await_discovery(self) -> None:
-        if getattr(self, "_discovered", None) is not None:
-            await self._discovered.wait()
-
     async def _newest(
         self, action: Callable[[Checkpoint], Awaitable[T]]
     ) -> tuple[Checkpoint, T] | None:
@@ -608,8 +603,9 @@ class Checkpointer:
             if ckpt is not None:
                 self._bad.add((ckpt.step, ckpt.writer))
 
-        await self._await_discovery()
-        found = await catalog.newest(self._location, action, skip=self._bad, on_corrupt=skipped)
+        found = await catalog.newest(
+            self._location, action, skip=self._bad, on_corrupt=skipped, stacklevel=4
+        )
         # Everything above the one found was invalid or bad: they do not bound new steps.
         self._floor = None if found is None else found[0].step
         if self._last_committed is not None:

@@ -260,7 +260,7 @@ async def _why_replaceable(
     try:
         await ckpt.verify()
     except CorruptCheckpointError as e:
-        if not await catalog.still_committed(location, ckpt):
+        if not await catalog.still_committed(location, record.key):
             raise StepAlreadyCommittedError(
                 f"step {record.step} in {location.description} was committed by another "
                 "writer and deleted since; save a later step"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 import threading
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Literal, get_args
 
@@ -33,7 +35,7 @@ _RESPONSE_503 = (
 
 
 class FaultProxy:
-    """TCP proxy on 127.0.0.1 in front of ``upstream_host:upstream_port``.
+    r"""TCP proxy on 127.0.0.1 in front of ``upstream_host:upstream_port``.
 
     Modes (per new connection):
       * ``"pass"``: forward bytes both ways.
@@ -41,6 +43,14 @@ class FaultProxy:
       * ``"503"``: read the HTTP request, answer 503 with ``Connection: close``.
     ``fail_next(n)`` makes only the next ``n`` connections fail, then the
     proxy falls back to its mode, so tests can prove transient errors are retried.
+
+    ``lose_answers(pattern, n)`` forwards the next ``n`` requests whose request line
+    matches ``pattern`` (a regex on bytes, e.g. ``rb"^PUT \S*/manifests/"``) to the
+    server, then resets the client's connection instead of passing the answer on: the
+    request took effect, the client never hears so (a lost answer).
+
+    ``hold_requests(pattern)`` holds matching requests (not forwarded) until
+    ``release()``: a commit kept waiting, as a slow or stalled store would.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1") -> None:
@@ -58,6 +68,13 @@ class FaultProxy:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._hold_pattern: re.Pattern[bytes] | None = None
+        self._held = 0
+        self._held_event = threading.Event()
+        self._released = threading.Event()
+        self._lose_pattern: re.Pattern[bytes] | None = None
+        self._lose_budget = 0
+        self._lost = 0
         self._transports: set[asyncio.WriteTransport] = set()  # loop thread only
         self._handlers: set[asyncio.Task[None]] = set()  # loop thread only
 
@@ -112,6 +129,59 @@ class FaultProxy:
         if cut_active:
             self.cut_active()
 
+    def lose_answers(self, pattern: bytes, n: int = 1_000_000) -> None:
+        """Lose the answers to the next ``n`` requests matching ``pattern`` (see class doc)."""
+        with self._lock:
+            self._lose_pattern = re.compile(pattern, re.MULTILINE)
+            self._lose_budget = n
+
+    def hold_requests(self, pattern: bytes) -> None:
+        """Hold requests matching ``pattern`` until :meth:`release` (see class doc)."""
+        with self._lock:
+            self._hold_pattern = re.compile(pattern, re.MULTILINE)
+            self._released.clear()
+
+    def release(self) -> None:
+        """Let held requests through, and hold no more."""
+        with self._lock:
+            self._hold_pattern = None
+        self._released.set()
+
+    @property
+    def held(self) -> int:
+        """Requests held so far."""
+        with self._lock:
+            return self._held
+
+    def wait_held(self, timeout: float = 30.0) -> None:
+        """Block until a request is held (raise TimeoutError after ``timeout``)."""
+        if not self._held_event.wait(timeout):
+            raise TimeoutError("no request was held")
+
+    async def _hold(self, data: bytes) -> None:
+        with self._lock:
+            if self._hold_pattern is None or not self._hold_pattern.search(data):
+                return
+            self._held += 1
+        self._held_event.set()
+        await asyncio.to_thread(self._released.wait)  # the proxy's loop keeps running
+
+    @property
+    def lost_answers(self) -> int:
+        """Answers lost on purpose so far."""
+        with self._lock:
+            return self._lost
+
+    def _should_lose(self, data: bytes) -> bool:
+        with self._lock:
+            if self._lose_pattern is None or self._lose_budget <= 0:
+                return False
+            if not self._lose_pattern.search(data):
+                return False
+            self._lose_budget -= 1
+            self._lost += 1
+            return True
+
     def reset_counts(self) -> None:
         """Zero ``connections`` and ``failures``."""
         with self._lock:
@@ -144,6 +214,7 @@ class FaultProxy:
         thread, self._thread = self._thread, None
         if thread is None:
             return
+        self._released.set()  # held requests must not keep the proxy's loop waiting
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
@@ -241,7 +312,22 @@ class FaultProxy:
             up_writer.transport.abort()
         try:
             both = (writer.transport, up_writer.transport)
-            await asyncio.gather(_pump(reader, up_writer, both), _pump(up_reader, writer, both))
+            lose = asyncio.Event()  # set: the request just sent is to have its answer lost
+
+            def inspect(data: bytes) -> None:
+                if self._should_lose(data):
+                    lose.set()
+
+            def answer(data: bytes) -> bool:
+                if lose.is_set():
+                    _reset(writer)
+                    return False
+                return True
+
+            await asyncio.gather(
+                _pump(reader, up_writer, both, inspect=inspect, hold=self._hold),
+                _pump(up_reader, writer, both, gate=answer),
+            )
         finally:
             self._transports.discard(up_writer.transport)
             up_writer.transport.abort()
@@ -251,10 +337,26 @@ async def _pump(
     src: asyncio.StreamReader,
     dst: asyncio.StreamWriter,
     both: tuple[asyncio.WriteTransport, asyncio.WriteTransport],
+    *,
+    inspect: Callable[[bytes], None] | None = None,
+    gate: Callable[[bytes], bool] | None = None,
+    hold: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> None:
-    """Copy ``src`` to ``dst``, forwarding EOF; on an error abort both sides."""
+    """Copy ``src`` to ``dst``, forwarding EOF; on an error abort both sides.
+
+    ``inspect`` sees each chunk before it is forwarded; ``gate`` may stop the copy
+    (returning False) instead of forwarding a chunk.
+    """
     try:
         while data := await src.read(_CHUNK):
+            if hold is not None:
+                await hold(data)
+            if inspect is not None:
+                inspect(data)
+            if gate is not None and not gate(data):
+                for t in both:
+                    t.abort()
+                return
             dst.write(data)
             await dst.drain()
         if dst.can_write_eof() and not dst.transport.is_closing():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from _moto import MotoServer, create_bucket, make_s3_store
 from _proxy import FaultProxy
+from _sites import Site, make_site
 from obstore.store import S3Store
 
 
@@ -40,3 +42,23 @@ def fault_proxy(moto_server: str) -> Iterator[FaultProxy]:
     assert upstream.hostname is not None and upstream.port is not None
     with FaultProxy(upstream.hostname, upstream.port) as proxy:
         yield proxy
+
+
+def _site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        return make_site("s3", tmp_path, endpoint, bucket)
+    return make_site(request.param, tmp_path)
+
+
+@pytest.fixture(params=["local", "s3"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    """A local directory or a moto S3 bucket, each new for the test."""
+    return _site(request, tmp_path)
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def any_site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    """A local directory, an in-memory store or a moto S3 bucket, each new for the test."""
+    return _site(request, tmp_path)

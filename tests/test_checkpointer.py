@@ -499,8 +499,9 @@ async def test_superseded_file_payloads_leave_no_staged_copies(
         "retry_timeout": timedelta(seconds=60),
     }
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=patient)  # type: ignore[arg-type]
-    fault_proxy.set_mode("503")  # the first upload is held in obstore's retries
     async with Checkpointer(store, max_pending=3, policy="latest", staging_dir=staging) as cp:
+        await cp.latest()
+        fault_proxy.set_mode("503")  # the first upload is held in obstore's retries
         handles = [await cp.save(step, src) for step in range(10)]
         assert any(h.superseded for h in handles)
         fault_proxy.set_mode("pass")

@@ -32,6 +32,7 @@ import obstore.exceptions
 import pytest
 from _moto import make_s3_store
 from _proxy import FailMode, FaultProxy
+from _sites import Raw, Site
 from obstore.store import S3Store
 
 import asynccp
@@ -84,73 +85,6 @@ def data_key(step: int, writer: str, name: str = "data") -> str:
 def manifest_key(step: int) -> str:
     """Key of the manifest that commits ``step`` (DESIGN §4 layout)."""
     return f"manifests/{step:020d}.json"
-
-
-class Raw:
-    """Direct access to the objects of a location, bypassing asynccp (to inspect or damage).
-
-    A local directory is edited on disk; S3 through obstore's sync API on the same bucket.
-    """
-
-    def __init__(self, *, root: Path | None = None, store: S3Store | None = None) -> None:
-        assert (root is None) != (store is None)
-        self.root = root
-        self.store = store
-
-    def get(self, key: str) -> bytes:
-        if self.root is not None:
-            return (self.root / key).read_bytes()
-        return bytes(obstore.get(self.store, key).bytes())
-
-    def put(self, key: str, data: bytes) -> None:
-        if self.root is not None:
-            path = self.root / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:  # in place, like a disk or a bucket editor would
-                f.write(data)
-            return
-        obstore.put(self.store, key, data)
-
-    def delete(self, key: str) -> None:
-        if self.root is not None:
-            (self.root / key).unlink()
-            return
-        obstore.delete(self.store, key)
-
-    def keys(self, prefix: str = "") -> list[str]:
-        """Every object key under ``prefix`` (files only, temporary files included)."""
-        if self.root is not None:
-            base = self.root / prefix if prefix else self.root
-            if not base.exists():
-                return []
-            return sorted(
-                p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()
-            )
-        return sorted(m["path"] for batch in obstore.list(self.store, prefix=prefix) for m in batch)
-
-
-@dataclass
-class Site:
-    """A place to keep checkpoints: what to pass to Checkpointer, and raw access to it."""
-
-    kind: str
-    make_location: Callable[[], Any]  # a fresh location object each call (a fresh client)
-    raw: Raw
-
-
-@pytest.fixture(params=["local", "s3"])
-def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
-    """A local directory or a moto S3 bucket, each new for the test."""
-    if request.param == "local":
-        root = tmp_path / "store"
-        return Site("local", lambda: root, Raw(root=root))
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return Site(
-        "s3",
-        lambda: make_s3_store(endpoint, bucket),
-        Raw(store=make_s3_store(endpoint, bucket)),
-    )
 
 
 def assert_chained_to_obstore(err: BaseException) -> None:

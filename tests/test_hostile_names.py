@@ -487,6 +487,7 @@ def test_which_destination_errors_name_the_file() -> None:
     """Name trouble becomes a CheckpointError naming the file; the destination's own
     trouble (full, read-only, not permitted) stays the OSError it is."""
     from asynccp._restore import _unwritable
+
     dest = Path("/some/dest")
     for code in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EEXIST, errno.EISDIR):
         err = _unwritable(3, "model/w.bin", dest, OSError(code, os.strerror(code)))
