@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 
 from ._location import Location
-from ._manifest import MANIFESTS, Manifest, manifest_key, parse_manifest_key
+from ._manifest import MANIFESTS, QUARANTINE, Manifest, manifest_key, parse_manifest_key
 from ._restore import Checkpoint
 from .errors import (
     CheckpointNotFoundError,
@@ -43,7 +43,9 @@ __all__ = [
     "load",
     "load_record",
     "newest",
+    "quarantined",
     "records",
+    "survey",
     "validate",
 ]
 
@@ -247,6 +249,37 @@ async def newest(
         if not vanished:
             return None
     raise StoreError(_too_fast(location))
+
+
+@dataclass(frozen=True)
+class Surveyed:
+    """One committed step as the command line shows it: valid, or why not."""
+
+    record: Record
+    checkpoint: Checkpoint | None
+    problem: str | None
+
+
+async def survey(location: Location) -> list[Surveyed]:
+    """Every committed step, oldest first, each valid (with its checkpoint) or not (with
+    the reason): what ``asynccp ls`` shows. Steps deleted while surveyed are left out."""
+    out = []
+    for record in await records(location):
+        try:
+            ckpt = await validate(location, record)
+        except CheckpointNotFoundError:
+            continue
+        except CorruptCheckpointError as e:
+            out.append(Surveyed(record, None, str(e)))
+        else:
+            out.append(Surveyed(record, ckpt, None))
+    return out
+
+
+async def quarantined(location: Location) -> list[str]:
+    """Keys of the records moved to ``quarantine/`` (kept for inspection), sorted."""
+    objs = await store_call(location, location.list, QUARANTINE)
+    return sorted(o.key for o in objs if o.key.endswith(".json"))
 
 
 def _too_fast(location: Location) -> str:

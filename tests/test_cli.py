@@ -110,7 +110,7 @@ def test_ls_text_and_json(cli: Cli, ckpts: Path) -> None:
     lines = r.out.splitlines()
     assert lines[0].split()[:2] == ["STEP", "CREATED"]
     assert [ln.split()[0] for ln in lines[1:6]] == ["0", "1", "2", "3", "4"]
-    assert "5 checkpoint(s)" in lines[-1] and "newest step 4" in lines[-1]
+    assert "5 valid checkpoint(s)" in lines[-1] and "newest valid step 4" in lines[-1]
 
     doc = json.loads(cli("ls", f"file://{ckpts}", "--json").out)
     assert [c["step"] for c in doc["checkpoints"]] == [0, 1, 2, 3, 4]
@@ -285,14 +285,14 @@ def test_every_message_has_one_prefix_and_warnings_one_casing(
     cli: Cli, ckpts: Path, tmp_path: Path
 ) -> None:
     """Errors, warnings (Python's and the library's log records) all read the same way."""
-    (ckpts / "manifests" / f"{1:020d}.json").write_text("{not json")  # ls logs a warning
+    (ckpts / "manifests" / f"{1:020d}.json").write_text("{not json")  # gc logs its move
     payload_file(ckpts, 4).write_bytes(b"STATE 4")  # restore warns, then falls back
     results = {
-        "log warning": cli("ls", str(ckpts)),
         "warning": cli("restore", str(ckpts), str(tmp_path / "out")),
         "usage": cli("gc", str(ckpts), "--keep", "0"),
         "failure": cli("show", str(ckpts), "99"),
         "store": cli("ls", str(tmp_path / "missing")),
+        "log warning": cli("gc", str(ckpts), "--keep", "10", "--invalid", "quarantine"),
     }
     assert results["log warning"].code == 0 and results["warning"].code == 0
     lines = {what: r.err_lines for what, r in results.items()}
@@ -301,9 +301,34 @@ def test_every_message_has_one_prefix_and_warnings_one_casing(
         assert line.startswith("asynccp: "), (what, line)
         assert line.count("asynccp:") == 1, (what, line)
         assert "WARNING" not in line and "Warning:" not in line, (what, line)
-    assert lines["log warning"][0].startswith("asynccp: warning: skipping step 1 in ")
+    assert lines["log warning"][0].startswith("asynccp: warning: moved manifests/")
     assert lines["warning"][0].startswith("asynccp: warning: checkpoint 4 ")
     assert lines["usage"][0].startswith("asynccp: gc: argument --keep")
+
+
+def test_ls_shows_invalid_checkpoints_and_quarantine_and_gc_removes_them(
+    cli: Cli, ckpts: Path
+) -> None:
+    """An invalid record is a row of its own in ls (not a log line); gc --keep neither
+    counts nor deletes it; gc --invalid quarantine moves it aside, and ls shows that."""
+    (ckpts / "manifests" / f"{3:020d}.json").write_text("{not json")
+    r = cli("ls", str(ckpts))
+    assert r.code == 0 and r.err_lines == [], r.err
+    row = next(ln for ln in r.out.splitlines() if ln.split()[:1] == ["3"])
+    assert "INVALID" in row and "not JSON" in row
+    assert "4 valid checkpoint(s)" in r.out and "1 invalid" in r.out
+    r = cli("gc", str(ckpts), "--keep", "1", "--json")
+    doc = json.loads(r.out)
+    assert doc["kept_steps"] == [4] and doc["deleted_steps"] == [0, 1, 2]
+    assert doc["invalid_steps"] == [3] and doc["invalid_removed"] == []
+    assert (ckpts / "manifests" / f"{3:020d}.json").exists()
+    r = cli("gc", str(ckpts), "--keep", "1", "--invalid", "quarantine")
+    assert r.code == 0 and "1 invalid checkpoint(s) moved to quarantine/: 3" in r.out, r.out
+    r = cli("ls", str(ckpts), "--json")
+    doc = json.loads(r.out)
+    assert [c["step"] for c in doc["checkpoints"]] == [4] and doc["invalid"] == []
+    assert len(doc["quarantine"]) == 1 and doc["quarantine"][0].startswith("quarantine/")
+    assert "quarantine/ holds 1 record(s)" in cli("ls", str(ckpts)).out
 
 
 def test_main_leaves_logging_and_warnings_as_it_found_them(cli: Cli, ckpts: Path) -> None:

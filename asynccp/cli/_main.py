@@ -39,12 +39,12 @@ from urllib.parse import urlparse
 
 from obstore.store import LocalStore
 
-from asynccp._catalog import list_checkpoints, list_steps, load
+from asynccp._catalog import list_steps, load, quarantined, survey
 from asynccp._catalog import newest as newest_verified
 from asynccp._location import CLIENT_KEYS, Location, resolve
 from asynccp._manifest import MAX_STEP
 from asynccp._restore import Checkpoint
-from asynccp._retention import apply_retention, collect_orphans, steps_to_delete
+from asynccp._retention import apply_retention, collect_orphans, remove_invalid, steps_to_delete
 from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
 
 from ._format import fmt_size, one_line, parse_size, table
@@ -246,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("url", metavar="URL", help="the checkpoint location (path or URL)")
         return p
 
-    p = located("ls", "list committed checkpoints", "List the committed checkpoints, oldest first.")
+    p = located(
+        "ls",
+        "list committed checkpoints",
+        "List the committed checkpoints, oldest first: the valid ones, the invalid ones (a "
+        "manifest that does not decode, or payload objects missing or truncated: readers skip "
+        "them; `gc --invalid` removes them), and the records kept in quarantine/.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     _store_args(p)
     p.set_defaults(func=cmd_ls)
@@ -283,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = located(
         "gc",
         "apply retention and collect orphans",
-        "Delete committed checkpoints beyond the newest --keep (keeping every --keep-every "
-        "milestone), manifest first, then payload folders nobody committed that are older "
-        "than --orphan-grace.",
+        "Delete valid checkpoints beyond the newest --keep valid ones (keeping every "
+        "--keep-every milestone), manifest first, then payload folders nobody committed that "
+        "are older than --orphan-grace. Invalid checkpoints are never counted and never "
+        "deleted by --keep: they stay (listed by `ls`) unless --invalid says otherwise.",
     )
     p.add_argument("--keep", type=_pos_int, required=True, help="newest checkpoints to keep (>= 1)")
     p.add_argument("--keep-every", type=_pos_int, help="also keep every step divisible by K")
@@ -294,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=3600.0,
         help="collect uncommitted payload folders older than this many seconds (default 3600)",
+    )
+    p.add_argument(
+        "--invalid",
+        choices=("keep", "quarantine", "delete"),
+        default="keep",
+        help="invalid checkpoints: keep them (default), move their records to quarantine/ "
+        "(payload kept for inspection), or delete records and payload",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
@@ -392,32 +406,58 @@ def _meta(meta: Any, width: int = 48) -> str:
 
 async def cmd_ls(args: argparse.Namespace) -> int:
     loc = _open(args)
-    ckpts = await list_checkpoints(loc)
+    steps = await survey(loc)
+    quarantine = await quarantined(loc)
+    ckpts = [e.checkpoint for e in steps if e.checkpoint is not None]
+    invalid = [e for e in steps if e.checkpoint is None]
 
     def text() -> str:
-        if not ckpts:
+        if not steps and not quarantine:
             return f"no checkpoints in {loc.description}"
-        rows = [
-            [
-                str(c.step),
-                _when(c),
-                str(len(c.files)),
-                fmt_size(c.size),
-                str(c.attempt),
-                c.writer,
-                _meta(c.metadata),
-            ]
-            for c in ckpts
-        ]
+        rows = []
+        for e in steps:
+            c = e.checkpoint
+            if c is None:
+                why = one_line(e.problem or "")
+                why = why if len(why) <= 100 else why[:99] + "…"
+                rows.append([str(e.record.step), "INVALID", "", "", "", "", why])
+                continue
+            rows.append(
+                [
+                    str(c.step),
+                    _when(c),
+                    str(len(c.files)),
+                    fmt_size(c.size),
+                    str(c.attempt),
+                    c.writer,
+                    _meta(c.metadata),
+                ]
+            )
         head = ["STEP", "CREATED (UTC)", "FILES", "SIZE", "ATTEMPT", "WRITER", "METADATA"]
         total = sum(c.size for c in ckpts)
-        return (
-            table(head, rows, right={0, 2, 3, 4})
-            + f"\n{len(ckpts)} checkpoint(s), {fmt_size(total)}, "
-            f"newest step {ckpts[-1].step}"
-        )
+        out = table(head, rows, right={0, 2, 3, 4}) if rows else ""
+        summary = f"{len(ckpts)} valid checkpoint(s), {fmt_size(total)}"
+        summary += f", newest valid step {ckpts[-1].step}" if ckpts else ""
+        if invalid:
+            summary += (
+                f"; {len(invalid)} invalid (skipped by readers; `gc --invalid quarantine` "
+                "moves them aside)"
+            )
+        out += ("\n" if out else "") + summary
+        if quarantine:
+            out += f"\nquarantine/ holds {len(quarantine)} record(s) kept for inspection:"
+            out += "".join(f"\n  {k}" for k in quarantine)
+        return out
 
-    _emit(args, {"location": loc.description, "checkpoints": [_ckpt_doc(c) for c in ckpts]}, text)
+    doc = {
+        "location": loc.description,
+        "checkpoints": [_ckpt_doc(c) for c in ckpts],
+        "invalid": [
+            {"step": e.record.step, "key": e.record.key, "problem": e.problem} for e in invalid
+        ],
+        "quarantine": quarantine,
+    }
+    _emit(args, doc, text)
     return 0
 
 
@@ -542,25 +582,49 @@ async def _restore(loc: Location, dest: Path, step: int | None) -> tuple[Checkpo
 
 async def cmd_gc(args: argparse.Namespace) -> int:
     loc = _open(args)
-    steps = await list_steps(loc)
-    doomed = steps_to_delete(steps, args.keep, args.keep_every)
+    surveyed = await survey(loc)
+    valid = [e.record.step for e in surveyed if e.checkpoint is not None]
+    invalid = [e.record.step for e in surveyed if e.checkpoint is None]
+    doomed = steps_to_delete(valid, args.keep, args.keep_every)
     orphans: list[str] = []
+    removed: list[int] = []
     if not args.dry_run:
         doomed = await apply_retention(loc, args.keep, args.keep_every)
+        if args.invalid != "keep":
+            removed = await remove_invalid(loc, how=args.invalid)
         orphans = await collect_orphans(loc, timedelta(seconds=args.orphan_grace))
-    kept = [s for s in steps if s not in set(doomed)]
+    elif args.invalid != "keep":
+        removed = invalid
+    kept = [s for s in valid if s not in set(doomed)]
     doc = {
         "location": loc.description,
         "dry_run": args.dry_run,
         "deleted_steps": doomed,
         "kept_steps": kept,
+        "invalid_steps": invalid,
+        "invalid_action": args.invalid,
+        "invalid_removed": removed,
         "orphans_collected": orphans,
     }
 
     def text() -> str:
         verb = "would delete" if args.dry_run else "deleted"
         lines = [f"{verb} {len(doomed)} checkpoint(s)" + (f": {_short(doomed)}" if doomed else "")]
-        lines.append(f"kept {len(kept)} checkpoint(s)" + (f": {_short(kept)}" if kept else ""))
+        lines.append(
+            f"kept {len(kept)} valid checkpoint(s)" + (f": {_short(kept)}" if kept else "")
+        )
+        if invalid:
+            if args.invalid == "keep":
+                lines.append(
+                    f"left {len(invalid)} invalid checkpoint(s) as they are: {_short(invalid)} "
+                    "(--invalid quarantine or --invalid delete to remove them)"
+                )
+            else:
+                done = {"quarantine": "moved to quarantine/", "delete": "deleted"}[args.invalid]
+                would = "would be " if args.dry_run else ""
+                lines.append(
+                    f"{len(removed)} invalid checkpoint(s) {would}{done}: {_short(removed)}"
+                )
         if args.dry_run:
             lines.append("orphaned payload folders are not looked at in a dry run")
         else:
