@@ -26,12 +26,12 @@ import asynccp
 
 
 async def job(cp: asynccp.Checkpointer, steps: int, size: int, interval: float) -> int:
-    prev = await cp.latest()
-    print(f"resume {prev.step if prev else 'none'}", flush=True)
+    found = await cp.load_latest(lambda ckpt: ckpt.read())
+    print(f"resume {found[0].step if found else 'none'}", flush=True)
     state = bytearray(size)
-    if prev is not None:
-        state[:] = await prev.read()
-    start = prev.step + 1 if prev else 0
+    if found is not None:
+        state[:] = found[1]
+    start = found[0].step + 1 if found else 0
 
     async def report(handle: asynccp.SaveHandle) -> None:
         try:

@@ -22,13 +22,17 @@ import asynccp
 
 async def train(location: str, steps: int, crash_at: int | None) -> None:
     async with asynccp.Checkpointer(location, keep=3, max_pending=2) as cp:
-        prev = await cp.latest()
-        if prev is None:
+        async def load(ckpt: asynccp.Checkpoint) -> np.ndarray:
+            return np.frombuffer(await ckpt.read("weights"), dtype=np.float32).copy()
+
+        # the newest checkpoint that loads (a corrupt one is skipped, with a warning)
+        found = await cp.load_latest(load)
+        if found is None:
             weights = np.zeros(1 << 18, dtype=np.float32)  # 1 MiB of "model"
             start = 0
             print(f"no checkpoint in {cp.location}: starting from scratch")
         else:
-            weights = np.frombuffer(await prev.read("weights"), dtype=np.float32).copy()
+            prev, weights = found
             start = prev.step + 1
             print(f"resuming from step {prev.step} (loss {prev.metadata['loss']:.4f})")
         for step in range(start, steps):
