@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import shutil
@@ -51,7 +52,7 @@ from .errors import CheckpointClosedError
 if TYPE_CHECKING:
     from ._lineage import AttemptCheckpointer
 
-__all__ = ["SyncBridge", "run_blocking"]
+__all__ = ["SyncBridge", "run_blocking", "run_in_thread"]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
@@ -95,6 +96,37 @@ def _in_helper_thread(fn: Callable[[], Awaitable[T]]) -> T:
     if not ok:
         raise value
     return value  # type: ignore[no-any-return]
+
+
+async def run_in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn()`` (a synchronous task body) in a new daemon thread; await its result.
+
+    The thread gets a copy of this context (``asynccp.current()``, the framework's
+    context). Cancelling the await abandons the thread: it is a daemon, so a body still
+    computing never holds up the exit of a pre-empted process (anyio's worker threads
+    would).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def report(ok: bool, value: Any) -> None:
+        if not done.done():
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+
+    def target() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, context.run(fn))
+        except BaseException as e:  # handed to the awaiting task
+            outcome = (False, e)
+        with contextlib.suppress(RuntimeError):  # the loop closed: the body was abandoned
+            loop.call_soon_threadsafe(report, *outcome)
+
+    threading.Thread(target=target, name="asynccp-task-body", daemon=True).start()
+    return await done
 
 
 @dataclass(eq=False)

@@ -59,7 +59,7 @@ try:
 except ImportError as _e:  # pragma: no cover - exercised without the extra
     raise ImportError(f"asynccp.flyte needs flyte 2: pip install 'asynccp[flyte]' ({_e})") from None
 
-from ._bridge import SyncBridge, run_blocking
+from ._bridge import SyncBridge, run_blocking, run_in_thread
 from ._plugin import Attempt, PluginOptions, run_task
 from ._restore import Checkpoint
 from ._signals import DEFAULT_GRACE
@@ -255,13 +255,7 @@ def _wrap(func: Callable[..., Any], options: PluginOptions, name: str) -> Callab
             if not flyte.ctx():
                 return func(*args, **kwargs)
             body = functools.partial(func, *args, **kwargs)
-            return run_blocking(
-                lambda: _run(
-                    options,
-                    name,
-                    lambda: anyio.to_thread.run_sync(body, abandon_on_cancel=True),
-                )
-            )
+            return run_blocking(lambda: _run(options, name, lambda: run_in_thread(body)))
 
         wrapper = run_sync
     wrapper.__asynccp_checkpointed__ = True  # type: ignore[attr-defined]

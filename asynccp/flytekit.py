@@ -52,9 +52,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Union
 
-import anyio
-import anyio.to_thread
-
 try:
     from flytekit.core.checkpointer import Checkpoint as _FlytekitCheckpoint  # type: ignore[import-untyped]
     from flytekit.core.context_manager import ExecutionParameters, FlyteContextManager  # type: ignore[import-untyped]
@@ -66,7 +63,7 @@ except ImportError as _e:  # pragma: no cover - exercised without the extra
         f"asynccp.flytekit needs flytekit: pip install 'asynccp[flytekit]' ({_e})"
     ) from None
 
-from ._bridge import SyncBridge, run_blocking
+from ._bridge import SyncBridge, run_blocking, run_in_thread
 from ._plugin import Attempt, PluginOptions, run_task
 from ._restore import Checkpoint
 from ._retry_policy import DEFAULT_BACKOFF, BackoffSpec, OnRetry, Recoverable
@@ -266,8 +263,8 @@ def _checkpoint_installed(checkpoint: AsyncCheckpoint) -> Iterator[None]:
 
 
 class CheckpointedTask(_CheckpointedMixin, PythonFunctionTask[Checkpointing]):  # type: ignore[misc]
-    """A ``def`` task with asynccp checkpoints (the body runs in a worker thread, beside
-    the event loop that uploads)."""
+    """A ``def`` task with asynccp checkpoints (the body runs in a thread of its own,
+    beside the event loop that uploads)."""
 
     def __init__(
         self, task_config: Checkpointing, task_function: Callable[..., Any], **kwargs: Any
@@ -279,7 +276,7 @@ class CheckpointedTask(_CheckpointedMixin, PythonFunctionTask[Checkpointing]):  
 
     def execute(self, **kwargs: Any) -> Any:
         fn = functools.partial(self._task_function, **kwargs)
-        return self._run_checkpointed(lambda: anyio.to_thread.run_sync(fn, abandon_on_cancel=True))
+        return self._run_checkpointed(lambda: run_in_thread(fn))
 
 
 class CheckpointedAsyncTask(

@@ -51,13 +51,15 @@ def _flyte_init() -> None:
 
 def plan_step(plan: str, name: str) -> str:
     """This attempt's part of ``plan`` ("5,start,-": attempt 0 fails at iteration 5,
-    attempt 1 fails before saving, attempt 2 runs to the end)."""
+    attempt 1 fails before saving, attempt 2 runs to the end; "corrupt": flip the bytes
+    of the previous attempt's newest checkpoint first, then run to the end)."""
     done = sum(1 for task, _, _ in SEEN if task == name)
     return plan.split(",")[done]
 
 
 def corrupt_newest(location: str) -> None:
-    """Flip the bytes of the newest committed payload at ``location``."""
+    """Flip the bytes of the newest committed payload at ``location`` (an earlier
+    attempt's, flushed when it ended)."""
     newest = sorted((Path(location) / "data").iterdir())[-1]
     payload = newest / "payload"
     payload.write_bytes(bytes(b ^ 0xFF for b in payload.read_bytes()))
@@ -69,16 +71,15 @@ async def acounter(n: int, plan: str) -> int:
     """Counts to ``n`` through ``flyte.ctx().checkpoint``; returns where it resumed."""
     cp = flyte.ctx().checkpoint
     step = plan_step(plan, "acounter")
+    if step == "corrupt":
+        corrupt_newest(SEEN[-1][2])
     loaded = await cp.load()
     start = int(loaded.read_bytes()) if loaded else 0
     SEEN.append(("acounter", start, asynccp.current().location))
     if step == "start":
         raise asynccp.RecoverableError("this attempt dies before it saves anything")
     for i in range(start, n):
-        if step.lstrip("c") == str(i):
-            if step.startswith("c"):
-                await asynccp.current().flush()
-                corrupt_newest(asynccp.current().location)
+        if step == str(i):
             raise RuntimeError(f"failed at iteration {i}")
         await cp.save(b"%d" % (i + 1))
     return start
@@ -90,16 +91,15 @@ def counter(n: int, plan: str) -> int:
     """The same as a ``def`` task, with the synchronous methods."""
     cp = flyte.ctx().checkpoint
     step = plan_step(plan, "counter")
+    if step == "corrupt":
+        corrupt_newest(SEEN[-1][2])
     loaded = cp.load_sync()
     start = int(loaded.read_bytes()) if loaded else 0
     SEEN.append(("counter", start, asynccp.current().location))
     if step == "start":
         raise RuntimeError("this attempt dies before it saves anything")
     for i in range(start, n):
-        if step.lstrip("c") == str(i):
-            if step.startswith("c"):
-                anyio.from_thread.run(asynccp.current().flush)  # def bodies run beside the loop
-                corrupt_newest(asynccp.current().location)
+        if step == str(i):
             raise RuntimeError(f"failed at iteration {i}")
         cp.save_sync(b"%d" % (i + 1))
     return start
@@ -182,7 +182,7 @@ def test_local_attempt_that_saved_nothing_is_crossed(counter_task: Any, tmp_path
 @COUNTERS
 def test_local_corrupt_newest_checkpoint_is_skipped(counter_task: Any, tmp_path: Path) -> None:
     with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 4 .* skipped"):
-        assert run_local(counter_task, tmp_path, 10, "c5,-") == 4
+        assert run_local(counter_task, tmp_path, 10, "5,corrupt") == 4
     assert [start for _, start, _ in SEEN] == [0, 4]
 
 
@@ -223,9 +223,9 @@ def test_pod_attempt_that_saved_nothing_does_not_cut_the_chain(
 
 @COUNTERS
 def test_pod_corrupt_newest_checkpoint_is_skipped(counter_task: Any, tmp_path: Path) -> None:
-    assert_retried_error(pod_attempt(counter_task, tmp_path, 0, None, n=10, plan="c5"))
+    assert_retried_error(pod_attempt(counter_task, tmp_path, 0, None, n=10, plan="5"))
     with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 4 .* skipped"):
-        assert pod_attempt(counter_task, tmp_path, 1, 0, n=10, plan="c5,-") == 4
+        assert pod_attempt(counter_task, tmp_path, 1, 0, n=10, plan="5,corrupt") == 4
 
 
 # -- the seed example ---------------------------------------------------------------------

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +295,67 @@ def test_other_errors_are_not_retried_and_still_flush(tmp_path: Path) -> None:
     out = attempt(counter, tmp_path, 0, None, n=10, fail_at=-1, fail_on_start=False)
     assert out == 0
     assert len(committed(tmp_path / "attempt-0")) == 10
+
+
+# -- pre-emption in a pod ---------------------------------------------------------------------
+
+POD = Path(__file__).parent / "scripts" / "flytekit_pod.py"
+
+
+class Pod:
+    """``scripts/flytekit_pod.py``: one attempt in its own process; stdout read by a thread."""
+
+    def __init__(self, root: Path, k: int, previous: int | None = None) -> None:
+        args = [sys.executable, str(POD), str(root), str(k)]
+        args += [] if previous is None else [str(previous)]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def wait_for(self, prefix: str, timeout: float = 120.0) -> str:
+        """The first stdout line starting with ``prefix`` (fails if the process ends first)."""
+        deadline = time.monotonic() + timeout
+        while (line := self.lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            if line.startswith(prefix):
+                return line
+        pytest.fail(f"the pod ended without {prefix!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, as Kubernetes stops a pod; the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_sigterm_in_a_pod_flushes_and_exits_75(tmp_path: Path) -> None:
+    """The body is computing (not saving) when SIGTERM comes: its checkpoints are
+    flushed, the process exits with 75 at once, and the next attempt resumes."""
+    first = Pod(tmp_path, 0)
+    try:
+        assert first.wait_for("resumed") == "resumed 0"
+        assert first.wait_for("saved") == "saved 50"
+        assert first.terminate() == asynccp.PREEMPTED_EXIT_CODE
+    finally:
+        first.kill()
+    assert committed(tmp_path / "attempt-0")[-1] == (49, b"50")
+    second = Pod(tmp_path, 1, previous=0)
+    try:
+        assert second.wait_for("resumed") == "resumed 50"
+        assert second.terminate() == asynccp.PREEMPTED_EXIT_CODE
+    finally:
+        second.kill()
 
 
 # -- configuration and imports ------------------------------------------------------------
