@@ -180,21 +180,31 @@ async def load_latest(
     written by ``exclude_writer`` (a writer id) are passed over: an attempt resuming
     from what came before it ignores what it has saved itself.
     """
-    for ckpt in reversed(await cp.list()):
-        if exclude_writer is not None and ckpt.writer == exclude_writer:
-            continue
-        try:
-            return ckpt, await loader(ckpt)
-        except CheckpointNotFoundError:
-            # deleted by retention since the listing: not corruption; the next older one
-            log.debug("asynccp: checkpoint %d in %s went away while resuming", ckpt.step, cp)
-        except CorruptCheckpointError as e:
-            warnings.warn(
-                f"asynccp: checkpoint {ckpt.step} in {cp.location} failed verification "
-                f"and was skipped: {e}",
-                CorruptCheckpointWarning,
-                stacklevel=2,
-            )
+    # The newest valid one first (cheap: a listing, no manifest reads of older ones);
+    # the full list only when it is passed over or does not verify.
+    newest = await cp.latest()
+    if newest is None:
+        return None
+    candidates: list[Checkpoint] = [newest]
+    listed = False
+    while candidates:
+        ckpt = candidates.pop(0)
+        if exclude_writer is None or ckpt.writer != exclude_writer:
+            try:
+                return ckpt, await loader(ckpt)
+            except CheckpointNotFoundError:
+                # deleted by retention since the listing: not corruption; the next older one
+                log.debug("asynccp: checkpoint %d in %s went away", ckpt.step, cp.location)
+            except CorruptCheckpointError as e:
+                warnings.warn(
+                    f"asynccp: checkpoint {ckpt.step} in {cp.location} failed verification "
+                    f"and was skipped: {e}",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+        if not candidates and not listed:
+            listed = True
+            candidates = [c for c in reversed(await cp.list()) if c.step < newest.step]
     return None
 
 
@@ -293,8 +303,8 @@ class Lineage:
         )
 
     async def newest_step(self) -> int | None:
-        """The highest step committed anywhere along the lineage, or None."""
-        steps = [c.step for reader in self.readers() for c in await reader.list()]
+        """The highest step of a valid checkpoint anywhere along the lineage, or None."""
+        steps = [c.step for reader in self.readers() if (c := await reader.latest()) is not None]
         return max(steps, default=None)
 
     async def load_latest(

@@ -276,7 +276,7 @@ async def _run(options: PluginOptions, name: str, body: Callable[[], Any]) -> An
     # Locally, every task of a run shares the run's checkpoint paths, and each attempt
     # of a task gets the same ones: a folder per action keeps tasks apart, and lets
     # local retries resume from their own prefix.
-    own = dest if tctx.mode == "remote" else f"{dest.rstrip('/')}/{tctx.action.name}"
+    own = f"{dest.rstrip('/')}/{tctx.action.name}" if tctx.mode == "local" else dest
 
     async def attempt(a: Attempt) -> Any:
         with _checkpoint_installed(tctx, AsyncCheckpoint(a, own, src)):

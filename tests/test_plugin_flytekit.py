@@ -290,6 +290,62 @@ def test_the_sync_interface_works_in_an_async_task() -> None:
     assert [start for _, start, _ in SEEN] == [0, 4]
 
 
+@task(retries=1, task_config=Checkpointing(backoff=0))
+async def saves_a_file_from_the_loop(path: str) -> str:
+    """flytekit's ``save(path)`` called on the event loop of an ``async def`` task."""
+    cp = current_context().checkpoint
+    restored = cp.restore()
+    if restored is not None:
+        return (restored / "state.txt").read_text()
+    # Synchronous on purpose: this is flytekit's synchronous interface, on the loop.
+    Path(path).write_text("saved")  # noqa: ASYNC240
+    cp.save(path)
+    Path(path).write_text("changed after save")  # noqa: ASYNC240 - save() had copied it
+    raise FlyteRecoverableException("after saving the file")
+
+
+def test_save_a_file_from_the_event_loop(tmp_path: Path) -> None:
+    assert asyncio.run(saves_a_file_from_the_loop(path=str(tmp_path / "state.txt"))) == "saved"
+
+
+def test_the_chain_on_s3(moto_server: str, s3_bucket: str, tmp_path: Path) -> None:
+    """The same chain with each attempt's prefix in a bucket (records are objects)."""
+    store = {
+        "config": {
+            "endpoint": moto_server,
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+            "region": "us-east-1",
+        },
+        "client_options": {"allow_http": True},
+    }
+
+    @task(task_config=Checkpointing(keep=2, **store))
+    def on_s3(n: int, fail_at: int, fail_on_start: bool) -> int:
+        return counter.task_function(n=n, fail_at=fail_at, fail_on_start=fail_on_start)  # type: ignore[no-any-return]
+
+    def pod(k: int, previous: int | None, **inputs: Any) -> Any:
+        prefix = f"s3://{s3_bucket}/run/node"
+        with setup_execution(
+            raw_output_data_prefix=str(tmp_path / "raw"),
+            checkpoint_path=f"{prefix}/{k}",
+            prev_checkpoint=None if previous is None else f"{prefix}/{previous}",
+        ) as ctx:
+            literals = TypeEngine.dict_to_literal_map(
+                ctx, inputs, {k: type(v) for k, v in inputs.items()}
+            )
+            try:
+                return on_s3.dispatch_execute(ctx, literals).literals["o0"].scalar.primitive.value
+            except FlyteUserRuntimeException as e:
+                return e
+
+    assert_recoverable(pod(0, None, n=10, fail_at=5, fail_on_start=False))
+    assert_recoverable(pod(1, 0, n=10, fail_at=-1, fail_on_start=True))
+    assert pod(2, 1, n=10, fail_at=-1, fail_on_start=False) == 5
+    assert [start for _, start, _ in SEEN] == [0, 5, 5]
+    assert SEEN[2][2] == f"s3://{s3_bucket}/run/node/2"
+
+
 def test_other_errors_are_not_retried_and_still_flush(tmp_path: Path) -> None:
     """An error Flyte does not retry propagates at once; what was saved is committed."""
     out = attempt(counter, tmp_path, 0, None, n=10, fail_at=-1, fail_on_start=False)
