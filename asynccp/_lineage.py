@@ -1,0 +1,481 @@
+"""Attempts that each write to their own prefix, read back as one history.
+
+An orchestrator such as Flyte gives every attempt of a task its own checkpoint prefix,
+and tells the attempt only the previous attempt's prefix. When the previous attempt
+died before it saved anything, its prefix is empty, and an attempt that looked only
+there would start from zero although the attempt before had saved. So every attempt
+writes a small record first, ``<prefix>/asynccp-attempt.json``, naming the previous
+attempt's prefix and the checkpoint it resumes from: following the records back from
+the previous prefix crosses any number of attempts that saved nothing.
+
+Resume order: this attempt's own prefix, then the previous attempt's, then the one
+before it, and so on; within one prefix, the newest step first. The first checkpoint
+that verifies wins; corrupt ones are skipped with a :class:`CorruptCheckpointWarning`.
+
+:class:`AttemptCheckpointer` is the attempt's :class:`Checkpointer` as a framework
+plugin hands it to the task (``asynccp.current()``): it writes to the attempt's own
+prefix, and its reads (``latest``, ``read``, ``restore``, ``load_latest``...) follow
+the records back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._checkpointer import Checkpointer
+from ._handle import SaveHandle
+from ._location import Location, resolve
+from ._payload import Payload
+from ._restore import Checkpoint
+from .errors import (
+    CheckpointClosedError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    CorruptCheckpointWarning,
+    StoreError,
+)
+
+__all__ = [
+    "RECORD_NAME",
+    "AttemptCheckpointer",
+    "AttemptRecord",
+    "Lineage",
+    "load_latest",
+    "read_record",
+    "write_record",
+]
+
+log = logging.getLogger("asynccp")
+T = TypeVar("T")
+
+#: The attempt record's object name, at the root of the attempt's prefix.
+RECORD_NAME = "asynccp-attempt.json"
+_RECORD_FORMAT = 1
+#: Records followed back at most (a guard against a chain that loops through copies).
+MAX_LINEAGE = 1000
+
+
+# -- the attempt record -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What an attempt writes at its start: where it writes, and where it came from.
+
+    ``previous`` is the previous attempt's prefix (None for the first attempt);
+    ``resume_from`` is ``(prefix, step)`` of the newest valid checkpoint the attempt
+    found when it started (the one it resumes from unless that fails verification).
+    """
+
+    prefix: str
+    previous: str | None
+    resume_from: tuple[str, int] | None
+    writer: str
+    created_at: datetime
+
+    def encode(self) -> bytes:
+        doc = {
+            "format": _RECORD_FORMAT,
+            "prefix": self.prefix,
+            "previous": self.previous,
+            "resume_from": (
+                None
+                if self.resume_from is None
+                else {"prefix": self.resume_from[0], "step": self.resume_from[1]}
+            ),
+            "writer": self.writer,
+            "created_at": self.created_at.isoformat(),
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, where: str) -> AttemptRecord:
+        """Parse and validate a record; :class:`CorruptCheckpointError` if it is not one."""
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+            if doc.get("format") != _RECORD_FORMAT:
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            previous = doc["previous"]
+            if previous is not None and (not isinstance(previous, str) or not previous):
+                raise ValueError(f"previous must be a prefix or null, got {previous!r}")
+            resume = doc["resume_from"]
+            resume_from: tuple[str, int] | None = None
+            if resume is not None:
+                prefix, step = resume["prefix"], resume["step"]
+                if not isinstance(prefix, str) or not isinstance(step, int) or step < 0:
+                    raise ValueError(f"bad resume_from {resume!r}")
+                resume_from = (prefix, step)
+            if not isinstance(doc["prefix"], str) or not isinstance(doc["writer"], str):
+                raise ValueError("prefix and writer must be strings")
+            created_at = datetime.fromisoformat(doc["created_at"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpointError(f"attempt record {where} is not valid: {e}") from e
+        return cls(doc["prefix"], previous, resume_from, doc["writer"], created_at)
+
+
+def _record_location(prefix: str, store_options: Mapping[str, Any]) -> Location:
+    return resolve(prefix, **store_options)
+
+
+async def read_record(prefix: str, store_options: Mapping[str, Any]) -> AttemptRecord | None:
+    """The attempt record at ``prefix``, or None when there is none.
+
+    Raises :class:`CorruptCheckpointError` for a record that does not parse and
+    :class:`StoreError` when the store fails (after its retries): a chain must not be
+    cut short silently, or the attempt would resume from less than was saved.
+    """
+    loc = _record_location(prefix, store_options)
+
+    def get() -> bytes | None:
+        try:
+            return loc.get(RECORD_NAME)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    try:
+        raw = await anyio.to_thread.run_sync(get)
+    except Exception as e:
+        raise StoreError(f"reading the attempt record in {prefix} failed: {e}") from e
+    return None if raw is None else AttemptRecord.decode(raw, f"{prefix}/{RECORD_NAME}")
+
+
+async def write_record(record: AttemptRecord, store_options: Mapping[str, Any]) -> None:
+    """Write ``record`` at the root of its prefix (overwriting an earlier one there)."""
+    loc = _record_location(record.prefix, store_options)
+    try:
+        await anyio.to_thread.run_sync(loc.put, RECORD_NAME, record.encode())
+    except Exception as e:
+        raise StoreError(f"writing the attempt record in {record.prefix} failed: {e}") from e
+
+
+# -- reading along the lineage ----------------------------------------------------------
+
+
+async def load_latest(
+    cp: Checkpointer,
+    loader: Callable[[Checkpoint], Awaitable[T]],
+    *,
+    exclude_writer: str | None = None,
+) -> tuple[Checkpoint, T] | None:
+    """``await loader(ckpt)`` on the newest valid checkpoint at ``cp``'s location whose
+    loader does not raise :class:`CorruptCheckpointError`; None when none does.
+
+    Each one skipped is reported with a :class:`CorruptCheckpointWarning`. Checkpoints
+    written by ``exclude_writer`` (a writer id) are passed over: an attempt resuming
+    from what came before it ignores what it has saved itself.
+    """
+    # The newest valid one first (cheap: a listing, no manifest reads of older ones);
+    # the full list only when it is passed over or does not verify.
+    newest = await cp.latest()
+    if newest is None:
+        return None
+    candidates: list[Checkpoint] = [newest]
+    listed = False
+    while candidates:
+        ckpt = candidates.pop(0)
+        if exclude_writer is None or ckpt.writer != exclude_writer:
+            try:
+                return ckpt, await loader(ckpt)
+            except CheckpointNotFoundError:
+                # deleted by retention since the listing: not corruption; the next older one
+                log.debug("asynccp: checkpoint %d in %s went away", ckpt.step, cp.location)
+            except CorruptCheckpointError as e:
+                warnings.warn(
+                    f"asynccp: checkpoint {ckpt.step} in {cp.location} failed verification "
+                    f"and was skipped: {e}",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+        if not candidates and not listed:
+            listed = True
+            candidates = [c for c in reversed(await cp.list()) if c.step < newest.step]
+    return None
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One earlier attempt's prefix, and a reader on it (None: no asynccp data there)."""
+
+    prefix: str
+    reader: Checkpointer | None
+
+
+def _same(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+class Lineage:
+    """This attempt's Checkpointer and the earlier attempts' prefixes, newest first."""
+
+    def __init__(self, own: Checkpointer, own_prefix: str, earlier: list[_Source]) -> None:
+        self.own = own
+        self.own_prefix = own_prefix
+        self.earlier = earlier
+
+    @property
+    def prefixes(self) -> list[str]:
+        """Every prefix along the lineage, this attempt's first."""
+        return [self.own_prefix, *(s.prefix for s in self.earlier)]
+
+    @classmethod
+    async def open(
+        cls,
+        own: Checkpointer,
+        own_prefix: str,
+        previous: str | None,
+        store_options: Mapping[str, Any],
+        stack: AsyncExitStack,
+    ) -> Lineage:
+        """Follow the attempt records back from ``previous``; readers live on ``stack``."""
+        earlier: list[_Source] = []
+        seen = [own_prefix]
+        prefix = previous
+        while prefix and not any(_same(prefix, s) for s in seen):
+            if len(earlier) >= MAX_LINEAGE:
+                log.warning("asynccp: stopped following attempt records after %d", MAX_LINEAGE)
+                break
+            seen.append(prefix)
+            earlier.append(_Source(prefix, await _reader(prefix, store_options, stack)))
+            try:
+                record = await read_record(prefix, store_options)
+            except CorruptCheckpointError as e:
+                log.warning("asynccp: %s; not following it further back", e)
+                break
+            prefix = None if record is None else record.previous
+        return cls(own, own_prefix, earlier)
+
+    def sources(self) -> list[tuple[str, Checkpointer]]:
+        """``(prefix, reader)`` of every prefix that can hold asynccp checkpoints, own first."""
+        return [
+            (self.own_prefix, self.own),
+            *((s.prefix, s.reader) for s in self.earlier if s.reader is not None),
+        ]
+
+    def readers(self) -> list[Checkpointer]:
+        """A Checkpointer on every prefix that can hold asynccp checkpoints, own first."""
+        return [reader for _, reader in self.sources()]
+
+    async def newest_valid(self) -> tuple[str, Checkpoint] | None:
+        """The newest valid checkpoint along the lineage and its prefix (no payload reads)."""
+        for prefix, reader in self.sources():
+            ckpt = await reader.latest()
+            if ckpt is not None:
+                return prefix, ckpt
+        return None
+
+    async def latest(self) -> Checkpoint | None:
+        """The newest valid checkpoint along the lineage (cheap: no payload reads)."""
+        found = await self.newest_valid()
+        return None if found is None else found[1]
+
+    async def list(self) -> list[Checkpoint]:
+        """Every valid checkpoint along the lineage, oldest first (earliest attempt first)."""
+        out: list[Checkpoint] = []
+        for reader in reversed(self.readers()):
+            out += await reader.list()
+        return out
+
+    async def get(self, step: int) -> Checkpoint:
+        """The checkpoint committed at ``step``, from the newest attempt that has one."""
+        for reader in self.readers():
+            try:
+                return await reader.get(step)
+            except CheckpointNotFoundError:
+                continue
+        raise CheckpointNotFoundError(
+            f"no checkpoint committed at step {step} in {', '.join(self.prefixes)}"
+        )
+
+    async def newest_step(self) -> int | None:
+        """The highest step of a valid checkpoint anywhere along the lineage, or None."""
+        steps = [c.step for reader in self.readers() if (c := await reader.latest()) is not None]
+        return max(steps, default=None)
+
+    async def load_latest(
+        self,
+        loader: Callable[[Checkpoint], Awaitable[T]],
+        *,
+        exclude_writer: str | None = None,
+        fallback: Callable[[str], Awaitable[T | None]] | None = None,
+    ) -> tuple[Checkpoint | None, T] | None:
+        """``await loader(ckpt)`` on the first checkpoint along the lineage that verifies.
+
+        Prefixes in order (own first), newest step first within each; corrupt ones are
+        skipped with a warning. ``fallback(prefix)``, when given, is tried for each
+        earlier prefix once its asynccp checkpoints are exhausted (for data another
+        tool wrote there); a result other than None ends the search, with no Checkpoint.
+        """
+        found = await load_latest(self.own, loader, exclude_writer=exclude_writer)
+        if found is not None:
+            return found
+        for source in self.earlier:
+            if source.reader is not None:
+                found = await load_latest(source.reader, loader, exclude_writer=exclude_writer)
+                if found is not None:
+                    return found
+            if fallback is not None:
+                value = await fallback(source.prefix)
+                if value is not None:
+                    return None, value
+        return None
+
+
+async def _reader(
+    prefix: str, store_options: Mapping[str, Any], stack: AsyncExitStack
+) -> Checkpointer | None:
+    """An open, read-only Checkpointer on an earlier attempt's prefix, or None.
+
+    None for a local path that is not a directory: nothing asynccp wrote is there (a
+    file is what another tool, such as ``flyte.Checkpoint``, writes at the prefix).
+    """
+    local = resolve(prefix, **store_options).local_root
+    if local is not None and not await anyio.to_thread.run_sync(Path(local).is_dir):
+        return None
+    reader = Checkpointer(prefix, durable=False, **store_options)
+    try:
+        await stack.enter_async_context(reader)
+    except CheckpointError as e:
+        raise StoreError(f"cannot read the earlier attempt's checkpoints in {prefix}: {e}") from e
+    return reader
+
+
+# -- the attempt's Checkpointer -----------------------------------------------------------
+
+
+class AttemptCheckpointer(Checkpointer):
+    """The attempt's :class:`Checkpointer`, whose reads also see the earlier attempts.
+
+    What ``asynccp.current()`` returns inside a task run by a framework plugin. Saves
+    go to this attempt's own prefix, through the Checkpointer the supervisor opened
+    for the attempt (same queue, same flush, same stats). ``latest``, ``list``,
+    ``get``, ``read``, ``restore``, ``prev_exists`` and ``load_latest`` look along the
+    lineage (own prefix first, then the earlier attempts'); ``write`` numbers steps
+    after the newest one found anywhere on it. Every other attribute is the underlying
+    Checkpointer's.
+    """
+
+    _inner: Checkpointer
+    _lineage: Lineage
+    _next_step: int
+    _step_lock: threading.Lock
+
+    def __init__(self, inner: Checkpointer, lineage: Lineage, next_step: int) -> None:
+        # A view of ``inner``: nothing of Checkpointer's own state is set up here.
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_lineage", lineage)
+        object.__setattr__(self, "_next_step", next_step)
+        object.__setattr__(self, "_step_lock", threading.Lock())
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _VIEW_NAMES or (name.startswith("__") and name.endswith("__")):
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "_inner"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _VIEW_NAMES:
+            raise AttributeError(f"{name} cannot be set")
+        setattr(self._inner, name, value)
+
+    def __repr__(self) -> str:
+        earlier = len(self._lineage.earlier)
+        return f"<AttemptCheckpointer {self._inner!r}, reading {earlier} earlier prefix(es)>"
+
+    async def __aenter__(self) -> Checkpointer:
+        raise CheckpointClosedError(
+            "asynccp.current() is already open for this attempt: use it directly, "
+            "not in `async with`"
+        )
+
+    @property
+    def inner(self) -> Checkpointer:
+        """The supervisor's Checkpointer for this attempt (its own prefix only)."""
+        return self._inner
+
+    @property
+    def lineage(self) -> Lineage:
+        """This attempt's prefix and the earlier attempts' prefixes."""
+        return self._lineage
+
+    def reserve_step(self) -> int:
+        """The next step number for an automatically numbered save (thread-safe)."""
+        with self._step_lock:
+            step = self._next_step
+            object.__setattr__(self, "_next_step", step + 1)
+            return step
+
+    def _saw(self, step: int) -> None:
+        with self._step_lock:
+            if step >= self._next_step:
+                object.__setattr__(self, "_next_step", step + 1)
+
+    async def save(self, step: int, payload: Payload, *, metadata: Any = None) -> SaveHandle:
+        """:meth:`Checkpointer.save` on this attempt's prefix."""
+        handle = await self._inner.save(step, payload, metadata=metadata)
+        self._saw(step)
+        return handle
+
+    async def write(self, data: bytes) -> SaveHandle:
+        """Save ``data`` as the next step: after the newest one along the lineage."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write() takes bytes, got {type(data).__name__}")
+        return await self._inner.save(self.reserve_step(), data)
+
+    async def latest(self) -> Checkpoint | None:
+        """The newest valid checkpoint: this attempt's, else the earlier attempts'."""
+        return await self._lineage.latest()
+
+    async def list(self) -> list[Checkpoint]:
+        """Every valid checkpoint along the lineage, oldest first."""
+        return await self._lineage.list()
+
+    async def get(self, step: int) -> Checkpoint:
+        """The checkpoint at ``step``, from the newest attempt that committed one."""
+        return await self._lineage.get(step)
+
+    async def load_latest(
+        self, loader: Callable[[Checkpoint], Awaitable[T]]
+    ) -> tuple[Checkpoint, T] | None:
+        """``await loader(ckpt)`` on the newest checkpoint along the lineage that verifies."""
+        found = await self._lineage.load_latest(loader)
+        if found is None or found[0] is None:
+            return None
+        return found[0], found[1]
+
+    async def read(self) -> bytes | None:
+        """The payload of the newest checkpoint along the lineage that verifies."""
+        found = await self.load_latest(lambda c: c.read())
+        return None if found is None else found[1]
+
+    async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
+        """Download the newest checkpoint along the lineage that verifies into ``dest_dir``."""
+        if not isinstance(dest_dir, (str, os.PathLike)):
+            raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
+        found = await self.load_latest(lambda c: c.download(dest_dir))
+        return None if found is None else found[1]
+
+    async def prev_exists(self) -> bool:
+        """Whether a valid checkpoint exists along the lineage."""
+        return await self.latest() is not None
+
+
+#: Names the view answers itself (what its class defines, and its own fields);
+#: everything else is the attempt's Checkpointer's.
+_VIEW_NAMES = frozenset(AttemptCheckpointer.__dict__) | frozenset(
+    AttemptCheckpointer.__annotations__
+)

@@ -1,0 +1,229 @@
+"""What the framework plugins share: their options, and how one task call runs.
+
+A task call runs under :func:`asynccp.supervise` on the attempt's own checkpoint
+prefix. Each attempt of the supervisor (one per task call on a cluster, where the
+orchestrator retries; several in a local run, where the supervisor retries):
+
+1. follows the attempt records back from the previous attempt's prefix (the lineage);
+2. writes its own record (previous prefix, the newest valid checkpoint found);
+3. makes ``asynccp.current()`` an :class:`AttemptCheckpointer` (the supervisor's
+   Checkpointer, reading along the lineage) and starts a :class:`SyncBridge` for
+   synchronous saves;
+4. runs the task body; whether it returns or raises, every checkpoint the body handed
+   over reaches the Checkpointer before the attempt ends, and the supervisor then
+   flushes it — before the body's error goes on to the framework.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from ._bridge import SyncBridge
+from ._checkpointer import Checkpointer
+from ._context import use_current
+from ._lineage import AttemptCheckpointer, AttemptRecord, Lineage, write_record
+from ._manifest import now
+from ._restore import Checkpoint
+from ._retry_policy import DEFAULT_BACKOFF, BackoffSpec, OnRetry, Recoverable, classifier
+from ._signals import DEFAULT_GRACE
+from ._supervisor import supervise
+from ._validate import check_seconds
+
+__all__ = ["Attempt", "PluginOptions", "run_task"]
+
+log = logging.getLogger("asynccp")
+T = TypeVar("T")
+
+#: Checkpointer options the plugins set themselves.
+_RESERVED = frozenset({"location", "prefix", "attempt"})
+_CHECKPOINTER_OPTIONS = frozenset(inspect.signature(Checkpointer.__init__).parameters) - {
+    "self",
+    "store_options",
+    *_RESERVED,
+}
+
+
+@dataclass(frozen=True)
+class PluginOptions:
+    """A plugin's options, checked when the task is declared (no I/O).
+
+    ``checkpointer`` goes to each attempt's :class:`Checkpointer` (``keep``,
+    ``max_pending``, ``policy``...); ``store`` to the store of every prefix (obstore
+    options for ``s3://`` and the like); the rest to :func:`asynccp.supervise`.
+    """
+
+    recoverable: Recoverable = ()
+    backoff: BackoffSpec = DEFAULT_BACKOFF
+    on_retry: OnRetry = None
+    grace: float = DEFAULT_GRACE
+    handle_signals: bool = True
+    checkpointer: Mapping[str, Any] = field(default_factory=dict)
+    store: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        recoverable: Recoverable = (),
+        backoff: BackoffSpec = DEFAULT_BACKOFF,
+        on_retry: OnRetry = None,
+        grace: float | timedelta = DEFAULT_GRACE,
+        handle_signals: bool = True,
+        **options: Any,
+    ) -> PluginOptions:
+        """Validate and sort the options (unknown keywords are store options)."""
+        reserved = sorted(_RESERVED & options.keys())
+        if reserved:
+            raise TypeError(f"{reserved} are set by the plugin from the task's checkpoint paths")
+        checkpointer = {k: v for k, v in options.items() if k in _CHECKPOINTER_OPTIONS}
+        store = {k: v for k, v in options.items() if k not in _CHECKPOINTER_OPTIONS}
+        Checkpointer("memory://asynccp-options-check", **checkpointer)  # checks, no I/O
+        # The supervisor checks the rest; asking it now fails at declaration, not at run.
+        classifier(recoverable)
+        if not isinstance(handle_signals, bool):
+            raise TypeError(f"handle_signals must be a bool, got {type(handle_signals).__name__}")
+        seconds = check_seconds("grace", grace, finite=True, positive=True)
+        return cls(recoverable, backoff, on_retry, seconds, handle_signals, checkpointer, store)
+
+    def describe(self) -> str:
+        """The options as keyword arguments, for a repr."""
+        parts = [f"{k}={v!r}" for k, v in {**self.checkpointer, **self.store}.items()]
+        if self.recoverable != ():
+            parts.append(f"recoverable={self.recoverable!r}")
+        if self.backoff is not DEFAULT_BACKOFF:
+            parts.append(f"backoff={self.backoff!r}")
+        if self.grace != DEFAULT_GRACE:
+            parts.append(f"grace={self.grace:g}")
+        if not self.handle_signals:
+            parts.append("handle_signals=False")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a checkpointed task, as the plugin's task body sees it."""
+
+    #: ``asynccp.current()``: the attempt's Checkpointer, reading along the lineage.
+    checkpointer: AttemptCheckpointer
+    #: Synchronous saves and reads.
+    bridge: SyncBridge
+    #: The newest valid checkpoint when the attempt started (what it resumes from,
+    #: unless that fails verification), or None.
+    resume: Checkpoint | None
+
+
+async def run_task(
+    options: PluginOptions,
+    body: Callable[[Attempt], Awaitable[T]],
+    *,
+    own: str,
+    previous: str | None,
+    retries: int,
+    name: str,
+    also_recoverable: tuple[type[Exception], ...] = (),
+) -> T:
+    """Run a task call: ``await body(attempt)`` under :func:`asynccp.supervise`.
+
+    ``own`` is the attempt's checkpoint prefix, ``previous`` the previous attempt's
+    (as the orchestrator gives them). ``retries`` are the supervisor's (local runs);
+    0 when the orchestrator retries. ``name`` (the task's) is what logs call it.
+    ``also_recoverable`` adds the framework's own
+    "retry me" errors to ``options.recoverable``.
+
+    Raises:
+        RetriesExhausted: a recoverable error on the last attempt (with ``retries=0``:
+            on the only one; the plugin turns it into what its orchestrator retries).
+    """
+    user = classifier(options.recoverable)
+
+    def recoverable(exc: Exception) -> bool:
+        return isinstance(exc, also_recoverable) or user(exc)
+
+    async def attempt(cp: Checkpointer) -> T:
+        return await _attempt(cp, options=options, body=body, own=own, previous=previous)
+
+    attempt.__qualname__ = attempt.__name__ = name
+    return await supervise(
+        attempt,
+        own,
+        retries=retries,
+        recoverable=recoverable,
+        backoff=options.backoff,
+        on_retry=options.on_retry,
+        grace=options.grace,
+        handle_signals=options.handle_signals,
+        **options.checkpointer,
+        **options.store,
+    )
+
+
+async def _attempt(
+    cp: Checkpointer,
+    *,
+    options: PluginOptions,
+    body: Callable[[Attempt], Awaitable[T]],
+    own: str,
+    previous: str | None,
+) -> T:
+    if previous is not None and previous.rstrip("/") == own.rstrip("/"):
+        previous = None  # the orchestrator points the attempt at its own prefix
+    async with AsyncExitStack() as stack:
+        lineage = await Lineage.open(cp, own, previous, options.store, stack)
+        found = await lineage.newest_valid()
+        resume = None if found is None else found[1]
+        newest = await lineage.newest_step()
+        record = AttemptRecord(
+            prefix=own,
+            previous=previous,
+            resume_from=None if found is None else (found[0], found[1].step),
+            writer=cp.writer_id,
+            created_at=now(),
+        )
+        await write_record(record, options.store)
+        if record.resume_from is None:
+            log.info("asynccp: attempt in %s starts from scratch", own)
+        else:
+            log.info("asynccp: attempt in %s resumes from step %d in %s", own, *found_at(record))
+        view = AttemptCheckpointer(cp, lineage, 0 if newest is None else newest + 1)
+        portal = await stack.enter_async_context(BlockingPortal())
+        bridge = SyncBridge(
+            view,
+            portal,
+            latest=cp.policy == "latest",
+            max_items=cp.max_pending,
+            max_bytes=cp.max_pending_bytes,
+            grace=options.grace,
+        )
+        error: Exception | None = None
+        value: Any = None
+        with use_current(view):
+            async with anyio.create_task_group() as tg:
+                await tg.start(bridge.run)
+                try:
+                    value = await body(Attempt(view, bridge, resume))
+                except Exception as exc:  # the body's error, raised below once handed over
+                    error = exc
+                finally:
+                    bridge.close()
+    # Raised outside the exit stack: the portal's task group would wrap it in a group.
+    if error is not None:
+        bridge.note_errors(error)
+        raise error
+    bridge.raise_errors()
+    return value  # type: ignore[no-any-return]
+
+
+def found_at(record: AttemptRecord) -> tuple[int, str]:
+    """``(step, prefix)`` the record resumes from (which must be set)."""
+    assert record.resume_from is not None
+    prefix, step = record.resume_from
+    return step, prefix

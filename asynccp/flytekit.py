@@ -1,0 +1,317 @@
+"""asynccp as a flytekit task plugin: ``@task(task_config=asynccp.flytekit.Checkpointing())``.
+
+::
+
+    import asynccp.flytekit
+    from flytekit import current_context, task
+
+    @task(retries=3, task_config=asynccp.flytekit.Checkpointing(keep=3))
+    def train(epochs: int) -> float:
+        cp = current_context().checkpoint       # asynccp-backed, flytekit's interface
+        prev = cp.read()                        # newest checkpoint that verifies, or None
+        ...
+        cp.write(state)                         # returns at once; uploaded in the background
+
+Inside such a task (``def`` or ``async def``):
+
+- ``flytekit.current_context().checkpoint`` keeps flytekit's ``Checkpoint`` interface
+  (``prev_exists``, ``restore``, ``read``, ``save``, ``write``). ``write``/``save`` hand
+  the checkpoint to asynccp's queue and return (``save`` of a path once it is copied);
+  each one is a new step. ``read``/``restore``/``prev_exists`` are about the checkpoint
+  the attempt resumes from: the newest one saved before it that verifies.
+- ``asynccp.current()`` is the attempt's :class:`~asynccp.Checkpointer` on the attempt's
+  checkpoint prefix, whose reads also see the earlier attempts.
+- The task's end flushes every checkpoint, also when the body raises, before the error
+  reaches flytekit.
+
+Resume across attempts: Flyte gives every attempt its own prefix and the previous
+attempt's. Each attempt writes ``<prefix>/asynccp-attempt.json`` first, naming the
+previous prefix; an attempt resumes from the newest checkpoint that verifies on its own
+prefix, the previous attempt's, and those before, following the records, so attempts
+that saved nothing do not lose what an earlier one saved.
+
+Run locally (``python wf.py``, ``pyflyte run`` without ``--remote``), the task's
+``retries`` are real retries, run by :func:`asynccp.supervise` in the process, each
+resuming. On a cluster Flyte retries (a new pod per attempt) and asynccp resumes. Both
+retry ``FlyteRecoverableException`` and :class:`asynccp.RecoverableError` (and what
+``recoverable=`` adds); SIGTERM flushes within ``grace`` seconds, then exits with code 75.
+
+Needs the ``flytekit`` extra: ``pip install 'asynccp[flytekit]'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import io
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Union
+
+try:
+    from flytekit.core.checkpointer import Checkpoint as _FlytekitCheckpoint  # type: ignore[import-untyped]
+    from flytekit.core.context_manager import ExecutionParameters, FlyteContextManager  # type: ignore[import-untyped]
+    from flytekit.core.python_function_task import AsyncPythonFunctionTask, PythonFunctionTask  # type: ignore[import-untyped]
+    from flytekit.core.task import TaskPlugins  # type: ignore[import-untyped]
+    from flytekit.exceptions.user import FlyteRecoverableException  # type: ignore[import-untyped]
+except ImportError as _e:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        f"asynccp.flytekit needs flytekit: pip install 'asynccp[flytekit]' ({_e})"
+    ) from None
+
+from ._bridge import SyncBridge, run_blocking, run_in_thread
+from ._plugin import Attempt, PluginOptions, run_task
+from ._restore import Checkpoint
+from ._retry_policy import DEFAULT_BACKOFF, BackoffSpec, OnRetry, Recoverable
+from ._signals import DEFAULT_GRACE
+from .errors import CheckpointError, RetriesExhausted
+
+__all__ = ["AsyncCheckpoint", "Checkpointing"]
+
+
+class Checkpointing:
+    """The ``task_config`` that runs a flytekit task with asynccp checkpoints.
+
+    Keyword arguments are those of :func:`asynccp.supervise` that fit a task
+    (``recoverable``, ``backoff``, ``on_retry``, ``grace``, ``handle_signals``) and of
+    :class:`~asynccp.Checkpointer` (``keep``, ``keep_every``, ``max_pending``,
+    ``max_pending_bytes``, ``policy``, ``durable``, ``flush_timeout``...); any other
+    keyword goes to the object store of the checkpoint prefixes (obstore options such as
+    ``region`` or ``client_options``). All are checked here, when the task is declared.
+    The number of retries is the task's own ``retries``.
+    """
+
+    def __init__(
+        self,
+        *,
+        recoverable: Recoverable = (),
+        backoff: BackoffSpec = DEFAULT_BACKOFF,
+        on_retry: OnRetry = None,
+        grace: float | timedelta = DEFAULT_GRACE,
+        handle_signals: bool = True,
+        **checkpointer_options: Any,
+    ) -> None:
+        self.options = PluginOptions.check(
+            recoverable=recoverable,
+            backoff=backoff,
+            on_retry=on_retry,
+            grace=grace,
+            handle_signals=handle_signals,
+            **checkpointer_options,
+        )
+
+    def __repr__(self) -> str:
+        return f"Checkpointing({self.options.describe()})"
+
+
+class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
+    """flytekit's ``Checkpoint`` interface on asynccp, for one attempt of a task.
+
+    What ``flytekit.current_context().checkpoint`` is inside a task configured with
+    :class:`Checkpointing`. Usable from the task's own thread, from threads it starts,
+    and (for small saves) from the event loop of an ``async def`` task.
+    """
+
+    def __init__(self, attempt: Attempt, workdir: str | None) -> None:
+        self._attempt = attempt
+        self._bridge: SyncBridge = attempt.bridge
+        self._workdir = workdir
+        self._resumed: Checkpoint | None = None
+        self._restored: Path | None = None
+
+    def prev_exists(self) -> bool:
+        """Whether a checkpoint saved before this attempt exists (valid, not yet verified)."""
+        return self._attempt.resume is not None
+
+    def restore(self, path: Union[Path, str, None] = None) -> Path | None:  # noqa: UP007
+        """Download the newest checkpoint saved before this attempt that verifies into
+        ``path`` (an existing directory; a temporary one by default); return the path,
+        or None when there is none. Later calls return the same path without downloading.
+        """
+        if self._restored is not None:
+            return self._restored
+        if path is None:
+            dest = Path(tempfile.mkdtemp(prefix="asynccp-restore-", dir=self._workdir))
+        else:
+            dest = Path(path)
+            if not dest.is_dir():
+                raise ValueError("Checkpoints can be restored to a directory only.")
+
+        async def download(ckpt: Checkpoint) -> Path:
+            return await ckpt.download(dest)
+
+        found: Path | None = self._bridge.call(self._load, download)
+        if found is not None:
+            self._restored = found
+        return found
+
+    def read(self) -> bytes | None:
+        """The bytes of the newest checkpoint saved before this attempt that verifies
+        (it must hold one file: ``write()`` saves one), or None when there is none."""
+
+        async def read_one(ckpt: Checkpoint) -> bytes | None:
+            if not ckpt.files:
+                return None
+            if len(ckpt.files) > 1:
+                raise ValueError(f"Expected exactly one checkpoint - found {len(ckpt.files)}")
+            return await ckpt.read()
+
+        data: bytes | None = self._bridge.call(self._load, read_one)
+        return data
+
+    async def _load(self, loader: Callable[[Checkpoint], Awaitable[Any]]) -> Any:
+        """``loader`` on the resume point: the checkpoint chosen the first time, else the
+        newest one before this attempt that verifies (corrupt ones are skipped)."""
+        if self._resumed is not None:
+            return await loader(self._resumed)
+        view = self._attempt.checkpointer
+        found = await view.lineage.load_latest(loader, exclude_writer=view.writer_id)
+        if found is None or found[0] is None:
+            return None
+        self._resumed = found[0]
+        return found[1]
+
+    def save(self, cp: Union[Path, str, io.BufferedReader]) -> None:  # noqa: UP007
+        """Save a file or a folder (its whole tree), or what a reader yields, as the next
+        checkpoint; returns once it is copied, before it is uploaded."""
+        if isinstance(cp, (str, os.PathLike)):
+            self._bridge.put_path(Path(cp))
+            return
+        if not isinstance(cp, io.IOBase):
+            raise ValueError(
+                f"Only a valid path or IOBase type (reader) should be provided, received {type(cp)}"
+            )
+        data = cp.read()
+        self.write(data.encode() if isinstance(data, str) else data)
+
+    def write(self, b: bytes) -> None:
+        """Save ``b`` as the next checkpoint; returns at once (the upload is queued)."""
+        if isinstance(b, (bytearray, memoryview)):
+            b = bytes(b)  # the caller may reuse its buffer
+        if not isinstance(b, bytes):
+            raise TypeError(f"write() takes bytes, got {type(b).__name__}")
+        self._bridge.put(b)
+
+
+class _CheckpointedMixin:
+    """What both task classes share: run the body as asynccp attempts."""
+
+    task_config: Checkpointing
+    metadata: Any
+    name: str
+
+    def _run_checkpointed(self, body: Callable[[], Awaitable[Any]]) -> Any:
+        ctx = FlyteContextManager.current_context()
+        state = ctx.execution_state
+        params = state.user_space_params if state is not None else None
+        base = getattr(params, "_checkpoint", None)
+        own = getattr(base, "_checkpoint_dest", None)
+        if params is None or not own:
+            raise CheckpointError(
+                f"task {self.name} runs without a checkpoint location: flytekit gives one to "
+                "every task execution (setup_execution's checkpoint_path, or the local "
+                "sandbox); run it as a flytekit task"
+            )
+        previous = getattr(base, "_checkpoint_src", None) or None
+        local = state.is_local_execution()
+        workdir = params.working_directory
+        workdir = getattr(workdir, "name", workdir)
+
+        async def attempt(a: Attempt) -> Any:
+            with _checkpoint_installed(AsyncCheckpoint(a, workdir)):
+                return await body()
+
+        async def main() -> Any:
+            return await run_task(
+                self.task_config.options,
+                attempt,
+                own=str(own),
+                previous=None if previous is None else str(previous),
+                retries=self.metadata.retries if local else 0,
+                name=self.name,
+                also_recoverable=(FlyteRecoverableException,),
+            )
+
+        try:
+            return run_blocking(main)
+        except RetriesExhausted as e:
+            cause = e.__cause__
+            if local or not isinstance(cause, Exception):
+                raise
+            # On a cluster Flyte retries, and only what it knows to be recoverable.
+            if isinstance(cause, FlyteRecoverableException):
+                raise cause from None
+            raise FlyteRecoverableException(f"{type(cause).__name__}: {cause}") from cause
+
+
+@contextmanager
+def _checkpoint_installed(checkpoint: AsyncCheckpoint) -> Iterator[None]:
+    """Make ``current_context().checkpoint`` return ``checkpoint`` inside the block."""
+    ctx = FlyteContextManager.current_context()
+    state = ctx.execution_state
+    assert state is not None and state.user_space_params is not None
+    builder = ExecutionParameters.new_builder(state.user_space_params)
+    builder.checkpoint = checkpoint
+    with FlyteContextManager.with_context(
+        ctx.with_execution_state(state.with_params(user_space_params=builder.build()))
+    ):
+        yield
+
+
+class CheckpointedTask(_CheckpointedMixin, PythonFunctionTask[Checkpointing]):  # type: ignore[misc]
+    """A ``def`` task with asynccp checkpoints (the body runs in a thread of its own,
+    beside the event loop that uploads)."""
+
+    def __init__(
+        self, task_config: Checkpointing, task_function: Callable[..., Any], **kwargs: Any
+    ):
+        _check_config(task_config)
+        super().__init__(task_config, task_function, **kwargs)
+        if self.execution_mode != self.ExecutionBehavior.DEFAULT:
+            raise TypeError("asynccp.flytekit.Checkpointing works with @task, not @dynamic")
+
+    def execute(self, **kwargs: Any) -> Any:
+        fn = functools.partial(self._task_function, **kwargs)
+        return self._run_checkpointed(lambda: run_in_thread(fn))
+
+
+class CheckpointedAsyncTask(
+    _CheckpointedMixin,
+    AsyncPythonFunctionTask[Checkpointing],  # type: ignore[misc]
+):
+    """An ``async def`` task with asynccp checkpoints (the body runs on the event loop
+    that uploads). Registered for :class:`Checkpointing`; a ``def`` function gets a
+    :class:`CheckpointedTask` instead."""
+
+    def __new__(
+        cls,
+        task_config: Checkpointing,
+        task_function: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        if cls is CheckpointedAsyncTask and not inspect.iscoroutinefunction(task_function):
+            # flytekit asks the plugin registered for the config type for both kinds.
+            return CheckpointedTask(task_config, task_function, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self, task_config: Checkpointing, task_function: Callable[..., Any], **kwargs: Any
+    ):
+        _check_config(task_config)
+        super().__init__(task_config, task_function, **kwargs)
+
+    def execute(self, **kwargs: Any) -> Any:
+        return self._run_checkpointed(lambda: self._task_function(**kwargs))
+
+
+def _check_config(config: object) -> None:
+    if not isinstance(config, Checkpointing):
+        raise TypeError(f"task_config must be asynccp.flytekit.Checkpointing, got {config!r}")
+
+
+TaskPlugins.register_pythontask_plugin(Checkpointing, CheckpointedAsyncTask)
