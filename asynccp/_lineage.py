@@ -180,6 +180,8 @@ async def load_latest(
     written by ``exclude_writer`` (a writer id) are passed over: an attempt resuming
     from what came before it ignores what it has saved itself.
     """
+    if exclude_writer is None:
+        return await cp.load_latest(loader)
     # The newest valid one first (cheap: a listing, no manifest reads of older ones);
     # the full list only when it is passed over or does not verify.
     newest = await cp.latest()
