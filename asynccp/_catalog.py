@@ -24,8 +24,9 @@ import anyio
 import anyio.to_thread
 
 from ._location import Location
-from ._manifest import MANIFESTS, QUARANTINE, Manifest, manifest_key, parse_manifest_key
+from ._manifest import MANIFESTS, QUARANTINE, manifest_key, parse_manifest_key
 from ._restore import Checkpoint
+from ._shard_records import checkpoint_of, decode_record
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -119,8 +120,7 @@ async def load_record(location: Location, record: Record) -> Checkpoint:
         raise CheckpointNotFoundError(
             f"no checkpoint committed at step {record.step} in {location.description}"
         ) from None
-    manifest = Manifest.decode(raw, key=record.key)
-    return Checkpoint._from_manifest(manifest, location, key=record.key)
+    return checkpoint_of(decode_record(raw, key=record.key), location, key=record.key)
 
 
 async def load(location: Location, step: int) -> Checkpoint:
@@ -134,7 +134,18 @@ async def load(location: Location, step: int) -> Checkpoint:
 
 
 async def is_complete(ckpt: Checkpoint) -> bool:
-    """Whether every payload object exists with its recorded size (one LIST, no reads)."""
+    """Whether every payload object exists with its recorded size (one LIST, no reads;
+    a sharded step: one per part, side by side)."""
+    if ckpt._parts:
+        complete = [False] * len(ckpt._parts)
+
+        async def check(r: int, part: Checkpoint) -> None:
+            complete[r] = await is_complete(part)
+
+        async with anyio.create_task_group() as tg:
+            for r, part in enumerate(ckpt._parts):
+                tg.start_soon(check, r, part)
+        return all(complete)
     loc = ckpt._location
     objs = await store_call(loc, loc.list, ckpt._data + "/")
     sizes = {o.key[len(ckpt._data) + 1 :]: o.size for o in objs}
@@ -145,8 +156,9 @@ async def validate(location: Location, record: Record) -> Checkpoint:
     """The record's checkpoint if it is valid; else :class:`CorruptCheckpointError`."""
     ckpt = await load_record(location, record)
     if not await is_complete(ckpt):
+        where = ", ".join(p._data for p in ckpt._parts) if ckpt._parts else ckpt._data
         raise CorruptCheckpointError(
-            f"checkpoint {record.step}: payload objects of {ckpt._data} are missing or truncated"
+            f"checkpoint {record.step}: payload objects of {where} are missing or truncated"
         )
     return ckpt
 

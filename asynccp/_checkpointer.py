@@ -45,14 +45,17 @@ from ._payload import Payload, Stager
 from ._queue import Policy, StagingQueue
 from ._restore import Checkpoint
 from ._retention import apply_retention, collect_orphans
+from ._shard_records import ShardSpec, sharding
+from ._shards import commit_part
 from ._staging import open_staging
-from ._upload import Pending, upload
+from ._upload import CommitHook, Pending, upload
 from ._validate import check_seconds, is_int
 from .errors import (
     CheckpointClosedError,
     CheckpointError,
     CorruptCheckpointError,
     FlushTimeoutError,
+    ShardMismatchError,
     StepOrderError,
     SupersededError,
 )
@@ -135,6 +138,13 @@ class Checkpointer:
             the retries obstore makes itself (its ``retry_config``).
         orphan_grace: seconds before an uncommitted payload folder is collected.
         staging_dir: where file payloads are copied while they wait (a temp dir).
+        shard, shards: this process writes part ``shard`` (0-based) of every step, of
+            ``shards`` parts written by as many processes. A step is committed, and
+            seen by readers, once all its parts are recorded; a save's handle resolves
+            when this part is. Only shard 0 applies ``keep``. See ``docs/sharding.md``.
+        generation: the name of this launch of the ``shards`` processes, the same in
+            each and unique to the launch; by default found in the environment
+            (``ASYNCCP_GENERATION``, torchrun, Slurm).
     """
 
     def __init__(
@@ -156,6 +166,9 @@ class Checkpointer:
         io_attempts: int = DEFAULT_IO_ATTEMPTS,
         orphan_grace: float | timedelta = 3600.0,
         staging_dir: str | os.PathLike[str] | None = None,
+        shard: int | None = None,
+        shards: int | None = None,
+        generation: str | int | None = None,
         **store_options: Any,
     ) -> None:
         _positive_int("max_pending", max_pending)
@@ -189,6 +202,12 @@ class Checkpointer:
         self._staging_parent = None if staging_dir is None else os.fspath(staging_dir)
         #: This writer's id, part of its payload folder names.
         self.writer_id = secrets.token_hex(6)
+        self._sharding: ShardSpec | None = sharding(
+            shard, shards, generation, writer=self.writer_id
+        )
+        #: Writer ids of this shard's earlier attempts (set by the supervisor): the parts
+        #: they recorded are this shard's own.
+        self._predecessors: tuple[str, ...] = ()
         self._state = "new"
         self._failures: list[CheckpointError] = []
         self._last_step: int | None = None
@@ -207,12 +226,32 @@ class Checkpointer:
         self._last_committed: int | None = None
 
     def __repr__(self) -> str:
-        return f"<Checkpointer {self._location.description} writer={self.writer_id} {self._state}>"
+        spec = self._sharding
+        part = "" if spec is None else f" shard={spec.shard}/{spec.shards} gen={spec.generation}"
+        return (
+            f"<Checkpointer {self._location.description} writer={self.writer_id}{part} "
+            f"{self._state}>"
+        )
 
     @property
     def location(self) -> str:
         """Where the checkpoints go, as a readable string."""
         return self._location.description
+
+    @property
+    def shard(self) -> int | None:
+        """The part this process writes (None: it writes whole checkpoints)."""
+        return None if self._sharding is None else self._sharding.shard
+
+    @property
+    def shards(self) -> int | None:
+        """How many processes write the parts of each step (None: not sharded)."""
+        return None if self._sharding is None else self._sharding.shards
+
+    @property
+    def generation(self) -> str | None:
+        """The launch this sharded checkpointer's parts belong to (None: not sharded)."""
+        return None if self._sharding is None else self._sharding.generation
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -503,6 +542,7 @@ class Checkpointer:
                 limiter=self._limiter,
                 turn=None if previous is None else previous.wait,
                 bad=self._bad,
+                commit=self._commit_hook(),
             )
         except CheckpointError as e:
             outcome = e
@@ -524,12 +564,25 @@ class Checkpointer:
         self._bytes_committed += item.size
         self._last_committed = item.step
         self._raise_floor(item.step)
-        self._valid_keys.add(outcome._key)
+        if self._sharding is None:
+            self._valid_keys.add(outcome._key)
         item.handle._resolve(outcome)
         await self._housekeeping()
 
+    def _commit_hook(self) -> CommitHook | None:
+        """A sharded checkpointer records its part instead of committing the step."""
+        spec = self._sharding
+        if spec is None:
+            return None
+        return partial(commit_part, spec=spec, mine=self._predecessors)
+
     async def _housekeeping(self) -> None:
-        """Retention after a commit, orphan collection once per checkpointer; never fatal."""
+        """Retention after a commit, orphan collection once per checkpointer; never fatal.
+
+        Of a sharded launch only shard 0 does it: one process deletes, none races it.
+        """
+        if self._sharding is not None and self._sharding.shard != 0:
+            return
         try:
             if self.keep is not None:
                 await apply_retention(
@@ -571,6 +624,12 @@ class Checkpointer:
         when no checkpoint loads. The skipped ones no longer count for the step order:
         saving their step again replaces them.
 
+        A sharded checkpointer (``shard=``, ``shards=``) first checks that the step has
+        as many parts as it has shards (:class:`ShardMismatchError` if not: no
+        fallback) and that every part verifies (a corrupt part makes every shard fall
+        back alike); ``loader`` gets the whole step, ``ckpt.shard(cp.shard)`` is this
+        process's part.
+
         Example::
 
             async def load(ckpt):
@@ -591,7 +650,35 @@ class Checkpointer:
                 )
             return await result
 
-        return await self._newest(run)
+        return await self._newest(self._restoring(run))
+
+    def _restoring(
+        self, action: Callable[[Checkpoint], Awaitable[T]]
+    ) -> Callable[[Checkpoint], Awaitable[T]]:
+        """``action``, for a sharded checkpointer checked first: the checkpoint has as
+        many parts as this launch has shards, and every part verifies.
+
+        Every part, not only this shard's: each shard must reach the same verdict on a
+        step without talking to the others, so a corrupt part makes every shard fall
+        back past its step alike.
+        """
+        spec = self._sharding
+        if spec is None:
+            return action
+
+        async def checked(ckpt: Checkpoint) -> T:
+            if ckpt.shards != spec.shards:
+                raise ShardMismatchError(
+                    f"checkpoint {ckpt.step} in {self.location} was written by "
+                    f"{ckpt.shards} process(es), and this Checkpointer is shard {spec.shard} "
+                    f"of {spec.shards}: restore it with shards={ckpt.shards}, or read every "
+                    "part (`ckpt.shard(r)` for r in range(ckpt.shards)) from a Checkpointer "
+                    "without shard= and reshard it yourself"
+                )
+            await ckpt.verify()
+            return await action(ckpt)
+
+        return checked
 
     async def _newest(
         self, action: Callable[[Checkpoint], Awaitable[T]]
@@ -628,20 +715,26 @@ class Checkpointer:
         """The payload of the newest checkpoint that verifies (it must hold one file).
 
         Falls back past corrupt checkpoints with a ``CorruptCheckpointWarning``.
-        None when no checkpoint verifies.
+        None when no checkpoint verifies. A sharded checkpointer reads its own part (of
+        the newest step whose every part verifies).
         """
-        found = await self._newest(lambda c: c.read())
+        found = await self._newest(self._restoring(lambda c: self._own(c).read()))
         return None if found is None else found[1]
 
     async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
         """Download the newest checkpoint that verifies into ``dest_dir``; return it.
 
         Falls back past corrupt checkpoints with a warning; None when there is none.
+        A sharded checkpointer downloads its own part.
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        found = await self._newest(lambda c: c.download(dest_dir))
+        found = await self._newest(self._restoring(lambda c: self._own(c).download(dest_dir)))
         return None if found is None else found[1]
+
+    def _own(self, ckpt: Checkpoint) -> Checkpoint:
+        """This shard's part of ``ckpt`` (``ckpt`` itself for an unsharded checkpointer)."""
+        return ckpt if self._sharding is None else ckpt.shard(self._sharding.shard)
 
     async def prev_exists(self) -> bool:
         """Whether a complete committed checkpoint exists at this location."""

@@ -7,6 +7,9 @@ Layout under a location::
     manifests/<step:020d>.<rev>.json        a later revision of that record (rev >= 1)
     quarantine/<...>.json                   manifests moved aside, kept for inspection
     writers/<writer>.json                   leases of live writers (orphan collection)
+    parts/<step:020d>/<generation>/<r>-of-<n>.json
+                                            part records of a sharded step (see
+                                            :mod:`asynccp._shards`), created if absent
 
 The manifest names its payload folder, so payload written by a losing or crashed
 writer never mixes with a committed checkpoint.
@@ -39,10 +42,14 @@ __all__ = [
     "MANIFESTS",
     "QUARANTINE",
     "WRITERS",
+    "PARTS",
     "FileInfo",
     "Manifest",
     "data_dir",
     "manifest_key",
+    "part_key",
+    "parse_part_key",
+    "parts_dir",
     "parse_manifest_key",
     "step_of_manifest_key",
 ]
@@ -52,11 +59,17 @@ MANIFESTS = "manifests/"
 DATA = "data/"
 QUARANTINE = "quarantine/"
 WRITERS = "writers/"
+PARTS = "parts/"
 _MANIFEST_RE = re.compile(r"^manifests/(\d{20})(?:\.([1-9]\d{0,5}))?\.json$")
 _DATA_DIR_RE = re.compile(r"^data/(\d{20})-([0-9a-z]{1,64})$")
 _WRITER_RE = re.compile(r"^[0-9a-z]{1,64}$")
 _CRC_RE = re.compile(r"^[0-9a-f]{8}$")
 MAX_STEP = 10**20 - 1
+#: A generation names one launch of a sharded job: a key segment, so a safe one.
+GENERATION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+_PART_RE = re.compile(
+    r"^parts/(\d{20})/([0-9A-Za-z][0-9A-Za-z._-]{0,63})/(0|[1-9]\d{0,5})-of-([1-9]\d{0,5})\.json$"
+)
 
 
 def manifest_key(step: int, rev: int = 0) -> str:
@@ -85,6 +98,25 @@ def parse_data_dir(folder: str) -> tuple[int, str] | None:
     """``(step, writer)`` of a payload folder name, or None when it is not one."""
     m = _DATA_DIR_RE.match(folder.rstrip("/"))
     return (int(m.group(1)), m.group(2)) if m else None
+
+
+def parts_dir(step: int, generation: str | None = None) -> str:
+    """The folder of the part records of ``step`` (of one ``generation``, if given)."""
+    top = f"{PARTS}{step:020d}/"
+    return top if generation is None else f"{top}{generation}/"
+
+
+def part_key(step: int, generation: str, shard: int, shards: int) -> str:
+    """The key of the record of part ``shard`` of ``shards`` of ``step`` in ``generation``."""
+    return f"{parts_dir(step, generation)}{shard}-of-{shards}.json"
+
+
+def parse_part_key(key: str) -> tuple[int, str, int, int] | None:
+    """``(step, generation, shard, shards)`` of a part record key, or None."""
+    m = _PART_RE.match(key)
+    if not m:
+        return None
+    return int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
 
 
 @dataclass(frozen=True)
@@ -117,7 +149,11 @@ class Manifest:
 
     def encode(self) -> bytes:
         """The manifest as UTF-8 JSON."""
-        doc = {
+        return encode_doc(self.to_doc())
+
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest as a JSON-ready dict (a sharded step's manifest embeds these)."""
+        return {
             "format": FORMAT,
             "step": self.step,
             "writer": self.writer,
@@ -130,24 +166,24 @@ class Manifest:
                 for name, info in self.files.items()
             },
         }
-        return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> Manifest:
         """Parse and validate ``raw``; raise CorruptCheckpointError naming ``key``."""
-
-        def bad(why: str) -> CorruptCheckpointError:
-            return CorruptCheckpointError(f"invalid manifest {key}: {why}")
-
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
-            raise bad(f"not JSON ({type(e).__name__}: {str(e)[:100]})") from e
-        if not isinstance(doc, dict):
-            raise bad("not a JSON object")
+        doc = decode_doc(raw, key=key)
         fmt = doc.get("format")
         if fmt != FORMAT or isinstance(fmt, bool):
-            raise bad(f"format {fmt!r} is not {FORMAT}; upgrade asynccp to read it")
+            raise _bad(key, f"format {fmt!r} is not {FORMAT}; upgrade asynccp to read it")
+        return cls.from_doc(doc, key=key)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], *, key: str) -> Manifest:
+        """Validate a decoded manifest (or one part of a sharded step's): every field but
+        ``format``. Raises CorruptCheckpointError naming ``key``."""
+
+        def bad(why: str) -> CorruptCheckpointError:
+            return _bad(key, why)
+
         step = _int(doc, "step", bad)
         expected = step_of_manifest_key(key)
         if expected is not None and step != expected:
@@ -183,6 +219,27 @@ class Manifest:
         except InvalidNameError as e:
             raise bad(str(e)) from e
         return cls(step, writer, attempt, created_at, metadata, files)
+
+
+def _bad(key: str, why: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"invalid manifest {key}: {why}")
+
+
+def decode_doc(raw: bytes, *, key: str) -> dict[str, Any]:
+    """``raw`` as a JSON object; CorruptCheckpointError naming ``key`` if it is not one."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
+        raise _bad(key, f"not JSON ({type(e).__name__}: {str(e)[:100]})") from e
+    if not isinstance(doc, dict):
+        raise _bad(key, "not a JSON object")
+    return doc
+
+
+def encode_doc(doc: Mapping[str, Any]) -> bytes:
+    """A record as asynccp writes it: UTF-8 JSON, keys sorted (the same dict always gives
+    the same bytes)."""
+    return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
 
 
 def _int(doc: Mapping[str, Any], key: str, bad: Any) -> int:

@@ -33,6 +33,7 @@ from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    ShardMismatchError,
     StoreError,
 )
 
@@ -50,6 +51,15 @@ class Checkpoint:
 
     Immutable. ``files`` maps each file name to its size and checksum; ``metadata`` is
     what was passed to ``save()``; ``attempt`` is the supervised attempt that wrote it.
+
+    A step written by many processes (``Checkpointer(..., shard=r, shards=n)``) has
+    ``shards == n`` and ``generation`` (the launch that wrote it); ``shard(r)`` is its
+    part ``r``, itself a ``Checkpoint`` (``read``, ``read_all``, ``download``,
+    ``verify``) holding that part's files, metadata and writer. The whole step's
+    ``files`` are every part's, named ``shard-<r>/<name>``: ``verify()`` checks every
+    part and ``download()`` writes each part into ``shard-<r>/``. Its ``metadata``,
+    ``attempt`` and ``writer`` are part 0's; ``created_at`` is the newest part's. A
+    checkpoint written by one process has ``shards == 1`` and ``shard(0)`` is itself.
     """
 
     step: int
@@ -61,6 +71,13 @@ class Checkpoint:
     _location: Location = field(repr=False)
     _data: str = field(repr=False)
     _key: str = field(repr=False, default="")  # the manifest object that commits it
+    #: Parts of the step: 1 for a checkpoint written by one process.
+    shards: int = 1
+    #: For one part of a sharded step (``ckpt.shard(r)``): ``r``; else None.
+    part: int | None = None
+    #: The launch that wrote a sharded step (None for a checkpoint of one process).
+    generation: str | None = None
+    _parts: tuple[Checkpoint, ...] = field(repr=False, default=())
 
     @classmethod
     def _from_manifest(cls, m: Manifest, location: Location, *, key: str = "") -> Checkpoint:
@@ -80,6 +97,36 @@ class Checkpoint:
     def size(self) -> int:
         """Total payload bytes of the checkpoint."""
         return sum(f.size for f in self.files.values())
+
+    def shard(self, r: int) -> Checkpoint:
+        """Part ``r`` of a step written by ``shards`` processes (``0 <= r < shards``).
+
+        The part is a ``Checkpoint`` of its own: ``read``, ``read_all``, ``download`` and
+        ``verify`` touch that part's files only. For a checkpoint written by one process,
+        ``shard(0)`` is the checkpoint itself.
+        """
+        if not isinstance(r, int) or isinstance(r, bool):
+            raise TypeError(f"shard must be an int, got {type(r).__name__}")
+        if not 0 <= r < self.shards:
+            raise ShardMismatchError(
+                f"checkpoint {self.step} has {self.shards} shard(s) (0..{self.shards - 1}); "
+                f"there is no shard {r}"
+            )
+        if self._parts:
+            return self._parts[r]
+        if self.part is not None and self.part != r:
+            raise ShardMismatchError(
+                f"this is part {self.part} of checkpoint {self.step}, not part {r}: take "
+                f"part {r} from the whole step (`ckpt.shard({r})` on what `latest()` returns)"
+            )
+        return self
+
+    def _object(self, name: str) -> str:
+        """The key of file ``name`` (a sharded step's names start with ``shard-<r>/``)."""
+        if self._parts:
+            head, _, rest = name.partition("/")
+            return f"{self._parts[int(head.removeprefix('shard-'))]._data}/{rest}"
+        return f"{self._data}/{name}"
 
     def _name(self, name: str | None) -> str:
         if name is None:
@@ -133,7 +180,7 @@ class Checkpoint:
         return {name: out[name] for name in names}
 
     def _read_verified(self, name: str) -> bytes:
-        key = f"{self._data}/{name}"
+        key = self._object(name)
         try:
             data = self._location.get(key)
         except FileNotFoundError as e:
@@ -216,7 +263,7 @@ class Checkpoint:
         Store errors become :class:`StoreError` (a missing object: corruption); errors
         of the sink, such as a full local disk, propagate as they are.
         """
-        key = f"{self._data}/{name}"
+        key = self._object(name)
         crc = size = 0
         with contextlib.closing(self._chunks(key)) as chunks:
             for chunk in chunks:

@@ -30,7 +30,9 @@ from . import _catalog as catalog
 from ._catalog import Record
 from ._leases import drop, read_leases
 from ._location import Location, ObjectInfo
-from ._manifest import DATA, QUARANTINE, Manifest, parse_data_dir
+from ._manifest import DATA, QUARANTINE, parse_data_dir
+from ._shard_records import decode_record, folders_of, owned_prefixes
+from ._shards import sweep_parts
 from ._upload import quarantine
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
@@ -71,15 +73,16 @@ def steps_to_delete(steps: list[int], keep: int | None, keep_every: int | None) 
     return [s for s in steps if s not in kept]
 
 
-async def delete_record(location: Location, record: Record, folder: str | None) -> None:
-    """Delete one checkpoint: its manifest (every revision), then its payload ``folder``.
+async def delete_record(location: Location, record: Record, folder: str | list[str] | None) -> None:
+    """Delete one checkpoint: its manifest (every revision), then its payload ``folder``
+    (a sharded step: every part's folder, then its part records).
 
     With ``folder`` None (a record too broken to name one) the payload is left to the
     orphan collector.
     """
     await _call(location.delete, [record.key, *record.superseded])
-    if folder is not None:
-        objs = await _call(location.list, folder + "/")
+    for prefix in [folder] if isinstance(folder, str) else folder or []:
+        objs = await _call(location.list, prefix + "/")
         await _call(location.delete, [o.key for o in objs])
 
 
@@ -98,7 +101,7 @@ async def apply_retention(
     if keep is None:
         return []
     cache: MutableSet[str] = set() if known_valid is None else known_valid
-    valid: list[tuple[Record, str]] = []  # newest first, with their payload folders
+    valid: list[tuple[Record, list[str]]] = []  # newest first, with their payload folders
     for record in reversed(await catalog.records(location)):
         try:
             ckpt = await catalog.validate(location, record)
@@ -106,7 +109,7 @@ async def apply_retention(
             cache.discard(record.key)
             continue  # never counted, never deleted here
         cache.add(record.key)
-        valid.append((record, ckpt._data))
+        valid.append((record, owned_prefixes(ckpt)))
     steps = [r.step for r, _ in reversed(valid)]
     doomed = set(steps_to_delete(steps, keep, keep_every))
     deleted = []
@@ -142,16 +145,15 @@ async def remove_invalid(location: Location, *, how: str) -> list[int]:
             for key in (*record.superseded, record.key):
                 await quarantine(location, key)
         else:
-            folder = await _folder_of(location, record.key)
-            await delete_record(location, record, folder)
+            await delete_record(location, record, await _folders_of(location, record.key))
         steps.append(record.step)
     return steps
 
 
-async def _folder_of(location: Location, key: str) -> str | None:
-    """The payload folder a manifest names, or None when it cannot be read."""
+async def _folders_of(location: Location, key: str) -> list[str] | None:
+    """The payload folders a manifest names, or None when it cannot be read."""
     try:
-        return Manifest.decode(await _call(location.get, key), key=key).data
+        return folders_of(decode_record(await _call(location.get, key), key=key))
     except (FileNotFoundError, CorruptCheckpointError):
         return None
 
@@ -159,7 +161,9 @@ async def _folder_of(location: Location, key: str) -> str | None:
 async def collect_orphans(
     location: Location, grace: timedelta, *, writer: str | None = None
 ) -> list[str]:
-    """Delete payload folders no manifest points to, older than ``grace``; return them.
+    """Delete payload folders no manifest points to, older than ``grace``, and the part
+    records of sharded steps whose launch is gone without completing them; return them
+    (``data/<step>-<writer>`` and ``parts/<step>/<generation>`` folders).
 
     Ages are measured by the store's clock (the collector's lease, just rewritten, says
     what time it is there). Never collected: folders of a writer with a live lease
@@ -176,6 +180,9 @@ async def collect_orphans(
         folders: dict[str, list[ObjectInfo]] = defaultdict(list)
         for o in objs:
             folders["/".join(o.key.split("/")[:2])].append(o)
+        # Part records of sharded steps nobody will complete go first (then their
+        # payload below); the payload their live generations name is kept.
+        protected, swept = await sweep_parts(location, leases, cutoff)
         candidates: dict[str, tuple[int, list[ObjectInfo]]] = {}
         stale_tmp: list[str] = []
         for folder, contents in sorted(folders.items()):
@@ -188,7 +195,7 @@ async def collect_orphans(
         named, unreadable = await _referenced(location, {s for s, _ in candidates.values()})
         doomed: list[str] = []
         for folder, (step, contents) in candidates.items():
-            if folder in named or step in unreadable:
+            if folder in named or step in unreadable or folder in protected:
                 continue
             doomed.append(folder)
             await _call(location.delete, [o.key for o in contents])
@@ -203,7 +210,11 @@ async def collect_orphans(
             await drop(location, collector)
     if doomed:
         log.info("collected %d orphaned payload folder(s) in %s", len(doomed), location.description)
-    return doomed
+    if swept:
+        log.info(
+            "collected %d abandoned part record folder(s) in %s", len(swept), location.description
+        )
+    return doomed + swept
 
 
 async def _referenced(location: Location, steps: set[int]) -> tuple[set[str], set[int]]:
@@ -225,9 +236,9 @@ async def _referenced(location: Location, steps: set[int]) -> tuple[set[str], se
         if head.isdigit() and int(head) in steps:
             keys.append((int(head), o.key))
     for step, key in keys:
-        folder = await _folder_of(location, key)
-        if folder is None:
+        folders = await _folders_of(location, key)
+        if folders is None:
             unreadable.add(step)
         else:
-            named.add(folder)
+            named.update(folders)
     return named, unreadable

@@ -227,8 +227,13 @@ class _Supervisor:
     ) -> Any:
         name = _name(fn)
         attempt = failures = preempted = 0
+        writers: tuple[str, ...] = ()
         while True:
             cp = self.checkpointer(attempt)
+            # A sharded attempt resumes from the newest *complete* step, which may lie
+            # behind parts its predecessors recorded: those parts are its own.
+            cp._predecessors = writers
+            writers = (*writers, cp.writer_id)
             outcome = await self._attempt(fn, args, kwargs, cp, signals)
             if isinstance(outcome, _Done):
                 if signals.pending is not None:

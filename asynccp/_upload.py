@@ -40,9 +40,10 @@ from ._catalog import Bad, Record
 from ._groups import first_leaf
 from ._handle import SaveHandle
 from ._location import Location, ObjectExists
-from ._manifest import FORMAT, QUARANTINE, FileInfo, Manifest, data_dir, manifest_key
+from ._manifest import QUARANTINE, FileInfo, Manifest, data_dir, manifest_key
 from ._payload import StagedFile
 from ._restore import Checkpoint
+from ._shard_records import MAX_FORMAT, ShardedManifest, checkpoint_of, decode_record
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -53,7 +54,7 @@ from .errors import (
     UploadError,
 )
 
-__all__ = ["Pending", "upload"]
+__all__ = ["CommitHook", "Pending", "upload"]
 
 log = logging.getLogger("asynccp")
 CLEANUP_SECONDS = 10.0
@@ -63,6 +64,12 @@ CLEANUP_SECONDS = 10.0
 PAYLOAD_CHECK_AFTER = 10.0
 #: Revisions tried for one step before giving up (each is another writer's replacement).
 _MAX_REVISIONS = 8
+
+
+#: How a sharded checkpointer commits instead (:func:`asynccp._shards.commit_part`): given
+#: the location, the part's manifest and the checkpoints known not to verify, it records
+#: the part (and commits the step if it is the last) and returns the part.
+CommitHook = Callable[[Location, Manifest, Collection[Bad]], Awaitable[Checkpoint]]
 
 
 @dataclass(eq=False)
@@ -89,12 +96,15 @@ async def upload(
     limiter: anyio.CapacityLimiter,
     turn: Callable[[], Awaitable[Any]] | None = None,
     bad: Collection[Bad] = (),
+    commit: CommitHook | None = None,
 ) -> Checkpoint:
     """Upload ``item``'s payload, then commit its manifest; return the checkpoint.
 
     ``turn``, when given, is awaited between the two: the previous checkpoint's commit
     (checkpoints commit in save order, while their payloads may upload side by side).
     ``bad`` lists checkpoints known not to verify: one found at this step is replaced.
+    ``commit``, when given, commits instead of the manifest create (a sharded writer's
+    part record; see :mod:`asynccp._shards`), and its result is returned.
     """
     started = time.monotonic()
     folder = data_dir(item.step, writer)
@@ -116,6 +126,8 @@ async def upload(
         if turn is not None:
             await turn()
         commit_sent = True
+        if commit is not None:
+            return await commit(location, manifest, bad)
         key = await _commit(location, manifest, bad)
         if time.monotonic() - started > PAYLOAD_CHECK_AFTER:
             await _check_payload(location, manifest, key)
@@ -172,7 +184,9 @@ async def _checksum(f: StagedFile) -> None:
     f.crc32c = await anyio.to_thread.run_sync(crc32c.crc32c, data, abandon_on_cancel=True)
 
 
-async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) -> str:
+async def _commit(
+    location: Location, manifest: Manifest | ShardedManifest, bad: Collection[Bad]
+) -> str:
     """Create the step's record (or its next revision); return the key that commits."""
     rev = 0
     for _ in range(_MAX_REVISIONS):
@@ -200,7 +214,9 @@ async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) 
     return key
 
 
-async def _judge_existing(location: Location, manifest: Manifest, bad: Collection[Bad]) -> int:
+async def _judge_existing(
+    location: Location, manifest: Manifest | ShardedManifest, bad: Collection[Bad]
+) -> int:
     """The step's record exists: -1 if it is ours, else the revision to replace it at.
 
     Raises :class:`StepAlreadyCommittedError` when it is another writer's checkpoint
@@ -214,7 +230,8 @@ async def _judge_existing(location: Location, manifest: Manifest, bad: Collectio
             "deleted since (retention has moved past it); save a later step"
         )
     record = found[-1]
-    why = await _why_replaceable(location, record, manifest.writer, bad)
+    ours = manifest.encode() if isinstance(manifest, ShardedManifest) else None
+    why = await _why_replaceable(location, record, manifest.writer, bad, ours)
     if why == "ours":
         return -1
     if why is None:
@@ -234,9 +251,17 @@ async def _judge_existing(location: Location, manifest: Manifest, bad: Collectio
 
 
 async def _why_replaceable(
-    location: Location, record: Record, writer: str, bad: Collection[Bad]
+    location: Location,
+    record: Record,
+    writer: str,
+    bad: Collection[Bad],
+    ours: bytes | None = None,
 ) -> str | None:
-    """Why the checkpoint ``record`` commits may be replaced; None if it must stay."""
+    """Why the checkpoint ``record`` commits may be replaced; None if it must stay.
+
+    ``ours``, for a sharded step, is the manifest this shard would write: the same
+    part records give the same bytes, so a record of the same commit must be identical.
+    """
     try:
         raw = await catalog.store_call(location, location.get, record.key)
     except FileNotFoundError:
@@ -245,14 +270,18 @@ async def _why_replaceable(
             "writer and deleted since; save a later step"
         ) from None
     try:
-        existing = Manifest.decode(raw, key=record.key)
+        existing = decode_record(raw, key=record.key)
     except CorruptCheckpointError as e:
         if _newer_format(raw):
             return None  # written by a newer asynccp: not ours to judge
         return f"its record is invalid ({e})"
     if existing.writer == writer:
-        return "ours"
-    ckpt = Checkpoint._from_manifest(existing, location, key=record.key)
+        # Ours: a retried request whose first try landed, or (a sharded step, whose
+        # manifest is a function of its part records) the same commit by another shard.
+        if ours is None or raw == ours:
+            return "ours"
+        return "its record names this step's part records but differs from them"
+    ckpt = checkpoint_of(existing, location, key=record.key)
     if not await catalog.is_complete(ckpt):
         return "its payload objects are missing or truncated"
     if (existing.step, existing.writer) in bad:
@@ -274,10 +303,12 @@ def _newer_format(raw: bytes) -> bool:
         fmt = json.loads(raw).get("format")
     except (ValueError, AttributeError, RecursionError):
         return False
-    return isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT
+    return isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > MAX_FORMAT
 
 
-async def _look_after_failure(location: Location, manifest: Manifest, error: Exception) -> None:
+async def _look_after_failure(
+    location: Location, manifest: Manifest | ShardedManifest, error: Exception
+) -> None:
     """The commit request failed: was it committed all the same (a lost answer)?
 
     Returns if this writer's record is there; raises :class:`UploadError` when the
@@ -311,8 +342,10 @@ async def _look_after_failure(location: Location, manifest: Manifest, error: Exc
     ) from error
 
 
-async def _check_payload(location: Location, manifest: Manifest, key: str) -> None:
-    ckpt = Checkpoint._from_manifest(manifest, location, key=key)
+async def _check_payload(
+    location: Location, manifest: Manifest | ShardedManifest, key: str
+) -> None:
+    ckpt = checkpoint_of(manifest, location, key=key)
     if not await catalog.is_complete(ckpt):
         raise UploadError(
             f"checkpoint step {manifest.step} in {location.description}: its payload "

@@ -20,6 +20,8 @@ __all__ = [
     "InvalidNameError",
     "RecoverableError",
     "RetriesExhausted",
+    "ShardConflictError",
+    "ShardMismatchError",
     "StepAlreadyCommittedError",
     "StepOrderError",
     "StoreError",
@@ -58,6 +60,28 @@ class StepAlreadyCommittedError(CheckpointError):
 
     Committed checkpoints are never overwritten. Resume from ``await cp.latest()``
     and save a later step.
+    """
+
+
+class ShardConflictError(StepAlreadyCommittedError):
+    """Another process already recorded this part (same shard, step and generation).
+
+    Each part of a sharded step is recorded once, by a create-if-absent put: of two
+    processes claiming the same shard, exactly one records its part; the other gets this
+    error and its payload is deleted. Two processes were started with the same
+    ``shard=``, or a relaunch reused the generation of a launch that already recorded
+    this part: give every launch its own generation.
+    """
+
+
+class ShardMismatchError(CheckpointError, ValueError):
+    """Shard counts disagree: the part records of one step and generation name
+    different ``shards``, or a checkpoint of ``n`` shards is restored with another
+    ``shards=`` (or asked for a part it does not have).
+
+    A step whose part records disagree is never committed. To read a checkpoint with a
+    different number of processes (resharding), open it with a plain ``Checkpointer``
+    and read every part: ``ckpt.shard(r)`` for ``r`` in ``range(ckpt.shards)``.
     """
 
 
