@@ -317,7 +317,7 @@ class Checkpointer:
         """
         while True:
             try:
-                await renew_lease(self._location, self.writer_id)
+                await renew_lease(self._location, self.writer_id, self.generation)
             except Exception as e:
                 log.warning("asynccp: could not write the lease of %r: %s", self, e)
             finally:

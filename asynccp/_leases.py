@@ -8,6 +8,10 @@ keeps a small lease object, ``writers/<writer>.json``, rewritten every
 :data:`RENEW_SECONDS`. A collector never takes the folders of a writer whose lease is
 younger than :data:`EXPIRES_SECONDS`, and it judges every age by the *store's* clock:
 the modification time of its own lease, written just before, is "now".
+
+The lease of a sharded writer also names its generation (its launch): while any writer
+of a generation is alive, no part that generation recorded is collected, since
+another of its shards may yet complete the step.
 """
 
 from __future__ import annotations
@@ -58,8 +62,11 @@ def _machine() -> str:
     return "/".join(parts)
 
 
-def _body(writer: str) -> bytes:
-    return json.dumps({"writer": writer, "machine": _machine(), "pid": os.getpid()}).encode()
+def _body(writer: str, generation: str | None) -> bytes:
+    doc: dict[str, object] = {"writer": writer, "machine": _machine(), "pid": os.getpid()}
+    if generation is not None:
+        doc["generation"] = generation
+    return json.dumps(doc).encode()
 
 
 def _pid_gone(pid: int) -> bool:
@@ -77,10 +84,10 @@ def _pid_gone(pid: int) -> bool:
         return False
 
 
-async def renew(location: Location, writer: str) -> None:
-    """Write (or rewrite) ``writer``'s lease."""
+async def renew(location: Location, writer: str, generation: str | None = None) -> None:
+    """Write (or rewrite) ``writer``'s lease (naming its ``generation`` when sharded)."""
     await anyio.to_thread.run_sync(
-        location.put, lease_key(writer), _body(writer), abandon_on_cancel=True
+        location.put, lease_key(writer), _body(writer, generation), abandon_on_cancel=True
     )
 
 
@@ -97,9 +104,16 @@ class Leases:
     SIGKILL leaves its lease behind) and its uploads can be collected at once.
     """
 
-    def __init__(self, objs: list[ObjectInfo], now: datetime, dead: set[str]) -> None:
+    def __init__(
+        self,
+        objs: list[ObjectInfo],
+        now: datetime,
+        dead: set[str],
+        generations: dict[str, str] | None = None,
+    ) -> None:
         self.now = now
         self._dead = dead
+        self._generations = generations or {}
         self._seen = {
             o.key[len(WRITERS) :].removesuffix(".json"): o.last_modified
             for o in objs
@@ -112,6 +126,10 @@ class Leases:
         if seen is None or writer in self._dead:
             return False
         return (self.now - seen).total_seconds() < EXPIRES_SECONDS
+
+    def live_generations(self) -> set[str]:
+        """The generations (launches of a sharded job) with a writer alive."""
+        return {g for w, g in self._generations.items() if self.alive(w)}
 
     def expired(self) -> list[str]:
         """Keys of leases whose writers are gone: to delete."""
@@ -131,20 +149,29 @@ async def read_leases(location: Location, collector: str) -> Leases:
     if stamp is None:  # pragma: no cover - a store that lost a write it acknowledged
         raise RuntimeError(f"the lease {own} just written is not listed")
     others = [o.key for o in objs if o.key != own and o.key.endswith(".json")]
-    dead = await anyio.to_thread.run_sync(_dead_here, location, others, abandon_on_cancel=True)
-    return Leases(objs, stamp, dead)
+    dead, generations = await anyio.to_thread.run_sync(
+        _dead_here, location, others, abandon_on_cancel=True
+    )
+    return Leases(objs, stamp, dead, generations)
 
 
-def _dead_here(location: Location, keys: list[str]) -> set[str]:
-    """Writers whose lease names a process of this machine that is gone (worker thread)."""
+def _dead_here(location: Location, keys: list[str]) -> tuple[set[str], dict[str, str]]:
+    """Writers whose lease names a process of this machine that is gone, and the
+    generation each sharded writer's lease names (worker thread)."""
     machine = _machine()
     dead = set()
+    generations = {}
     for key in keys:
         try:
             doc = json.loads(location.get(key))
         except Exception:  # deleted meanwhile, or not ours to read: judged by age alone
             continue
-        pid = doc.get("pid") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            continue
+        writer = key[len(WRITERS) :].removesuffix(".json")
+        if isinstance(doc.get("generation"), str):
+            generations[writer] = doc["generation"]
+        pid = doc.get("pid")
         if doc.get("machine") == machine and isinstance(pid, int) and _pid_gone(pid):
-            dead.add(key[len(WRITERS) :].removesuffix(".json"))
-    return dead
+            dead.add(writer)
+    return dead, generations

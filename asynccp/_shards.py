@@ -298,12 +298,12 @@ async def sweep_parts(
 
     The part records of a step that is not committed by their generation are orphans
     once the generation is dead: none of its records (any step) is newer than
-    ``cutoff`` and none of the writers they name holds a live lease. Those records are
-    deleted here (before their payload, which the caller then collects); the payload
-    folders named by the records of a generation still alive are ``protected``: another
-    shard of it may yet complete the step. ``removed`` lists the ``parts/<step>/<gen>``
-    folders deleted. Records of the generation that committed their step belong to the
-    checkpoint (retention deletes them with it).
+    ``cutoff``, and no live lease names the generation or a writer of those records.
+    Those records are deleted here (before their payload, which the caller then
+    collects); the payload folders named by the records of a generation still alive
+    are ``protected``: another shard of it may yet complete the step. ``removed`` lists
+    the ``parts/<step>/<gen>`` folders deleted. Records of the generation that committed
+    their step belong to the checkpoint (retention deletes them with it).
     """
     groups = await part_groups(location)
     if not groups:
@@ -340,9 +340,10 @@ async def sweep_parts(
             if found is not None:
                 writers[g.generation].add(found.manifest.writer)
                 folders[g.generation].add(found.manifest.data)
+    live = leases.live_generations()
     for g in candidates:
         gen = g.generation
-        alive = newest[gen] >= cutoff or any(leases.alive(w) for w in writers[gen])
+        alive = gen in live or newest[gen] >= cutoff or any(leases.alive(w) for w in writers[gen])
         if alive:
             protected |= folders[gen]
             continue
