@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import anyio
@@ -90,7 +90,6 @@ async def commit_part(
     step, gen = manifest.step, spec.generation
     key = part_key(step, gen, spec.shard, spec.shards)
     part = await _record(location, Part(spec.shard, spec.shards, gen, manifest), key, mine)
-    await anyio.to_thread.run_sync(location.sync_folders, [key], abandon_on_cancel=True)
     listed = await catalog.store_call(location, location.list, parts_dir(step, gen))
     recorded: dict[int, ObjectInfo] = {}
     others: set[int] = set()
@@ -119,8 +118,13 @@ async def commit_part(
 async def _record(location: Location, part: Part, key: str, mine: Collection[str]) -> Part:
     """Create the part record ``key``; return the part it records (ours, or adopted)."""
     writer = part.manifest.writer
+    # Not fsynced on a local disk: a part record only counts until the step's manifest,
+    # which embeds it, is created — durably. A power cut that loses a record loses a step
+    # that was not committed yet (its launch died with the machine anyway); the part's
+    # payload itself is durable before the record is written.
+    records = replace(location, durable=False)
     try:
-        await anyio.to_thread.run_sync(location.create, key, part.encode(), abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(records.create, key, part.encode(), abandon_on_cancel=True)
         return part
     except ObjectExists:
         pass
