@@ -383,6 +383,42 @@ async def test_a_corrupt_part_makes_every_shard_fall_back(any_site: Site) -> Non
     assert any(k.startswith("quarantine/") for k in any_site.raw.keys(""))
 
 
+async def test_an_invalid_sharded_record_is_replaced_by_the_next_commit(any_site: Site) -> None:
+    """Revisions and quarantine work for sharded steps: an undecodable manifest of step
+    1 is skipped by readers, and the relaunch that saves step 1 again commits it at the
+    next revision; the garbage goes to quarantine."""
+    async with launch(any_site.make_location, 2, "g") as cps:
+        for step in range(2):
+            await save_all(cps, step)
+    any_site.raw.put(manifest_key(1), b"garbage{")
+    async with launch(any_site.make_location, 2, "g2") as cps:
+        with pytest.warns(CorruptCheckpointWarning, match="checkpoint 1"):
+            found = await cps[1].load_latest(await read_own(cps[1]))
+        assert found is not None and found[0].step == 0
+        await save_all(cps, 1)
+        ckpt = await cps[0].latest()
+        assert ckpt is not None and ckpt.step == 1 and ckpt.generation == "g2"
+    keys = any_site.raw.keys("")
+    assert manifest_key(1) not in keys and manifest_key(1, 1) in keys
+    assert [k for k in keys if k.startswith("quarantine/")]
+
+
+async def test_a_lost_answer_to_a_part_record_is_looked_up(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """The record landed but its answer was lost: the store says it is this writer's,
+    and the part counts as recorded (the step commits)."""
+    store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=FAIL_FAST)
+    async with launch(lambda: store, 2, "g", io_attempts=1) as cps:
+        fault_proxy.lose_answers(rb"^PUT \S*/parts/", n=2)
+        parts = await save_all(cps, 0)
+        assert fault_proxy.lost_answers == 2
+        assert [p.part for p in parts] == [0, 1]
+        ckpt = await cps[0].latest()
+        assert ckpt is not None and ckpt.step == 0
+        await ckpt.verify()
+
+
 async def test_a_relaunch_never_mixes_its_parts_with_leftovers(site: Site) -> None:
     """The first launch dies with two of three parts of step 5 recorded; the relaunch (a
     new generation) saves step 5 whole, and the leftovers are collected once the first
