@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import MutableSet
+from collections.abc import MutableMapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -88,32 +88,33 @@ async def apply_retention(
     keep: int | None,
     keep_every: int | None,
     *,
-    known_valid: MutableSet[str] | None = None,
+    known_valid: MutableMapping[str, str] | None = None,
 ) -> list[int]:
     """Delete the valid checkpoints retention does not keep; return their steps.
 
-    ``known_valid`` caches the keys of records found valid (a checkpointer's own
-    commits): each is checked once, not at every commit.
+    ``known_valid`` caches the records found valid (key → payload folder; a
+    checkpointer's own commits go straight in): each record is checked once, not at
+    every commit.
     """
     if keep is None:
         return []
-    cache: MutableSet[str] = set() if known_valid is None else known_valid
-    valid: list[tuple[Record, str]] = []  # newest first, with their payload folders
-    for record in reversed(await catalog.records(location)):
-        try:
-            ckpt = await catalog.validate(location, record)
-        except (CorruptCheckpointError, CheckpointNotFoundError):
-            cache.discard(record.key)
-            continue  # never counted, never deleted here
-        cache.add(record.key)
-        valid.append((record, ckpt._data))
-    steps = [r.step for r, _ in reversed(valid)]
-    doomed = set(steps_to_delete(steps, keep, keep_every))
+    cache: MutableMapping[str, str] = {} if known_valid is None else known_valid
+    valid: list[tuple[Record, str]] = []  # oldest first, with their payload folders
+    for record in await catalog.records(location):
+        folder = cache.get(record.key)
+        if folder is None:
+            try:
+                folder = (await catalog.validate(location, record))._data
+            except (CorruptCheckpointError, CheckpointNotFoundError):
+                continue  # never counted, never deleted here
+            cache[record.key] = folder
+        valid.append((record, folder))
+    doomed = set(steps_to_delete([r.step for r, _ in valid], keep, keep_every))
     deleted = []
-    for record, folder in reversed(valid):
+    for record, folder in valid:
         if record.step in doomed:
             await delete_record(location, record, folder)
-            cache.discard(record.key)
+            cache.pop(record.key, None)
             deleted.append(record.step)
     return deleted
 

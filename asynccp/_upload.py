@@ -196,7 +196,8 @@ async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) 
             f"step {manifest.step} in {location.description}: {_MAX_REVISIONS} replacements "
             "of its record were lost to other writers in a row; giving up"
         )
-    await _quarantine_older(location, manifest.step, key)
+    if key != manifest_key(manifest.step):  # a replacement: move what it replaced aside
+        await _quarantine_older(location, manifest.step, key)
     return key
 
 
