@@ -173,31 +173,84 @@ async def _checksum(f: StagedFile) -> None:
 
 
 async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) -> str:
-    """Create the step's record (or its next revision); return the key that commits."""
+    """Create the step's record (or its next revision); return the key that commits.
+
+    A record that was created commits only if it is the step's *highest* revision. The
+    revisions below a step's record go to quarantine, so revision 0 may be free while a
+    higher revision is the record (an invalid one about to be replaced, or another
+    writer's): a create there succeeds and commits nothing. The listing after every
+    create (needed anyway, to move older records aside) shows it; the record above is
+    then judged like any existing one, and ours below it is deleted once the step's
+    outcome is known (it was never a commit: it does not go to quarantine).
+    """
+    step = manifest.step
     rev = 0
-    for _ in range(_MAX_REVISIONS):
-        key = manifest_key(manifest.step, rev)
-        try:
-            await anyio.to_thread.run_sync(
-                location.create, key, manifest.encode(), abandon_on_cancel=True
-            )
-            break
-        except ObjectExists:
-            pass
-        except Exception as e:
-            await _look_after_failure(location, manifest, e)  # raises unless it was ours
-            break
-        rev = await _judge_existing(location, manifest, bad)
-        if rev < 0:  # the record there is ours: a retried request whose first try landed
-            key = (await catalog.records(location, manifest.step))[-1].key
-            break
-    else:
-        raise UploadError(
-            f"step {manifest.step} in {location.description}: {_MAX_REVISIONS} replacements "
-            "of its record were lost to other writers in a row; giving up"
+    shadowed: list[str] = []  # records of ours created below the step's record
+    try:
+        for _ in range(_MAX_REVISIONS):
+            key = manifest_key(step, rev)
+            try:
+                await anyio.to_thread.run_sync(
+                    location.create, key, manifest.encode(), abandon_on_cancel=True
+                )
+            except ObjectExists:
+                pass
+            except Exception as e:
+                await _look_after_failure(location, manifest, key, e)  # raises unless ours
+                if await _is_record(location, manifest, key, rev, shadowed):
+                    return key
+                shadowed.append(key)
+            else:
+                if await _is_record(location, manifest, key, rev, shadowed):
+                    return key
+                shadowed.append(key)
+            rev = await _judge_existing(location, manifest, bad)
+            if rev < 0:  # the record there is ours: a retried request whose first try landed
+                key = (await catalog.records(location, step))[-1].key
+                await _quarantine_older(location, step, key, shadowed)
+                return key
+    except StepAlreadyCommittedError:
+        # Another writer's checkpoint is the step's record: ours below it goes too (its
+        # payload is about to be deleted).
+        await _delete_own(location, shadowed)
+        raise
+    raise UploadError(
+        f"step {step} in {location.description}: {_MAX_REVISIONS} replacements "
+        "of its record were lost to other writers in a row; giving up"
+    )
+
+
+async def _is_record(
+    location: Location, manifest: Manifest, key: str, rev: int, shadowed: list[str]
+) -> bool:
+    """Whether ``key``, just created, is the step's record (no higher revision exists).
+
+    If it is, the records below it are moved to quarantine (this writer's own
+    ``shadowed`` ones are deleted). A store that cannot be listed now leaves the
+    commit's outcome unknown.
+    """
+    step = manifest.step
+    try:
+        found = await catalog.records(location, step)
+    except StoreError as e:
+        raise CommitUnknownError(
+            f"checkpoint step {step} in {location.description}: its record {key} was "
+            f"created, but the store could not be listed to check that no higher revision "
+            f"of the step's record is there ({e}); it may or may not be committed. Its "
+            "payload is kept; the next reader decides."
+        ) from e
+    if found and found[-1].rev > rev:
+        log.info(
+            "asynccp: step %d in %s: %s was created below the step's record %s",
+            step,
+            location.description,
+            key,
+            found[-1].key,
         )
-    await _quarantine_older(location, manifest.step, key)
-    return key
+        return False
+    if found and found[-1].key == key:
+        await _set_aside(location, step, found[-1].superseded, shadowed)
+    return True
 
 
 async def _judge_existing(location: Location, manifest: Manifest, bad: Collection[Bad]) -> int:
@@ -277,35 +330,35 @@ def _newer_format(raw: bytes) -> bool:
     return isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT
 
 
-async def _look_after_failure(location: Location, manifest: Manifest, error: Exception) -> None:
-    """The commit request failed: was it committed all the same (a lost answer)?
+async def _look_after_failure(
+    location: Location, manifest: Manifest, key: str, error: Exception
+) -> None:
+    """The request creating ``key`` failed: was it created all the same (a lost answer)?
 
-    Returns if this writer's record is there; raises :class:`UploadError` when the
-    store shows none, and :class:`CommitUnknownError` when it cannot be asked. Either
+    Returns if ``key`` holds this writer's record; raises :class:`UploadError` when it
+    does not, and :class:`CommitUnknownError` when the store cannot be asked. Either
     way the payload stays (a request still in flight may yet land; if not, the orphan
     collector takes it).
     """
     step = manifest.step
     try:
-        for record in reversed(await catalog.records(location, step)):
-            try:
-                existing = await catalog.load_record(location, record)
-            except (CorruptCheckpointError, CheckpointNotFoundError):
-                continue
-            if existing.writer == manifest.writer:
-                log.warning(
-                    "asynccp: step %d: the answer to its commit was lost (%s), but the "
-                    "store holds its record: committed",
-                    step,
-                    error,
-                )
-                return
+        existing = await catalog.load_record(location, Record(step, key, 0))
+    except (CorruptCheckpointError, CheckpointNotFoundError):
+        existing = None
     except StoreError as e:
         raise CommitUnknownError(
             f"checkpoint step {step} in {location.description}: the commit request failed "
             f"({error}) and the store could not be asked whether it landed ({e}); it may or "
             "may not be committed. Its payload is kept; the next reader decides."
         ) from error
+    if existing is not None and existing.writer == manifest.writer:
+        log.warning(
+            "asynccp: step %d: the answer to its commit was lost (%s), but the store holds "
+            "its record: committed",
+            step,
+            error,
+        )
+        return
     raise UploadError(
         f"checkpoint step {step} was not committed to {location.description}: {error}"
     ) from error
@@ -322,19 +375,41 @@ async def _check_payload(location: Location, manifest: Manifest, key: str) -> No
         )
 
 
-async def _quarantine_older(location: Location, step: int, key: str) -> None:
-    """Move the records below ``key`` (invalid ones it replaced) to ``quarantine/``.
-
-    Best effort: a record left in place is harmless (the highest revision commits).
-    """
+async def _quarantine_older(location: Location, step: int, key: str, shadowed: list[str]) -> None:
+    """Move the records below ``key`` (invalid ones it replaced) to ``quarantine/``."""
     try:
         found = await catalog.records(location, step)
-        if not found or found[-1].key != key:
-            return  # replaced again since (ours was found bad): the replacer tidies up
-        for old in found[-1].superseded:
-            await quarantine(location, old)
     except Exception as e:
         log.warning("asynccp: could not move old records of step %d aside: %s", step, e)
+        return
+    if found and found[-1].key == key:
+        await _set_aside(location, step, found[-1].superseded, shadowed)
+
+
+async def _set_aside(
+    location: Location, step: int, superseded: Collection[str], shadowed: list[str]
+) -> None:
+    """Move the ``superseded`` records of ``step`` to quarantine, except this writer's
+    own ``shadowed`` ones (never commits), which are deleted. Best effort: a record left
+    in place is harmless (the highest revision commits)."""
+    for old in superseded:
+        if old in shadowed:
+            continue
+        try:
+            await quarantine(location, old)
+        except Exception as e:
+            log.warning("asynccp: could not move old record %s of step %d aside: %s", old, step, e)
+    await _delete_own(location, [k for k in shadowed if k in superseded])
+
+
+async def _delete_own(location: Location, keys: list[str]) -> None:
+    """Delete records this writer created below the step's record; best effort."""
+    if not keys:
+        return
+    try:
+        await catalog.store_call(location, location.delete, keys)
+    except Exception as e:
+        log.warning("asynccp: could not delete records %s: %s", keys, e)
 
 
 async def quarantine(location: Location, key: str) -> str | None:
