@@ -31,7 +31,7 @@ from ._catalog import Record
 from ._leases import drop, read_leases
 from ._location import Location, ObjectInfo
 from ._manifest import DATA, QUARANTINE, Manifest, parse_data_dir
-from ._upload import quarantine
+from ._upload import is_tombstone, quarantine
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 __all__ = [
@@ -149,10 +149,12 @@ async def remove_invalid(location: Location, *, how: str) -> list[int]:
     return steps
 
 
-async def _folder_of(location: Location, key: str) -> str | None:
+async def _folder_of(location: Location, key: str, raw: bytes | None = None) -> str | None:
     """The payload folder a manifest names, or None when it cannot be read."""
     try:
-        return Manifest.decode(await _call(location.get, key), key=key).data
+        if raw is None:
+            raw = await _call(location.get, key)
+        return Manifest.decode(raw, key=key).data
     except (FileNotFoundError, CorruptCheckpointError):
         return None
 
@@ -226,7 +228,13 @@ async def _referenced(location: Location, steps: set[int]) -> tuple[set[str], se
         if head.isdigit() and int(head) in steps:
             keys.append((int(head), o.key))
     for step, key in keys:
-        folder = await _folder_of(location, key)
+        try:
+            raw = await _call(location.get, key)
+        except FileNotFoundError:
+            continue
+        if is_tombstone(raw):
+            continue  # a replaced record: its copy in quarantine/ is among the keys
+        folder = await _folder_of(location, key, raw)
         if folder is None:
             unreadable.add(step)
         else:
