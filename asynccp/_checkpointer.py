@@ -217,8 +217,8 @@ class Checkpointer:
         #: Checkpoints this checkpointer found not to verify: never counted, replaced
         #: when their step is saved again.
         self._bad: set[Bad] = set()
-        #: Records found valid (retention checks each once).
-        self._valid_keys: set[str] = set()
+        #: Records found valid, with their payload folders (retention checks each once).
+        self._valid_keys: dict[str, list[str]] = {}
         self._orphans_collected = False
         self._counts = {"saves": 0, "committed": 0, "failed": 0, "superseded": 0}
         self._bytes_saved = self._bytes_committed = 0
@@ -564,8 +564,8 @@ class Checkpointer:
         self._bytes_committed += item.size
         self._last_committed = item.step
         self._raise_floor(item.step)
-        if self._sharding is None:
-            self._valid_keys.add(outcome._key)
+        if self._sharding is None:  # a sharded writer's outcome is its part, not a step
+            self._valid_keys[outcome._key] = [outcome._data]
         item.handle._resolve(outcome)
         await self._housekeeping()
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import MutableSet
+from collections.abc import MutableMapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from ._location import Location, ObjectInfo
 from ._manifest import DATA, QUARANTINE, parse_data_dir
 from ._shard_records import decode_record, folders_of, owned_prefixes
 from ._shards import sweep_parts
-from ._upload import quarantine
+from ._upload import is_tombstone, quarantine
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 __all__ = [
@@ -91,32 +91,33 @@ async def apply_retention(
     keep: int | None,
     keep_every: int | None,
     *,
-    known_valid: MutableSet[str] | None = None,
+    known_valid: MutableMapping[str, list[str]] | None = None,
 ) -> list[int]:
     """Delete the valid checkpoints retention does not keep; return their steps.
 
-    ``known_valid`` caches the keys of records found valid (a checkpointer's own
-    commits): each is checked once, not at every commit.
+    ``known_valid`` caches the records found valid (key → payload folders; a
+    checkpointer's own commits go straight in): each record is checked once, not at
+    every commit.
     """
     if keep is None:
         return []
-    cache: MutableSet[str] = set() if known_valid is None else known_valid
-    valid: list[tuple[Record, list[str]]] = []  # newest first, with their payload folders
-    for record in reversed(await catalog.records(location)):
-        try:
-            ckpt = await catalog.validate(location, record)
-        except (CorruptCheckpointError, CheckpointNotFoundError):
-            cache.discard(record.key)
-            continue  # never counted, never deleted here
-        cache.add(record.key)
-        valid.append((record, owned_prefixes(ckpt)))
-    steps = [r.step for r, _ in reversed(valid)]
-    doomed = set(steps_to_delete(steps, keep, keep_every))
+    cache: MutableMapping[str, list[str]] = {} if known_valid is None else known_valid
+    valid: list[tuple[Record, list[str]]] = []  # oldest first, with what deleting removes
+    for record in await catalog.records(location):
+        folders = cache.get(record.key)
+        if folders is None:
+            try:
+                folders = owned_prefixes(await catalog.validate(location, record))
+            except (CorruptCheckpointError, CheckpointNotFoundError):
+                continue  # never counted, never deleted here
+            cache[record.key] = folders
+        valid.append((record, folders))
+    doomed = set(steps_to_delete([r.step for r, _ in valid], keep, keep_every))
     deleted = []
-    for record, folder in reversed(valid):
+    for record, folder in valid:
         if record.step in doomed:
             await delete_record(location, record, folder)
-            cache.discard(record.key)
+            cache.pop(record.key, None)
             deleted.append(record.step)
     return deleted
 
@@ -150,10 +151,12 @@ async def remove_invalid(location: Location, *, how: str) -> list[int]:
     return steps
 
 
-async def _folders_of(location: Location, key: str) -> list[str] | None:
+async def _folders_of(location: Location, key: str, raw: bytes | None = None) -> list[str] | None:
     """The payload folders a manifest names, or None when it cannot be read."""
     try:
-        return folders_of(decode_record(await _call(location.get, key), key=key))
+        if raw is None:
+            raw = await _call(location.get, key)
+        return folders_of(decode_record(raw, key=key))
     except (FileNotFoundError, CorruptCheckpointError):
         return None
 
@@ -236,7 +239,13 @@ async def _referenced(location: Location, steps: set[int]) -> tuple[set[str], se
         if head.isdigit() and int(head) in steps:
             keys.append((int(head), o.key))
     for step, key in keys:
-        folders = await _folders_of(location, key)
+        try:
+            raw = await _call(location.get, key)
+        except FileNotFoundError:
+            continue
+        if is_tombstone(raw):
+            continue  # a replaced record: its copy in quarantine/ is among the keys
+        folders = await _folders_of(location, key, raw)
         if folders is None:
             unreadable.add(step)
         else:

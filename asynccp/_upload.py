@@ -187,30 +187,40 @@ async def _checksum(f: StagedFile) -> None:
 async def _commit(
     location: Location, manifest: Manifest | ShardedManifest, bad: Collection[Bad]
 ) -> str:
-    """Create the step's record (or its next revision); return the key that commits."""
+    """Create the step's record (or its next revision); return the key that commits.
+
+    Revisions of a step are never deleted one by one: a record that is replaced stays
+    where it was as a *tombstone* (its content moved to ``quarantine/``), and only
+    retention (or ``gc --invalid``) deletes a step's revisions, all together. So a
+    create that succeeds at revision ``k`` found ``k`` free, and no revision above ``k``
+    can exist: the record created is the step's record, with no listing to check it.
+    """
+    step = manifest.step
     rev = 0
     for _ in range(_MAX_REVISIONS):
-        key = manifest_key(manifest.step, rev)
+        key = manifest_key(step, rev)
         try:
             await anyio.to_thread.run_sync(
                 location.create, key, manifest.encode(), abandon_on_cancel=True
             )
-            break
         except ObjectExists:
             pass
         except Exception as e:
-            await _look_after_failure(location, manifest, e)  # raises unless it was ours
+            await _look_after_failure(location, manifest, key, e)  # raises unless ours
+            break
+        else:
             break
         rev = await _judge_existing(location, manifest, bad)
         if rev < 0:  # the record there is ours: a retried request whose first try landed
-            key = (await catalog.records(location, manifest.step))[-1].key
+            key = (await catalog.records(location, step))[-1].key
             break
     else:
         raise UploadError(
-            f"step {manifest.step} in {location.description}: {_MAX_REVISIONS} replacements "
+            f"step {step} in {location.description}: {_MAX_REVISIONS} replacements "
             "of its record were lost to other writers in a row; giving up"
         )
-    await _quarantine_older(location, manifest.step, key)
+    if key != manifest_key(step):  # a replacement: what it replaced becomes a tombstone
+        await _set_aside(location, step, key)
     return key
 
 
@@ -307,36 +317,34 @@ def _newer_format(raw: bytes) -> bool:
 
 
 async def _look_after_failure(
-    location: Location, manifest: Manifest | ShardedManifest, error: Exception
+    location: Location, manifest: Manifest | ShardedManifest, key: str, error: Exception
 ) -> None:
-    """The commit request failed: was it committed all the same (a lost answer)?
+    """The request creating ``key`` failed: was it created all the same (a lost answer)?
 
-    Returns if this writer's record is there; raises :class:`UploadError` when the
-    store shows none, and :class:`CommitUnknownError` when it cannot be asked. Either
+    Returns if ``key`` holds this writer's record; raises :class:`UploadError` when it
+    does not, and :class:`CommitUnknownError` when the store cannot be asked. Either
     way the payload stays (a request still in flight may yet land; if not, the orphan
     collector takes it).
     """
     step = manifest.step
     try:
-        for record in reversed(await catalog.records(location, step)):
-            try:
-                existing = await catalog.load_record(location, record)
-            except (CorruptCheckpointError, CheckpointNotFoundError):
-                continue
-            if existing.writer == manifest.writer:
-                log.warning(
-                    "asynccp: step %d: the answer to its commit was lost (%s), but the "
-                    "store holds its record: committed",
-                    step,
-                    error,
-                )
-                return
+        existing = await catalog.load_record(location, Record(step, key, 0))
+    except (CorruptCheckpointError, CheckpointNotFoundError):
+        existing = None
     except StoreError as e:
         raise CommitUnknownError(
             f"checkpoint step {step} in {location.description}: the commit request failed "
             f"({error}) and the store could not be asked whether it landed ({e}); it may or "
             "may not be committed. Its payload is kept; the next reader decides."
         ) from error
+    if existing is not None and existing.writer == manifest.writer:
+        log.warning(
+            "asynccp: step %d: the answer to its commit was lost (%s), but the store holds "
+            "its record: committed",
+            step,
+            error,
+        )
+        return
     raise UploadError(
         f"checkpoint step {step} was not committed to {location.description}: {error}"
     ) from error
@@ -355,33 +363,61 @@ async def _check_payload(
         )
 
 
-async def _quarantine_older(location: Location, step: int, key: str) -> None:
-    """Move the records below ``key`` (invalid ones it replaced) to ``quarantine/``.
-
-    Best effort: a record left in place is harmless (the highest revision commits).
-    """
+async def _set_aside(location: Location, step: int, key: str) -> None:
+    """Turn the records of ``step`` below ``key`` into tombstones, their content copied
+    to ``quarantine/``. Best effort: a record left as it was is harmless (the highest
+    revision commits)."""
     try:
         found = await catalog.records(location, step)
-        if not found or found[-1].key != key:
-            return  # replaced again since (ours was found bad): the replacer tidies up
-        for old in found[-1].superseded:
-            await quarantine(location, old)
     except Exception as e:
         log.warning("asynccp: could not move old records of step %d aside: %s", step, e)
+        return
+    if not found or found[-1].key != key:
+        return  # replaced again since (ours was found bad): the replacer tidies up
+    for old in found[-1].superseded:
+        try:
+            await quarantine(location, old, tombstone_for=key)
+        except Exception as e:
+            log.warning("asynccp: could not move old record %s of step %d aside: %s", old, step, e)
 
 
-async def quarantine(location: Location, key: str) -> str | None:
-    """Copy the manifest ``key`` into ``quarantine/`` and delete it; return the new key."""
+async def quarantine(
+    location: Location, key: str, *, tombstone_for: str | None = None
+) -> str | None:
+    """Copy the manifest ``key`` into ``quarantine/``; return the copy's key.
+
+    With ``tombstone_for`` (the record that replaced it), ``key`` is then overwritten by
+    a tombstone naming its replacement and the copy — it must stay, so the revision is
+    never created again (see :func:`_commit`). Without it, ``key`` is deleted (a step
+    whose every revision goes at once). A record already a tombstone is left as it is.
+    """
     try:
         raw = await catalog.store_call(location, location.get, key)
     except FileNotFoundError:
         return None
+    if is_tombstone(raw):  # its content is in quarantine already
+        if tombstone_for is None:
+            await catalog.store_call(location, location.delete, [key])
+        return None
     name = key.rsplit("/", 1)[-1].removesuffix(".json")
     target = f"{QUARANTINE}{name}-{secrets.token_hex(4)}.json"
     await catalog.store_call(location, location.create, target, raw)
-    await catalog.store_call(location, location.delete, [key])
+    if tombstone_for is None:
+        await catalog.store_call(location, location.delete, [key])
+    else:
+        stone = json.dumps({"tombstone": True, "replaced_by": tombstone_for, "moved_to": target})
+        await catalog.store_call(location, location.put, key, stone.encode())
     log.warning("asynccp: moved %s in %s to %s", key, location.description, target)
     return target
+
+
+def is_tombstone(raw: bytes) -> bool:
+    """Whether a manifest object is the tombstone of a replaced record."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("tombstone") is True
 
 
 async def _cleanup(location: Location, keys: list[str]) -> None:

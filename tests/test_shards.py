@@ -386,7 +386,7 @@ async def test_a_corrupt_part_makes_every_shard_fall_back(any_site: Site) -> Non
 async def test_an_invalid_sharded_record_is_replaced_by_the_next_commit(any_site: Site) -> None:
     """Revisions and quarantine work for sharded steps: an undecodable manifest of step
     1 is skipped by readers, and the relaunch that saves step 1 again commits it at the
-    next revision; the garbage goes to quarantine."""
+    next revision; the garbage goes to quarantine, a tombstone in its place."""
     async with launch(any_site.make_location, 2, "g") as cps:
         for step in range(2):
             await save_all(cps, step)
@@ -399,8 +399,10 @@ async def test_an_invalid_sharded_record_is_replaced_by_the_next_commit(any_site
         ckpt = await cps[0].latest()
         assert ckpt is not None and ckpt.step == 1 and ckpt.generation == "g2"
     keys = any_site.raw.keys("")
-    assert manifest_key(1) not in keys and manifest_key(1, 1) in keys
-    assert [k for k in keys if k.startswith("quarantine/")]
+    assert manifest_key(1, 1) in keys
+    stone = json.loads(any_site.raw.get(manifest_key(1)))  # the old revision: a tombstone
+    assert stone["tombstone"] is True and stone["replaced_by"] == manifest_key(1, 1)
+    assert any_site.raw.get(stone["moved_to"]) == b"garbage{"
 
 
 async def test_a_lost_answer_to_a_part_record_is_looked_up(
