@@ -15,7 +15,8 @@ After every launch, for every step:
 - the processes of a launch all resume from the same step, and the survivors of a
   kill are never blocked by it: they save every step and exit 0.
 
-At the end the parts the killed launches left are collected as orphans.
+At the end the parts the killed launches left are collected as orphans. Also: two
+processes started with the same shard, of which exactly one records its part.
 """
 
 from __future__ import annotations
@@ -272,3 +273,38 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
         for m in batch
     }
     assert folders == named, f"uncollected payload: {sorted(folders - named)[:5]}"
+
+
+@pytest.mark.slow
+def test_two_processes_claiming_one_shard(moto_server: str, s3_bucket: str) -> None:
+    """Two processes started with the same shard of the same launch save step 0: exactly
+    one records its part; the other fails with ShardConflictError (and exits non-zero)."""
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_REGION": REGION,
+        "ASYNCCP_GENERATION": "twice",
+    }
+    args = [sys.executable, str(SCRIPT), f"s3://{s3_bucket}/{PREFIX}", "1", "2", "--steps", "1"]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0 and codes[1] != 0, results
+    winner, loser = (
+        (results[0], results[1]) if procs[0].returncode == 0 else (results[1], results[0])
+    )
+    assert "part 0" in winner[0].split("\n")
+    assert "ShardConflictError" in loser[1] and "already recorded" in loser[1]
+    store = make_s3_store(moto_server, s3_bucket)
+    records = [m["path"] for b in obstore.list(store, prefix=f"{PREFIX}/parts/") for m in b]
+    assert records == [f"{PREFIX}/parts/{0:020d}/twice/1-of-2.json"]
+    folders = {
+        m["path"].split("/")[2] for b in obstore.list(store, prefix=f"{PREFIX}/data/") for m in b
+    }
+    assert len(folders) == 1  # the loser's payload was deleted
