@@ -591,7 +591,10 @@ class Checkpointer:
             if not self._orphans_collected:
                 self._orphans_collected = True
                 await collect_orphans(
-                    self._location, timedelta(seconds=self.orphan_grace), writer=self.writer_id
+                    self._location,
+                    timedelta(seconds=self.orphan_grace),
+                    writer=self.writer_id,
+                    generation=self.generation,  # its lease, rewritten, still names it
                 )
         except Exception as e:
             log.warning(

@@ -140,9 +140,10 @@ class Leases:
         ]
 
 
-async def read_leases(location: Location, collector: str) -> Leases:
-    """Renew ``collector``'s own lease, then list every lease; its time is "now"."""
-    await renew(location, collector)
+async def read_leases(location: Location, collector: str, generation: str | None = None) -> Leases:
+    """Renew ``collector``'s own lease (naming its ``generation``, if it is a sharded
+    writer), then list every lease; its time is "now"."""
+    await renew(location, collector, generation)
     objs = await anyio.to_thread.run_sync(location.list, WRITERS, abandon_on_cancel=True)
     own = lease_key(collector)
     stamp = next((o.last_modified for o in objs if o.key == own), None)

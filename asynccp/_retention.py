@@ -162,20 +162,25 @@ async def _folders_of(location: Location, key: str, raw: bytes | None = None) ->
 
 
 async def collect_orphans(
-    location: Location, grace: timedelta, *, writer: str | None = None
+    location: Location,
+    grace: timedelta,
+    *,
+    writer: str | None = None,
+    generation: str | None = None,
 ) -> list[str]:
     """Delete payload folders no manifest points to, older than ``grace``, and the part
     records of sharded steps whose launch is gone without completing them; return them
     (``data/<step>-<writer>`` and ``parts/<step>/<generation>`` folders).
 
     Ages are measured by the store's clock (the collector's lease, just rewritten, says
-    what time it is there). Never collected: folders of a writer with a live lease
-    (``writer``, the collector's own, always is), folders a committed or quarantined
-    manifest names. A manifest's temporary file is a few milliseconds' work, so one is
-    only taken once it is older than ``grace`` *and* ten minutes.
+    what time it is there; it names ``generation`` when the collector is a sharded
+    writer). Never collected: folders of a writer with a live lease (``writer``, the
+    collector's own, always is), folders a committed or quarantined manifest names. A
+    manifest's temporary file is a few milliseconds' work, so one is only taken once it
+    is older than ``grace`` *and* ten minutes.
     """
     collector = writer or f"gc{secrets.token_hex(6)}"
-    leases = await read_leases(location, collector)
+    leases = await read_leases(location, collector, generation)
     try:
         now = leases.now
         cutoff = now - grace
