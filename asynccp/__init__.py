@@ -12,6 +12,7 @@ from ._restore import Checkpoint
 from ._retry_policy import Backoff, RetryEvent
 from ._signals import DEFAULT_GRACE, PREEMPTED_EXIT_CODE
 from ._supervisor import Preempted, checkpointed, current, supervise
+from .autosave import Autosave, AutosaveError, AutosaveStats, ServiceState, autosave, lifespan
 from .errors import (
     CheckpointClosedError,
     CheckpointError,
@@ -31,6 +32,9 @@ from .errors import (
 )
 
 __all__ = [
+    "Autosave",
+    "AutosaveError",
+    "AutosaveStats",
     "Backoff",
     "Checkpoint",
     "CheckpointClosedError",
@@ -50,14 +54,17 @@ __all__ = [
     "RetriesExhausted",
     "RetryEvent",
     "SaveHandle",
+    "ServiceState",
     "Stats",
     "StepAlreadyCommittedError",
     "StepOrderError",
     "StoreError",
     "SupersededError",
     "UploadError",
+    "autosave",
     "checkpointed",
     "current",
+    "lifespan",
     "supervise",
 ]
 
