@@ -614,14 +614,13 @@ class Autosave:
                 return None
             span = self._telemetry.start("asynccp.autosave.save", wall, step=step, final=final)
             try:
-                handle = await self._submit(step, files, mark, final=final)
-            except StepOrderError as e:
-                await self._refresh_step()
-                self._failed(e, step, started, span, "saving")
-                return e
+                handle, step = await self._submit(files, mark, final=final)
             except (TypeError, ValueError, CheckpointClosedError) as e:
-                self._telemetry.end(span, e)
-                raise  # no retry can fix these: the owner must hear at once
+                if not isinstance(e, StepOrderError):
+                    self._telemetry.end(span, e)
+                    raise  # no retry can fix these: the owner must hear at once
+                self._failed(e, self._step, started, span, "saving")
+                return e
             except Exception as e:
                 self._failed(e, step, started, span, "saving")
                 return e
@@ -638,6 +637,8 @@ class Autosave:
                     extra=self._extra("autosave.replaced", step),
                 )
                 continue
+            if span is not None:
+                span.set_attribute("asynccp.step", step)
             self._step = step + 1
             if final:
                 self._final_handle = handle
@@ -646,14 +647,21 @@ class Autosave:
             return None
 
     async def _submit(
-        self, step: int, files: dict[str, bytes | memoryview], mark: int, *, final: bool
-    ) -> SaveHandle | None:
-        """Stage one autosave; None when it waited for room until newer state came."""
+        self, files: dict[str, bytes | memoryview], mark: int, *, final: bool
+    ) -> tuple[SaveHandle | None, int]:
+        """Stage one autosave at the next step: ``(handle, step)``, the handle None when
+        it waited for room until newer state came.
+
+        ``save()`` raises earlier failures first: ours were counted already, so the save
+        is tried again. A StepOrderError (someone else saved meanwhile) moves the step
+        past what the location holds and tries again.
+        """
         every = self._opts.every
         for attempt in range(_RESUBMIT):
+            step = self._step
             try:
                 if final:
-                    return await self._cp.save(step, files, metadata=self._opts.metadata)
+                    return await self._cp.save(step, files, metadata=self._opts.metadata), step
                 handle: SaveHandle | None = None
                 deadline = math.inf if every is None else anyio.current_time() + every
                 with anyio.CancelScope(deadline=deadline) as scope:
@@ -662,12 +670,14 @@ class Autosave:
                         handle = await self._cp.save(step, files, metadata=self._opts.metadata)
                     finally:
                         self._waiting = None
-                return handle
+                return handle, step
+            except StepOrderError:
+                await self._refresh_step()
+                if attempt + 1 == _RESUBMIT:
+                    raise
             except CheckpointError as e:
-                # save() raises earlier failures first; ours were counted already.
-                if attempt + 1 < _RESUBMIT and self._is_ours(e):
-                    continue
-                raise
+                if attempt + 1 == _RESUBMIT or not self._is_ours(e):
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _is_ours(self, error: BaseException) -> bool:
@@ -779,7 +789,7 @@ class Autosave:
             self._cp.location,
             doing,
             self._consecutive,
-            f", giving up at {limit}" if limit is not None else "",
+            f", giving up at {limit}" if limit is not None and not self._closing else "",
             type(error).__name__,
             error,
             exc_info=error,
