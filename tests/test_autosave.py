@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -400,7 +401,7 @@ def test_bad_arguments_fail_at_construction(
     with pytest.raises(error, match=match):
         asynccp.autosave(cp, lambda: b"", **kwargs)
     with pytest.raises(error, match=match):
-        asynccp.lifespan(tmp_path, restore=bytes, initial=bytes, dump=bytes, **kwargs)
+        asynccp.lifespan(tmp_path, restore=_restore, initial=dict, dump=_dump, **kwargs)
 
 
 def test_a_non_callable_state_or_no_checkpointer_fails_at_construction(tmp_path: Path) -> None:
@@ -410,11 +411,13 @@ def test_a_non_callable_state_or_no_checkpointer_fails_at_construction(tmp_path:
     with pytest.raises(TypeError, match=r"needs an asynccp\.Checkpointer"):
         asynccp.autosave(str(tmp_path), lambda: b"", every=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dump must be a callable"):
-        asynccp.lifespan(tmp_path, restore=bytes, initial=bytes, dump=None, every=1)  # type: ignore[arg-type]
+        asynccp.lifespan(tmp_path, restore=_restore, initial=dict, dump=None, every=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="options"):
-        asynccp.lifespan(cp, restore=bytes, initial=bytes, dump=bytes, every=1, keep=2)
+        asynccp.lifespan(cp, restore=_restore, initial=dict, dump=_dump, every=1, keep=2)
     with pytest.raises(ValueError, match="max_pending"):  # the Checkpointer's own checks
-        asynccp.lifespan(tmp_path, restore=bytes, initial=bytes, dump=bytes, every=1, max_pending=0)
+        asynccp.lifespan(
+            tmp_path, restore=_restore, initial=dict, dump=_dump, every=1, max_pending=0
+        )
     with pytest.raises(ValueError, match="changed"):
         asynccp.autosave(cp, lambda: b"", every=1).changed(0)
 
@@ -558,20 +561,18 @@ async def test_metrics_and_spans_through_the_sdk(tmp_path: Path) -> None:
     assert sums["asynccp.autosave.skips"] == stats.skips >= 1
     assert histograms["asynccp.autosave.duration"] == stats.saves
 
-    spans = exporter.get_finished_spans()
-    restores = [s for s in spans if s.name == "asynccp.autosave.restore"]
-    assert len(restores) == 1 and restores[0].attributes["asynccp.outcome"] == "none"
-    saves = [s for s in spans if s.name == "asynccp.autosave.save"]
-    outcomes = [s.attributes["asynccp.outcome"] for s in saves]
+    spans = [(s.name, dict(s.attributes or {}), s) for s in exporter.get_finished_spans()]
+    restores = [attrs for name, attrs, _ in spans if name == "asynccp.autosave.restore"]
+    assert len(restores) == 1 and restores[0]["asynccp.outcome"] == "none"
+    saves = [(attrs, span) for name, attrs, span in spans if name == "asynccp.autosave.save"]
+    outcomes = [attrs["asynccp.outcome"] for attrs, _ in saves]
     assert outcomes.count("committed") == stats.saves and outcomes.count("failed") == 1
-    (failed,) = [s for s in saves if s.attributes["asynccp.outcome"] == "failed"]
+    (failed,) = [span for attrs, span in saves if attrs["asynccp.outcome"] == "failed"]
     assert failed.status.status_code is StatusCode.ERROR
     assert failed.events[0].name == "exception"
-    committed_steps = sorted(
-        s.attributes["asynccp.step"]
-        for s in saves
-        if s.attributes["asynccp.outcome"] == "committed"
-    )
+    committed_steps = [
+        attrs["asynccp.step"] for attrs, _ in saves if attrs["asynccp.outcome"] == "committed"
+    ]
     assert committed_steps == list(range(stats.saves))
 
 
@@ -587,3 +588,15 @@ async def test_without_opentelemetry_nothing_changes(
     ):
         await poll(lambda: saver.stats.saves >= 1)
     assert [json.loads(d) for _, d in await committed(tmp_path)] == [{"k": 1}]
+
+
+def test_import_asynccp_loads_no_opentelemetry_nor_web_framework() -> None:
+    """OpenTelemetry is imported when an autosave is made, never by ``import asynccp``."""
+    code = (
+        "import asynccp, json, sys\n"
+        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in "
+        "('opentelemetry', 'starlette', 'uvicorn')]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
