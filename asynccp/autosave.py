@@ -32,11 +32,12 @@ How it behaves:
   raised from the ``async with``, and no task of the autosave outlives its block.
   A payload that can never be saved (a type the state callable must not return, an
   invalid file name) is raised at its first use, not retried.
-- **Exit.** Leaving the block (normally, by an exception, or cancelled) waits for the
-  autosaves in flight, then saves the state once more and waits for that commit, all
-  within ``final_timeout`` (default: the checkpointer's ``flush_timeout``); past it, the
-  checkpointer's own exit flush takes over. A final save that fails is raised as
-  :class:`AutosaveError` (or noted on the body's exception).
+- **Exit.** Leaving the block (normally, by an exception, or cancelled) stops the
+  cadence, saves the state once more (unless unchanged) and waits for it and the
+  autosaves in flight to commit, within ``final_timeout`` (default: the checkpointer's
+  ``flush_timeout``); past it, the checkpointer's own exit flush takes over. A final
+  save that fails is raised as :class:`AutosaveError` (or noted on the body's
+  exception).
 
 Log records carry structured fields (``extra=``) a log pipeline can index: ``event``
 (``autosave.commit``, ``autosave.skip``, ``autosave.failure``, ``autosave.replaced``,
@@ -517,9 +518,15 @@ class Autosave:
             await self._watch_done.wait()
             with anyio.move_on_after(self._final_timeout) as bound:
                 try:
-                    await self._drain()  # what was in flight first: the final save compares with it
+                    # Staged at once: if the commits in flight outlast final_timeout, the
+                    # checkpointer's exit flush still commits the newest state.
                     final_error = await self._attempt(final=True)
                     await self._drain()
+                    if self._final_handle is None and final_error is None:
+                        # Skipped: an autosave in flight held this state. If that one
+                        # failed, the state is saved now (else this skips again).
+                        final_error = await self._attempt(final=True)
+                        await self._drain()
                 except Exception as e:  # a payload that can never be saved, a closed checkpointer
                     fatal = e
                 handle = self._final_handle
@@ -552,7 +559,7 @@ class Autosave:
         if exc is None or (child is not None and isinstance(exc, anyio.get_cancelled_exc_class())):
             # No body error, or the body was cancelled because the autosave gave up.
             if problem is not None:
-                if exc is not None and problem is child and (fatal or final_error):
+                if problem is child and (fatal or final_error):
                     _add_note(
                         problem, f"asynccp: the final autosave failed too: {fatal or final_error}"
                     )

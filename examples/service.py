@@ -56,8 +56,13 @@ async def restore(ckpt: asynccp.Checkpoint) -> State:
 
 
 def dump(state: State) -> bytes:
-    """The state as one JSON file (sorted keys: unchanged state gives the same bytes)."""
-    return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+    """The state as one JSON file.
+
+    Unchanged state gives the same bytes (dicts keep their order, through a JSON round
+    trip too), so the autosave skips it. Not sorted: on the event loop, sorting 5000
+    keys costs more than the rest of the encoding.
+    """
+    return json.dumps(state, separators=(",", ":")).encode()
 
 
 class InMemory:
