@@ -273,6 +273,7 @@ async def test_persistent_failure_reaches_the_owner_and_no_task_outlives_the_blo
     assert len(give_up) == 1 and give_up[0].levelno == logging.ERROR
 
 
+@pytest.mark.slow
 async def test_the_store_down_for_a_while(
     fault_proxy: FaultProxy, s3_bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -308,6 +309,7 @@ async def test_the_store_down_for_a_while(
     assert json.loads(latest[1]) == {"k": final}
 
 
+@pytest.mark.slow
 async def test_the_store_down_at_shutdown_is_reported_and_the_exit_is_bounded(
     fault_proxy: FaultProxy, s3_bucket: str
 ) -> None:
@@ -590,6 +592,7 @@ async def test_without_opentelemetry_nothing_changes(
     assert [json.loads(d) for _, d in await committed(tmp_path)] == [{"k": 1}]
 
 
+@pytest.mark.slow
 def test_import_asynccp_loads_no_opentelemetry_nor_web_framework() -> None:
     """OpenTelemetry is imported when an autosave is made, never by ``import asynccp``."""
     code = (
@@ -600,3 +603,50 @@ def test_import_asynccp_loads_no_opentelemetry_nor_web_framework() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+#: An operator's setup: global SDK providers configured once, no provider passed in.
+GLOBAL_PROVIDERS = """
+import json, sys, anyio, asynccp
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+reader, exporter = InMemoryMetricReader(), InMemorySpanExporter()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+tracers = TracerProvider()
+tracers.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(tracers)
+
+async def main():
+    async with asynccp.Checkpointer(sys.argv[1]) as cp:
+        async with asynccp.autosave(cp, lambda: b"state", every=3600):
+            pass  # the save on exit
+    found = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                found[m.name] = sum(getattr(p, "value", 0) for p in m.data.data_points)
+    print(json.dumps({"metrics": found, "spans": [s.name for s in exporter.get_finished_spans()]}))
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.slow
+def test_metrics_and_spans_through_the_global_providers(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    proc = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDERS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["metrics"]["asynccp.autosave.saves"] == 1
+    assert doc["spans"] == ["asynccp.autosave.save"]
