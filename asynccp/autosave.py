@@ -506,7 +506,7 @@ class Autosave:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         self._closing = True
         self._phase = "closing"
         final_error: BaseException | None = None
@@ -564,10 +564,9 @@ class Autosave:
                         problem, f"asynccp: the final autosave failed too: {fatal or final_error}"
                     )
                 raise problem from problem.__cause__
-            return False
+            return
         if problem is not None:
             _add_note(exc, f"asynccp: autosave: {type(problem).__name__}: {problem}")
-        return False
 
     # -- the cadence ---------------------------------------------------------------------
 
@@ -980,9 +979,9 @@ class Lifespan(Generic[T]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         assert self._stack is not None
-        return bool(await self._stack.__aexit__(exc_type, exc, tb))
+        await self._stack.__aexit__(exc_type, exc, tb)  # never suppresses: ours do not
 
     async def _load(self) -> tuple[Checkpoint, T] | None:
         """The newest checkpoint that ``restore`` loads (falling back past corrupt ones)."""
