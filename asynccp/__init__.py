@@ -5,6 +5,7 @@ checkpoint atomically (payload first, then a create-if-absent manifest), restore
 newest one that verifies, and retry a job from where it left off.
 """
 
+from ._autosave import Autosave, AutosaveError, AutosaveStats, ServiceState, autosave, lifespan
 from ._checkpointer import Checkpointer, Stats
 from ._handle import SaveHandle
 from ._manifest import FileInfo
@@ -31,6 +32,9 @@ from .errors import (
 )
 
 __all__ = [
+    "Autosave",
+    "AutosaveError",
+    "AutosaveStats",
     "Backoff",
     "Checkpoint",
     "CheckpointClosedError",
@@ -50,14 +54,17 @@ __all__ = [
     "RetriesExhausted",
     "RetryEvent",
     "SaveHandle",
+    "ServiceState",
     "Stats",
     "StepAlreadyCommittedError",
     "StepOrderError",
     "StoreError",
     "SupersededError",
     "UploadError",
+    "autosave",
     "checkpointed",
     "current",
+    "lifespan",
     "supervise",
 ]
 
