@@ -5,6 +5,7 @@ checkpoint atomically (payload first, then a create-if-absent manifest), restore
 newest one that verifies, and retry a job from where it left off.
 """
 
+from ._autosave import Autosave, AutosaveError, AutosaveStats, ServiceState, autosave, lifespan
 from ._checkpointer import Checkpointer, Stats
 from ._handle import SaveHandle
 from ._manifest import FileInfo
@@ -33,6 +34,9 @@ from .errors import (
 )
 
 __all__ = [
+    "Autosave",
+    "AutosaveError",
+    "AutosaveStats",
     "Backoff",
     "Checkpoint",
     "CheckpointClosedError",
@@ -52,6 +56,7 @@ __all__ = [
     "RetriesExhausted",
     "RetryEvent",
     "SaveHandle",
+    "ServiceState",
     "ShardConflictError",
     "ShardMismatchError",
     "Stats",
@@ -60,8 +65,10 @@ __all__ = [
     "StoreError",
     "SupersededError",
     "UploadError",
+    "autosave",
     "checkpointed",
     "current",
+    "lifespan",
     "supervise",
 ]
 
