@@ -301,7 +301,7 @@ def test_every_message_has_one_prefix_and_warnings_one_casing(
         assert line.startswith("asynccp: "), (what, line)
         assert line.count("asynccp:") == 1, (what, line)
         assert "WARNING" not in line and "Warning:" not in line, (what, line)
-    assert lines["log warning"][0].startswith("asynccp: warning: skipping step 1 in ")
+    assert lines["log warning"][0].startswith("asynccp: warning: checkpoint 1 in ")
     assert lines["warning"][0].startswith("asynccp: warning: checkpoint 4 ")
     assert lines["usage"][0].startswith("asynccp: gc: argument --keep")
 

@@ -832,3 +832,52 @@ async def test_exit_is_bounded_when_the_store_hangs_after_a_commit(
     async with Checkpointer(store) as reader:
         latest = await reader.latest()
         assert latest is not None and latest.step == 0
+
+
+# -- store failures name the key and the location; abandonment is per call -----------------
+
+
+async def test_a_local_object_that_cannot_be_read_is_a_store_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    """A payload object the local file system refuses to open (here a socket in its
+    place: ENXIO, which root gets too) is a StoreError from read(), verify() and
+    download() alike, naming the key and the location — not corruption, not an OSError."""
+    import socket
+    import tempfile
+
+    short = tempfile.TemporaryDirectory(prefix="acp-")  # a socket's path is short
+    root = Path(short.name) / "s"
+    async with Checkpointer(root) as cp:
+        ckpt = await (await cp.save(1, b"hello"))
+    key = f"data/{1:020d}-{ckpt.writer}/data"
+    (root / key).unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / key))
+        async with Checkpointer(root) as cp:
+            loaded = await cp.get(1)
+            for read in (loaded.read, loaded.verify, lambda: loaded.download(tmp_path / "out")):
+                with pytest.raises(StoreError) as ei:
+                    await read()
+                assert not isinstance(ei.value, asynccp.CorruptCheckpointError)
+                assert key in str(ei.value) and str(root) in str(ei.value)
+                assert isinstance(ei.value.__cause__, OSError)
+    short.cleanup()
+
+
+async def test_a_checkpoint_read_after_another_flush_timed_out_still_retries(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """Giving up on pending work stops the calls of that work only: a Checkpoint that
+    outlives its checkpointer still retries a transient failure afterwards."""
+    store = make_s3_store(fault_proxy.url, s3_bucket, retry_config={"max_retries": 0})
+    with pytest.raises(asynccp.FlushTimeoutError):
+        async with Checkpointer(store, flush_timeout=0.5) as cp:
+            kept = await (await cp.save(0, b"kept"))
+            fault_proxy.hold_requests(rb"^PUT \S*/data/")
+            await cp.save(1, b"stuck")
+    fault_proxy.release()
+    failures = fault_proxy.failures
+    fault_proxy.fail_next(1, "503")
+    assert await kept.read() == b"kept"  # retried past the 503
+    assert fault_proxy.failures == failures + 1

@@ -42,8 +42,9 @@ from asynccp import (
     CorruptCheckpointWarning,
     InvalidNameError,
 )
-from asynccp._location import resolve
+from asynccp._layout import data_dir
 from asynccp._manifest import Manifest
+from asynccp._store import resolve
 
 #: Names obstore's LocalStore refuses to read (and its listing drops), all valid here.
 LOCAL_STORE_REFUSES = ["shard#1", "d#2/x#03", "#7", "ab:", "x/C:", "w|"]
@@ -191,14 +192,14 @@ def test_local_listing_matches_obstore_on_ordinary_names(tmp_path: Path) -> None
         for b in obstore.list(LocalStore(root), prefix="data")
         for m in b
     }
-    ours = loc.list("data/")
+    ours = loc.list_objects("data/")
     assert {(o.key, o.size, o.last_modified) for o in ours} == theirs
     assert {o.key for o in ours} == {"data/x/y/z.bin", "data/x/w", "data/x/link"}
     assert all(o.last_modified.tzinfo is not None for o in ours)
     assert all(o.last_modified.utcoffset() == timedelta(0) for o in ours)
     assert abs(datetime.now(timezone.utc) - ours[0].last_modified) < timedelta(days=1)
-    assert loc.list("nothing/here/") == []
-    assert {o.key for o in loc.list("")} == {o.key for o in ours} | {"manifests/a.json"}
+    assert loc.list_objects("nothing/here/") == []
+    assert {o.key for o in loc.list_objects("")} == {o.key for o in ours} | {"manifests/a.json"}
 
 
 # -- lone surrogates --------------------------------------------------------------------
@@ -285,7 +286,11 @@ async def test_undecodable_stray_name_is_skipped_with_a_warning(
     root = tmp_path / "store"
     await commit(root, {1: b"one", 2: b"two"})
     async with Checkpointer(root) as cp:
-        folder = root / (await cp.get(2))._data if where == "payload" else root / "manifests"
+        folder = (
+            root / data_dir(2, (await cp.get(2)).writer)
+            if where == "payload"
+            else root / "manifests"
+        )
     _stray(folder, b"\xff\xfe.json", is_dir=is_dir)
     caplog.set_level(logging.WARNING, logger="asynccp")
     async with Checkpointer(root) as cp:
@@ -327,7 +332,7 @@ async def test_manifest_naming_a_300_byte_segment_is_skipped(site: Site, tmp_pat
     long = "w" * 300
     await commit(site.location(), {1: {"w": b"one"}, 2: {"w": b"two"}})
     async with Checkpointer(site.location()) as cp:
-        folder = (await cp.get(2))._data
+        folder = data_dir(2, (await cp.get(2)).writer)
     if site.kind != "local":  # a local disk cannot even hold such a file
         site.put(f"{folder}/{long}", b"two")
         site.delete(f"{folder}/w")
@@ -370,7 +375,7 @@ async def test_destination_path_too_long_is_a_checkpoint_error_naming_the_file(
 async def test_folder_in_place_of_a_payload_file_is_corruption(site: Site, tmp_path: Path) -> None:
     await commit(site.location(), {1: {"weights": b"one"}, 2: {"weights": b"two"}})
     async with Checkpointer(site.location()) as cp:
-        folder = (await cp.get(2))._data
+        folder = data_dir(2, (await cp.get(2)).writer)
     site.delete(f"{folder}/weights")
     site.put(f"{folder}/weights/shard", b"two")  # "weights" is now a folder (a key prefix)
     async with Checkpointer(site.location()) as cp:
@@ -463,7 +468,7 @@ async def test_link_planted_during_the_download_is_refused(tmp_path: Path) -> No
         ckpt = await cp.get(1)
         # The payload object becomes a named pipe: the download's read of it waits for
         # a writer, and the writer's open returns once the download is reading.
-        pipe = root / ckpt._data / "a.bin"
+        pipe = root / data_dir(ckpt.step, ckpt.writer) / "a.bin"
         pipe.unlink()
         os.mkfifo(pipe)
 
@@ -486,16 +491,16 @@ async def test_link_planted_during_the_download_is_refused(tmp_path: Path) -> No
 def test_which_destination_errors_name_the_file() -> None:
     """Name trouble becomes a CheckpointError naming the file; the destination's own
     trouble (full, read-only, not permitted) stays the OSError it is."""
-    from asynccp._restore import _unwritable
+    from asynccp._dest import unwritable
 
     dest = Path("/some/dest")
     for code in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EEXIST, errno.EISDIR):
-        err = _unwritable(3, "model/w.bin", dest, OSError(code, os.strerror(code)))
+        err = unwritable(3, "model/w.bin", dest, OSError(code, os.strerror(code)))
         assert isinstance(err, CheckpointError) and not isinstance(err, CorruptCheckpointError)
         assert "'model/w.bin'" in str(err) and "/some/dest" in str(err)
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
         original = OSError(code, os.strerror(code))
-        assert _unwritable(3, "model/w.bin", dest, original) is original
+        assert unwritable(3, "model/w.bin", dest, original) is original
 
 
 @pytest.mark.parametrize("conflict", ["file-for-folder", "folder-for-file"])

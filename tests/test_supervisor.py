@@ -540,9 +540,12 @@ def test_backoff_arithmetic() -> None:
     delays = [jittered.delay(3) for _ in range(200)]
     assert all(4 <= d <= 4.5 for d in delays) and len(set(delays)) > 1
     assert asynccp.Backoff(initial=timedelta(milliseconds=500), jitter=0).delay(1) == 0.5
-    for bad in ({"initial": -1}, {"max": float("inf")}, {"jitter": "1"}, {"exp_base": 0.5}):
+    for bad in ({"initial": -1}, {"max": float("inf")}, {"exp_base": 0.5}):
         with pytest.raises(ValueError):
             asynccp.Backoff(**bad)
+    for wrong in ({"jitter": "1"}, {"exp_base": "2"}):  # a wrong type is a TypeError
+        with pytest.raises(TypeError):
+            asynccp.Backoff(**wrong)
     with pytest.raises(ValueError):
         b.delay(0)
 

@@ -56,7 +56,7 @@ import obstore
 from obstore.store import LocalStore
 
 from asynccp import Checkpointer
-from asynccp._location import resolve
+from asynccp._store import ObjectStore, resolve
 from asynccp.errors import CheckpointError, SupersededError
 
 from ._format import fmt_size, one_line
@@ -183,6 +183,7 @@ class Target:
             self.store: Any = LocalStore(self.root)
             self.kind = "local directory" + ("" if self.durable else " (durable=False)")
         else:
+            assert isinstance(base, ObjectStore)
             self.store = base.store
             self.prefix = f"{base.prefix}{run_id}/"
             self.kind = type(base.store).__name__
@@ -646,6 +647,7 @@ def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"durable": spec["durable"]}
     else:
         base = resolve(spec["url"], **spec["store_options"])
+        assert isinstance(base, ObjectStore)
         location, kwargs = base.store, {"prefix": base.prefix + spec["prefix"]}
 
     async def main() -> None:

@@ -1,32 +1,33 @@
-"""Uploading one staged checkpoint: payload objects first, then the manifest that commits.
+"""Committing one staged checkpoint: payload objects first, then the record that commits.
 
 The payload goes to a folder private to this writer (``data/<step>-<writer>/``), its
 files in parallel, large ones as multipart uploads. Only when every object is durable
-is the manifest created, with create-if-absent: that single conditional put is the
-commit. Data never mixes:
+is the record (the manifest) created, with create-if-absent: that single conditional put
+is the commit. Data never mixes:
 
 - The step's record already exists: if it is this writer's (a retried request whose
   first try landed), the commit succeeded. If it is another writer's valid checkpoint
   that verifies, this writer's payload is deleted and the step reports
   :class:`StepAlreadyCommittedError`. If it is invalid, or known not to verify, it never
-  blocks the step: the new manifest is created at the next revision (still
-  create-if-absent, so two writers still get one winner) and the old record is moved to
-  ``quarantine/``.
+  blocks the step: the new record is created at the next revision (still
+  create-if-absent, so two writers still get one winner) and the old one is moved to
+  quarantine.
 - The commit request failed with no retry left: its answer may be what was lost, so
   the store is asked. This writer's record there means committed; none means not; a
   store that cannot be asked gives :class:`CommitUnknownError`.
 - A commit that took long is checked afterwards: had a collector taken the payload
-  meanwhile, the handle fails instead of resolving to a checkpoint with no data.
+  meanwhile, the commit fails instead of resolving to a checkpoint with no data.
+
+The result is a :class:`Committed` (the manifest and the record's key): building the
+read-side :class:`~asynccp.Checkpoint` from it is the checkpointer's business.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -35,27 +36,29 @@ import anyio
 import anyio.to_thread
 import crc32c
 
-from . import _catalog as catalog
-from ._catalog import Bad, Record
-from ._groups import first_leaf
-from ._handle import SaveHandle
-from ._location import Location, ObjectExists
-from ._manifest import FORMAT, QUARANTINE, FileInfo, Manifest, data_dir, manifest_key
-from ._payload import StagedFile
-from ._restore import Checkpoint
-from .errors import (
+from .. import _catalog as catalog
+from .._catalog import Bad, Record
+from .._groups import first_leaf
+from .._layout import QUARANTINE, data_dir, manifest_key, payload_key
+from .._manifest import FileInfo, Manifest, newer_format
+from .._retention import quarantine
+from .._store import Store, call
+from ..errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CommitUnknownError,
     CorruptCheckpointError,
+    ObjectExists,
     StepAlreadyCommittedError,
     StoreError,
     UploadError,
 )
+from ._stager import StagedFile
 
-__all__ = ["Pending", "upload"]
+__all__ = ["PAYLOAD_CHECK_AFTER", "Committed", "commit"]
 
 log = logging.getLogger("asynccp")
+#: Seconds a failed checkpoint's cleanup may take before the failure is reported anyway.
 CLEANUP_SECONDS = 10.0
 #: A commit that finishes this long after its payload started uploading is checked
 #: afterwards: a collector may only take the payload of a writer whose lease lapsed
@@ -65,62 +68,61 @@ PAYLOAD_CHECK_AFTER = 10.0
 _MAX_REVISIONS = 8
 
 
-@dataclass(eq=False)
-class Pending:
-    """A checkpoint staged by ``save()`` and waiting for (or in) upload."""
+@dataclass(frozen=True)
+class Committed:
+    """A checkpoint this writer committed: its manifest, and the record that commits it."""
 
-    step: int
-    files: list[StagedFile]
-    metadata: dict[str, Any]
-    created_at: datetime
-    handle: SaveHandle
-    size: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.size = sum(f.size for f in self.files)
+    manifest: Manifest
+    key: str
 
 
-async def upload(
-    location: Location,
-    item: Pending,
+async def commit(
+    store: Store,
     *,
+    step: int,
+    files: list[StagedFile],
+    metadata: Mapping[str, Any],
+    created_at: datetime,
     writer: str,
     attempt: int,
     limiter: anyio.CapacityLimiter,
     turn: Callable[[], Awaitable[Any]] | None = None,
     bad: Collection[Bad] = (),
-) -> Checkpoint:
-    """Upload ``item``'s payload, then commit its manifest; return the checkpoint.
+) -> Committed:
+    """Upload ``files`` as checkpoint ``step``, then commit its record.
 
     ``turn``, when given, is awaited between the two: the previous checkpoint's commit
     (checkpoints commit in save order, while their payloads may upload side by side).
     ``bad`` lists checkpoints known not to verify: one found at this step is replaced.
+
+    Raises a :class:`CheckpointError` (:class:`UploadError` for a store failure) when
+    the checkpoint did not commit; cancellation leaves its payload for the collector.
     """
     started = time.monotonic()
-    folder = data_dir(item.step, writer)
-    keys = [f"{folder}/{f.name}" for f in item.files]
+    folder = data_dir(step, writer)
+    keys = [payload_key(folder, f.name) for f in files]
     commit_sent = False
     try:
         async with anyio.create_task_group() as tg:
-            for f, key in zip(item.files, keys, strict=True):
-                tg.start_soon(_put_file, location, f, key, limiter)
-        await anyio.to_thread.run_sync(location.sync_folders, keys)
+            for f, key in zip(files, keys, strict=True):
+                tg.start_soon(_put_file, store, f, key, limiter)
+        await call(store, store.make_durable, keys, key=folder, action="syncing")
         manifest = Manifest(
-            step=item.step,
+            step=step,
             writer=writer,
             attempt=attempt,
-            created_at=item.created_at,
-            metadata=item.metadata,
-            files={f.name: FileInfo(f.size, _crc(f)) for f in item.files},
+            created_at=created_at,
+            metadata=metadata,
+            files={f.name: FileInfo(f.size, _crc(f)) for f in files},
         )
         if turn is not None:
             await turn()
         commit_sent = True
-        key = await _commit(location, manifest, bad)
+        key = await _create_record(store, manifest, bad)
         if time.monotonic() - started > PAYLOAD_CHECK_AFTER:
-            await _check_payload(location, manifest, key)
+            await _check_payload(store, manifest)
     except BaseException as e:
-        # Once the manifest may have reached the store, the payload must stay: a commit
+        # Once the record may have reached the store, the payload must stay: a commit
         # whose answer was lost (a timeout, an abandoned request) would otherwise point
         # at deleted objects. If it did not commit, the orphan collector removes it.
         # A cancelled upload (the exit flush ran out of time) does not clean up at all:
@@ -129,35 +131,42 @@ async def upload(
         cancelled = isinstance(leaf, anyio.get_cancelled_exc_class())
         lost = isinstance(leaf, StepAlreadyCommittedError)
         if not cancelled and (not commit_sent or lost):
-            await _cleanup(location, keys)
+            await _cleanup(store, keys)
+        if isinstance(leaf, StoreError) and not isinstance(leaf, UploadError):
+            # A store call failed: the checkpoint did not upload. Chained to the store
+            # client's own error, as every UploadError is.
+            raise UploadError(
+                f"checkpoint step {step} was not committed to {store.description}: {leaf}"
+            ) from (leaf.__cause__ or leaf)
         if isinstance(leaf, CheckpointError):
             raise leaf from leaf.__cause__
         if isinstance(leaf, Exception):
             raise UploadError(
-                f"checkpoint step {item.step} was not committed to {location.description}: {leaf}"
+                f"checkpoint step {step} was not committed to {store.description}: {leaf}"
             ) from leaf
         raise
-    return Checkpoint._from_manifest(manifest, location, key=key)
+    return Committed(manifest, key)
 
 
-async def _put_file(
-    location: Location, f: StagedFile, key: str, limiter: anyio.CapacityLimiter
-) -> None:
+async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.CapacityLimiter) -> None:
     """Upload one file; a buffer's checksum is computed while its bytes are written."""
-    # Abandonable: only a flush timeout cancels the uploader, and then it must not wait
-    # for a request that may hang until obstore's retry_timeout.
+    # Abandoned if cancelled: only a flush timeout cancels the uploader, and then it
+    # must not wait for a request that may hang until obstore's retry_timeout.
     if f.data is None:
         assert f.path is not None
-        await anyio.to_thread.run_sync(
-            partial(location.put, key, f.path, move=True), limiter=limiter, abandon_on_cancel=True
+        await call(
+            store,
+            partial(store.put, key, f.path, move=True),
+            key=key,
+            action="writing",
+            limiter=limiter,
         )
         return
+    data = f.data
     async with anyio.create_task_group() as tg:
         if f.crc32c is None:
             tg.start_soon(_checksum, f)
-        await anyio.to_thread.run_sync(
-            location.put, key, f.data, limiter=limiter, abandon_on_cancel=True
-        )
+        await call(store, store.put, key, data, key=key, action="writing", limiter=limiter)
 
 
 def _crc(f: StagedFile) -> int:
@@ -172,61 +181,59 @@ async def _checksum(f: StagedFile) -> None:
     f.crc32c = await anyio.to_thread.run_sync(crc32c.crc32c, data, abandon_on_cancel=True)
 
 
-async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) -> str:
+async def _create_record(store: Store, manifest: Manifest, bad: Collection[Bad]) -> str:
     """Create the step's record (or its next revision); return the key that commits."""
     rev = 0
     for _ in range(_MAX_REVISIONS):
         key = manifest_key(manifest.step, rev)
         try:
-            await anyio.to_thread.run_sync(
-                location.create, key, manifest.encode(), abandon_on_cancel=True
-            )
+            await call(store, store.create, key, manifest.encode(), key=key, action="committing")
             break
         except ObjectExists:
             pass
-        except Exception as e:
-            await _look_after_failure(location, manifest, e)  # raises unless it was ours
+        except StoreError as e:
+            await _look_after_failure(store, manifest, e)  # raises unless it was ours
             break
-        rev = await _judge_existing(location, manifest, bad)
+        rev = await _judge_existing(store, manifest, bad)
         if rev < 0:  # the record there is ours: a retried request whose first try landed
-            key = (await catalog.records(location, manifest.step))[-1].key
+            key = (await catalog.records(store, manifest.step))[-1].key
             break
     else:
         raise UploadError(
-            f"step {manifest.step} in {location.description}: {_MAX_REVISIONS} replacements "
+            f"step {manifest.step} in {store.description}: {_MAX_REVISIONS} replacements "
             "of its record were lost to other writers in a row; giving up"
         )
-    await _quarantine_older(location, manifest.step, key)
+    await _quarantine_older(store, manifest.step, key)
     return key
 
 
-async def _judge_existing(location: Location, manifest: Manifest, bad: Collection[Bad]) -> int:
+async def _judge_existing(store: Store, manifest: Manifest, bad: Collection[Bad]) -> int:
     """The step's record exists: -1 if it is ours, else the revision to replace it at.
 
     Raises :class:`StepAlreadyCommittedError` when it is another writer's checkpoint
     that verifies (or one asynccp cannot judge: a newer format).
     """
     step = manifest.step
-    found = await catalog.records(location, step)
+    found = await catalog.records(store, step)
     if not found:
         raise StepAlreadyCommittedError(
-            f"step {step} was committed in {location.description} by another writer and "
+            f"step {step} was committed in {store.description} by another writer and "
             "deleted since (retention has moved past it); save a later step"
         )
     record = found[-1]
-    why = await _why_replaceable(location, record, manifest.writer, bad)
+    why = await _why_replaceable(store, record, manifest.writer, bad)
     if why == "ours":
         return -1
     if why is None:
         raise StepAlreadyCommittedError(
-            f"step {step} is already committed in {location.description} by another "
+            f"step {step} is already committed in {store.description} by another "
             f"writer (this writer is {manifest.writer}). Another process may be writing "
             "the same location; resume with `await cp.load_latest(...)` and save a later step."
         )
     log.warning(
         "asynccp: step %d in %s: %s; replacing it (the old record goes to %s)",
         step,
-        location.description,
+        store.description,
         why,
         QUARANTINE,
     )
@@ -234,50 +241,39 @@ async def _judge_existing(location: Location, manifest: Manifest, bad: Collectio
 
 
 async def _why_replaceable(
-    location: Location, record: Record, writer: str, bad: Collection[Bad]
+    store: Store, record: Record, writer: str, bad: Collection[Bad]
 ) -> str | None:
     """Why the checkpoint ``record`` commits may be replaced; None if it must stay."""
+    gone = StepAlreadyCommittedError(
+        f"step {record.step} in {store.description} was committed by another "
+        "writer and deleted since; save a later step"
+    )
     try:
-        raw = await catalog.store_call(location, location.get, record.key)
+        raw = await call(store, store.get, record.key, key=record.key, action="reading")
     except FileNotFoundError:
-        raise StepAlreadyCommittedError(
-            f"step {record.step} in {location.description} was committed by another "
-            "writer and deleted since; save a later step"
-        ) from None
+        raise gone from None
     try:
         existing = Manifest.decode(raw, key=record.key)
     except CorruptCheckpointError as e:
-        if _newer_format(raw):
+        if newer_format(raw):
             return None  # written by a newer asynccp: not ours to judge
         return f"its record is invalid ({e})"
     if existing.writer == writer:
         return "ours"
-    ckpt = Checkpoint._from_manifest(existing, location, key=record.key)
-    if not await catalog.is_complete(ckpt):
+    if not await catalog.is_complete(store, existing):
         return "its payload objects are missing or truncated"
     if (existing.step, existing.writer) in bad:
         return "it failed verification when it was read"
     try:
-        await ckpt.verify()
+        await catalog.verify(store, existing)
     except CorruptCheckpointError as e:
-        if not await catalog.still_committed(location, record.key):
-            raise StepAlreadyCommittedError(
-                f"step {record.step} in {location.description} was committed by another "
-                "writer and deleted since; save a later step"
-            ) from None
+        if not await catalog.still_committed(store, record.key):
+            raise gone from None
         return f"it fails verification ({e})"
     return None
 
 
-def _newer_format(raw: bytes) -> bool:
-    try:
-        fmt = json.loads(raw).get("format")
-    except (ValueError, AttributeError, RecursionError):
-        return False
-    return isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT
-
-
-async def _look_after_failure(location: Location, manifest: Manifest, error: Exception) -> None:
+async def _look_after_failure(store: Store, manifest: Manifest, error: StoreError) -> None:
     """The commit request failed: was it committed all the same (a lost answer)?
 
     Returns if this writer's record is there; raises :class:`UploadError` when the
@@ -286,10 +282,11 @@ async def _look_after_failure(location: Location, manifest: Manifest, error: Exc
     collector takes it).
     """
     step = manifest.step
+    cause = error.__cause__ or error
     try:
-        for record in reversed(await catalog.records(location, step)):
+        for record in reversed(await catalog.records(store, step)):
             try:
-                existing = await catalog.load_record(location, record)
+                existing = await catalog.read_manifest(store, record)
             except (CorruptCheckpointError, CheckpointNotFoundError):
                 continue
             if existing.writer == manifest.writer:
@@ -297,72 +294,60 @@ async def _look_after_failure(location: Location, manifest: Manifest, error: Exc
                     "asynccp: step %d: the answer to its commit was lost (%s), but the "
                     "store holds its record: committed",
                     step,
-                    error,
+                    cause,
                 )
                 return
     except StoreError as e:
         raise CommitUnknownError(
-            f"checkpoint step {step} in {location.description}: the commit request failed "
-            f"({error}) and the store could not be asked whether it landed ({e}); it may or "
+            f"checkpoint step {step} in {store.description}: the commit request failed "
+            f"({cause}) and the store could not be asked whether it landed ({e}); it may or "
             "may not be committed. Its payload is kept; the next reader decides."
-        ) from error
+        ) from cause
     raise UploadError(
-        f"checkpoint step {step} was not committed to {location.description}: {error}"
-    ) from error
+        f"checkpoint step {step} was not committed to {store.description}: {cause}"
+    ) from cause
 
 
-async def _check_payload(location: Location, manifest: Manifest, key: str) -> None:
-    ckpt = Checkpoint._from_manifest(manifest, location, key=key)
-    if not await catalog.is_complete(ckpt):
+async def _check_payload(store: Store, manifest: Manifest) -> None:
+    if not await catalog.is_complete(store, manifest):
         raise UploadError(
-            f"checkpoint step {manifest.step} in {location.description}: its payload "
+            f"checkpoint step {manifest.step} in {store.description}: its payload "
             f"({manifest.data}) was deleted while it committed (another process collected "
             "it as abandoned), so its record is invalid and readers skip it. Saving the "
             "step again replaces it."
         )
 
 
-async def _quarantine_older(location: Location, step: int, key: str) -> None:
-    """Move the records below ``key`` (invalid ones it replaced) to ``quarantine/``.
+async def _quarantine_older(store: Store, step: int, key: str) -> None:
+    """Move the records below ``key`` (invalid ones it replaced) to quarantine.
 
     Best effort: a record left in place is harmless (the highest revision commits).
     """
     try:
-        found = await catalog.records(location, step)
+        found = await catalog.records(store, step)
         if not found or found[-1].key != key:
             return  # replaced again since (ours was found bad): the replacer tidies up
         for old in found[-1].superseded:
-            await quarantine(location, old)
+            await quarantine(store, old)
     except Exception as e:
         log.warning("asynccp: could not move old records of step %d aside: %s", step, e)
 
 
-async def quarantine(location: Location, key: str) -> str | None:
-    """Copy the manifest ``key`` into ``quarantine/`` and delete it; return the new key."""
-    try:
-        raw = await catalog.store_call(location, location.get, key)
-    except FileNotFoundError:
-        return None
-    name = key.rsplit("/", 1)[-1].removesuffix(".json")
-    target = f"{QUARANTINE}{name}-{secrets.token_hex(4)}.json"
-    await catalog.store_call(location, location.create, target, raw)
-    await catalog.store_call(location, location.delete, [key])
-    log.warning("asynccp: moved %s in %s to %s", key, location.description, target)
-    return target
-
-
-async def _cleanup(location: Location, keys: list[str]) -> None:
+async def _cleanup(store: Store, keys: list[str]) -> None:
     """Delete a failed checkpoint's payload, best effort and briefly.
 
     A store that just failed an upload may not answer deletes either: after
-    ``CLEANUP_SECONDS`` the failure is reported anyway, and the orphan collector gets
-    what is left.
+    :data:`CLEANUP_SECONDS` the failure is reported anyway, and the orphan collector
+    gets what is left.
     """
     with anyio.move_on_after(CLEANUP_SECONDS):
         try:
-            await anyio.to_thread.run_sync(location.delete, keys, abandon_on_cancel=True)
+            await call(store, store.delete, keys, key=keys, action="deleting")
             return
         except Exception as e:
-            log.warning("could not delete the payload of a failed checkpoint: %s", e)
+            log.warning("asynccp: could not delete the payload of a failed checkpoint: %s", e)
             return
-    log.warning("gave up deleting the payload of a failed checkpoint after %s s", CLEANUP_SECONDS)
+    log.warning(
+        "asynccp: gave up deleting the payload of a failed checkpoint after %s s",
+        CLEANUP_SECONDS,
+    )
