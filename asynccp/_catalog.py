@@ -80,10 +80,10 @@ def warn_skipped(store: Store, step: int, error: CorruptCheckpointError) -> None
     The warning is attributed to the first caller outside asynccp (whatever the depth
     of the call inside it), so Python's warning filters and ``-W`` work per call site.
     """
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the caller of this function
+    while os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE) and frame.f_back:
         level += 1
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     warnings.warn(
         f"asynccp: checkpoint {step} in {store.description} was skipped: {error}",
         CorruptCheckpointWarning,

@@ -146,14 +146,14 @@ def check_metadata(metadata: object) -> dict[str, Any]:
         raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
     try:
         # Round-trip: a private copy the caller cannot mutate, and proof it is JSON.
-        copy = json.loads(json.dumps(dict(metadata), allow_nan=False))
+        copy: dict[str, Any] = json.loads(json.dumps(dict(metadata), allow_nan=False))
     except (TypeError, ValueError) as e:
         raise TypeError(
             f"metadata must be JSON-serialisable (str keys, finite numbers): {e}"
         ) from e
     if any(not isinstance(k, str) for k in metadata):
         raise TypeError("metadata keys must be str")
-    return copy  # type: ignore[no-any-return]
+    return copy
 
 
 def newer_format(raw: bytes) -> bool:

@@ -172,10 +172,10 @@ class _Supervisor:
         return Checkpointer(self.location, attempt=attempt, **self.options)
 
     async def run(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         signals = SignalWatcher(self.grace)
-        outcome: _Done[Any] | BaseException
+        outcome: _Done[T] | BaseException
         nested = _current.get() is not None  # the outer supervisor handles signals
         async with anyio.create_task_group() as tg:
             if self.handle_signals and not nested:
@@ -198,11 +198,11 @@ class _Supervisor:
 
     async def _attempts(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         signals: SignalWatcher,
-    ) -> Any:
+    ) -> T:
         name = _name(fn)
         attempt = failures = preempted = 0
         while True:
@@ -261,12 +261,12 @@ class _Supervisor:
 
     async def _attempt(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         cp: Checkpointer,
         signals: SignalWatcher,
-    ) -> _Done[Any] | _Failed | _Stopped:
+    ) -> _Done[T] | _Failed | _Stopped:
         """Run one attempt in its own Checkpointer and flush it; say how it ended.
 
         A signal cancels the body (and the flush after it, if it came then); the
@@ -274,7 +274,7 @@ class _Supervisor:
         checkpointer's ``flush_timeout``, and the exit keeps to that deadline.
         """
         token = _current.set(cp)
-        outcome: _Done[Any] | _Failed | _Stopped | None = None
+        outcome: _Done[T] | _Failed | _Stopped | None = None
         try:
             async with cp:
                 with signals.interruptible():
@@ -332,8 +332,12 @@ class _Supervisor:
 
 
 async def _call(
-    fn: Callable[..., Any], cp: Checkpointer, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+    fn: Callable[..., Awaitable[T]],
+    cp: Checkpointer,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    """``await fn(cp, *args, **kwargs)``; a sync ``fn`` is a :class:`NotAwaitableError`."""
     result = fn(cp, *args, **kwargs)
     if not inspect.isawaitable(result):
         name = _name(fn)
@@ -461,7 +465,7 @@ async def supervise(
         preemptions=preemptions,
         checkpointer_options=checkpointer_options,
     )
-    return await supervisor.run(fn, (), {})  # type: ignore[no-any-return]
+    return await supervisor.run(fn, (), {})
 
 
 def checkpointed(
@@ -508,7 +512,7 @@ def checkpointed(
 
         @functools.wraps(fn)
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await supervisor.run(fn, args, kwargs)  # type: ignore[no-any-return]
+            return await supervisor.run(fn, args, kwargs)
 
         return run
 

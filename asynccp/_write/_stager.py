@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import crc32c
@@ -251,10 +250,10 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
     return [Part(name or DEFAULT_NAME, flat.nbytes, flat)]
 
 
-async def _maybe_offload(fn: Any, size: int) -> bytes:
+async def _maybe_offload(fn: Callable[[], bytes], size: int) -> bytes:
     if size >= _OFFLOAD_BYTES:
         return await anyio.to_thread.run_sync(fn)
-    return fn()  # type: ignore[no-any-return]
+    return fn()
 
 
 def _plan_path(src: Path, name: str | None) -> list[Part]:
