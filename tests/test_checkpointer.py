@@ -7,26 +7,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 import pytest
 from _moto import make_s3_store
+from _sites import Site
 from obstore.store import MemoryStore
 
 import asynccp
 from asynccp import Checkpointer
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+@pytest.fixture
+def location(any_site: Site) -> Any:
     """Something to pass as a Checkpointer location; reusable by a second checkpointer."""
-    if request.param == "local":
-        return tmp_path / "ckpts"
-    if request.param == "memory":
-        return MemoryStore()
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return make_s3_store(endpoint, bucket, prefix="runs/42")
+    return any_site.make_location()
 
 
 async def test_save_commit_and_resume(location: Any) -> None:
@@ -494,19 +488,6 @@ async def test_large_file_multipart_on_s3(s3_store: Any, tmp_path: Path) -> None
     assert await c.read("big") == data
     out = await c.download(tmp_path / "out")
     assert (out / "buf").read_bytes() == data
-
-
-async def test_works_under_trio(tmp_path: Path) -> None:
-    """The I/O path runs obstore's sync API in threads, so trio works too."""
-
-    async def job() -> bytes | None:
-        async with Checkpointer(tmp_path / "trio") as cp:
-            await cp.save(0, b"trio!")
-        async with Checkpointer(tmp_path / "trio") as cp:
-            return await cp.read()
-
-    result = await anyio.to_thread.run_sync(lambda: anyio.run(job, backend="trio"))
-    assert result == b"trio!"
 
 
 async def test_non_durable_local_writes_same_layout(tmp_path: Path) -> None:

@@ -643,22 +643,7 @@ async def test_checkpointed_exhausts_like_supervise(tmp_path: Path) -> None:
     assert ei.value.attempts == 2
 
 
-# -- trio, and no main thread ----------------------------------------------------------------
-
-
-def test_supervise_under_trio(tmp_path: Path) -> None:
-    async def job(cp: Checkpointer) -> tuple[int, int]:
-        step = await resume(cp)
-        await cp.save(step, b"trio")
-        if step < 2:
-            await anyio.lowlevel.checkpoint()
-            raise RecoverableError("again")
-        return step, cp.attempt
-
-    async def main() -> tuple[int, int]:
-        return await asynccp.supervise(job, tmp_path, backoff=0.01)
-
-    assert anyio.run(main, backend="trio") == (2, 2)
+# -- no main thread ----------------------------------------------------------------
 
 
 def test_supervise_outside_the_main_thread_skips_signals(
