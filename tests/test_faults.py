@@ -43,6 +43,7 @@ from asynccp import (
     StoreError,
     UploadError,
 )
+from asynccp._layout import data_dir, manifest_key, payload_key
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
@@ -75,13 +76,8 @@ def blob(step: int, size: int, salt: str = "") -> bytes:
 
 
 def data_key(step: int, writer: str, name: str = "data") -> str:
-    """Key of a payload object (DESIGN §4 layout)."""
-    return f"data/{step:020d}-{writer}/{name}"
-
-
-def manifest_key(step: int) -> str:
-    """Key of the manifest that commits ``step`` (DESIGN §4 layout)."""
-    return f"manifests/{step:020d}.json"
+    """Key of a payload object (the layout of asynccp/_layout.py)."""
+    return payload_key(data_dir(step, writer), name)
 
 
 def assert_chained_to_obstore(err: BaseException) -> None:

@@ -506,7 +506,8 @@ class Engine:
         return out
 
     async def small_saves(self) -> dict[str, Any]:
-        """The seed's loop: many 16-byte counter saves, policy="latest", vs a sync write each."""
+        """Flyte's example loop (examples/seed_checkpoint.py): many 16-byte counter saves,
+        policy="latest", vs a sync write each."""
         o = self.opts
         per_round = max(1, o.small_saves // o.rounds)
         a_rates: list[float | None] = []
