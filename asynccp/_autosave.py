@@ -72,9 +72,10 @@ import anyio
 import crc32c
 
 from ._checkpointer import Checkpointer
+from ._checks import check_seconds, is_int
 from ._groups import first_leaf
-from ._validate import check_seconds, is_int
 from .errors import (
+    AutosaveError,
     CheckpointClosedError,
     CheckpointError,
     StepOrderError,
@@ -82,9 +83,9 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._handle import SaveHandle
+    from ._checkpoint import Checkpoint
     from ._manifest import FileInfo
-    from ._restore import Checkpoint
+    from ._write import SaveHandle
 
 __all__ = [
     "Autosave",
@@ -111,19 +112,6 @@ _OFFLOAD_BYTES = 4 << 20
 #: Our own failed saves are raised again by the next ``save()``; retried this often.
 _RESUBMIT = 3
 _SKIPS = ("digest", "changes", "never")
-
-
-class AutosaveError(CheckpointError):
-    """The autosave gave up, or its final save on exit failed.
-
-    Raised from the ``async with`` block after ``max_failures`` saves in a row failed
-    (the block's body is cancelled first), or when the save made on exit failed.
-    ``__cause__`` is the last failure; ``failures`` counts the failures in a row.
-    """
-
-    def __init__(self, message: str, *, failures: int) -> None:
-        super().__init__(message)
-        self.failures = failures
 
 
 @dataclass(frozen=True)

@@ -38,21 +38,11 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
-from ._location import Location
-from ._manifest import (
-    FORMAT,
-    GENERATION_RE,
-    Manifest,
-    decode_doc,
-    encode_doc,
-    parse_part_key,
-    parts_dir,
-)
-from ._restore import Checkpoint
-from ._validate import is_int
+from ._checks import is_int
+from ._layout import GENERATION_RE, parse_part_key, parts_dir
+from ._manifest import FORMAT, MAX_FORMAT, Manifest, decode_doc, encode_doc
 from .errors import CorruptCheckpointError
 
 __all__ = [
@@ -62,7 +52,7 @@ __all__ = [
     "Part",
     "ShardSpec",
     "ShardedManifest",
-    "checkpoint_of",
+    "AnyManifest",
     "decode_record",
     "folders_of",
     "generation_from_env",
@@ -72,8 +62,7 @@ __all__ = [
 
 #: The manifest format of a sharded step (a checkpoint of one process stays format 1).
 SHARDED_FORMAT = 2
-#: The newest manifest format this asynccp reads.
-MAX_FORMAT = SHARDED_FORMAT
+assert MAX_FORMAT == SHARDED_FORMAT
 #: Part numbers are at most six digits in a part record's key.
 MAX_SHARDS = 999_999
 #: The file names of a sharded step, seen whole, start with this and the shard number.
@@ -141,7 +130,7 @@ def sharding(shard: object, shards: object, generation: object, *, writer: str) 
             "(shards are numbered from 0, like torch.distributed ranks)"
         )
     if generation is not None:
-        if is_int(generation) and generation >= 0:  # type: ignore[operator]
+        if is_int(generation) and generation >= 0:
             generation = str(generation)
         if not isinstance(generation, str) or not GENERATION_RE.match(generation):
             raise ValueError(
@@ -289,6 +278,10 @@ def _format_of(raw: bytes) -> object:
     return doc.get("format")
 
 
+#: A step's manifest: of one process, or of a sharded step.
+AnyManifest = Manifest | ShardedManifest
+
+
 def decode_record(raw: bytes, *, key: str) -> Manifest | ShardedManifest:
     """A step's manifest, of one process (format 1) or sharded (format 2), validated."""
     if _format_of(raw) == SHARDED_FORMAT:
@@ -296,71 +289,14 @@ def decode_record(raw: bytes, *, key: str) -> Manifest | ShardedManifest:
     return Manifest.decode(raw, key=key)
 
 
-def _one(m: Manifest, location: Location, key: str, **sharded: Any) -> Checkpoint:
-    return Checkpoint(
-        step=m.step,
-        metadata=MappingProxyType(dict(m.metadata)),
-        files=MappingProxyType(dict(m.files)),
-        created_at=m.created_at,
-        attempt=m.attempt,
-        writer=m.writer,
-        _location=location,
-        _data=m.data,
-        _key=key,
-        **sharded,
-    )
-
-
-def checkpoint_of(m: Manifest | ShardedManifest, location: Location, *, key: str) -> Checkpoint:
-    """The :class:`Checkpoint` a manifest commits (a sharded one holds its parts)."""
-    if isinstance(m, Manifest):
-        return Checkpoint._from_manifest(m, location, key=key)
-    n, gen = m.shards, m.generation
-    parts = tuple(
-        _one(p, location, key, shards=n, part=r, generation=gen) for r, p in enumerate(m.parts)
-    )
-    files = {
-        f"{SHARD_PREFIX}{r}/{name}": info
-        for r, part in enumerate(parts)
-        for name, info in part.files.items()
-    }
-    first = parts[0]
-    return Checkpoint(
-        step=m.step,
-        metadata=first.metadata,
-        files=MappingProxyType(files),
-        created_at=max(p.created_at for p in parts),
-        attempt=first.attempt,
-        writer=first.writer,
-        _location=location,
-        _data="",
-        _key=key,
-        shards=n,
-        generation=gen,
-        _parts=parts,
-    )
-
-
-def part_checkpoint(part: Part, location: Location, *, key: str) -> Checkpoint:
-    """One recorded part as a :class:`Checkpoint` (what a shard's save handle gives)."""
-    return _one(
-        part.manifest,
-        location,
-        key,
-        shards=part.shards,
-        part=part.shard,
-        generation=part.generation,
-    )
-
-
 def folders_of(m: Manifest | ShardedManifest) -> list[str]:
     """The payload folders a manifest names."""
     return [m.data] if isinstance(m, Manifest) else [p.data for p in m.parts]
 
 
-def owned_prefixes(ckpt: Checkpoint) -> list[str]:
-    """What deleting ``ckpt`` removes after its manifest: its payload folders, and for a
-    sharded step its part records (of every generation: the step is gone)."""
-    if not ckpt._parts:
-        return [ckpt._data]
-    return [p._data for p in ckpt._parts] + [parts_dir(ckpt.step).rstrip("/")]
+def owned_prefixes(m: AnyManifest) -> list[str]:
+    """What deleting the step ``m`` commits removes after its record: its payload folders,
+    and for a sharded step its part records (of every generation: the step is gone)."""
+    if isinstance(m, Manifest):
+        return [m.data]
+    return [p.data for p in m.parts] + [parts_dir(m.step).rstrip("/")]

@@ -107,15 +107,16 @@ def list_ms(url: str, env: dict[str, str], shards: int) -> float:
     """Median time of one listing of a step's part records (``shards`` of them)."""
     code = f"""
 import statistics, time
-from asynccp._location import resolve
+from asynccp._layout import part_key, parts_dir
+from asynccp._store import resolve
 loc = resolve({url!r})
 loc.open()
 for r in range({shards}):
-    loc.create(f"parts/{{0:020d}}/g/{{r}}-of-{shards}.json", b"{{}}")
+    loc.create(part_key(0, "g", r, {shards}), b"{{}}")
 ts = []
 for _ in range(30):
     t = time.perf_counter()
-    loc.list(f"parts/{{0:020d}}/g/")
+    loc.list_objects(parts_dir(0, "g"))
     ts.append(time.perf_counter() - t)
 print(statistics.median(ts) * 1000)
 """

@@ -386,7 +386,7 @@ async def test_a_save_waiting_for_room_is_replaced_by_the_newer_state(
         ({"every": -1.0}, ValueError, "every must be"),
         ({"every": math.nan}, ValueError, "every must be"),
         ({"every": math.inf}, ValueError, "every must be"),
-        ({"every": "5"}, ValueError, "every must be"),
+        ({"every": "5"}, TypeError, "every must be"),
         ({}, ValueError, "needs a cadence"),
         ({"every_changes": 0}, ValueError, "every_changes must be >= 1"),
         ({"every_changes": 1.5}, TypeError, "every_changes must be an int"),

@@ -49,13 +49,20 @@ from asynccp import (
     CorruptCheckpointWarning,
     UploadError,
 )
-from asynccp._catalog import is_complete
-from asynccp._manifest import parse_manifest_key
+from asynccp._layout import data_dir, parse_manifest_key
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
 
 SEED_ENV = "ASYNCCP_CAMPAIGN_SEED"
+
+
+async def is_complete(ckpt: Checkpoint) -> bool:
+    """Whether every payload object of ``ckpt`` exists with its recorded size."""
+    folder = data_dir(ckpt.step, ckpt.writer) + "/"
+    objs = await anyio.to_thread.run_sync(ckpt._store.list_objects, folder)
+    sizes = {o.key[len(folder) :]: o.size for o in objs}
+    return all(sizes.get(name) == info.size for name, info in ckpt.files.items())
 
 
 def campaign_seed() -> int:

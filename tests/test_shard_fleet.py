@@ -41,6 +41,7 @@ from _moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, make_s3_store
 from obstore.store import S3Store
 
 import asynccp
+from asynccp._layout import data_dir, manifest_key
 from asynccp._retention import collect_orphans
 from asynccp._shard_records import Part, ShardedManifest
 
@@ -184,7 +185,8 @@ def check_visible(store: S3Store, now: Stored, n: int, seed: int) -> None:
         parts = now.records.get((step, ckpt.generation), {})
         assert sorted(parts) == list(range(n)), f"step {step} visible with parts {sorted(parts)}"
         made = ShardedManifest.from_parts(list(parts.values())).encode()
-        raw = bytes(obstore.get(store, f"{PREFIX}/{ckpt._key}").bytes())
+        # No record is ever replaced here: revision 0 is the step's record.
+        raw = bytes(obstore.get(store, f"{PREFIX}/{manifest_key(step)}").bytes())
         assert raw == made, f"step {step}: the manifest is not the one its part records make"
         got = anyio.run(read_parts, ckpt)
         for r in range(n):
@@ -255,7 +257,7 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
     # the parts the killed launches left are orphans: collected now that they are gone
     async def collect() -> None:
         async with asynccp.Checkpointer(store, prefix=PREFIX) as cp:
-            await collect_orphans(cp._location, timedelta(0))
+            await collect_orphans(cp._store, timedelta(0))
 
     deadline = time.monotonic() + 60
     while True:  # S3's clock counts whole seconds: come back until it has moved on
@@ -266,7 +268,11 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
             break
         time.sleep(0.3)
     assert set(final.records) <= committed, sorted(set(final.records) - committed)[:5]
-    named = {p._data for c in final.visible.values() for p in (c.shard(r) for r in range(n))}
+    named = {
+        data_dir(c.step, p.writer)
+        for c in final.visible.values()
+        for p in (c.shard(r) for r in range(n))
+    }
     folders = {
         "/".join(m["path"][len(PREFIX) + 1 :].split("/")[:2])
         for batch in obstore.list(store, prefix=f"{PREFIX}/data/")

@@ -364,7 +364,7 @@ async def test_a_corrupt_part_makes_every_shard_fall_back(any_site: Site) -> Non
             await save_all(cps, step)
         bad = await cps[0].latest()
         assert bad is not None and bad.step == 1
-    key = f"{bad.shard(1)._data}/state"
+    key = bad.shard(1)._key("state")
     flipped = bytearray(any_site.raw.get(key))
     flipped[5] ^= 0xFF
     any_site.raw.put(key, bytes(flipped))
@@ -449,7 +449,7 @@ async def test_a_relaunch_never_mixes_its_parts_with_leftovers(site: Site) -> No
     with anyio.fail_after(30):
         while left():
             async with Checkpointer(site.make_location()) as collector:
-                await collect_orphans(collector._location, timedelta(0))
+                await collect_orphans(collector._store, timedelta(0))
             await anyio.sleep(0.2)
     keys = site.raw.keys("")
     assert {k for k in keys if k.startswith("parts/")} == {
@@ -468,7 +468,7 @@ async def test_parts_of_a_live_launch_are_never_collected(site: Site) -> None:
             await save_all([cp0], 0)
         async with Checkpointer(site.make_location()) as collector:
             taken = await collect_orphans(
-                collector._location, timedelta(0), writer=collector.writer_id
+                collector._store, timedelta(0), writer=collector.writer_id
             )
         assert taken == []
         await save_all([cp1], 0)
@@ -478,8 +478,13 @@ async def test_parts_of_a_live_launch_are_never_collected(site: Site) -> None:
 
 
 async def test_retention_is_applied_by_shard_0_alone(any_site: Site) -> None:
-    async with launch(any_site.make_location, 2, "g", keep=None) as cps:
-        cps[1].keep = 1  # shard 1's keep is ignored: it never deletes
+    async with AsyncExitStack() as stack:
+        cps = [
+            await stack.enter_async_context(
+                Checkpointer(any_site.make_location(), shard=r, shards=2, generation="g", keep=keep)
+            )
+            for r, keep in ((0, None), (1, 1))  # shard 1's keep is ignored: it never deletes
+        ]
         for step in range(3):
             await save_all(cps, step)
     assert [c.step for c in await _list(any_site)] == [0, 1, 2]
@@ -623,7 +628,7 @@ async def test_the_command_line_on_a_sharded_location(
     async with Checkpointer(root) as reader:
         newest = await reader.latest()
     assert newest is not None
-    target = root / newest.shard(2)._data / "state"
+    target = root / newest.shard(2)._key("state")
     target.write_bytes(b"X" + target.read_bytes()[1:])
     code, out, _ = await anyio.to_thread.run_sync(lambda: cli("verify", str(root)))
     assert code == 1 and "step 2: FAILED" in out and "shard-2/state" in out

@@ -37,15 +37,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
-from obstore.store import LocalStore
-
 from asynccp._catalog import list_steps, load, quarantined, survey
 from asynccp._catalog import newest as newest_verified
-from asynccp._location import CLIENT_KEYS, Location, resolve
-from asynccp._manifest import MAX_STEP
-from asynccp._restore import Checkpoint
+from asynccp._checkpoint import Checkpoint
+from asynccp._layout import MAX_STEP, PARTS
 from asynccp._retention import apply_retention, collect_orphans, remove_invalid, steps_to_delete
 from asynccp._shards import PartGroup, uncommitted
+from asynccp._store import CLIENT_KEYS, resolve
+from asynccp._store import Store as Location
 from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
 
 from ._format import fmt_size, one_line, parse_size, table
@@ -379,9 +378,6 @@ def _open(args: argparse.Namespace) -> Location:
     if loc.local_root is not None and not loc.local_root.is_dir():
         what = "is not a directory" if loc.local_root.exists() else "does not exist"
         raise Failure(f"{loc.local_root} {what}")
-    if loc.local_root is not None and loc.store is None:
-        # Not loc.open(): that prepares a location for writing (creates its folders).
-        loc.store = LocalStore(loc.local_root)
     return loc
 
 
@@ -481,7 +477,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         for e in steps:
             c = e.checkpoint
             if c is None:
-                why = one_line(e.problem or "")
+                why = " ".join((e.problem or "").split())
                 why = why if len(why) <= 100 else why[:99] + "…"
                 rows.append([str(e.record.step), "INVALID", "", "", "", "", "", why])
                 continue
@@ -730,7 +726,7 @@ async def cmd_gc(args: argparse.Namespace) -> int:
         if args.dry_run:
             lines.append("orphaned payload folders are not looked at in a dry run")
         else:
-            parts = [o for o in orphans if o.startswith("parts/")]
+            parts = [o for o in orphans if o.startswith(PARTS)]
             lines.append(
                 f"collected {len(orphans) - len(parts)} orphaned payload folder(s) "
                 f"older than {args.orphan_grace:g} s"

@@ -1,10 +1,12 @@
 """Turn what the caller passes to ``save()`` into staged files asynccp owns.
 
-A snapshot is taken before ``save()`` returns, so the caller may reuse its buffers and
-files at once: immutable ``bytes`` are kept as they are (zero-copy), mutable buffers are
-copied once, files are copied into a private staging folder. Large copies run in a
-worker thread so the event loop keeps running. Names are validated here, once, for
-every path into a checkpoint.
+Two steps, so that room in the queue is reserved before anything is copied: ``plan``
+validates the payload (its names by :mod:`asynccp._names`) and sizes it, ``snapshot``
+takes ownership. The snapshot is taken before ``save()`` returns, so the caller may reuse
+its buffers and files at once: immutable ``bytes`` are kept as they are (zero-copy),
+mutable buffers are copied once, files are copied into a private staging folder
+(:mod:`asynccp._write._staging`). Large copies run in a worker thread so the event loop
+keeps running.
 """
 
 from __future__ import annotations
@@ -18,23 +20,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
 
 import anyio.to_thread
 import crc32c
 
+from .._names import check_names, validate_name
+from .._types import Payload
 from ._staging import StagingFolder
-from .errors import InvalidNameError
 
-__all__ = [
-    "DEFAULT_NAME",
-    "Part",
-    "Payload",
-    "StagedFile",
-    "Stager",
-    "check_names",
-    "validate_name",
-]
+__all__ = ["DEFAULT_NAME", "Part", "StagedFile", "Stager"]
 
 #: The name a single-buffer payload gets inside its checkpoint.
 DEFAULT_NAME = "data"
@@ -43,11 +37,6 @@ DEFAULT_NAME = "data"
 #: (smaller ones take well under a millisecond: less than the trip to a thread).
 _OFFLOAD_BYTES = 4 << 20
 _COPY_CHUNK = 8 << 20
-_MAX_NAME = 1024
-#: The longest file name (one path segment) local file systems take, in bytes.
-_MAX_SEGMENT_BYTES = 255
-
-Payload = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Mapping[str, Any], Any]
 
 
 @dataclass
@@ -67,74 +56,9 @@ class StagedFile:
     buffer: mmap.mmap | None = None  # the pooled memory ``data`` views, if any
 
 
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a safe relative object name, else raise InvalidNameError.
-
-    The rule (the same on save and when a manifest is read): a ``str`` of at most
-    1024 characters that is valid Unicode (it encodes as UTF-8: no lone surrogate, which
-    no store key and no file name can hold); ``/``-separated segments, none of them
-    empty, ``.`` or ``..``, none longer than 255 bytes in UTF-8 (the longest file name a
-    local file system takes, so every checkpoint can be restored to a local folder); no
-    leading ``/``, no backslash, no control character.
-
-    Anything else is allowed and round-trips on every store (local, memory, S3 and the
-    other remote stores), ``#`` and ``:`` included. obstore's local store refuses two
-    kinds of such names — a last segment whose first ``#`` is followed by digits only
-    (``shard#1``, ``#7``: the names of its own temporary files), and a last segment
-    ending in an ASCII letter and ``:`` or ``|`` (``weights:``, taken for a drive
-    letter) — but asynccp reads, lists and deletes local directories itself.
-    """
-    if not isinstance(name, str):
-        raise InvalidNameError(f"a file name must be a str, got {type(name).__name__}")
-    if not name:
-        raise InvalidNameError("a file name must not be empty")
-    if len(name) > _MAX_NAME:
-        raise InvalidNameError(f"file name is longer than {_MAX_NAME} characters: {name[:40]!r}…")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidNameError(
-            f"file name {name!r} is not valid UTF-8 (it holds a lone surrogate, as a file "
-            "name that is not UTF-8 on disk decodes to); rename it"
-        ) from None
-    if name.startswith("/"):
-        raise InvalidNameError(f"file name {name!r} is absolute; use a relative name like 'a/b'")
-    if "\\" in name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
-        raise InvalidNameError(f"file name {name!r} contains a backslash or control character")
-    for segment in name.split("/"):
-        if segment == "":
-            raise InvalidNameError(
-                f"file name {name!r} has an empty segment ('//' or a '/' at an end)"
-            )
-        if segment in (".", ".."):
-            raise InvalidNameError(
-                f"file name {name!r} has a {segment!r} segment; names may not escape"
-            )
-        if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
-            raise InvalidNameError(
-                f"file name {name[:60]!r}… has a segment longer than {_MAX_SEGMENT_BYTES} "
-                f"bytes in UTF-8 ({segment[:40]!r}…): no local file system can hold it"
-            )
-    return name
-
-
-def check_names(names: list[str]) -> None:
-    """Reject duplicate names and a name that is also another name's folder."""
-    seen = set(names)
-    if len(seen) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidNameError(f"duplicate file names in one checkpoint: {dup}")
-    for name in names:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            folder = "/".join(parts[:i])
-            if folder in seen:
-                raise InvalidNameError(f"{folder!r} is both a file and the folder of {name!r}")
-
-
 class Stager:
     """Owns what ``save()`` staged: a private folder for file copies (locked while it is
-    in use, see :mod:`asynccp._staging`), and a pool of buffers for copies of mutable
+    in use, see :mod:`asynccp._write._staging`), and a pool of buffers for copies of mutable
     memory.
 
     A training loop saves same-sized state step after step. A fresh 64 MiB buffer
@@ -143,13 +67,23 @@ class Stager:
     more of them than ``pool_room()`` allows (the room left in the staging budget).
     """
 
-    def __init__(self, staging: StagingFolder, pool_room: Callable[[], int]) -> None:
-        self.folder = staging.path
-        self._staging = staging
+    def __init__(self, pool_room: Callable[[], int]) -> None:
+        self._staging: StagingFolder | None = None
         self._pool_room = pool_room
         self._free: dict[int, list[mmap.mmap]] = {}
         self._free_bytes = 0
         self._lock = threading.Lock()  # buffers come back from worker threads
+
+    def open(self, staging: StagingFolder) -> None:
+        """Start staging file copies into ``staging`` (the open checkpointer's folder)."""
+        self._staging = staging
+
+    @property
+    def folder(self) -> Path:
+        """The staging folder file copies go to."""
+        if self._staging is None:
+            raise RuntimeError("the stager has no staging folder yet (not open)")
+        return self._staging.path
 
     async def plan(self, payload: Payload) -> list[Part]:
         """Validate ``payload`` and size it, copying nothing (so room can be reserved first).
@@ -250,7 +184,9 @@ class Stager:
 
     def close(self) -> None:
         """Remove the staging folder, release its lock, drop the pool (worker thread)."""
-        self._staging.close()
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
         with self._lock:
             self._free.clear()
             self._free_bytes = 0
@@ -314,10 +250,10 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
     return [Part(name or DEFAULT_NAME, flat.nbytes, flat)]
 
 
-async def _maybe_offload(fn: Any, size: int) -> bytes:
+async def _maybe_offload(fn: Callable[[], bytes], size: int) -> bytes:
     if size >= _OFFLOAD_BYTES:
         return await anyio.to_thread.run_sync(fn)
-    return fn()  # type: ignore[no-any-return]
+    return fn()
 
 
 def _plan_path(src: Path, name: str | None) -> list[Part]:
