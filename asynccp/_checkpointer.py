@@ -56,7 +56,7 @@ from ._store import (
 )
 from ._types import LocationLike, Payload, Policy
 from ._write import Committed, FlushResult, Pipeline, SaveHandle, Stats, StepOrder, open_staging
-from .errors import CheckpointClosedError, CheckpointError
+from .errors import CheckpointClosedError
 
 __all__ = [
     "OPTION_NAMES",
@@ -367,6 +367,7 @@ class Checkpointer:
                 stack.push_async_callback(self._pipeline.release)  # last: the staging folder
                 stack.push_async_exit(self._report)  # after the task group (see there)
                 tg = await stack.enter_async_context(_Tasks())
+                stack.callback(self._lease.stop)  # before the task group waits for it
                 tg.start_soon(self._lease.run)
                 await self._pipeline.start(tg, staging, ready=self._lease.written)
                 stack.push_async_exit(self._drain)  # first: the flush
@@ -397,7 +398,7 @@ class Checkpointer:
         """
         try:
             found = await catalog.latest(self._store, skip=self._order.bad)
-        except CheckpointError as e:
+        except Exception as e:  # best effort (a warning turned into an error, too)
             log.warning("asynccp: could not read %s at open: %s", self.location, e)
         else:
             if found is not None:

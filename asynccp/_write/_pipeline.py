@@ -315,8 +315,9 @@ class Pipeline:
 
     def raise_failures(self) -> None:
         """Raise the first unreported failure (the others as its notes)."""
-        error = FlushResult(errors=tuple(self.take_failures())).error()
-        if error is not None:
+        if self._failures:  # (checked first: this runs in every save())
+            error = FlushResult(errors=tuple(self.take_failures())).error()
+            assert error is not None
             raise error
 
     def _supersede(self, item: Pending) -> None:
