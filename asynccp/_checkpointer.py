@@ -544,9 +544,10 @@ class Checkpointer:
         """``action`` on the newest checkpoint for which it verifies; the ones skipped
         are remembered as bad, and the floor is the one found."""
         self._check_readable()
-        found = await catalog.newest(
-            self._store, action, skip=self._order.bad, on_skipped=self._order.skip
-        )
+        with self._pipeline.telemetry.span("asynccp.restore"):
+            found = await catalog.newest(
+                self._store, action, skip=self._order.bad, on_skipped=self._order.skip
+            )
         self._order.found_newest(None if found is None else found[0].step)
         return found
 
