@@ -60,7 +60,7 @@ from ._types import LocationLike, Payload, Policy
 from ._write import Committed, FlushResult, Pipeline, SaveHandle, Stats, StepOrder, open_staging
 from ._write._commit import RecordHook
 from ._write._shards import commit_part
-from .errors import CheckpointClosedError, CheckpointError, ShardMismatchError
+from .errors import CheckpointClosedError, ShardMismatchError
 
 __all__ = [
     "OPTION_NAMES",
@@ -69,6 +69,7 @@ __all__ = [
     "State",
     "Stats",
     "check_options",
+    "continue_from",
     "flush_within",
 ]
 
@@ -416,6 +417,7 @@ class Checkpointer:
                 stack.push_async_callback(self._pipeline.release)  # last: the staging folder
                 stack.push_async_exit(self._report)  # after the task group (see there)
                 tg = await stack.enter_async_context(_Tasks())
+                stack.callback(self._lease.stop)  # before the task group waits for it
                 tg.start_soon(self._lease.run)
                 await self._pipeline.start(tg, staging, ready=self._lease.written)
                 stack.push_async_exit(self._drain)  # first: the flush
@@ -446,7 +448,7 @@ class Checkpointer:
         """
         try:
             found = await catalog.latest(self._store, skip=self._order.bad)
-        except CheckpointError as e:
+        except Exception as e:  # best effort (a warning turned into an error, too)
             log.warning("asynccp: could not read %s at open: %s", self.location, e)
         else:
             if found is not None:
@@ -637,9 +639,10 @@ class Checkpointer:
         """``action`` on the newest checkpoint for which it verifies; the ones skipped
         are remembered as bad, and the floor is the one found."""
         self._check_readable()
-        found = await catalog.newest(
-            self._store, action, skip=self._order.bad, on_skipped=self._order.skip
-        )
+        with self._pipeline.telemetry.span("asynccp.restore"):
+            found = await catalog.newest(
+                self._store, action, skip=self._order.bad, on_skipped=self._order.skip
+            )
         self._order.found_newest(None if found is None else found[0].step)
         return found
 
@@ -704,3 +707,15 @@ async def flush_within(cp: Checkpointer, seconds: float) -> FlushResult:
     if not math.isinf(seconds):
         cp._deadline = min(cp._deadline, anyio.current_time() + seconds)
     return await cp._pipeline.flush_within(seconds)
+
+
+def continue_from(cp: Checkpointer, writers: tuple[str, ...]) -> None:
+    """Tell a supervised attempt's ``cp`` (not yet open) the writer ids of the earlier
+    attempts of the same supervisor.
+
+    For the supervisor: a sharded attempt resumes from the newest *complete* step, which
+    may lie behind parts its predecessors recorded; those parts are this shard's own,
+    so recording them again keeps the earlier part instead of failing with
+    :class:`ShardConflictError`. Unsharded checkpointers ignore it.
+    """
+    cp._predecessors = tuple(writers)

@@ -31,6 +31,7 @@ CASE_FIGURES: list[tuple[str, tuple[str, ...], bool]] = [
     ("throughput / raw puts", ("throughput_mib_s", "ratio"), True),
     ("restore MiB/s", ("restore_mib_s", "asynccp"), True),
     ("restore / raw gets", ("restore_mib_s", "ratio"), True),
+    ("loop lag p50 (ms)", ("loop_lag_ms", "asynccp", "p50"), False),
     ("loop lag p99 (ms)", ("loop_lag_ms", "asynccp", "p99"), False),
 ]
 
@@ -78,8 +79,19 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--sizes", default="64MiB")
     parser.add_argument("--keep", type=Path, help="also keep every JSON document here")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="also count the runs kept in this folder by an earlier --keep",
+    )
     args = parser.parse_args()
     runs: dict[str, list[dict[str, tuple[float | None, bool]]]] = {"before": [], "after": []}
+    for folder in args.reuse:
+        for which in runs:
+            for path in sorted(folder.glob(f"{which}-*.json")):
+                runs[which].append(figures(json.loads(path.read_text())))
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(args.pairs):
             order = ["before", "after"] if pair % 2 == 0 else ["after", "before"]
@@ -90,6 +102,7 @@ def main() -> None:
                 print(f"pair {pair + 1}/{args.pairs}: {which}", file=sys.stderr, flush=True)
                 runs[which].append(figures(run_bench(tree.resolve(), args.sizes, out)))
     names = list(runs["before"][0])
+    print(f"{len(runs['before'])} runs of each, interleaved\n")
     print("| figure | before: median (range) | after: median (range) | after vs before |")
     print("|---|---|---|---|")
     for name in names:

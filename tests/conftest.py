@@ -31,6 +31,7 @@ BOTH_BACKENDS = frozenset(
         "test_checkpointer",
         "test_manifest",
         "test_recovery",
+        "test_store",
         "test_supervisor",
     }
 )

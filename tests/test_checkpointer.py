@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 from _moto import make_s3_store
+from _proxy import FaultProxy
 from _sites import Site
 from obstore.store import MemoryStore
 
 import asynccp
 from asynccp import Checkpointer
+from asynccp._checkpointer import flush_within
+from asynccp._write import FlushResult
 
 
 @pytest.fixture
@@ -555,3 +559,26 @@ async def test_superseded_file_payloads_leave_no_staged_copies(
         await cp.flush()
         assert [p for p in staging.rglob("*") if p.is_file() and p.name != ".lock"] == []
     assert not list(staging.iterdir())  # the staging folder itself is gone
+
+
+async def test_flush_within_a_deadline_returns_what_happened(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """The supervisor's flush: typed, bounded, and the exit after it keeps the deadline."""
+    store = make_s3_store(fault_proxy.url, s3_bucket)
+    async with Checkpointer(store, max_pending=8, flush_timeout=300) as cp:
+        await (await cp.save(0, b"zero"))
+        ok = await flush_within(cp, math.inf)
+        assert ok == FlushResult(last_committed=0)
+        fault_proxy.hold_requests(rb"^PUT \S*/data/")
+        handles = [await cp.save(step, b"held") for step in (1, 2, 3)]
+        result = await flush_within(cp, 0.3)
+        assert result.timed_out and result.last_committed == 0
+        # steps 1 and 2 were in flight (small ones upload two at once): they fail on their own
+        assert result.abandoned == (3,)
+        assert [type(e) for e in result.errors] == [asynccp.FlushTimeoutError]
+        with pytest.raises(asynccp.CheckpointClosedError, match="gave up"):
+            await cp.save(4, b"more")
+    # the exit had nothing left to report (the deadline had passed: it did not wait again)
+    assert all(isinstance(h.exception(), asynccp.FlushTimeoutError) for h in handles)
+    fault_proxy.release()

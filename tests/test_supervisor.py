@@ -91,6 +91,8 @@ class Calls:
         ({"attempt": 2}, TypeError, "attempt= is set by the supervisor"),
         ({"max_pending": 0}, ValueError, "max_pending"),  # a Checkpointer option
         ({"no_such_option": 1}, TypeError, "no_such_option"),
+        ({"kep": 3}, TypeError, "unexpected keyword argument 'kep'; did you mean 'keep'"),
+        ({"retrys": 3}, TypeError, "unexpected keyword argument 'retrys'; did you mean 'retries'"),
     ],
 )
 async def test_bad_options_fail_before_anything_runs(

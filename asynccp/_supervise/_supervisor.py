@@ -31,7 +31,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 import anyio
 from obstore.store import MemoryStore
 
-from .._checkpointer import OPTION_NAMES, Checkpointer, check_options, flush_within
+from .._checkpointer import OPTION_NAMES, Checkpointer, check_options, continue_from, flush_within
 from .._checks import check_bool, check_int, check_seconds
 from .._groups import add_note
 from .._types import BackoffSpec, LocationLike, OnRetry, Recoverable
@@ -210,7 +210,7 @@ class _Supervisor:
             cp = self.checkpointer(attempt)
             # A sharded attempt resumes from the newest *complete* step, which may lie
             # behind parts its predecessors recorded: those parts are its own.
-            cp._predecessors = writers
+            continue_from(cp, writers)
             writers = (*writers, cp.writer_id)
             outcome = await self._attempt(fn, args, kwargs, cp, signals)
             if isinstance(outcome, _Done):

@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._groups import add_note
 from .._store import Store
+from .._telemetry import Telemetry
 from .._types import Payload, Policy
 from ..errors import CheckpointClosedError, CheckpointError, FlushTimeoutError, SupersededError
 from . import _handle
@@ -192,6 +193,8 @@ class Pipeline:
         self._counters = _Counters()
         #: Set when pending work was abandoned at a deadline: nothing more is accepted.
         self._abandoned = False
+        #: OpenTelemetry instruments (no-ops without the API).
+        self.telemetry = Telemetry(store.description, writer, lambda: self._queue.depth)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -306,6 +309,7 @@ class Pipeline:
         c.bytes_saved += item.size
         c.stall += stall
         c.max_stall = max(c.max_stall, stall)
+        self.telemetry.saved(item.size, stall)
         return item.handle
 
     async def wait_idle(self) -> None:
@@ -319,8 +323,9 @@ class Pipeline:
 
     def raise_failures(self) -> None:
         """Raise the first unreported failure (the others as its notes)."""
-        error = FlushResult(errors=tuple(self.take_failures())).error()
-        if error is not None:
+        if self._failures:  # (checked first: this runs in every save())
+            error = FlushResult(errors=tuple(self.take_failures())).error()
+            assert error is not None
             raise error
 
     def _supersede(self, item: Pending) -> None:
@@ -334,6 +339,7 @@ class Pipeline:
         else:
             self._stager.discard(item.files)  # buffers only: nothing touches the disk
         self._counters.superseded += 1
+        self.telemetry.superseded()
 
     # -- the worker ---------------------------------------------------------------------
 
@@ -381,20 +387,22 @@ class Pipeline:
     async def _upload(self, item: Pending, previous: anyio.Event | None) -> None:
         started = time.perf_counter()
         outcome: Committed | CheckpointError
+        span = self.telemetry.span("asynccp.commit", step=item.step, bytes=item.size)
         try:
-            outcome = await commit(
-                self._store,
-                step=item.step,
-                files=item.files,
-                metadata=item.metadata,
-                created_at=item.created_at,
-                writer=self._writer,
-                attempt=self._attempt,
-                limiter=self._limiter,
-                turn=None if previous is None else previous.wait,
-                bad=self._order.bad,
-                record=self._record(),
-            )
+            with span:
+                outcome = await commit(
+                    self._store,
+                    step=item.step,
+                    files=item.files,
+                    metadata=item.metadata,
+                    created_at=item.created_at,
+                    writer=self._writer,
+                    attempt=self._attempt,
+                    limiter=self._limiter,
+                    turn=None if previous is None else previous.wait,
+                    bad=self._order.bad,
+                    record=self._record(),
+                )
         except CheckpointError as e:
             outcome = e
         except anyio.get_cancelled_exc_class():
@@ -411,11 +419,13 @@ class Pipeline:
         c = self._counters
         if isinstance(outcome, CheckpointError):
             c.failed += 1
+            self.telemetry.failed()
             self._failures.append(outcome)
             _handle.fail(item.handle, outcome)
             return
         c.committed += 1
         c.bytes_committed += item.size
+        self.telemetry.committed(item.size, time.perf_counter() - started)
         self._order.committed(item.step)
         _handle.resolve(item.handle, self._checkpoint_of(outcome))
         await self._after_commit(outcome)
