@@ -28,9 +28,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(
-        ROOT / "asynccp", src / "asynccp", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(ROOT / "asynccp", src / "asynccp", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("dist")
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)]
     if importlib.util.find_spec("setuptools") is not None:
