@@ -513,7 +513,9 @@ class Checkpointer:
         finally:
             self._upload_time += time.perf_counter() - started
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._stager.discard, item.files)
+                await anyio.to_thread.run_sync(
+                    partial(self._stager.discard, item.files, counted=item.size)
+                )
         self._queue.done(item)
         if isinstance(outcome, CheckpointError):
             self._counts["failed"] += 1

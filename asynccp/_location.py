@@ -26,6 +26,7 @@ import builtins
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -49,6 +50,8 @@ from obstore.store import (
     S3Store,
     from_url,
 )
+
+from . import _memory
 
 __all__ = ["STORE_TYPES", "Location", "ObjectInfo", "resolve"]
 
@@ -173,10 +176,22 @@ class Location:
 
     # -- writes -------------------------------------------------------------------
 
-    def put(self, rel: str, source: bytes | memoryview | Path, *, move: bool = False) -> None:
-        """Write one payload object (overwriting). ``move`` lets a local write take ``source``."""
+    def put(
+        self,
+        rel: str,
+        source: bytes | memoryview | Path,
+        *,
+        move: bool = False,
+        checked: bool = False,
+    ) -> None:
+        """Write one object (overwriting). ``move`` lets a local write take ``source``.
+
+        ``checked`` says a reader trusts the object only once a manifest names it with
+        its size and checksum (a payload object): a durable local write may then give it
+        its final name before its bytes are on disk, which saves a journal commit.
+        """
         if self.local_root is not None:
-            self._local_put(rel, source, move=move)
+            self._local_put(rel, source, move=move, checked=checked)
             return
         self._retrying(
             obstore.put,
@@ -187,15 +202,59 @@ class Location:
             max_concurrency=self.part_concurrency,
         )
 
-    def create(self, rel: str, data: bytes) -> None:
-        """Write ``data`` only if ``rel`` does not exist; raise ObjectExists otherwise."""
+    def create(self, rel: str, data: bytes, *, prepared: Path | None = None) -> None:
+        """Write ``data`` only if ``rel`` does not exist; raise ObjectExists otherwise.
+
+        ``prepared`` is what :meth:`prepare_create` wrote for ``data`` (local durable
+        stores): the commit is then one link and one fsync of the folder.
+        """
         if self.local_root is not None:
+            if prepared is not None:
+                self._link(prepared, rel)
+                return
             self._local_put(rel, data, create=True)
             return
         try:
             self._retrying(obstore.put, self.store, self._key(rel), data, mode="create")
         except (AlreadyExistsError, PreconditionError) as e:
             raise ObjectExists(rel) from e
+
+    def prepare_create(self, folder: str, data: bytes) -> Path | None:
+        """Write ``data`` durably to a temporary file in ``folder``, ready for
+        :meth:`create` to link into place (local durable stores; None elsewhere).
+
+        A commit then costs one link and one fsync of the folder: the fsync of the
+        record's own bytes happens here, before the commit's turn comes (while the
+        previous checkpoint commits). The caller removes the file with
+        :meth:`discard_prepared` once the commit is over, whatever its outcome.
+        """
+        if self.local_root is None or not self.durable:
+            return None
+        parent = self.local_root / folder
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".prepared.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        try:
+            _write_file(tmp, data, sync=True)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def discard_prepared(self, prepared: Path | None) -> None:
+        """Remove what :meth:`prepare_create` wrote (after the commit, or instead of it)."""
+        if prepared is not None:
+            prepared.unlink(missing_ok=True)
+
+    def _link(self, prepared: Path, rel: str) -> None:
+        """Create ``rel`` as a hard link to the prepared file, then make it durable."""
+        assert self.local_root is not None
+        dest = self.local_root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(prepared, dest)
+        except FileExistsError:
+            raise ObjectExists(rel) from None
+        _fsync_dir(dest.parent)
 
     def sync_folders(self, rels: list[str]) -> None:
         """Make the folders holding ``rels`` durable (local durable stores only)."""
@@ -219,9 +278,11 @@ class Location:
         *,
         create: bool = False,
         move: bool = False,
+        checked: bool = False,
     ) -> None:
         assert self.local_root is not None
         sync = self.durable
+        early = sync and checked and not create  # the final name first, then one fsync
         dest = self.local_root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp_name = f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
@@ -231,12 +292,12 @@ class Location:
         try:
             if isinstance(source, Path):
                 if move and _try_rename(source, tmp):
-                    if sync:
+                    if sync and not early:
                         _fsync_file(tmp)
                 else:
-                    _copy_file(source, tmp, sync=sync)
+                    _copy_file(source, tmp, sync=sync and not early)
             else:
-                _write_file(tmp, source, sync=sync)
+                _write_file(tmp, source, sync=sync and not early)
             if create:
                 try:
                     os.link(tmp, dest)
@@ -248,6 +309,12 @@ class Location:
                     _fsync_dir(dest.parent)
             else:
                 os.replace(tmp, dest)
+                if early:
+                    # Renamed first, fsynced after: one journal commit then covers the
+                    # bytes, the new name and a new folder (fsyncing before the rename
+                    # costs a second commit for the name). A crash in between can leave
+                    # a short file under the final name: harmless for a checked object.
+                    _fsync_file(dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -263,11 +330,35 @@ class Location:
         Local files are read straight into a ``bytes`` object: one copy, where going
         through obstore costs two (into its buffer, then into ``bytes``).
         """
+        return _memory.to_bytes(self.get_buffer(rel))
+
+    def get_buffer(self, rel: str) -> Any:
+        """The whole object, without a copy where that can be had: obstore's ``Bytes``
+        (a read-only buffer over what it received) for remote and memory stores, the
+        file's ``bytes`` for local ones. FileNotFoundError when there is none.
+        """
         if self.local_root is not None:
             with _open_object(self.local_root / rel) as f:
                 return f.read()
         result = self._retrying(obstore.get, self.store, self._key(rel))
-        return result.bytes().to_bytes()  # type: ignore[no-any-return]
+        return result.bytes()
+
+    def map(self, rel: str) -> mmap.mmap | bytearray:
+        """A local object as a private, writable memory map: no copy is made, and a
+        write to the map changes only this process's copy of that page, never the file
+        (local stores only; an empty file gives an empty ``bytearray``).
+
+        The map stays valid when the file is deleted (retention): its pages live as
+        long as the map. A file truncated in place while mapped would fault on access;
+        asynccp never truncates a committed object.
+        """
+        if self.local_root is None:
+            raise ValueError(f"{self.description} is not a local directory")
+        with _open_object(self.local_root / rel) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return bytearray()
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
 
     def chunks(self, rel: str) -> Iterator[Any]:
         """The object as a stream of buffers (for large objects).

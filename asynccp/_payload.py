@@ -9,25 +9,27 @@ every path into a checkpoint.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import mmap
 import os
 import stat
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import anyio.to_thread
 import crc32c
 
+from . import _memory
 from ._staging import StagingFolder
 from .errors import InvalidNameError
 
 __all__ = [
     "DEFAULT_NAME",
+    "Gather",
     "Part",
     "Payload",
     "StagedFile",
@@ -43,6 +45,8 @@ DEFAULT_NAME = "data"
 #: (smaller ones take well under a millisecond: less than the trip to a thread).
 _OFFLOAD_BYTES = 4 << 20
 _COPY_CHUNK = 8 << 20
+#: A pooled buffer is reused for a smaller file when it wastes at most this much.
+_POOL_SLACK = 8 << 20
 _MAX_NAME = 1024
 #: The longest file name (one path segment) local file systems take, in bytes.
 _MAX_SEGMENT_BYTES = 255
@@ -65,6 +69,7 @@ class StagedFile:
     path: Path | None = None
     crc32c: int | None = None
     buffer: mmap.mmap | None = None  # the pooled memory ``data`` views, if any
+    owner: Any = None  # other memory ``data`` views (pinned host memory), dropped on discard
 
 
 def validate_name(name: object) -> str:
@@ -134,20 +139,25 @@ def check_names(names: list[str]) -> None:
 
 class Stager:
     """Owns what ``save()`` staged: a private folder for file copies (locked while it is
-    in use, see :mod:`asynccp._staging`), and a pool of buffers for copies of mutable
-    memory.
+    in use, see :mod:`asynccp._staging`), and the memory holding copies of mutable
+    buffers and training state.
 
-    A training loop saves same-sized state step after step. A fresh 64 MiB buffer
-    costs page faults on every first touch (a copy into one took 3-4x longer than
-    into a reused one here), so buffers of sizes seen before are kept for reuse — no
-    more of them than ``pool_room()`` allows (the room left in the staging budget).
+    The memory strategy (measurements in :mod:`asynccp._memory`): fresh buffers are
+    anonymous maps advised for transparent huge pages, so a first save does not pay a
+    page fault per 4 KiB; copies into fresh memory are split across threads; buffers
+    are kept for reuse after their upload — any free buffer at least as large as a new
+    file and at most ``_POOL_SLACK`` larger serves it, so sizes that change a little
+    between saves reuse memory too. Staged and pooled memory together stay within the
+    staging budget: ``pool_room()`` is the room left in it (the budget less what is
+    staged), pooled buffers are unmapped to make room for a fresh one, and a buffer
+    that does not fit when it comes back is unmapped.
     """
 
     def __init__(self, staging: StagingFolder, pool_room: Callable[[], int]) -> None:
         self.folder = staging.path
         self._staging = staging
         self._pool_room = pool_room
-        self._free: dict[int, list[mmap.mmap]] = {}
+        self._free: list[mmap.mmap] = []
         self._free_bytes = 0
         self._lock = threading.Lock()  # buffers come back from worker threads
 
@@ -179,10 +189,12 @@ class Stager:
             if paths:
                 files += await anyio.to_thread.run_sync(self._stage_files, paths)
             for part in parts:
-                if not isinstance(part.value, Path):
+                if isinstance(part.value, Gather):
+                    files.append(await self._stage_gather(part.name, part.value))
+                elif not isinstance(part.value, Path):
                     files.append(await self._stage_buffer(part.name, part.value))
         except BaseException:
-            self.discard(files)
+            self.discard(files, counted=sum(f.size for f in files))
             raise
         order = {p.name: i for i, p in enumerate(parts)}
         return sorted(files, key=lambda f: order[f.name])
@@ -203,39 +215,77 @@ class Stager:
             return StagedFile(name, len(value), data=value)
         if value.nbytes < _OFFLOAD_BYTES:
             return StagedFile(name, value.nbytes, data=value.tobytes())
-        buffer, data = await anyio.to_thread.run_sync(self._copy, value)
-        return StagedFile(name, value.nbytes, data=data, buffer=buffer)
+        return await self._stage_gather(name, Gather(value.nbytes, sources=[(0, value)]))
 
-    def _copy(self, view: memoryview) -> tuple[mmap.mmap, memoryview]:
-        """A private copy of ``view`` in a pooled buffer (worker thread: both the
-        allocation and the copy, which faults the pages in, take time)."""
-        buffer = self._take(view.nbytes)
+    async def _stage_gather(self, name: str, g: Gather) -> StagedFile:
+        """Assemble ``g`` in staging memory: its head, then each source at its offset."""
+        if g.allocate is not None:  # memory of the gather's own choosing (pinned)
+            owner, data = await anyio.to_thread.run_sync(g.fill_own)
+            return StagedFile(name, g.size, data=data, owner=owner)
+        if g.size < _OFFLOAD_BYTES:  # small: on the loop, quicker than a thread trip
+            out = bytearray(g.size)
+            g.fill(out, threads=1)
+            return StagedFile(name, g.size, data=memoryview(out))
+        buffer, data = await anyio.to_thread.run_sync(self._copy, g)
+        return StagedFile(name, g.size, data=data, buffer=buffer)
+
+    def _copy(self, g: Gather) -> tuple[mmap.mmap, memoryview]:
+        """``g`` assembled in a pooled or fresh buffer (worker thread: the allocation
+        and the copy, which faults fresh pages in, take time)."""
+        buffer, fresh = self._take(g.size)
         try:
-            return buffer, _copy_into(buffer, view)
+            g.fill(buffer, threads=_memory.copy_threads(g.size, fresh=fresh))
+            return buffer, memoryview(buffer)[: g.size]
         except BaseException:
-            self._give(buffer)
+            self._give(buffer, 0)
             raise
 
-    def _take(self, size: int) -> mmap.mmap:
-        with self._lock:
-            free = self._free.get(size)
-            if free:
-                self._free_bytes -= size
-                return free.pop()
-        # Anonymous memory: no zero-fill pass under the GIL, pages faulted in by the copy.
-        # (MAP_POPULATE pre-faults faster, but holds the GIL or the address-space lock
-        # meanwhile: loop lag p99 went from ~5 to ~16 ms at 64 MiB.)
-        return mmap.mmap(-1, size)
+    def _take(self, size: int) -> tuple[mmap.mmap, bool]:
+        """A buffer of at least ``size`` bytes, and whether it is fresh (never touched).
 
-    def _give(self, buffer: mmap.mmap) -> None:
+        The smallest pooled buffer that fits without wasting more than ``_POOL_SLACK``;
+        else fresh memory, after unmapping pooled buffers until the pool fits in the
+        room the staging budget leaves (``size`` is already reserved in it).
+        """
+        with self._lock:
+            fits = [b for b in self._free if size <= len(b) <= size + _POOL_SLACK]
+            if fits:
+                best = min(fits, key=len)
+                self._free.remove(best)
+                self._free_bytes -= len(best)
+                return best, False
+            evicted = []
+            while self._free and self._free_bytes > max(0, self._pool_room()):
+                victim = max(self._free, key=len)
+                self._free.remove(victim)
+                self._free_bytes -= len(victim)
+                evicted.append(victim)
+        for victim in evicted:
+            victim.close()
+        return _memory.anon(size), True
+
+    def _give(self, buffer: mmap.mmap, counted: int) -> None:
+        """Pool ``buffer`` if it fits in the budget's room, else unmap it.
+
+        ``counted``: bytes of the checkpoint being released that the queue still counts
+        as staged (they become free room as the checkpoint leaves the queue).
+        """
         size = len(buffer)
         with self._lock:
-            if self._free_bytes + size <= self._pool_room():
-                self._free.setdefault(size, []).append(buffer)
+            if self._free_bytes + size <= self._pool_room() + counted:
+                self._free.append(buffer)
                 self._free_bytes += size
+                return
+        buffer.close()
 
-    def discard(self, files: list[StagedFile]) -> None:
-        """Release staged files: delete file copies, return buffers to the pool."""
+    def discard(self, files: list[StagedFile], *, counted: int = 0) -> None:
+        """Release staged files: delete file copies, return buffers to the pool.
+
+        ``counted``: how many of these files' bytes the queue still counts as staged
+        (the caller gives that room back right after): the checkpoint's size when it is
+        done or its snapshot failed, 0 when the queue already let it go (superseded,
+        abandoned).
+        """
         for f in files:
             if f.path is not None:
                 f.path.unlink(missing_ok=True)
@@ -245,35 +295,69 @@ class Stager:
                 except BufferError:
                     pass  # still exported (an abandoned upload): never reuse it
                 else:
-                    self._give(f.buffer)
-            f.data = f.buffer = None
+                    self._give(f.buffer, counted)
+            f.data = f.buffer = f.owner = None
 
     def close(self) -> None:
         """Remove the staging folder, release its lock, drop the pool (worker thread)."""
         self._staging.close()
         with self._lock:
-            self._free.clear()
+            free, self._free = self._free, []
             self._free_bytes = 0
+        for buffer in free:
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
 
-def _copy_into(buffer: mmap.mmap, view: memoryview) -> memoryview:
-    """Copy ``view`` into ``buffer`` without holding the GIL (worker thread).
+@dataclass(eq=False)
+class Gather:
+    """One file assembled at snapshot time: ``head``, then each source at its offset.
 
-    ``memoryview.tobytes`` holds the GIL for the whole copy, freezing the event loop
-    for as long (about 30 ms for 64 MiB here); ``ctypes.memmove`` releases it.
+    A source is ``(offset, buffer)`` — any C-contiguous buffer, exported while it is
+    copied — or ``(offset, address, length)``: raw memory kept valid by an object in
+    ``keep`` (a tensor's storage). ``allocate``, when set, makes the file in memory
+    of the gather's choosing (pinned host memory, for GPU tensors): it returns
+    ``(owner, writable buffer)``, and ``device`` then copies what lives on a device
+    into that buffer.
     """
-    n = view.nbytes
-    out = memoryview(buffer)
-    try:
-        src = (ctypes.c_char * n).from_buffer(view)
-    except TypeError:  # a read-only source: copy in slices, the GIL held per slice only
-        for i in range(0, n, _COPY_CHUNK):
-            out[i : i + _COPY_CHUNK] = view[i : i + _COPY_CHUNK]
-        return out
-    dst = (ctypes.c_char * n).from_buffer(buffer)
-    ctypes.memmove(dst, src, n)
-    del dst, src  # release the exports, so the buffer can be reused later
-    return out
+
+    size: int
+    head: bytes = b""
+    sources: list[tuple[int, Any] | tuple[int, int, int]] = field(default_factory=list)
+    keep: list[Any] = field(default_factory=list)
+    allocate: Callable[[int], tuple[Any, Any]] | None = None
+    device: Callable[[Any], None] | None = None
+
+    def fill(self, out: Any, *, threads: int) -> None:
+        """Write the file into the writable buffer ``out`` (at least ``size`` bytes)."""
+        with contextlib.ExitStack() as stack:
+            dst, room = stack.enter_context(_memory.address(out, writable=True))
+            if room < self.size:
+                raise ValueError(f"a staging buffer of {room} bytes for {self.size}")
+            spans: list[tuple[int, int, int]] = []
+            if self.head:
+                addr, n = stack.enter_context(_memory.address(self.head))
+                spans.append((0, addr, n))
+            for source in self.sources:
+                if len(source) == 3:
+                    spans.append(source)
+                else:
+                    off, buf = source
+                    addr, n = stack.enter_context(_memory.address(buf))
+                    spans.append((off, addr, n))
+            end = max((off + n for off, _, n in spans), default=0)
+            if end > self.size:
+                raise ValueError(f"sources end at byte {end}, past the file's {self.size}")
+            _memory.copy_spans(dst, spans, threads)
+
+    def fill_own(self) -> tuple[Any, memoryview]:
+        """The file in memory from ``allocate``, device sources copied too (worker thread)."""
+        assert self.allocate is not None
+        owner, out = self.allocate(self.size)
+        self.fill(out, threads=1)
+        if self.device is not None:
+            self.device(out)
+        return owner, memoryview(out).cast("B")[: self.size]
 
 
 @dataclass
@@ -281,12 +365,13 @@ class Part:
     """One file of a payload, validated and sized but not yet copied.
 
     ``value`` is immutable ``bytes`` (kept as is), a flat view of a mutable buffer (to
-    copy), or the path of a regular file (to copy into staging).
+    copy), the path of a regular file (to copy into staging), or a :class:`Gather`
+    (a file assembled from several buffers: a training state's tensors).
     """
 
     name: str
     size: int
-    value: bytes | memoryview | Path
+    value: bytes | memoryview | Path | Gather
 
 
 async def _plan_one(value: object, name: str | None) -> list[Part]:

@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 import crc32c
 
+from . import _memory
 from ._groups import first_leaf
 from ._location import Location
 from ._manifest import FileInfo, Manifest, manifest_key
@@ -135,13 +136,13 @@ class Checkpoint:
     def _read_verified(self, name: str) -> bytes:
         key = f"{self._data}/{name}"
         try:
-            data = self._location.get(key)
+            data = self._location.get_buffer(key)  # obstore's buffer, not yet copied
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
         except Exception as e:
             raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
         _check(self.step, name, self.files[name], len(data), crc32c.crc32c(data))
-        return data
+        return _memory.to_bytes(data)  # one copy without the GIL (none for local files)
 
     def _missing(self, key: str, e: FileNotFoundError) -> CorruptCheckpointError:
         """A payload object that is not there: gone, or (on a local disk) a folder."""

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,7 +41,15 @@ from ._catalog import Bad, Record
 from ._groups import first_leaf
 from ._handle import SaveHandle
 from ._location import Location, ObjectExists
-from ._manifest import FORMAT, QUARANTINE, FileInfo, Manifest, data_dir, manifest_key
+from ._manifest import (
+    FORMAT,
+    MANIFESTS,
+    QUARANTINE,
+    FileInfo,
+    Manifest,
+    data_dir,
+    manifest_key,
+)
 from ._payload import StagedFile
 from ._restore import Checkpoint
 from .errors import (
@@ -113,10 +122,18 @@ async def upload(
             metadata=item.metadata,
             files={f.name: FileInfo(f.size, _crc(f)) for f in item.files},
         )
-        if turn is not None:
-            await turn()
-        commit_sent = True
-        key = await _commit(location, manifest, bad)
+        body = manifest.encode()
+        # The record's bytes are made durable now, while the previous checkpoint commits:
+        # the commit itself is then one link and one folder fsync (local durable stores).
+        prepared = await anyio.to_thread.run_sync(location.prepare_create, MANIFESTS, body)
+        try:
+            if turn is not None:
+                await turn()
+            commit_sent = True
+            key = await _commit(location, manifest, bad, body, prepared)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(location.discard_prepared, prepared)
         if time.monotonic() - started > PAYLOAD_CHECK_AFTER:
             await _check_payload(location, manifest, key)
     except BaseException as e:
@@ -149,14 +166,18 @@ async def _put_file(
     if f.data is None:
         assert f.path is not None
         await anyio.to_thread.run_sync(
-            partial(location.put, key, f.path, move=True), limiter=limiter, abandon_on_cancel=True
+            partial(location.put, key, f.path, move=True, checked=True),
+            limiter=limiter,
+            abandon_on_cancel=True,
         )
         return
     async with anyio.create_task_group() as tg:
         if f.crc32c is None:
             tg.start_soon(_checksum, f)
         await anyio.to_thread.run_sync(
-            location.put, key, f.data, limiter=limiter, abandon_on_cancel=True
+            partial(location.put, key, f.data, checked=True),
+            limiter=limiter,
+            abandon_on_cancel=True,
         )
 
 
@@ -172,14 +193,24 @@ async def _checksum(f: StagedFile) -> None:
     f.crc32c = await anyio.to_thread.run_sync(crc32c.crc32c, data, abandon_on_cancel=True)
 
 
-async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) -> str:
-    """Create the step's record (or its next revision); return the key that commits."""
+async def _commit(
+    location: Location,
+    manifest: Manifest,
+    bad: Collection[Bad],
+    body: bytes,
+    prepared: Path | None = None,
+) -> str:
+    """Create the step's record (or its next revision); return the key that commits.
+
+    ``body`` is the encoded manifest; ``prepared``, its durable temporary copy (see
+    :meth:`Location.prepare_create`).
+    """
     rev = 0
     for _ in range(_MAX_REVISIONS):
         key = manifest_key(manifest.step, rev)
         try:
             await anyio.to_thread.run_sync(
-                location.create, key, manifest.encode(), abandon_on_cancel=True
+                partial(location.create, key, body, prepared=prepared), abandon_on_cancel=True
             )
             break
         except ObjectExists:
@@ -196,7 +227,8 @@ async def _commit(location: Location, manifest: Manifest, bad: Collection[Bad]) 
             f"step {manifest.step} in {location.description}: {_MAX_REVISIONS} replacements "
             "of its record were lost to other writers in a row; giving up"
         )
-    await _quarantine_older(location, manifest.step, key)
+    if key != manifest_key(manifest.step):  # a first revision replaces nothing
+        await _quarantine_older(location, manifest.step, key)
     return key
 
 
