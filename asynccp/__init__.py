@@ -11,6 +11,7 @@ from ._manifest import FileInfo
 from ._restore import Checkpoint
 from ._retry_policy import Backoff, RetryEvent
 from ._signals import DEFAULT_GRACE, PREEMPTED_EXIT_CODE
+from ._state import State
 from ._supervisor import Preempted, checkpointed, current, supervise
 from .errors import (
     CheckpointClosedError,
@@ -50,6 +51,7 @@ __all__ = [
     "RetriesExhausted",
     "RetryEvent",
     "SaveHandle",
+    "State",
     "Stats",
     "StepAlreadyCommittedError",
     "StepOrderError",

@@ -164,14 +164,26 @@ class Stager:
     async def plan(self, payload: Payload) -> list[Part]:
         """Validate ``payload`` and size it, copying nothing (so room can be reserved first).
 
-        Raises TypeError, InvalidNameError or FileNotFoundError for what cannot be saved.
+        Raises TypeError, ValueError, InvalidNameError or FileNotFoundError for what
+        cannot be saved.
         """
-        if isinstance(payload, Mapping):
-            parts: list[Part] = []
+        from ._state import STATE_NAME, State, plan_state
+
+        if isinstance(payload, State):
+            parts = plan_state(payload, STATE_NAME)
+        elif isinstance(payload, Mapping):
+            parts = []
             for key, value in payload.items():
                 name = validate_name(key)
+                if isinstance(value, State):
+                    parts += plan_state(value, name)
+                    continue
                 if isinstance(value, Mapping):
-                    raise TypeError(f"payload[{name!r}] is a mapping; nest names with '/'")
+                    raise TypeError(
+                        f"payload[{name!r}] is a mapping: nest file names with '/' "
+                        "({'a/b': ...}), or save training state (tensors, arrays, numbers, "
+                        "nested mappings) as asynccp.State(mapping)"
+                    )
                 parts += await _plan_one(value, name)
         else:
             parts = await _plan_one(payload, None)
@@ -386,10 +398,15 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
         view = memoryview(value)  # type: ignore[arg-type]
     except TypeError:
         hint = ""
-        if callable(getattr(value, "numpy", None)):  # a torch / tf tensor
-            hint = " (for a tensor, pass tensor.numpy() — on the CPU — or its serialised bytes)"
+        if callable(getattr(value, "numpy", None)) or isinstance(value, (int, float)):
+            # a torch / tf tensor, a number: training state
+            hint = (
+                "; to save tensors and numbers with their dtype and shape, wrap the "
+                "state: save(step, asynccp.State({...}))"
+            )
+        where = f" (file {name!r})" if name else ""
         raise TypeError(
-            f"unsupported payload type {type(value).__name__}: pass bytes, a buffer "
+            f"unsupported payload type {type(value).__name__}{where}: pass bytes, a buffer "
             "(bytearray, memoryview, numpy array), str, a pathlib.Path to a file or "
             f"directory, or a mapping of names to those{hint}"
         ) from None

@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -143,6 +143,26 @@ class Checkpoint:
             raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
         _check(self.step, name, self.files[name], len(data), crc32c.crc32c(data))
         return _memory.to_bytes(data)  # one copy without the GIL (none for local files)
+
+    async def read_state(
+        self, name: str = "state", *, framework: Literal["numpy", "torch"] = "numpy"
+    ) -> dict[Any, Any]:
+        """The training state saved with ``save(step, asynccp.State(...))``, verified.
+
+        The same nesting comes back — dicts (int keys included), lists, tuples,
+        scalars — with numpy arrays, or torch tensors with ``framework="torch"``, of
+        the saved dtype and shape. They are views of the verified file, writable: a
+        copy-on-write memory map on a local disk (no copy), one buffer elsewhere.
+        ``name`` is the state's name when it was one value of a file mapping.
+
+        Raises :class:`CheckpointNotFoundError` when the checkpoint holds no such state,
+        :class:`CorruptCheckpointError` when its files fail verification (so
+        ``load_latest`` falls back to an older checkpoint), and ``TypeError`` for a
+        dtype numpy cannot hold (``bfloat16``, ``float8``: read those with torch).
+        """
+        from ._state import read_state
+
+        return await read_state(self, name, framework=framework)  # type: ignore[no-any-return]
 
     def _missing(self, key: str, e: FileNotFoundError) -> CorruptCheckpointError:
         """A payload object that is not there: gone, or (on a local disk) a folder."""
