@@ -226,7 +226,11 @@ class Checkpointer:
             self._state = "closed"
             raise CheckpointError(f"cannot open {self._location.description}: {e}") from e
         try:
-            await self._discover()
+            # The lease is written while the location is read: open returns with it
+            # held, so the first upload need not wait for it.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._discover)
+                tg.start_soon(self._write_lease)
         except BaseException:  # cancelled while opening
             self._state = "closed"
             raise
@@ -240,7 +244,7 @@ class Checkpointer:
         self._worker_scope = anyio.CancelScope(shield=True)
         self._worker_done = anyio.Event()
         self._in_flight = anyio.Semaphore(_PIPELINE)
-        self._leased = anyio.Event()
+        self._housekeeping_lock = anyio.Lock()
         # Shielded: the lease must outlive a cancelled body while the exit flush runs;
         # the exit cancels it once the flush is over.
         self._aux_scope = anyio.CancelScope(shield=True)
@@ -273,17 +277,18 @@ class Checkpointer:
     async def _keep_lease(self) -> None:
         """Hold this writer's lease while open, so no collector takes its uploads.
 
-        Uploads start once the first write of the lease is done (or failed: a writer
-        without a lease only risks its slow commits being checked afterwards).
+        The first write happens while opening (a failed one is logged: a writer without
+        a lease only risks its slow commits being checked afterwards); this renews it.
         """
         while True:
-            try:
-                await renew_lease(self._location, self.writer_id)
-            except Exception as e:
-                log.warning("asynccp: could not write the lease of %r: %s", self, e)
-            finally:
-                self._leased.set()
             await anyio.sleep(LEASE_RENEW_SECONDS)
+            await self._write_lease()
+
+    async def _write_lease(self) -> None:
+        try:
+            await renew_lease(self._location, self.writer_id)
+        except Exception as e:
+            log.warning("asynccp: could not write the lease of %r: %s", self, e)
 
     def _raise_floor(self, step: int) -> None:
         self._floor = step if self._floor is None else max(self._floor, step)
@@ -418,6 +423,23 @@ class Checkpointer:
         self._max_stall = max(self._max_stall, stall)
         return item.handle
 
+    async def prepare(self, payload: Payload) -> int:
+        """Get staging memory ready for saves of ``payload``'s shape, before the first.
+
+        A save copies mutable buffers and training state into staging memory. Memory
+        reused from an earlier save is copied into at memory speed; fresh memory pays a
+        page fault per page on first touch, which made a first save of 128 MiB several
+        times slower than the next ones here (far more in a VM whose host backs guest
+        memory lazily). ``prepare`` plans ``payload`` like ``save`` (validating it,
+        copying nothing) and makes that memory now, in worker threads, within
+        ``max_pending_bytes``: call it once after opening, with the state you will
+        save. Returns the bytes made ready (0 when the budget has no room, or when
+        the payload needs no staging memory: ``bytes`` and files).
+        """
+        self._check_open()
+        parts = await self._stager.plan(payload)
+        return await anyio.to_thread.run_sync(self._stager.prepare, parts)
+
     async def write(self, data: bytes) -> SaveHandle:
         """Flyte-style: save ``data`` as the next step (latest committed + 1)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -466,7 +488,6 @@ class Checkpointer:
             with self._worker_scope:
                 async with anyio.create_task_group() as tg:
                     previous: anyio.Event | None = None
-                    await self._leased.wait()  # no upload before this writer's lease
                     while True:
                         await self._in_flight.acquire()  # before get(): an item is never held
                         item = await self._queue.get()
@@ -482,16 +503,22 @@ class Checkpointer:
         self, item: Pending, previous: anyio.Event | None, committed: anyio.Event
     ) -> None:
         """Upload one checkpoint, commit it after ``previous``; free its room before its
-        handle resolves; then retention."""
+        handle resolves; then retention — after ``committed`` is set, so the next
+        checkpoint's commit does not wait for it (one retention runs at a time)."""
         try:
             if previous is not None and item.size >= _PIPELINE_BELOW:
                 await previous.wait()
-            await self._upload_and_commit(item, previous)
+            ok = await self._upload_and_commit(item, previous)
+            committed.set()
+            if ok:
+                async with self._housekeeping_lock:
+                    await self._housekeeping()
         finally:
             committed.set()
             self._in_flight.release()
 
-    async def _upload_and_commit(self, item: Pending, previous: anyio.Event | None) -> None:
+    async def _upload_and_commit(self, item: Pending, previous: anyio.Event | None) -> bool:
+        """Upload and commit ``item``, resolve its handle; True when it committed."""
         started = time.perf_counter()
         outcome: Checkpoint | CheckpointError
         try:
@@ -512,23 +539,26 @@ class Checkpointer:
             raise
         finally:
             self._upload_time += time.perf_counter() - started
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    partial(self._stager.discard, item.files, counted=item.size)
-                )
+            if any(f.path is not None or f.buffer is not None for f in item.files):
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(
+                        partial(self._stager.discard, item.files, counted=item.size)
+                    )
+            else:  # bytes only: nothing to unmap or delete, no thread trip
+                self._stager.discard(item.files, counted=item.size)
         self._queue.done(item)
         if isinstance(outcome, CheckpointError):
             self._counts["failed"] += 1
             self._failures.append(outcome)
             item.handle._fail(outcome)
-            return
+            return False
         self._counts["committed"] += 1
         self._bytes_committed += item.size
         self._last_committed = item.step
         self._raise_floor(item.step)
         self._valid_keys.add(outcome._key)
         item.handle._resolve(outcome)
-        await self._housekeeping()
+        return True
 
     async def _housekeeping(self) -> None:
         """Retention after a commit, orphan collection once per checkpointer; never fatal."""

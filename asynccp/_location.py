@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import errno
 import logging
 import mmap
@@ -31,6 +32,7 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -187,8 +189,10 @@ class Location:
         """Write one object (overwriting). ``move`` lets a local write take ``source``.
 
         ``checked`` says a reader trusts the object only once a manifest names it with
-        its size and checksum (a payload object): a durable local write may then give it
-        its final name before its bytes are on disk, which saves a journal commit.
+        its size and checksum (a payload object). A durable local write then gives it
+        its final name at once and only starts writing its bytes to disk: the
+        :meth:`prepare_create` that precedes the manifest makes it durable, together
+        with the manifest's own bytes, in one journal commit.
         """
         if self.local_root is not None:
             self._local_put(rel, source, move=move, checked=checked)
@@ -219,14 +223,15 @@ class Location:
         except (AlreadyExistsError, PreconditionError) as e:
             raise ObjectExists(rel) from e
 
-    def prepare_create(self, folder: str, data: bytes) -> Path | None:
-        """Write ``data`` durably to a temporary file in ``folder``, ready for
-        :meth:`create` to link into place (local durable stores; None elsewhere).
+    def prepare_create(self, folder: str, data: bytes, *, sync: list[str]) -> Path | None:
+        """Get a commit ready: write ``data`` to a temporary file in ``folder``, and make
+        it, the objects ``sync`` (written by ``put(..., checked=True)``) and their
+        folders durable, in one journal commit (local durable stores; elsewhere this
+        does nothing and returns None).
 
-        A commit then costs one link and one fsync of the folder: the fsync of the
-        record's own bytes happens here, before the commit's turn comes (while the
-        previous checkpoint commits). The caller removes the file with
-        :meth:`discard_prepared` once the commit is over, whatever its outcome.
+        :meth:`create` then links the file into place: the commit itself is one link
+        and one fsync of the folder. ``create`` removes the file when it links it; if
+        the commit does not happen, :meth:`discard_prepared` removes it.
         """
         if self.local_root is None or not self.durable:
             return None
@@ -234,19 +239,22 @@ class Location:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f".prepared.{secrets.token_hex(8)}{TMP_SUFFIX}"
         try:
-            _write_file(tmp, data, sync=True)
+            _write_file(tmp, data, sync=False)
+            _sync_files([self.local_root / rel for rel in sync] + [tmp])
+            self.sync_folders(sync)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return tmp
 
     def discard_prepared(self, prepared: Path | None) -> None:
-        """Remove what :meth:`prepare_create` wrote (after the commit, or instead of it)."""
+        """Remove what :meth:`prepare_create` wrote, when no :meth:`create` linked it."""
         if prepared is not None:
             prepared.unlink(missing_ok=True)
 
     def _link(self, prepared: Path, rel: str) -> None:
-        """Create ``rel`` as a hard link to the prepared file, then make it durable."""
+        """Create ``rel`` as a hard link to the prepared file, make it durable, and
+        remove the prepared name."""
         assert self.local_root is not None
         dest = self.local_root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +262,7 @@ class Location:
             os.link(prepared, dest)
         except FileExistsError:
             raise ObjectExists(rel) from None
+        prepared.unlink()
         _fsync_dir(dest.parent)
 
     def sync_folders(self, rels: list[str]) -> None:
@@ -297,7 +306,7 @@ class Location:
                 else:
                     _copy_file(source, tmp, sync=sync and not early)
             else:
-                _write_file(tmp, source, sync=sync and not early)
+                _write_file(tmp, source, sync=sync and not early, start_writeback=early)
             if create:
                 try:
                     os.link(tmp, dest)
@@ -308,13 +317,11 @@ class Location:
                 if sync:
                     _fsync_dir(dest.parent)
             else:
+                # A checked object is renamed before it is durable (prepare_create makes
+                # it so): one journal commit then covers its bytes, its name and its
+                # folder. A crash in between can leave a short file under the final
+                # name: harmless, nothing trusts it until a manifest names it.
                 os.replace(tmp, dest)
-                if early:
-                    # Renamed first, fsynced after: one journal commit then covers the
-                    # bytes, the new name and a new folder (fsyncing before the rename
-                    # costs a second commit for the name). A crash in between can leave
-                    # a short file under the final name: harmless for a checked object.
-                    _fsync_file(dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -360,15 +367,16 @@ class Location:
                 return bytearray()
             return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
 
-    def chunks(self, rel: str) -> Iterator[Any]:
-        """The object as a stream of buffers (for large objects).
+    def chunks(self, rel: str, chunk_size: int | None = None) -> Iterator[Any]:
+        """The object as a stream of buffers (for large objects), of about
+        ``chunk_size`` bytes each (8 MiB by default).
 
         Errors may surface when the stream is first read rather than at this call.
         """
         if self.local_root is not None:
             return _file_chunks(self.local_root / rel)
         result = self._retrying(obstore.get, self.store, self._key(rel))
-        return iter(result.stream(min_chunk_size=_COPY_CHUNK))
+        return iter(result.stream(min_chunk_size=chunk_size or _COPY_CHUNK))
 
     def list(self, rel_prefix: str) -> list[ObjectInfo]:
         """Every object under the folder ``rel_prefix`` (keys relative to the location).
@@ -622,7 +630,9 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _write_file(path: Path, data: bytes | memoryview, *, sync: bool) -> None:
+def _write_file(
+    path: Path, data: bytes | memoryview, *, sync: bool, start_writeback: bool = False
+) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
@@ -630,8 +640,58 @@ def _write_file(path: Path, data: bytes | memoryview, *, sync: bool) -> None:
             view = view[os.write(fd, view) :]
         if sync:
             os.fsync(fd)
+        elif start_writeback:
+            _writeback(fd, wait=False)
     finally:
         os.close(fd)
+
+
+# sync_file_range(2) (Linux): start writing a file's dirty pages, or wait until they are.
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+_sync_file_range: Any = None
+
+
+def _writeback(fd: int, *, wait: bool) -> bool:
+    """Write a file's data out (``wait``: and wait for it) without a journal commit.
+
+    Returns False where ``sync_file_range`` does not exist (the caller's fsync then
+    does everything). Data written out this way is carried by the next journal commit
+    of the file system, whichever file's fsync triggers it.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+                fn.restype = ctypes.c_int
+                _sync_file_range = fn
+    if not _sync_file_range:
+        return False
+    flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE
+    return bool(_sync_file_range(fd, 0, 0, flags) == 0)
+
+
+def _sync_files(paths: list[Path]) -> None:
+    """Make several files durable in (usually) one journal commit.
+
+    Each file's data is written out and waited for first (``sync_file_range``): the
+    block allocations and the data then all belong to the running journal transaction,
+    so the first ``fsync`` commits every file, and the ones after it find their
+    changes committed already. Without ``sync_file_range``, plain fsyncs.
+    """
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        for fd in fds:
+            _writeback(fd, wait=False)
+        for fd in fds:
+            _writeback(fd, wait=True)
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _copy_file(src: Path, dest: Path, *, sync: bool) -> None:

@@ -30,11 +30,13 @@ from typing import Any
 
 __all__ = [
     "HUGE_PAGE",
+    "Landing",
     "address",
     "anon",
     "copy_spans",
     "copy_threads",
     "to_bytes",
+    "touch",
 ]
 
 #: The transparent huge page size on x86-64 and most arm64 kernels.
@@ -49,6 +51,10 @@ _MIN_SHARE = 8 << 20
 _MAX_THREADS = 4
 #: Objects smaller than this are turned into ``bytes`` the plain way.
 _BYTES_FROM = 1 << 20
+#: Remote objects at least this large are streamed into their landing (see Landing).
+LANDING_FROM = 1 << 20
+#: The chunk a landing is filled with (measured: 4 MiB 96 % of a raw get, 16 MiB 80 %).
+LANDING_CHUNK = 4 << 20
 _CPYTHON = sys.implementation.name == "cpython"
 
 
@@ -131,15 +137,42 @@ def anon(size: int) -> mmap.mmap:
     so the kernel can back all of them with 2 MiB pages; where transparent huge pages
     are off (``never``), this is plain memory and faults per 4 KiB page.
     """
+    # Private: ``mmap.mmap(-1, n)`` alone makes a *shared* anonymous map, which is
+    # shmem, where huge pages follow ``shmem_enabled`` (usually ``never``).
+    flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20)
     if size < _HUGE_FROM:
-        return mmap.mmap(-1, max(size, 1))
+        return mmap.mmap(-1, max(size, 1), flags=flags)
     rounded = -(-size // HUGE_PAGE) * HUGE_PAGE
-    buf = mmap.mmap(-1, rounded)
+    buf = mmap.mmap(-1, rounded, flags=flags)
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if advice is not None:
         with contextlib.suppress(OSError):
             buf.madvise(advice)
     return buf
+
+
+def touch(buf: mmap.mmap, size: int) -> None:
+    """Fault in the first ``size`` bytes of a fresh map (worker thread), split across
+    threads like a copy into it would be, so a later copy into it runs at memory speed.
+    """
+    with address(buf, writable=True) as (addr, room):
+        n = min(size, room)
+        threads = copy_threads(n, fresh=True)
+        if threads <= 1:
+            ctypes.memset(addr, 0, n)
+            return
+        share = -(-n // threads)
+        helpers = [
+            threading.Thread(target=ctypes.memset, args=(addr + off, 0, min(share, n - off)))
+            for off in range(share, n, share)
+        ]
+        for t in helpers:
+            t.start()
+        try:
+            ctypes.memset(addr, 0, min(share, n))
+        finally:
+            for t in helpers:
+                t.join()
 
 
 def copy_threads(size: int, *, fresh: bool) -> int:
@@ -220,3 +253,81 @@ def to_bytes(buffer: Any) -> bytes:
             _madvise(lo, hi - lo, advice)
         copy_spans(dst, [(0, src, n)], copy_threads(n, fresh=True))
     return out
+
+
+class Landing:
+    """Memory for an object of known size, filled chunk by chunk as it downloads.
+
+    A remote read must hand back ``bytes`` (or, for ``read_state``, a writable buffer),
+    so the body is copied once out of what obstore received. Copying a whole body at
+    the end doubled the time of ``read()`` from the moto S3 server here: the copy
+    into fresh memory paid a page fault per page (in this VM, whose host backs guest
+    memory lazily, 0.1-1.5 s for 128 MiB under load), after the download instead of
+    during it. A landing is made before the request; each chunk (4 MiB) is copied in
+    as it arrives, without the GIL, while the next one is on its way; a helper thread
+    faults the pages in ahead of the copies (``MADV_POPULATE_WRITE``, which never
+    changes what is in them). Measured here at 64 MiB: 96 % of a raw get, against
+    69 % for a copy after the download.
+
+    ``kind="bytes"``: a new ``bytes`` object (CPython), filled before anything else
+    sees it. ``kind="map"``: anonymous memory advised for huge pages, writable (the
+    arrays ``read_state`` builds on it may be changed). Use :meth:`write` for each
+    chunk in order, :meth:`result` at the end, :meth:`close` always.
+    """
+
+    def __init__(self, size: int, *, kind: str) -> None:
+        self.size = size
+        self.filled = 0
+        self._arr: Any = None
+        self._out: Any
+        if kind == "bytes":
+            if not _CPYTHON:  # pragma: no cover
+                raise ValueError("a bytes landing needs CPython")
+            self._out = _new_bytes(None, size)
+            self._addr: int = _bytes_data(self._out)
+            lo = -(-self._addr // HUGE_PAGE) * HUGE_PAGE
+            hi = (self._addr + size) // HUGE_PAGE * HUGE_PAGE
+            advice = getattr(mmap, "MADV_HUGEPAGE", None)
+            if advice is not None and hi - lo >= _HUGE_FROM:
+                _madvise(lo, hi - lo, advice)
+        else:
+            self._out = anon(size)
+            self._arr = (ctypes.c_char * size).from_buffer(self._out)
+            self._addr = ctypes.addressof(self._arr)
+        self._helper = threading.Thread(target=_populate, args=(self._addr, size), daemon=True)
+        self._helper.start()
+
+    def write(self, chunk: Any) -> None:
+        """Copy the next chunk in; ValueError if it would run past ``size``."""
+        with address(chunk) as (src, n):
+            if self.filled + n > self.size:
+                raise ValueError(f"more than the {self.size} bytes expected arrived")
+            ctypes.memmove(self._addr + self.filled, src, n)
+        self.filled += n
+
+    def result(self) -> Any:
+        """The filled ``bytes``, or a writable view of the map."""
+        if self.filled != self.size:
+            raise ValueError(f"{self.filled} bytes arrived, {self.size} expected")
+        self._helper.join()
+        if isinstance(self._out, bytes):
+            return self._out
+        self._arr = None  # the map's export: the view below keeps the map alive instead
+        return memoryview(self._out)[: self.size]
+
+    def close(self) -> None:
+        """Wait for the helper thread; the memory goes with the last reference to it."""
+        self._helper.join()
+        self._arr = None
+
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python 3.11's mmap module has no name for it
+
+
+def _populate(addr: int, size: int) -> None:
+    """Fault in the whole pages of ``[addr, addr + size)`` without writing to them
+    (a no-op where the kernel does not know ``MADV_POPULATE_WRITE``)."""
+    lo = -(-addr // mmap.PAGESIZE) * mmap.PAGESIZE
+    hi = (addr + size) // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo and sys.platform.startswith("linux"):
+        _madvise(lo, hi - lo, _MADV_POPULATE_WRITE)

@@ -276,6 +276,35 @@ class Stager:
             victim.close()
         return _memory.anon(size), True
 
+    def prepare(self, parts: list[Part]) -> int:
+        """Pool staging buffers, faulted in, for saves of ``parts``' shape (worker thread).
+
+        For each part that a snapshot would copy into a pooled buffer, unless a pooled
+        buffer already fits it: a fresh one, touched page by page now rather than
+        during that save's copy. Within the budget: a buffer that does not fit in the
+        room ``pool_room()`` leaves is not made. Returns the bytes made ready.
+        """
+        made = 0
+        for part in parts:
+            size = _buffer_size(part)
+            if size is None:
+                continue
+            with self._lock:
+                if any(size <= len(b) <= size + _POOL_SLACK for b in self._free):
+                    continue
+                if self._free_bytes + size > self._pool_room():
+                    continue
+            buffer = _memory.anon(size)
+            _memory.touch(buffer, size)
+            with self._lock:
+                if self._free_bytes + len(buffer) <= self._pool_room():
+                    self._free.append(buffer)
+                    self._free_bytes += len(buffer)
+                    made += size
+                    continue
+            buffer.close()  # the room went to a save meanwhile
+        return made
+
     def _give(self, buffer: mmap.mmap, counted: int) -> None:
         """Pool ``buffer`` if it fits in the budget's room, else unmap it.
 
@@ -370,6 +399,16 @@ class Gather:
         if self.device is not None:
             self.device(out)
         return owner, memoryview(out).cast("B")[: self.size]
+
+
+def _buffer_size(part: Part) -> int | None:
+    """The size of the pooled buffer a snapshot of ``part`` takes; None if it takes none."""
+    value = part.value
+    if isinstance(value, Gather):
+        return None if value.allocate is not None or value.size < _OFFLOAD_BYTES else value.size
+    if isinstance(value, memoryview) and value.nbytes >= _OFFLOAD_BYTES:
+        return value.nbytes
+    return None
 
 
 @dataclass

@@ -134,6 +134,10 @@ class Checkpoint:
         return {name: out[name] for name in names}
 
     def _read_verified(self, name: str) -> bytes:
+        if self._location.local_root is None and self.files[name].size >= _memory.LANDING_FROM:
+            # A large remote object is copied chunk by chunk into its bytes object as
+            # it arrives (see _memory.Landing), checksummed on the way.
+            return self._land(name, "bytes")  # type: ignore[no-any-return]
         key = f"{self._data}/{name}"
         try:
             data = self._location.get_buffer(key)  # obstore's buffer, not yet copied
@@ -143,6 +147,26 @@ class Checkpoint:
             raise StoreError(f"checkpoint {self.step}: reading {key} failed: {e}") from e
         _check(self.step, name, self.files[name], len(data), crc32c.crc32c(data))
         return _memory.to_bytes(data)  # one copy without the GIL (none for local files)
+
+    def _land(self, name: str, kind: str) -> Any:
+        """File ``name`` streamed into a :class:`_memory.Landing` of ``kind``, verified."""
+        info = self.files[name]
+        landing = _memory.Landing(info.size, kind=kind)
+        try:
+
+            def sink(chunk: Any) -> None:
+                try:
+                    landing.write(chunk)
+                except ValueError:
+                    raise CorruptCheckpointError(
+                        f"checkpoint {self.step}: file {name!r} has more than the "
+                        f"{info.size} bytes the manifest says"
+                    ) from None
+
+            self._stream_verified(name, sink, chunk_size=_memory.LANDING_CHUNK)
+            return landing.result()
+        finally:
+            landing.close()
 
     async def read_state(
         self, name: str = "state", *, framework: Literal["numpy", "torch"] = "numpy"
@@ -231,7 +255,9 @@ class Checkpoint:
         for name in self.files:
             await anyio.to_thread.run_sync(self._stream_verified, name, None)
 
-    def _stream_verified(self, name: str, sink: Callable[[Any], Any] | None) -> None:
+    def _stream_verified(
+        self, name: str, sink: Callable[[Any], Any] | None, *, chunk_size: int | None = None
+    ) -> None:
         """Stream one file through ``sink`` (if any), checking size and CRC32C as it goes.
 
         Store errors become :class:`StoreError` (a missing object: corruption); errors
@@ -239,7 +265,7 @@ class Checkpoint:
         """
         key = f"{self._data}/{name}"
         crc = size = 0
-        with contextlib.closing(self._chunks(key)) as chunks:
+        with contextlib.closing(self._chunks(key, chunk_size)) as chunks:
             for chunk in chunks:
                 crc = crc32c.crc32c(chunk, crc)
                 size += len(chunk)
@@ -247,10 +273,10 @@ class Checkpoint:
                     sink(chunk)  # outside the store's error handling: its errors are its own
         _check(self.step, name, self.files[name], size, crc)
 
-    def _chunks(self, key: str) -> Generator[Any, None, None]:
+    def _chunks(self, key: str, chunk_size: int | None = None) -> Generator[Any, None, None]:
         """The object's chunks, its store's errors turned into asynccp's."""
         try:
-            yield from self._location.chunks(key)
+            yield from self._location.chunks(key, chunk_size)
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
         except Exception as e:

@@ -51,9 +51,8 @@ from typing import Any, Literal
 import anyio.to_thread
 import crc32c
 
-from . import _memory
 from ._payload import Gather, Part, validate_name
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, StoreError
 
 __all__ = ["STATE_NAME", "State", "plan_state", "read_state"]
 
@@ -498,37 +497,21 @@ def _open_verified(ckpt: Any, name: str) -> Any:
     """The file ``name`` as a writable buffer, its size and CRC32C checked (worker thread).
 
     On a local disk: a private (copy-on-write) memory map of the file — no copy.
-    Elsewhere: the body obstore received, copied once into fresh memory (without the
-    GIL), so the arrays built on it are writable.
+    Elsewhere: streamed, as it arrives, into fresh writable memory (see
+    :class:`asynccp._memory.Landing`): the one copy out of obstore's buffers.
     """
     from ._restore import _check
 
     info = ckpt.files[name]
     loc = ckpt._location
+    if loc.local_root is None:
+        return ckpt._land(name, "map") if info.size else bytearray()
     key = f"{ckpt._data}/{name}"
     try:
-        if loc.local_root is not None:
-            buf: Any = loc.map(key)
-        else:
-            body = loc.get_buffer(key)
-            _check(ckpt.step, name, info, len(body), crc32c.crc32c(body))
-            buf = _memory.anon(len(body)) if len(body) else bytearray()
-            with (
-                _memory.address(body) as (src, n),
-                _memory.address(buf, writable=True) as (
-                    dst,
-                    _,
-                ),
-            ):
-                _memory.copy_spans(dst, [(0, src, n)], _memory.copy_threads(n, fresh=True))
-            return memoryview(buf)[: len(body)] if len(body) else buf
+        buf = loc.map(key)
     except FileNotFoundError as e:
         raise ckpt._missing(key, e) from e
-    except CorruptCheckpointError:
-        raise
-    except Exception as e:
-        from .errors import StoreError
-
+    except OSError as e:
         raise StoreError(f"checkpoint {ckpt.step}: reading {key} failed: {e}") from e
     _check(ckpt.step, name, info, len(buf), crc32c.crc32c(buf))
     return buf

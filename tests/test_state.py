@@ -481,3 +481,21 @@ async def test_remote_read_returns_bytes(site: Site) -> None:
         ckpt = await (await cp.save(0, body))
         data = await ckpt.read()
     assert type(data) is bytes and data == body
+
+
+async def test_prepare_gets_staging_memory_ready_within_the_budget(tmp_path: Path) -> None:
+    state = {"w": np.ones(3 << 20, np.float32), "b": np.ones(10), "epoch": 1}  # 12 MiB
+    async with Checkpointer(tmp_path / "loc", max_pending_bytes=64 << 20) as cp:
+        ready = await cp.prepare(State(state))
+        assert ready >= 12 << 20
+        assert await cp.prepare(State(state)) == 0  # a buffer that fits is pooled already
+        pooled = len(cp._stager._free)
+        handle = await cp.save(0, State(state))
+        assert len(cp._stager._free) == pooled - 1  # the save took the prepared buffer
+        await handle
+        assert await cp.prepare(b"x" * (8 << 20)) == 0  # bytes are kept as they are
+        with pytest.raises(TypeError, match="object array"):
+            await cp.prepare(State({"o": np.array([None])}))
+    async with Checkpointer(tmp_path / "loc2", max_pending_bytes=4 << 20) as cp:
+        assert await cp.prepare(State(state)) == 0  # no room in the budget
+        assert cp._stager._free_bytes == 0
