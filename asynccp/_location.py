@@ -231,17 +231,20 @@ class Location:
 
         :meth:`create` then links the file into place: the commit itself is one link
         and one fsync of the folder. ``create`` removes the file when it links it; if
-        the commit does not happen, :meth:`discard_prepared` removes it.
+        the commit does not happen, :meth:`discard_prepared` removes it. ``folder`` is
+        the checkpoint's own payload folder: a file left by a killed writer goes with
+        that folder (collected with it, or deleted with the checkpoint by retention).
         """
         if self.local_root is None or not self.durable:
             return None
         parent = self.local_root / folder
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".prepared.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        name = f".manifest.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        tmp = parent / name
         try:
             _write_file(tmp, data, sync=False)
             _sync_files([self.local_root / rel for rel in sync] + [tmp])
-            self.sync_folders(sync)
+            self.sync_folders([*sync, f"{folder}/{name}"])
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

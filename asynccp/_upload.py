@@ -41,15 +41,7 @@ from ._catalog import Bad, Record
 from ._groups import first_leaf
 from ._handle import SaveHandle
 from ._location import Location, ObjectExists
-from ._manifest import (
-    FORMAT,
-    MANIFESTS,
-    QUARANTINE,
-    FileInfo,
-    Manifest,
-    data_dir,
-    manifest_key,
-)
+from ._manifest import FORMAT, QUARANTINE, FileInfo, Manifest, data_dir, manifest_key
 from ._payload import StagedFile
 from ._restore import Checkpoint
 from .errors import (
@@ -130,7 +122,7 @@ async def upload(
         # now, in one journal commit, while the previous checkpoint commits: the commit
         # itself is then one link and one folder fsync. Elsewhere this does nothing.
         prepared = await anyio.to_thread.run_sync(
-            partial(location.prepare_create, MANIFESTS, body, sync=keys)
+            partial(location.prepare_create, folder, body, sync=keys)
         )
         try:
             if turn is not None:
