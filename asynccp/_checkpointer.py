@@ -561,13 +561,18 @@ class Checkpointer:
         return True
 
     async def _housekeeping(self) -> None:
-        """Retention after a commit, orphan collection once per checkpointer; never fatal."""
+        """Retention after a commit, orphan collection once per checkpointer; never fatal.
+
+        Orphan collection (a lease write, listings, deletes) waits for a commit after
+        which nothing else is staged: on a local disk its writes would take turns in
+        the journal with the commits of checkpoints still pending.
+        """
         try:
             if self.keep is not None:
                 await apply_retention(
                     self._location, self.keep, self.keep_every, known_valid=self._valid_keys
                 )
-            if not self._orphans_collected:
+            if not self._orphans_collected and self._queue.idle:
                 self._orphans_collected = True
                 await collect_orphans(
                     self._location, timedelta(seconds=self.orphan_grace), writer=self.writer_id

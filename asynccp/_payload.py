@@ -356,15 +356,16 @@ class Gather:
 
     A source is ``(offset, buffer)`` — any C-contiguous buffer, exported while it is
     copied — or ``(offset, address, length)``: raw memory kept valid by an object in
-    ``keep`` (a tensor's storage). ``allocate``, when set, makes the file in memory
-    of the gather's choosing (pinned host memory, for GPU tensors): it returns
-    ``(owner, writable buffer)``, and ``device`` then copies what lives on a device
-    into that buffer.
+    ``keep``, the address an ``int`` or a function that returns it when the copy
+    starts (a tensor's storage, checked then: it may have been resized meanwhile).
+    ``allocate``, when set, makes the file in memory of the gather's choosing (pinned
+    host memory, for GPU tensors): it returns ``(owner, writable buffer)``, and
+    ``device`` then copies what lives on a device into that buffer.
     """
 
     size: int
     head: bytes = b""
-    sources: list[tuple[int, Any] | tuple[int, int, int]] = field(default_factory=list)
+    sources: list[tuple[int, Any] | tuple[int, Any, int]] = field(default_factory=list)
     keep: list[Any] = field(default_factory=list)
     allocate: Callable[[int], tuple[Any, Any]] | None = None
     device: Callable[[Any], None] | None = None
@@ -381,7 +382,8 @@ class Gather:
                 spans.append((0, addr, n))
             for source in self.sources:
                 if len(source) == 3:
-                    spans.append(source)
+                    off, where, n = source
+                    spans.append((off, where if isinstance(where, int) else where(), n))
                 else:
                     off, buf = source
                     addr, n = stack.enter_context(_memory.address(buf))

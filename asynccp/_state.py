@@ -382,7 +382,7 @@ def _gather(tensors: list[_Tensor]) -> Gather:
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     head = struct.pack("<Q", len(text)) + text
-    sources: list[tuple[int, Any] | tuple[int, int, int]] = []
+    sources: list[tuple[int, Any] | tuple[int, Any, int]] = []
     gpu: list[tuple[int, Any, int]] = []
     pos = len(head)
     for t in ordered:
@@ -391,6 +391,8 @@ def _gather(tensors: list[_Tensor]) -> Gather:
                 gpu.append((pos, t.owner, t.nbytes))
             elif t.address is None:
                 sources.append((pos, t.owner))
+            elif t.torch:
+                sources.append((pos, _torch_address(t), t.nbytes))
             else:
                 sources.append((pos, t.address, t.nbytes))
         pos += t.nbytes
@@ -398,6 +400,20 @@ def _gather(tensors: list[_Tensor]) -> Gather:
     if gpu:
         g.allocate, g.device = _pinned, _device_copier(gpu)
     return g
+
+
+def _torch_address(t: _Tensor) -> Callable[[], int]:
+    """Where a CPU tensor's bytes are when the copy starts: a tensor resized (its storage
+    replaced) between ``save()`` planning it and copying it fails the save, instead of
+    the copy reading memory the tensor no longer owns."""
+    tensor, nbytes, key = t.owner, t.nbytes, t.key
+
+    def address() -> int:
+        if tensor.numel() * tensor.element_size() != nbytes or not tensor.is_contiguous():
+            raise ValueError(f"tensor {key!r} changed shape while the save was waiting")
+        return int(tensor.data_ptr())
+
+    return address
 
 
 def _pinned(size: int) -> tuple[Any, Any]:
