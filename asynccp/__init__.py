@@ -3,17 +3,22 @@
 Save progress without stalling (a bounded background upload queue), commit each
 checkpoint atomically (payload first, then a create-if-absent manifest), restore the
 newest one that verifies, and retry a job from where it left off.
+
+This module holds the public names only; ``docs/architecture.md`` maps the modules
+behind them.
 """
 
-from ._checkpointer import Checkpointer, Stats
-from ._handle import SaveHandle
+from ._autosave import Autosave, AutosaveStats, ServiceState, autosave, lifespan
+from ._checkpoint import Checkpoint
+from ._checkpointer import Checkpointer
 from ._manifest import FileInfo
-from ._restore import Checkpoint
-from ._retry_policy import Backoff, RetryEvent
-from ._signals import DEFAULT_GRACE, PREEMPTED_EXIT_CODE
 from ._state import State
-from ._supervisor import Preempted, checkpointed, current, supervise
+from ._supervise import DEFAULT_GRACE, Backoff, RetryEvent, checkpointed, current, supervise
+from ._types import BackoffSpec, LocationLike, OnRetry, Payload, Policy, Recoverable
+from ._write import SaveHandle, Stats
 from .errors import (
+    PREEMPTED_EXIT_CODE,
+    AutosaveError,
     CheckpointClosedError,
     CheckpointError,
     CheckpointNotFoundError,
@@ -22,8 +27,11 @@ from .errors import (
     CorruptCheckpointWarning,
     FlushTimeoutError,
     InvalidNameError,
+    Preempted,
     RecoverableError,
     RetriesExhausted,
+    ShardConflictError,
+    ShardMismatchError,
     StepAlreadyCommittedError,
     StepOrderError,
     StoreError,
@@ -32,7 +40,13 @@ from .errors import (
 )
 
 __all__ = [
+    "Autosave",
+    "AutosaveError",
+    "AutosaveStats",
+    "DEFAULT_GRACE",
+    "PREEMPTED_EXIT_CODE",
     "Backoff",
+    "BackoffSpec",
     "Checkpoint",
     "CheckpointClosedError",
     "CheckpointError",
@@ -41,16 +55,22 @@ __all__ = [
     "CommitUnknownError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
-    "DEFAULT_GRACE",
     "FileInfo",
     "FlushTimeoutError",
     "InvalidNameError",
-    "PREEMPTED_EXIT_CODE",
+    "LocationLike",
+    "OnRetry",
+    "Payload",
+    "Policy",
     "Preempted",
+    "Recoverable",
     "RecoverableError",
     "RetriesExhausted",
     "RetryEvent",
     "SaveHandle",
+    "ServiceState",
+    "ShardConflictError",
+    "ShardMismatchError",
     "State",
     "Stats",
     "StepAlreadyCommittedError",
@@ -58,10 +78,22 @@ __all__ = [
     "StoreError",
     "SupersededError",
     "UploadError",
+    "autosave",
     "checkpointed",
     "current",
+    "lifespan",
     "supervise",
 ]
+
+
+def _present_as_public() -> None:
+    """Every public class and function reports itself as ``asynccp.<name>`` (in reprs,
+    tracebacks and docs), wherever it is defined inside the package."""
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")):
+            obj.__module__ = __name__
 
 
 def _version() -> str:
@@ -74,5 +106,6 @@ def _version() -> str:
         return "0+unknown"
 
 
+_present_as_public()
 __version__ = _version()
-del _version
+del _present_as_public, _version

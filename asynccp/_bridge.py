@@ -46,7 +46,7 @@ import sniffio
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
 
-from ._checkpointer import add_note
+from ._groups import add_note
 from .errors import CheckpointClosedError
 
 if TYPE_CHECKING:

@@ -1,31 +1,37 @@
-"""The catalog: what is committed at a location, and which of it can be trusted.
+"""The read catalog: what is committed at a location, and which of it can be trusted.
 
 Every reader goes through here: ``latest()``, ``load_latest()``, ``read()``,
-``restore()``, retention, the orphan collector and the command line. The rules:
+``restore()``, the commit (judging a record already there), retention, the orphan
+collector and the command line. The rules:
 
-- A step is committed when a manifest for it exists; its commit record is its highest
-  revision (see :mod:`asynccp._manifest`).
+- A step is committed when a record for it exists; its commit record is its highest
+  revision (see :mod:`asynccp._layout`).
 - A checkpoint is *valid* when that record decodes and validates and every payload
   object it names exists with its recorded size (one listing, no payload reads). It
   *verifies* when, in addition, every checksum matches on read.
 - A checkpoint that vanishes while it is being read (retention on another writer
   rotated it away) is not corrupt: the reader lists again and takes the newer one.
+- A checkpoint skipped because it is invalid or does not verify is reported one way,
+  wherever it is skipped: a :class:`~asynccp.CorruptCheckpointWarning` naming it,
+  attributed to the caller's line (:func:`warn_skipped`).
 """
 
 from __future__ import annotations
 
-import logging
+import os
+import sys
 import warnings
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
-import anyio.to_thread
 
-from ._location import Location
-from ._manifest import MANIFESTS, QUARANTINE, Manifest, manifest_key, parse_manifest_key
-from ._restore import Checkpoint
+from ._checkpoint import Checkpoint, checkpoint_from
+from ._layout import MANIFESTS, QUARANTINE, manifest_key, parse_manifest_key
+from ._manifest import Manifest
+from ._shard_records import AnyManifest, ShardedManifest, decode_record
+from ._store import Store, call
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -41,15 +47,17 @@ __all__ = [
     "list_checkpoints",
     "list_steps",
     "load",
-    "load_record",
     "newest",
     "quarantined",
+    "read_manifest",
     "records",
+    "still_committed",
     "survey",
     "validate",
+    "verify",
+    "warn_skipped",
 ]
 
-log = logging.getLogger("asynccp")
 T = TypeVar("T")
 
 #: A checkpoint known not to verify: ``(step, writer)``.
@@ -58,6 +66,7 @@ Bad = tuple[int, str]
 #: Times a reader lists again because what it was reading vanished (rotation); past
 #: this, the store is changing faster than it can be read and the reader gives up.
 _MAX_RELISTS = 20
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass(frozen=True)
@@ -70,24 +79,30 @@ class Record:
     superseded: tuple[str, ...] = ()
 
 
-async def store_call(location: Location, fn: Callable[..., T], *args: Any) -> T:
-    """A metadata call in a worker thread (abandoned if the caller is cancelled);
-    store failures become :class:`StoreError` naming the location."""
-    try:
-        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise StoreError(f"store call on {location.description} failed: {e}") from e
+def warn_skipped(store: Store, step: int, error: CorruptCheckpointError) -> None:
+    """Report a checkpoint a reader skipped: a :class:`CorruptCheckpointWarning`.
+
+    The warning is attributed to the first caller outside asynccp (whatever the depth
+    of the call inside it), so Python's warning filters and ``-W`` work per call site.
+    """
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the caller of this function
+    while os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE) and frame.f_back:
+        level += 1
+        frame = frame.f_back
+    warnings.warn(
+        f"asynccp: checkpoint {step} in {store.description} was skipped: {error}",
+        CorruptCheckpointWarning,
+        stacklevel=level,
+    )
 
 
-async def records(location: Location, step: int | None = None) -> list[Record]:
+async def records(store: Store, step: int | None = None) -> list[Record]:
     """Every committed step (or only ``step``), ascending, from one listing.
 
     (Stores list by folder, not by string prefix: a step's revisions are found by
-    listing ``manifests/`` whole.)
+    listing the records' folder whole.)
     """
-    objs = await store_call(location, location.list, MANIFESTS)
+    objs = await call(store, store.list_objects, MANIFESTS, key=MANIFESTS, action="listing")
     revisions: dict[int, list[tuple[int, str]]] = {}
     for o in objs:
         parsed = parse_manifest_key(o.key)
@@ -100,155 +115,157 @@ async def records(location: Location, step: int | None = None) -> list[Record]:
     return out
 
 
-async def list_steps(location: Location) -> list[int]:
-    """Every committed step at ``location``, ascending (one LIST call)."""
-    return [r.step for r in await records(location)]
+async def list_steps(store: Store) -> list[int]:
+    """Every committed step at ``store``, ascending (one LIST call)."""
+    return [r.step for r in await records(store)]
 
 
-async def load_record(location: Location, record: Record) -> Checkpoint:
-    """The checkpoint a record commits (its manifest read and validated, payload unchecked).
+async def read_manifest(store: Store, record: Record) -> AnyManifest:
+    """The manifest a record holds, read and validated (its payload unchecked).
 
     Raises :class:`CheckpointNotFoundError` when the record is gone (deleted since it
     was listed) and :class:`CorruptCheckpointError` when it is invalid.
     """
     try:
-        raw = await store_call(location, location.get, record.key)
-    except FileNotFoundError as e:
-        if "NoSuchBucket" in str(e):  # S3 says "not found" for the bucket too
-            raise StoreError(f"the bucket of {location.description} does not exist") from e
+        raw = await call(store, store.get, record.key, key=record.key, action="reading")
+    except FileNotFoundError:
         raise CheckpointNotFoundError(
-            f"no checkpoint committed at step {record.step} in {location.description}"
+            f"no checkpoint committed at step {record.step} in {store.description}"
         ) from None
-    manifest = Manifest.decode(raw, key=record.key)
-    return Checkpoint._from_manifest(manifest, location, key=record.key)
+    return decode_record(raw, key=record.key)
 
 
-async def load(location: Location, step: int) -> Checkpoint:
-    """The checkpoint committed at ``step`` (its newest revision read and validated)."""
-    found = await records(location, step)
-    if not found:
-        # Not found (or a missing bucket, which some stores list as empty): the plain
-        # key's read says which.
-        return await load_record(location, Record(step, manifest_key(step), 0))
-    return await load_record(location, found[-1])
+async def is_complete(store: Store, manifest: AnyManifest) -> bool:
+    """Whether every payload object exists with its recorded size (one LIST, no reads;
+    a sharded step: one per part, side by side)."""
+    if isinstance(manifest, ShardedManifest):
+        complete = [False] * len(manifest.parts)
+
+        async def check(r: int, part: Manifest) -> None:
+            complete[r] = await is_complete(store, part)
+
+        async with anyio.create_task_group() as tg:
+            for r, part in enumerate(manifest.parts):
+                tg.start_soon(check, r, part)
+        return all(complete)
+    folder = manifest.data + "/"
+    objs = await call(store, store.list_objects, folder, key=folder, action="listing")
+    sizes = {o.key[len(folder) :]: o.size for o in objs}
+    return all(sizes.get(name) == info.size for name, info in manifest.files.items())
 
 
-async def is_complete(ckpt: Checkpoint) -> bool:
-    """Whether every payload object exists with its recorded size (one LIST, no reads)."""
-    loc = ckpt._location
-    objs = await store_call(loc, loc.list, ckpt._data + "/")
-    sizes = {o.key[len(ckpt._data) + 1 :]: o.size for o in objs}
-    return all(sizes.get(name) == info.size for name, info in ckpt.files.items())
-
-
-async def validate(location: Location, record: Record) -> Checkpoint:
-    """The record's checkpoint if it is valid; else :class:`CorruptCheckpointError`."""
-    ckpt = await load_record(location, record)
-    if not await is_complete(ckpt):
+async def validate(store: Store, record: Record) -> AnyManifest:
+    """The record's manifest if its checkpoint is valid; else :class:`CorruptCheckpointError`."""
+    manifest = await read_manifest(store, record)
+    if not await is_complete(store, manifest):
         raise CorruptCheckpointError(
-            f"checkpoint {record.step}: payload objects of {ckpt._data} are missing or truncated"
+            f"checkpoint {record.step}: payload objects of {manifest.data} are missing or truncated"
         )
-    return ckpt
+    return manifest
 
 
-async def still_committed(location: Location, key: str) -> bool:
-    """Whether the commit record ``key`` is still there (False: deleted since, by retention)."""
+async def verify(store: Store, manifest: AnyManifest) -> None:
+    """Read every payload object of ``manifest`` and check it (CorruptCheckpointError)."""
+    await checkpoint_from(manifest, store).verify()
+
+
+async def still_committed(store: Store, key: str) -> bool:
+    """Whether the record ``key`` is still there (False: deleted since, by retention)."""
     try:
-        await store_call(location, location.get, key)
+        await call(store, store.get, key, key=key, action="reading")
     except FileNotFoundError:
         return False
     return True
 
 
-async def list_checkpoints(location: Location) -> list[Checkpoint]:
+async def load(store: Store, step: int) -> Checkpoint:
+    """The checkpoint committed at ``step`` (its newest revision read and validated)."""
+    found = await records(store, step)
+    # Not listed (or a missing bucket, which some stores list as empty): the plain
+    # key's read says which.
+    record = found[-1] if found else Record(step, manifest_key(step), 0)
+    return checkpoint_from(await read_manifest(store, record), store)
+
+
+async def list_checkpoints(store: Store) -> list[Checkpoint]:
     """Every committed checkpoint whose manifest is valid, oldest first (payload unchecked)."""
     out = []
-    for record in await records(location):
+    for record in await records(store):
         try:
-            out.append(await load_record(location, record))
+            out.append(checkpoint_from(await read_manifest(store, record), store))
         except CheckpointNotFoundError:
             continue  # deleted since the listing
         except CorruptCheckpointError as e:
-            log.warning("asynccp: skipping step %d in %s: %s", record.step, location.description, e)
+            warn_skipped(store, record.step, e)
     return out
 
 
-async def latest(location: Location, *, skip: Collection[Bad] = ()) -> Checkpoint | None:
+async def latest(store: Store, *, skip: Collection[Bad] = ()) -> Checkpoint | None:
     """The newest valid checkpoint not in ``skip``, or None (metadata calls only)."""
     for _ in range(_MAX_RELISTS):
         vanished = False
-        for record in reversed(await records(location)):
+        for record in reversed(await records(store)):
             try:
-                ckpt = await validate(location, record)
+                manifest = await validate(store, record)
             except CheckpointNotFoundError:
                 vanished = True  # rotated away since the listing: list again
                 break
             except CorruptCheckpointError as e:
-                if not await still_committed(location, record.key):
+                if not await still_committed(store, record.key):
                     vanished = True  # its payload went with it: rotation, not corruption
                     break
-                log.warning(
-                    "asynccp: latest(): skipping step %d in %s: %s",
-                    record.step,
-                    location.description,
-                    e,
-                )
+                warn_skipped(store, record.step, e)
                 continue
-            if (ckpt.step, ckpt.writer) in skip:
+            if (manifest.step, manifest.writer) in skip:
                 continue
-            return ckpt
+            return checkpoint_from(manifest, store)
         if not vanished:
             return None
-    raise StoreError(_too_fast(location))
+    raise StoreError(_too_fast(store))
 
 
 async def newest(
-    location: Location,
+    store: Store,
     action: Callable[[Checkpoint], Awaitable[T]],
     *,
     skip: Collection[Bad] = (),
-    on_corrupt: Callable[[Checkpoint | None, int, CorruptCheckpointError], None] | None = None,
-    stacklevel: int = 3,
+    on_skipped: Callable[[Bad], None] | None = None,
 ) -> tuple[Checkpoint, T] | None:
     """Apply ``action`` to the newest valid checkpoint for which it succeeds.
 
-    A checkpoint whose manifest is invalid, whose payload is incomplete, or on which
-    ``action`` raises :class:`CorruptCheckpointError` is skipped with a
-    :class:`CorruptCheckpointWarning` naming it (and reported to ``on_corrupt``), and
-    the next older one is tried. One that vanishes meanwhile (retention) is no
-    corruption: the location is listed again.
+    A checkpoint whose manifest is invalid, whose payload is incomplete, that is in
+    ``skip``, or on which ``action`` raises :class:`CorruptCheckpointError` is skipped
+    (:func:`warn_skipped`; a valid one is also reported to ``on_skipped``), and the next
+    older one is tried. One that vanishes meanwhile (retention) is no corruption: the
+    location is listed again.
     """
     for _ in range(_MAX_RELISTS):
         vanished = False
-        for record in reversed(await records(location)):
-            ckpt: Checkpoint | None = None
+        for record in reversed(await records(store)):
+            manifest: AnyManifest | None = None
             try:
-                ckpt = await validate(location, record)
-                if (ckpt.step, ckpt.writer) in skip:
+                manifest = await validate(store, record)
+                if (manifest.step, manifest.writer) in skip:
                     raise CorruptCheckpointError("it failed verification when read before")
+                ckpt = checkpoint_from(manifest, store)
                 result = await action(ckpt)
             except CheckpointNotFoundError:
-                if ckpt is not None:
+                if manifest is not None:
                     raise  # the action's own (a file name the checkpoint does not have)
                 vanished = True  # the record was deleted since the listing
                 break
             except CorruptCheckpointError as e:
-                if not await still_committed(location, record.key):
+                if not await still_committed(store, record.key):
                     vanished = True
                     break
-                warnings.warn(
-                    f"asynccp: checkpoint {record.step} in {location.description} failed "
-                    f"verification and was skipped: {e}",
-                    CorruptCheckpointWarning,
-                    stacklevel=stacklevel,
-                )
-                if on_corrupt is not None:
-                    on_corrupt(ckpt, record.step, e)
+                warn_skipped(store, record.step, e)
+                if manifest is not None and on_skipped is not None:
+                    on_skipped((manifest.step, manifest.writer))
             else:
                 return ckpt, result
         if not vanished:
             return None
-    raise StoreError(_too_fast(location))
+    raise StoreError(_too_fast(store))
 
 
 @dataclass(frozen=True)
@@ -260,30 +277,30 @@ class Surveyed:
     problem: str | None
 
 
-async def survey(location: Location) -> list[Surveyed]:
+async def survey(store: Store) -> list[Surveyed]:
     """Every committed step, oldest first, each valid (with its checkpoint) or not (with
     the reason): what ``asynccp ls`` shows. Steps deleted while surveyed are left out."""
     out = []
-    for record in await records(location):
+    for record in await records(store):
         try:
-            ckpt = await validate(location, record)
+            manifest = await validate(store, record)
         except CheckpointNotFoundError:
             continue
         except CorruptCheckpointError as e:
             out.append(Surveyed(record, None, str(e)))
         else:
-            out.append(Surveyed(record, ckpt, None))
+            out.append(Surveyed(record, checkpoint_from(manifest, store), None))
     return out
 
 
-async def quarantined(location: Location) -> list[str]:
+async def quarantined(store: Store) -> list[str]:
     """Keys of the records moved to ``quarantine/`` (kept for inspection), sorted."""
-    objs = await store_call(location, location.list, QUARANTINE)
+    objs = await call(store, store.list_objects, QUARANTINE, key=QUARANTINE, action="listing")
     return sorted(o.key for o in objs if o.key.endswith(".json"))
 
 
-def _too_fast(location: Location) -> str:
+def _too_fast(store: Store) -> str:
     return (
-        f"the checkpoints of {location.description} vanished {_MAX_RELISTS} times while "
+        f"the checkpoints of {store.description} vanished {_MAX_RELISTS} times while "
         "being read: retention deletes them faster than they can be read"
     )

@@ -1,22 +1,34 @@
-"""Checkpointer: the object users hold. It wires the stages together and owns them.
+"""Checkpointer: the object users hold — a thin facade over the stages it wires together.
 
-``save()`` validates, reserves room in the bounded queue, snapshots, and returns; the
-worker task (in the checkpointer's own task group) takes checkpoints in save order,
-uploads the payloads of up to two at once and commits them strictly in order, then
-applies retention. Leaving the
-``async with`` block flushes: every staged checkpoint commits (or its error is
-raised) before the block is left, even when the body raised or was cancelled.
+- options: validated once, into a frozen :class:`Options` (no I/O);
+- the store: :func:`asynccp._store.resolve` (no I/O);
+- the write path: a :class:`~asynccp._write.Pipeline` (bounded queue, stager, the worker
+  that commits in order), the writer's lease (:class:`~asynccp._leases.LeaseKeeper`) and
+  housekeeping (:class:`~asynccp._retention.Housekeeping`);
+- the read path: the catalog (:mod:`asynccp._catalog`);
+- what both know about steps: a :class:`~asynccp._write.StepOrder`.
+
+Its lifecycle is a state (:class:`State`) and one ``AsyncExitStack``: opening enters
+the task group and registers, in order, what the exit undoes — the staging folder, the
+report of flush errors onto an exception passing through, the task group, the flush.
+Leaving the ``async with`` block flushes: every staged checkpoint commits (or its error
+is raised) before the block is left, even when the body raised or was cancelled, within
+``flush_timeout`` (or the deadline of :func:`flush_within`).
+
+Reads work once the block is entered, and after it is left (a supervisor reads the
+newest step after an attempt closed); before, they say to use ``async with``.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
+import math
 import os
 import secrets
-import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -26,84 +38,168 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from anyio.abc import TaskGroup
 
 from . import _catalog as catalog
-from ._catalog import Bad
-from ._handle import SaveHandle
-from ._leases import RENEW_SECONDS as LEASE_RENEW_SECONDS
-from ._leases import drop as drop_lease
-from ._leases import renew as renew_lease
-from ._location import (
+from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
+from ._checks import check_bool, check_int, check_seconds, check_step
+from ._groups import add_note
+from ._leases import LeaseKeeper
+from ._manifest import check_metadata
+from ._retention import Housekeeping
+from ._shard_records import ShardSpec, owned_prefixes, sharding
+from ._store import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_IO_ATTEMPTS,
     DEFAULT_PART_CONCURRENCY,
-    Location,
+    Store,
+    call,
     resolve,
 )
-from ._manifest import MAX_STEP, check_metadata, now
-from ._payload import Payload, Stager
-from ._queue import Policy, StagingQueue
-from ._restore import Checkpoint
-from ._retention import apply_retention, collect_orphans
-from ._staging import open_staging
-from ._upload import Pending, upload
-from ._validate import check_seconds, is_int
-from .errors import (
-    CheckpointClosedError,
-    CheckpointError,
-    CorruptCheckpointError,
-    FlushTimeoutError,
-    StepOrderError,
-    SupersededError,
-)
+from ._types import LocationLike, Payload, Policy
+from ._write import Committed, FlushResult, Pipeline, SaveHandle, Stats, StepOrder, open_staging
+from ._write._commit import RecordHook
+from ._write._shards import commit_part
+from .errors import CheckpointClosedError, ShardMismatchError
 
-__all__ = ["Checkpointer", "Stats"]
+__all__ = [
+    "OPTION_NAMES",
+    "Checkpointer",
+    "Options",
+    "State",
+    "Stats",
+    "check_options",
+    "continue_from",
+    "flush_within",
+]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
 
-#: Checkpoints uploading at once: one committing, the next one's payload under way.
-_PIPELINE = 2
-#: Only checkpoints smaller than this overlap the previous one's commit: for them the
-#: commit's fixed cost (fsyncs, a request) is what pipelining hides. Large ones are
-#: bound by the store's bandwidth, and running two at once only adds threads competing
-#: for the GIL (event-loop lag p99 at 64 MiB: 2-4 ms alone, 5-7 ms overlapped).
-_PIPELINE_BELOW = 8 << 20
+#: Seconds the exit spends, at most, deleting this writer's lease.
+_LEASE_RELEASE_SECONDS = 10.0
+
+
+class _Tasks:
+    """The checkpointer's task group, as one entry of its exit stack.
+
+    Its exit never takes in the exception leaving the ``async with`` block: by then
+    every task in it is over (the flush ran first and stopped the lease), and anyio
+    would wrap that exception in an ``ExceptionGroup`` the caller does not expect.
+    """
+
+    def __init__(self) -> None:
+        self._tg = anyio.create_task_group()
+
+    async def __aenter__(self) -> TaskGroup:
+        return await self._tg.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        await self._tg.__aexit__(None, None, None)
+        return False  # (trio's nursery answers True for "no error": that is no suppression)
+
+
+class State(enum.Enum):
+    """Where a Checkpointer is in its life; it is used for one ``async with`` only."""
+
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
-class Stats:
-    """A snapshot of what a :class:`Checkpointer` has done so far."""
+class Options:
+    """A Checkpointer's options, validated (see :class:`Checkpointer` for each).
 
-    saves: int
-    committed: int
-    failed: int
-    superseded: int
-    bytes_saved: int
-    bytes_committed: int
-    queue_depth: int
-    queue_bytes: int
-    stall_seconds: float
-    max_stall_seconds: float
-    upload_seconds: float
-    last_committed_step: int | None
+    Wrong types are ``TypeError``, bad values ``ValueError``; durations are stored as
+    float seconds.
+    """
+
+    max_pending: int = 4
+    max_pending_bytes: int = 1 << 30
+    policy: Policy = "block"
+    keep: int | None = None
+    keep_every: int | None = None
+    attempt: int = 0
+    durable: bool = True
+    flush_timeout: float = 300.0
+    max_concurrency: int = 8
+    orphan_grace: float = 3600.0
+    staging_dir: str | None = None
+    shard: int | None = None
+    shards: int | None = None
+    generation: str | int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("max_pending", self.max_pending, minimum=1)
+        check_int("max_pending_bytes", self.max_pending_bytes, minimum=1)
+        if self.keep is not None:
+            check_int("keep", self.keep, minimum=1)
+        if self.keep_every is not None:
+            check_int("keep_every", self.keep_every, minimum=1)
+        check_int("attempt", self.attempt, minimum=0)
+        check_int("max_concurrency", self.max_concurrency, minimum=1)
+        if not isinstance(self.policy, str):
+            raise TypeError(f"policy must be a str, got {type(self.policy).__name__}")
+        if self.policy not in ("block", "latest"):
+            raise ValueError(f"policy must be 'block' or 'latest', got {self.policy!r}")
+        check_bool("durable", self.durable)
+        set_ = object.__setattr__  # frozen: normalise in place, once
+        set_(self, "flush_timeout", check_seconds("flush_timeout", self.flush_timeout))
+        set_(self, "orphan_grace", check_seconds("orphan_grace", self.orphan_grace))
+        if self.staging_dir is not None:
+            if not isinstance(self.staging_dir, (str, os.PathLike)):
+                raise TypeError(
+                    f"staging_dir must be a path, got {type(self.staging_dir).__name__}"
+                )
+            set_(self, "staging_dir", os.fspath(self.staging_dir))
+        spec = sharding(self.shard, self.shards, self.generation, writer="")
+        if spec is not None and spec.generation:
+            set_(self, "generation", spec.generation)  # an int, or the environment's
 
 
-def add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note`` that also works on Python 3.10."""
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:  # pragma: no cover - 3.10 only
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+#: Every keyword argument of :class:`Checkpointer` (for "did you mean ...?").
+OPTION_NAMES = frozenset(
+    [
+        "prefix",
+        "chunk_size",
+        "part_concurrency",
+        "io_attempts",
+        *Options.__dataclass_fields__,
+    ]
+)
 
 
-def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> None:
-    if value is None and allow_none:
-        return
-    if not is_int(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+def _configure(
+    location: Any,
+    options: Mapping[str, Any],
+    *,
+    caller: str,
+    known: Collection[str],
+) -> tuple[Options, Store]:
+    """Validate a Checkpointer's arguments: its options and its store (no I/O)."""
+    own = {k: v for k, v in options.items() if k in Options.__dataclass_fields__}
+    store_args = {k: v for k, v in options.items() if k not in own}
+    store_args.setdefault("durable", own.get("durable", True))
+    opts = Options(**own)
+    store = resolve(location, caller=caller, known=known, **store_args)
+    return opts, store
+
+
+def check_options(
+    location: Any, options: Mapping[str, Any], *, caller: str, known: Collection[str]
+) -> None:
+    """Check a Checkpointer's arguments as ``caller`` takes them (no I/O): the errors a
+    ``Checkpointer(location, **options)`` would raise, an unknown keyword argument
+    suggesting the closest of ``known``."""
+    _configure(location, options, caller=caller, known=known)
 
 
 class Checkpointer:
@@ -113,7 +209,7 @@ class Checkpointer:
     path, a ``file://``, ``memory://``, ``s3://``, ``gs://`` or ``az://`` URL, or an
     obstore store object (with ``prefix=``). Extra keyword arguments go to
     ``obstore.store.from_url`` for URLs (``client_options``, ``retry_config``,
-    credentials...).
+    credentials...); anything else is an unknown keyword argument.
 
     Args:
         max_pending: checkpoints staged but not yet committed before ``save()`` has
@@ -135,11 +231,22 @@ class Checkpointer:
             the retries obstore makes itself (its ``retry_config``).
         orphan_grace: seconds before an uncommitted payload folder is collected.
         staging_dir: where file payloads are copied while they wait (a temp dir).
+        shard, shards: this process writes part ``shard`` (0-based) of every step, of
+            ``shards`` parts written by as many processes. A step is committed, and
+            seen by readers, once all its parts are recorded; a save's handle resolves
+            when this part is. Only shard 0 applies ``keep``. See ``docs/sharding.md``.
+        generation: the name of this launch of the ``shards`` processes, the same in
+            each and unique to the launch; by default found in the environment
+            (``ASYNCCP_GENERATION``, torchrun, Slurm).
+
+    Raises:
+        TypeError: an argument of the wrong type, or an unknown keyword argument.
+        ValueError: an argument with a bad value.
     """
 
     def __init__(
         self,
-        location: Any,
+        location: LocationLike,
         *,
         prefix: str | None = None,
         max_pending: int = 4,
@@ -156,109 +263,185 @@ class Checkpointer:
         io_attempts: int = DEFAULT_IO_ATTEMPTS,
         orphan_grace: float | timedelta = 3600.0,
         staging_dir: str | os.PathLike[str] | None = None,
+        shard: int | None = None,
+        shards: int | None = None,
+        generation: str | int | None = None,
         **store_options: Any,
     ) -> None:
-        _positive_int("max_pending", max_pending)
-        _positive_int("max_pending_bytes", max_pending_bytes)
-        _positive_int("keep", keep, allow_none=True)
-        _positive_int("keep_every", keep_every, allow_none=True)
-        _positive_int("attempt", attempt, minimum=0)
-        _positive_int("max_concurrency", max_concurrency)
-        if policy not in ("block", "latest"):
-            raise ValueError(f"policy must be 'block' or 'latest', got {policy!r}")
-        if not isinstance(durable, bool):
-            raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
-        self._location: Location = resolve(
+        self._options, self._store = _configure(
             location,
-            prefix=prefix,
-            durable=durable,
-            chunk_size=chunk_size,
-            part_concurrency=part_concurrency,
-            io_attempts=io_attempts,
-            **store_options,
+            {
+                "prefix": prefix,
+                "max_pending": max_pending,
+                "max_pending_bytes": max_pending_bytes,
+                "policy": policy,
+                "keep": keep,
+                "keep_every": keep_every,
+                "attempt": attempt,
+                "durable": durable,
+                "flush_timeout": flush_timeout,
+                "max_concurrency": max_concurrency,
+                "chunk_size": chunk_size,
+                "part_concurrency": part_concurrency,
+                "io_attempts": io_attempts,
+                "orphan_grace": orphan_grace,
+                "staging_dir": staging_dir,
+                "shard": shard,
+                "shards": shards,
+                "generation": generation,
+                **store_options,
+            },
+            caller="Checkpointer()",
+            known=OPTION_NAMES,
         )
-        self.max_pending = max_pending
-        self.max_pending_bytes = max_pending_bytes
-        self.policy: Policy = policy
-        self.keep = keep
-        self.keep_every = keep_every
-        self.attempt = attempt
-        self.flush_timeout = check_seconds("flush_timeout", flush_timeout)
-        self.orphan_grace = check_seconds("orphan_grace", orphan_grace)
-        self.max_concurrency = max_concurrency
-        self._staging_parent = None if staging_dir is None else os.fspath(staging_dir)
-        #: This writer's id, part of its payload folder names.
-        self.writer_id = secrets.token_hex(6)
-        self._state = "new"
-        self._failures: list[CheckpointError] = []
-        self._last_step: int | None = None
-        #: The newest valid step at the location that is not known to be bad: saving at
-        #: or below it is a StepOrderError. Found at open, refined by every read.
-        self._floor: int | None = None
-        #: Checkpoints this checkpointer found not to verify: never counted, replaced
-        #: when their step is saved again.
-        self._bad: set[Bad] = set()
-        #: Records found valid (retention checks each once).
-        self._valid_keys: set[str] = set()
-        self._orphans_collected = False
-        self._counts = {"saves": 0, "committed": 0, "failed": 0, "superseded": 0}
-        self._bytes_saved = self._bytes_committed = 0
-        self._stall = self._max_stall = self._upload_time = 0.0
-        self._last_committed: int | None = None
+        opts = self._options
+        self._writer = secrets.token_hex(6)
+        self._sharding: ShardSpec | None = sharding(
+            opts.shard, opts.shards, opts.generation, writer=self._writer
+        )
+        #: Writer ids of this shard's earlier attempts (set by the supervisor): the parts
+        #: they recorded are this shard's own.
+        self._predecessors: tuple[str, ...] = ()
+        self._state = State.NEW
+        self._order = StepOrder(self._store.description)
+        self._housekeeping = Housekeeping(
+            self._store,
+            keep=opts.keep,
+            keep_every=opts.keep_every,
+            orphan_grace=opts.orphan_grace,
+            writer=self._writer,
+            shard=self.shard,
+            generation=self.generation,
+        )
+        self._pipeline = Pipeline(
+            self._store,
+            writer=self._writer,
+            attempt=opts.attempt,
+            max_pending=opts.max_pending,
+            max_pending_bytes=opts.max_pending_bytes,
+            policy=opts.policy,
+            max_concurrency=opts.max_concurrency,
+            order=self._order,
+            checkpoint_of=self._checkpoint_of,
+            after_commit=self._after_commit,
+            record=self._record_hook,
+        )
+        self._lease = LeaseKeeper(self._store, self._writer, self.generation)
+        self._stack = AsyncExitStack()
+        #: An absolute time (anyio's clock) by which the exit must be over, once
+        #: :func:`flush_within` set one.
+        self._deadline = math.inf
+        #: What the exit flush found (for the exit's report).
+        self._exit_result = FlushResult()
 
     def __repr__(self) -> str:
-        return f"<Checkpointer {self._location.description} writer={self.writer_id} {self._state}>"
+        spec = self._sharding
+        part = "" if spec is None else f" shard={spec.shard}/{spec.shards} gen={spec.generation}"
+        return f"<Checkpointer {self.location} writer={self._writer}{part} {self._state.value}>"
+
+    @property
+    def shard(self) -> int | None:
+        """The part this process writes (None: it writes whole checkpoints)."""
+        return None if self._sharding is None else self._sharding.shard
+
+    @property
+    def shards(self) -> int | None:
+        """How many processes write the parts of each step (None: not sharded)."""
+        return None if self._sharding is None else self._sharding.shards
+
+    @property
+    def generation(self) -> str | None:
+        """The launch this sharded checkpointer's parts belong to (None: not sharded)."""
+        return None if self._sharding is None else self._sharding.generation
+
+    # -- options (read-only) --------------------------------------------------------------
 
     @property
     def location(self) -> str:
         """Where the checkpoints go, as a readable string."""
-        return self._location.description
+        return self._store.description
+
+    @property
+    def writer_id(self) -> str:
+        """This writer's id, part of its payload folder names."""
+        return self._writer
+
+    @property
+    def attempt(self) -> int:
+        """The supervised attempt this checkpointer belongs to (0, 1, 2...)."""
+        return self._options.attempt
+
+    @property
+    def max_pending(self) -> int:
+        return self._options.max_pending
+
+    @property
+    def max_pending_bytes(self) -> int:
+        return self._options.max_pending_bytes
+
+    @property
+    def policy(self) -> Policy:
+        return self._options.policy
+
+    @property
+    def keep(self) -> int | None:
+        return self._options.keep
+
+    @property
+    def keep_every(self) -> int | None:
+        return self._options.keep_every
+
+    @property
+    def flush_timeout(self) -> float:
+        return self._options.flush_timeout
+
+    @property
+    def orphan_grace(self) -> float:
+        return self._options.orphan_grace
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._options.max_concurrency
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Checkpointer:
-        if self._state != "new":
+        if self._state is not State.NEW:
             raise CheckpointClosedError("a Checkpointer can be used in one `async with` block only")
-        self._state = "opening"
+        self._state = State.OPENING
         try:
-            await anyio.to_thread.run_sync(self._location.open)
-        except Exception as e:
-            self._state = "closed"
-            raise CheckpointError(f"cannot open {self._location.description}: {e}") from e
-        try:
-            # The lease is written while the location is read: open returns with it
-            # held, so the first upload need not wait for it.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._discover)
-                tg.start_soon(self._write_lease)
-        except BaseException:  # cancelled while opening
-            self._state = "closed"
+            async with AsyncExitStack() as stack:
+                await call(self._store, self._store.open, action="preparing the location")
+                staging = await anyio.to_thread.run_sync(open_staging, self._options.staging_dir)
+                stack.push_async_callback(self._pipeline.release)  # last: the staging folder
+                stack.push_async_exit(self._report)  # after the task group (see there)
+                tg = await stack.enter_async_context(_Tasks())
+                stack.callback(self._lease.stop)  # before the task group waits for it
+                tg.start_soon(self._lease.run)
+                await self._pipeline.start(tg, staging, ready=self._lease.written)
+                stack.push_async_exit(self._drain)  # first: the flush
+                # The location is read while the lease is first written, and the open
+                # returns with the lease held: the first upload need not wait for it.
+                await self._discover()
+                await self._lease.written.wait()
+                self._stack = stack.pop_all()
+        except BaseException:
+            self._state = State.CLOSED
             raise
-        folder = await anyio.to_thread.run_sync(open_staging, self._staging_parent)
-        self._queue: StagingQueue[Pending] = StagingQueue(
-            self.max_pending, self.max_pending_bytes, self.policy, self._supersede
-        )
-        self._stager = Stager(folder, lambda: self.max_pending_bytes - self._queue.staged_bytes)
-        self._save_lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(self.max_concurrency)
-        self._worker_scope = anyio.CancelScope(shield=True)
-        self._worker_done = anyio.Event()
-        self._in_flight = anyio.Semaphore(_PIPELINE)
-        self._housekeeping_lock = anyio.Lock()
-        # Shielded: the lease must outlive a cancelled body while the exit flush runs;
-        # the exit cancels it once the flush is over.
-        self._aux_scope = anyio.CancelScope(shield=True)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._auxiliary)
-        self._tg.start_soon(self._worker)
-        self._state = "open"
+        self._state = State.OPEN
         return self
 
-    async def _auxiliary(self) -> None:
-        """The open checkpointer's helper task: it holds the lease until the exit."""
-        with self._aux_scope:
-            await self._keep_lease()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._state = State.CLOSING
+        try:
+            return bool(await self._stack.__aexit__(exc_type, exc, tb))
+        finally:
+            self._state = State.CLOSED
 
     async def _discover(self) -> None:
         """Find the location's newest valid step: the floor for new saves.
@@ -267,115 +450,82 @@ class Checkpointer:
         and a step committed meanwhile is still caught by the create-if-absent commit.
         """
         try:
-            found = await catalog.latest(self._location, skip=self._bad)
-        except Exception as e:
+            found = await catalog.latest(self._store, skip=self._order.bad)
+        except Exception as e:  # best effort (a warning turned into an error, too)
             log.warning("asynccp: could not read %s at open: %s", self.location, e)
         else:
             if found is not None:
-                self._raise_floor(found.step)
+                self._order.raise_floor(found.step)
 
-    async def _keep_lease(self) -> None:
-        """Hold this writer's lease while open, so no collector takes its uploads.
-
-        The first write happens while opening (a failed one is logged: a writer without
-        a lease only risks its slow commits being checked afterwards); this renews it.
-        """
-        while True:
-            await anyio.sleep(LEASE_RENEW_SECONDS)
-            await self._write_lease()
-
-    async def _write_lease(self) -> None:
-        try:
-            await renew_lease(self._location, self.writer_id)
-        except Exception as e:
-            log.warning("asynccp: could not write the lease of %r: %s", self, e)
-
-    def _raise_floor(self, step: int) -> None:
-        self._floor = step if self._floor is None else max(self._floor, step)
-
-    async def __aexit__(
+    async def _drain(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        self._state = "closing"
-        self._queue.close()
-        errors: list[CheckpointError] = []
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self.flush_timeout) as flush_scope:
-                await self._queue.wait_idle()
-                await self._worker_done.wait()  # retention after the last commit, too
-            errors += self._take_failures()
-            self._aux_scope.cancel()
-            if flush_scope.cancelled_caught:
-                self._location.abandoned.set()
-                if self._queue.idle:  # only housekeeping was left: it can wait for next time
-                    log.warning(
-                        "asynccp: retention cut short by flush_timeout in %s", self.location
-                    )
-                    self._worker_scope.cancel()
-                else:
-                    errors.append(self._abandon())
-            else:
-                await self._release_lease()
-        notes = [f"asynccp: while flushing checkpoints: {type(e).__name__}: {e}" for e in errors]
-        if exc is not None:
-            for note in notes:
-                add_note(exc, note)
-        try:
-            # The task group was entered in __aenter__, so it is exited last (scopes
-            # nest). Its worker has finished or been cancelled: this returns at once.
-            await self._tg.__aexit__(None, None, None)
-        except BaseException as e:
-            # asyncio re-raises a pending cancellation as a new exception here: it must
-            # carry the flush errors too.
-            if e is not exc:
-                for note in notes:
-                    add_note(e, note)
-            raise
-        finally:
+    ) -> bool:
+        """The exit flush; raise its first error when the body raised none."""
+        seconds = max(0.0, min(self._options.flush_timeout, self._deadline - anyio.current_time()))
+        result = self._exit_result = await self._pipeline.close(seconds)
+        self._lease.stop()
+        if not result.timed_out:
+            left = self._deadline - anyio.current_time()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._stager.close)
-            self._state = "closed"
-        if errors and exc is None:
-            first = errors[0]
-            for err in errors[1:]:
-                add_note(first, f"also: {type(err).__name__}: {err}")
-            raise first
+                await self._lease.release(max(0.0, min(_LEASE_RELEASE_SECONDS, seconds, left)))
+        error = result.error()
+        if error is not None and exc is None:
+            raise error
+        return False
 
-    async def _release_lease(self) -> None:
-        """Delete this writer's lease (briefly: an expired lease is harmless too)."""
-        with anyio.move_on_after(min(self.flush_timeout, 10.0)):
-            try:
-                await drop_lease(self._location, self.writer_id)
-            except Exception as e:
-                log.info("asynccp: could not delete the lease of %r: %s", self, e)
+    async def _report(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Put the exit flush's errors, as notes, on the exception leaving the block.
 
-    def _abandon(self) -> FlushTimeoutError:
-        """Give up on pending work after ``flush_timeout``: fail every handle, stop the worker."""
-        pending = self._queue.drain()
-        err = FlushTimeoutError(
-            f"flush did not finish within {self.flush_timeout:g} s: "
-            f"{len(pending)} staged checkpoint(s) were abandoned, and the one in flight "
-            "(which may still commit if its last request lands) "
-            f"(steps {[p.step for p in pending][:10]}); the latest committed step is "
-            f"{self._last_committed}"
-        )
-        for item in pending:
-            item.handle._fail(err)
-            self._stager.discard(item.files)
-        self._worker_scope.cancel()
-        return err
+        Registered outside the task group: on asyncio a pending cancellation comes out
+        of the task group as a new exception, and that is the one the caller sees.
+        """
+        errors = self._exit_result.errors
+        if exc is not None and errors and exc is not errors[0]:
+            for err in errors:
+                add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
+        return False
 
     def _check_open(self) -> None:
-        if self._state != "open":
+        if self._state is not State.OPEN:
             raise CheckpointClosedError(
-                f"the Checkpointer is {self._state}; "
+                f"the Checkpointer is {self._state.value}; "
                 "use it inside `async with Checkpointer(...) as cp`"
             )
 
-    # -- saving -------------------------------------------------------------------------
+    def _check_readable(self) -> None:
+        """Reads need the checkpointer entered once (they keep working after its exit)."""
+        if self._state in (State.NEW, State.OPENING):
+            raise CheckpointClosedError(
+                f"the Checkpointer is {self._state.value}: read from it inside "
+                "`async with Checkpointer(...) as cp`"
+            )
+
+    # -- the write path -----------------------------------------------------------------
+
+    def _checkpoint_of(self, committed: Committed) -> Checkpoint:
+        if committed.part is not None:  # a sharded writer's outcome is its part
+            return part_checkpoint(committed.part, self._store)
+        return checkpoint_from(committed.manifest, self._store)
+
+    async def _after_commit(self, committed: Committed, idle: bool) -> None:
+        # A sharded writer's commit is its part, not the step: retention finds the step.
+        folders = None if committed.part is not None else owned_prefixes(committed.manifest)
+        await self._housekeeping.after_commit(committed.key, folders, idle=idle)
+
+    def _record_hook(self) -> RecordHook | None:
+        """A sharded checkpointer records its part instead of committing the step."""
+        spec = self._sharding
+        if spec is None:
+            return None
+        return partial(commit_part, spec=spec, mine=self._predecessors)
 
     async def save(self, step: int, payload: Payload, *, metadata: Any = None) -> SaveHandle:
         """Stage checkpoint ``step`` and return at once; upload happens in the background.
@@ -386,42 +536,9 @@ class Checkpointer:
         the commit. Raises any earlier background failure not yet reported.
         """
         self._check_open()
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise TypeError(f"step must be an int, got {type(step).__name__}")
-        if not 0 <= step <= MAX_STEP:
-            raise ValueError(f"step must be between 0 and {MAX_STEP}, got {step}")
+        step = check_step(step)
         meta = check_metadata(metadata)
-        async with self._save_lock:
-            started = time.perf_counter()
-            self._raise_failures()
-            if self._last_step is not None and step <= self._last_step:
-                raise StepOrderError(
-                    f"step {step} is not greater than the previous step {self._last_step}; "
-                    "steps must grow"
-                )
-            if self._floor is not None and step <= self._floor:
-                raise StepOrderError(
-                    f"step {step} is at or below the newest valid checkpoint, step "
-                    f"{self._floor}, in {self.location}: resume from it "
-                    f"(`await cp.load_latest(...)`) and save step {self._floor + 1} or later"
-                )
-            parts = await self._stager.plan(payload)  # validates: nothing waits for room yet
-            size = sum(p.size for p in parts)
-            await self._queue.reserve(size)
-            try:
-                files = await self._stager.snapshot(parts)
-            except BaseException:
-                self._queue.unreserve(size)
-                raise
-            item = Pending(step, files, meta, now(), SaveHandle(step))
-            self._queue.add(item, reserved=size)
-            self._last_step = step
-            stall = time.perf_counter() - started
-        self._counts["saves"] += 1
-        self._bytes_saved += item.size
-        self._stall += stall
-        self._max_stall = max(self._max_stall, stall)
-        return item.handle
+        return await self._pipeline.save(step, payload, meta)
 
     async def prepare(self, payload: Payload) -> int:
         """Get staging memory ready for saves of ``payload``'s shape, before the first.
@@ -437,152 +554,22 @@ class Checkpointer:
         the payload needs no staging memory: ``bytes`` and files).
         """
         self._check_open()
-        parts = await self._stager.plan(payload)
-        return await anyio.to_thread.run_sync(self._stager.prepare, parts)
+        return await self._pipeline.prepare(payload)
 
     async def write(self, data: bytes) -> SaveHandle:
         """Flyte-style: save ``data`` as the next step (latest committed + 1)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes, got {type(data).__name__}")
         self._check_open()
-        newest = max(s for s in (-1, self._last_step, self._floor) if s is not None)
-        return await self.save(newest + 1, data)
+        return await self.save(self._order.next_step(), data)
 
     async def flush(self) -> None:
         """Wait until every staged checkpoint has committed; raise unreported failures."""
         self._check_open()
-        await self._queue.wait_idle()
-        self._raise_failures()
+        await self._pipeline.wait_idle()
+        self._pipeline.raise_failures()
 
-    def _take_failures(self) -> list[CheckpointError]:
-        failures, self._failures = self._failures, []
-        return failures
-
-    def _raise_failures(self) -> None:
-        failures = self._take_failures()
-        if failures:
-            first = failures[0]
-            for err in failures[1:]:
-                add_note(first, f"also: {type(err).__name__}: {err}")
-            raise first
-
-    def _supersede(self, item: Pending) -> None:
-        item.handle._fail(
-            SupersededError(f"checkpoint {item.step} was superseded by a newer one before upload")
-        )
-        if any(f.path is not None for f in item.files):
-            # Staged file copies are deleted off the loop: this runs inside save().
-            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._stager.discard, item.files))
-        else:
-            self._stager.discard(item.files)  # buffers only: nothing touches the disk
-        self._counts["superseded"] += 1
-
-    async def _worker(self) -> None:
-        """Take checkpoints in save order; upload up to ``_PIPELINE`` at once, commit in order.
-
-        While one checkpoint's manifest commits (and its fsyncs run), the next small one's
-        payload already uploads: the commit's fixed cost is hidden behind the next
-        payload instead of adding to it. Each commit still waits for the previous one.
-        """
-        try:
-            with self._worker_scope:
-                async with anyio.create_task_group() as tg:
-                    previous: anyio.Event | None = None
-                    while True:
-                        await self._in_flight.acquire()  # before get(): an item is never held
-                        item = await self._queue.get()
-                        if item is None:
-                            break
-                        committed = anyio.Event()
-                        tg.start_soon(self._process, item, previous, committed)
-                        previous = committed
-        finally:
-            self._worker_done.set()
-
-    async def _process(
-        self, item: Pending, previous: anyio.Event | None, committed: anyio.Event
-    ) -> None:
-        """Upload one checkpoint, commit it after ``previous``; free its room before its
-        handle resolves; then retention — after ``committed`` is set, so the next
-        checkpoint's commit does not wait for it (one retention runs at a time)."""
-        try:
-            if previous is not None and item.size >= _PIPELINE_BELOW:
-                await previous.wait()
-            ok = await self._upload_and_commit(item, previous)
-            committed.set()
-            if ok:
-                async with self._housekeeping_lock:
-                    await self._housekeeping()
-        finally:
-            committed.set()
-            self._in_flight.release()
-
-    async def _upload_and_commit(self, item: Pending, previous: anyio.Event | None) -> bool:
-        """Upload and commit ``item``, resolve its handle; True when it committed."""
-        started = time.perf_counter()
-        outcome: Checkpoint | CheckpointError
-        try:
-            outcome = await upload(
-                self._location,
-                item,
-                writer=self.writer_id,
-                attempt=self.attempt,
-                limiter=self._limiter,
-                turn=None if previous is None else previous.wait,
-                bad=self._bad,
-            )
-        except CheckpointError as e:
-            outcome = e
-        except anyio.get_cancelled_exc_class():
-            item.handle._fail(FlushTimeoutError(f"checkpoint {item.step} was abandoned mid-upload"))
-            self._queue.done(item)
-            raise
-        finally:
-            self._upload_time += time.perf_counter() - started
-            if any(f.path is not None or f.buffer is not None for f in item.files):
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(
-                        partial(self._stager.discard, item.files, counted=item.size)
-                    )
-            else:  # bytes only: nothing to unmap or delete, no thread trip
-                self._stager.discard(item.files, counted=item.size)
-        self._queue.done(item)
-        if isinstance(outcome, CheckpointError):
-            self._counts["failed"] += 1
-            self._failures.append(outcome)
-            item.handle._fail(outcome)
-            return False
-        self._counts["committed"] += 1
-        self._bytes_committed += item.size
-        self._last_committed = item.step
-        self._raise_floor(item.step)
-        self._valid_keys.add(outcome._key)
-        item.handle._resolve(outcome)
-        return True
-
-    async def _housekeeping(self) -> None:
-        """Retention after a commit, orphan collection once per checkpointer; never fatal.
-
-        Orphan collection (a lease write, listings, deletes) waits for a commit after
-        which nothing else is staged: on a local disk its writes would take turns in
-        the journal with the commits of checkpoints still pending.
-        """
-        try:
-            if self.keep is not None:
-                await apply_retention(
-                    self._location, self.keep, self.keep_every, known_valid=self._valid_keys
-                )
-            if not self._orphans_collected and self._queue.idle:
-                self._orphans_collected = True
-                await collect_orphans(
-                    self._location, timedelta(seconds=self.orphan_grace), writer=self.writer_id
-                )
-        except Exception as e:
-            log.warning(
-                "asynccp: retention in %s failed (will retry next commit): %s", self.location, e
-            )
-
-    # -- reading ------------------------------------------------------------------------
+    # -- the read path ------------------------------------------------------------------
 
     async def latest(self) -> Checkpoint | None:
         """The newest valid checkpoint: its manifest valid and its payload complete.
@@ -591,9 +578,10 @@ class Checkpointer:
         verification when read: :meth:`load_latest` handles that). None when there is
         none. Checkpoints this checkpointer found not to verify are skipped.
         """
-        ckpt = await catalog.latest(self._location, skip=self._bad)
+        self._check_readable()
+        ckpt = await catalog.latest(self._store, skip=self._order.bad)
         if ckpt is not None:
-            self._raise_floor(ckpt.step)
+            self._order.raise_floor(ckpt.step)
         return ckpt
 
     async def load_latest(
@@ -607,6 +595,12 @@ class Checkpointer:
         it and moves to the next older one. Returns ``(checkpoint, result)``, or None
         when no checkpoint loads. The skipped ones no longer count for the step order:
         saving their step again replaces them.
+
+        A sharded checkpointer (``shard=``, ``shards=``) first checks that the step has
+        as many parts as it has shards (:class:`ShardMismatchError` if not: no
+        fallback) and that every part verifies (a corrupt part makes every shard fall
+        back alike); ``loader`` gets the whole step, ``ckpt.shard(cp.shard)`` is this
+        process's part.
 
         Example::
 
@@ -628,57 +622,84 @@ class Checkpointer:
                 )
             return await result
 
-        return await self._newest(run)
+        return await self._newest(self._restoring(run))
+
+    def _restoring(
+        self, action: Callable[[Checkpoint], Awaitable[T]]
+    ) -> Callable[[Checkpoint], Awaitable[T]]:
+        """``action``, for a sharded checkpointer checked first: the checkpoint has as
+        many parts as this launch has shards, and every part verifies.
+
+        Every part, not only this shard's: each shard must reach the same verdict on a
+        step without talking to the others, so a corrupt part makes every shard fall
+        back past its step alike.
+        """
+        spec = self._sharding
+        if spec is None:
+            return action
+
+        async def checked(ckpt: Checkpoint) -> T:
+            if ckpt.shards != spec.shards:
+                raise ShardMismatchError(
+                    f"checkpoint {ckpt.step} in {self.location} was written by "
+                    f"{ckpt.shards} process(es), and this Checkpointer is shard {spec.shard} "
+                    f"of {spec.shards}: restore it with shards={ckpt.shards}, or read every "
+                    "part (`ckpt.shard(r)` for r in range(ckpt.shards)) from a Checkpointer "
+                    "without shard= and reshard it yourself"
+                )
+            await ckpt.verify()
+            return await action(ckpt)
+
+        return checked
 
     async def _newest(
         self, action: Callable[[Checkpoint], Awaitable[T]]
     ) -> tuple[Checkpoint, T] | None:
         """``action`` on the newest checkpoint for which it verifies; the ones skipped
         are remembered as bad, and the floor is the one found."""
-
-        def skipped(ckpt: Checkpoint | None, step: int, error: CorruptCheckpointError) -> None:
-            if ckpt is not None:
-                self._bad.add((ckpt.step, ckpt.writer))
-
-        found = await catalog.newest(
-            self._location, action, skip=self._bad, on_corrupt=skipped, stacklevel=4
-        )
-        # Everything above the one found was invalid or bad: they do not bound new steps.
-        self._floor = None if found is None else found[0].step
-        if self._last_committed is not None:
-            self._raise_floor(self._last_committed)
+        self._check_readable()
+        with self._pipeline.telemetry.span("asynccp.restore"):
+            found = await catalog.newest(
+                self._store, action, skip=self._order.bad, on_skipped=self._order.skip
+            )
+        self._order.found_newest(None if found is None else found[0].step)
         return found
 
     async def list(self) -> list[Checkpoint]:
         """Every committed checkpoint with a valid manifest, oldest first."""
-        return await catalog.list_checkpoints(self._location)
+        self._check_readable()
+        return await catalog.list_checkpoints(self._store)
 
     async def get(self, step: int) -> Checkpoint:
         """The checkpoint committed at ``step``; CheckpointNotFoundError if there is none."""
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise TypeError(f"step must be an int, got {type(step).__name__}")
-        if not 0 <= step <= MAX_STEP:
-            raise ValueError(f"step must be between 0 and {MAX_STEP}, got {step}")
-        return await catalog.load(self._location, step)
+        step = check_step(step)
+        self._check_readable()
+        return await catalog.load(self._store, step)
 
     async def read(self) -> bytes | None:
         """The payload of the newest checkpoint that verifies (it must hold one file).
 
         Falls back past corrupt checkpoints with a ``CorruptCheckpointWarning``.
-        None when no checkpoint verifies.
+        None when no checkpoint verifies. A sharded checkpointer reads its own part (of
+        the newest step whose every part verifies).
         """
-        found = await self._newest(lambda c: c.read())
+        found = await self._newest(self._restoring(lambda c: self._own(c).read()))
         return None if found is None else found[1]
 
     async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
         """Download the newest checkpoint that verifies into ``dest_dir``; return it.
 
         Falls back past corrupt checkpoints with a warning; None when there is none.
+        A sharded checkpointer downloads its own part.
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        found = await self._newest(lambda c: c.download(dest_dir))
+        found = await self._newest(self._restoring(lambda c: self._own(c).download(dest_dir)))
         return None if found is None else found[1]
+
+    def _own(self, ckpt: Checkpoint) -> Checkpoint:
+        """This shard's part of ``ckpt`` (``ckpt`` itself for an unsharded checkpointer)."""
+        return ckpt if self._sharding is None else ckpt.shard(self._sharding.shard)
 
     async def prev_exists(self) -> bool:
         """Whether a complete committed checkpoint exists at this location."""
@@ -687,18 +708,33 @@ class Checkpointer:
     @property
     def stats(self) -> Stats:
         """Counts, bytes, queue depth, caller stall and upload time so far."""
-        queue = getattr(self, "_queue", None)
-        return Stats(
-            saves=self._counts["saves"],
-            committed=self._counts["committed"],
-            failed=self._counts["failed"],
-            superseded=self._counts["superseded"],
-            bytes_saved=self._bytes_saved,
-            bytes_committed=self._bytes_committed,
-            queue_depth=queue.depth if queue else 0,
-            queue_bytes=queue.staged_bytes if queue else 0,
-            stall_seconds=self._stall,
-            max_stall_seconds=self._max_stall,
-            upload_seconds=self._upload_time,
-            last_committed_step=self._last_committed,
-        )
+        return self._pipeline.stats()
+
+
+async def flush_within(cp: Checkpointer, seconds: float) -> FlushResult:
+    """Flush ``cp`` within ``seconds`` (``math.inf``: no limit) and say what happened.
+
+    Waits until every staged checkpoint has committed or failed and housekeeping is
+    done; past ``seconds``, abandons what is left (its handles fail with
+    :class:`FlushTimeoutError`). Raises nothing: the failures not reported before are
+    in the result. The exit of ``cp``'s block keeps to the same deadline.
+
+    For the supervisor: a pre-empted attempt's flush gets ``grace`` seconds, whatever
+    its ``flush_timeout``.
+    """
+    cp._check_open()
+    if not math.isinf(seconds):
+        cp._deadline = min(cp._deadline, anyio.current_time() + seconds)
+    return await cp._pipeline.flush_within(seconds)
+
+
+def continue_from(cp: Checkpointer, writers: tuple[str, ...]) -> None:
+    """Tell a supervised attempt's ``cp`` (not yet open) the writer ids of the earlier
+    attempts of the same supervisor.
+
+    For the supervisor: a sharded attempt resumes from the newest *complete* step, which
+    may lie behind parts its predecessors recorded; those parts are this shard's own,
+    so recording them again keeps the earlier part instead of failing with
+    :class:`ShardConflictError`. Unsharded checkpointers ignore it.
+    """
+    cp._predecessors = tuple(writers)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ._supervisor import _current
+from ._supervise._supervisor import _current
 
 if TYPE_CHECKING:
     from ._checkpointer import Checkpointer

@@ -35,11 +35,11 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
-from ._handle import SaveHandle
-from ._location import Location, resolve
-from ._payload import Payload
-from ._restore import Checkpoint
+from ._store import Store, resolve
+from ._types import Payload
+from ._write import SaveHandle
 from .errors import (
     CheckpointClosedError,
     CheckpointError,
@@ -129,7 +129,7 @@ class AttemptRecord:
         return cls(doc["prefix"], previous, resume_from, doc["writer"], created_at)
 
 
-def _record_location(prefix: str, store_options: Mapping[str, Any]) -> Location:
+def _record_location(prefix: str, store_options: Mapping[str, Any]) -> Store:
     return resolve(prefix, **store_options)
 
 

@@ -1,90 +1,48 @@
 """The manifest: the JSON record whose creation commits a checkpoint.
 
-Layout under a location::
+Encode, decode, validate; nothing else (where records live is :mod:`asynccp._layout`).
+A manifest names its step, its writer, the payload folder (``data/<step>-<writer>``)
+and every file with its size and CRC32C::
 
-    data/<step:020d>-<writer>/<file name>   payload objects, written first
-    manifests/<step:020d>.json              the commit record, created last, if absent
-    manifests/<step:020d>.<rev>.json        a later revision of that record (rev >= 1)
-    quarantine/<...>.json                   manifests moved aside, kept for inspection
-    writers/<writer>.json                   leases of live writers (orphan collection)
-
-The manifest names its payload folder, so payload written by a losing or crashed
-writer never mixes with a committed checkpoint.
-
-A step's commit record is its *highest* revision. Revisions exist because an invalid
-record (one that does not decode, or names missing payload) must never block its step,
-yet a store has no conditional delete: two writers that both moved the invalid record
-aside and re-created the key could delete each other's good commit. Instead the
-replacement is created, with create-if-absent, at the next revision; exactly one writer
-wins it, and the records below it are only ever moved to ``quarantine/``.
+    {"format": 1, "step": 7, "writer": "3f2a…", "attempt": 0,
+     "created_at": "2024-…+00:00", "data": "data/00000000000000000007-3f2a…",
+     "metadata": {...}, "files": {"weights": {"size": 4096, "crc32c": "1a2b3c4d"}}}
 
 Every field is validated on read: a manifest is untrusted input (anyone with write
-access to the bucket can edit it).
+access to the bucket can edit it). A manifest whose ``format`` is newer than
+:data:`FORMAT` was written by a newer asynccp (:func:`newer_format` tells it apart from
+a broken one).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from ._payload import check_names, validate_name
+from ._layout import MAX_STEP, data_dir, parse_manifest_key, valid_writer
+from ._names import check_names, validate_name
 from .errors import CorruptCheckpointError, InvalidNameError
 
 __all__ = [
     "FORMAT",
-    "MANIFESTS",
-    "QUARANTINE",
-    "WRITERS",
+    "MAX_FORMAT",
     "FileInfo",
     "Manifest",
-    "data_dir",
-    "manifest_key",
-    "parse_manifest_key",
-    "step_of_manifest_key",
+    "check_metadata",
+    "decode_doc",
+    "encode_doc",
+    "newer_format",
 ]
 
 FORMAT = 1
-MANIFESTS = "manifests/"
-DATA = "data/"
-QUARANTINE = "quarantine/"
-WRITERS = "writers/"
-_MANIFEST_RE = re.compile(r"^manifests/(\d{20})(?:\.([1-9]\d{0,5}))?\.json$")
-_DATA_DIR_RE = re.compile(r"^data/(\d{20})-([0-9a-z]{1,64})$")
-_WRITER_RE = re.compile(r"^[0-9a-z]{1,64}$")
+#: The newest manifest format this asynccp reads (2: a sharded step's, see
+#: :mod:`asynccp._shard_records`).
+MAX_FORMAT = 2
 _CRC_RE = re.compile(r"^[0-9a-f]{8}$")
-MAX_STEP = 10**20 - 1
-
-
-def manifest_key(step: int, rev: int = 0) -> str:
-    """The key of revision ``rev`` of the manifest that commits ``step``."""
-    return f"{MANIFESTS}{step:020d}.json" if rev == 0 else f"{MANIFESTS}{step:020d}.{rev}.json"
-
-
-def parse_manifest_key(key: str) -> tuple[int, int] | None:
-    """``(step, revision)`` of a manifest key, or None when ``key`` is not a manifest."""
-    m = _MANIFEST_RE.match(key)
-    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
-
-
-def step_of_manifest_key(key: str) -> int | None:
-    """The step a manifest key commits, or None when ``key`` is not a manifest."""
-    parsed = parse_manifest_key(key)
-    return parsed[0] if parsed else None
-
-
-def data_dir(step: int, writer: str) -> str:
-    """The folder holding one writer's payload objects for ``step``."""
-    return f"{DATA}{step:020d}-{writer}"
-
-
-def parse_data_dir(folder: str) -> tuple[int, str] | None:
-    """``(step, writer)`` of a payload folder name, or None when it is not one."""
-    m = _DATA_DIR_RE.match(folder.rstrip("/"))
-    return (int(m.group(1)), m.group(2)) if m else None
 
 
 @dataclass(frozen=True)
@@ -117,7 +75,11 @@ class Manifest:
 
     def encode(self) -> bytes:
         """The manifest as UTF-8 JSON."""
-        doc = {
+        return encode_doc(self.to_doc())
+
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest as a JSON-ready dict (a sharded step's manifest embeds these)."""
+        return {
             "format": FORMAT,
             "step": self.step,
             "writer": self.writer,
@@ -130,30 +92,30 @@ class Manifest:
                 for name, info in self.files.items()
             },
         }
-        return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> Manifest:
         """Parse and validate ``raw``; raise CorruptCheckpointError naming ``key``."""
-
-        def bad(why: str) -> CorruptCheckpointError:
-            return CorruptCheckpointError(f"invalid manifest {key}: {why}")
-
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
-            raise bad(f"not JSON ({type(e).__name__}: {str(e)[:100]})") from e
-        if not isinstance(doc, dict):
-            raise bad("not a JSON object")
+        doc = decode_doc(raw, key=key)
         fmt = doc.get("format")
         if fmt != FORMAT or isinstance(fmt, bool):
-            raise bad(f"format {fmt!r} is not {FORMAT}; upgrade asynccp to read it")
+            raise _bad(key, f"format {fmt!r} is not {FORMAT}; upgrade asynccp to read it")
+        return cls.from_doc(doc, key=key)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], *, key: str) -> Manifest:
+        """Validate a decoded manifest (or one part of a sharded step's): every field but
+        ``format``. Raises CorruptCheckpointError naming ``key``."""
+
+        def bad(why: str) -> CorruptCheckpointError:
+            return _bad(key, why)
+
         step = _int(doc, "step", bad)
-        expected = step_of_manifest_key(key)
-        if expected is not None and step != expected:
-            raise bad(f"records step {step} but is stored as step {expected}")
+        stored = parse_manifest_key(key)
+        if stored is not None and step != stored[0]:
+            raise bad(f"records step {step} but is stored as step {stored[0]}")
         writer = doc.get("writer")
-        if not isinstance(writer, str) or not _WRITER_RE.match(writer):
+        if not valid_writer(writer):
             raise bad(f"writer {writer!r} is not a lowercase alphanumeric id")
         attempt = _int(doc, "attempt", bad)
         try:
@@ -185,7 +147,28 @@ class Manifest:
         return cls(step, writer, attempt, created_at, metadata, files)
 
 
-def _int(doc: Mapping[str, Any], key: str, bad: Any) -> int:
+def _bad(key: str, why: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"invalid manifest {key}: {why}")
+
+
+def decode_doc(raw: bytes, *, key: str) -> dict[str, Any]:
+    """``raw`` as a JSON object; CorruptCheckpointError naming ``key`` if it is not one."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
+        raise _bad(key, f"not JSON ({type(e).__name__}: {str(e)[:100]})") from e
+    if not isinstance(doc, dict):
+        raise _bad(key, "not a JSON object")
+    return doc
+
+
+def encode_doc(doc: Mapping[str, Any]) -> bytes:
+    """A record as asynccp writes it: UTF-8 JSON, keys sorted (the same dict always gives
+    the same bytes)."""
+    return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
+
+
+def _int(doc: Mapping[str, Any], key: str, bad: Callable[[str], CorruptCheckpointError]) -> int:
     value = doc.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STEP:
         raise bad(f"{key} {value!r} is not a non-negative integer")
@@ -200,16 +183,21 @@ def check_metadata(metadata: object) -> dict[str, Any]:
         raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
     try:
         # Round-trip: a private copy the caller cannot mutate, and proof it is JSON.
-        copy = json.loads(json.dumps(dict(metadata), allow_nan=False))
+        copy: dict[str, Any] = json.loads(json.dumps(dict(metadata), allow_nan=False))
     except (TypeError, ValueError) as e:
         raise TypeError(
             f"metadata must be JSON-serialisable (str keys, finite numbers): {e}"
         ) from e
     if any(not isinstance(k, str) for k in metadata):
         raise TypeError("metadata keys must be str")
-    return copy  # type: ignore[no-any-return]
+    return copy
 
 
-def now() -> datetime:
-    """The current UTC time, as manifests record it."""
-    return datetime.now(timezone.utc)
+def newer_format(raw: bytes) -> bool:
+    """Whether ``raw`` is a manifest of a newer format than this asynccp reads (so not
+    a broken one: a newer asynccp wrote it)."""
+    try:
+        fmt = json.loads(raw).get("format")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > MAX_FORMAT

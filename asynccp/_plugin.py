@@ -21,22 +21,21 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._bridge import SyncBridge
+from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
+from ._checks import check_seconds
 from ._context import use_current
 from ._lineage import AttemptCheckpointer, AttemptRecord, Lineage, write_record
-from ._manifest import now
-from ._restore import Checkpoint
-from ._retry_policy import DEFAULT_BACKOFF, BackoffSpec, OnRetry, Recoverable, classifier
-from ._signals import DEFAULT_GRACE
-from ._supervisor import supervise
-from ._validate import check_seconds
+from ._supervise import DEFAULT_GRACE, supervise
+from ._supervise._retry_policy import DEFAULT_BACKOFF, classifier
+from ._types import BackoffSpec, OnRetry, Recoverable
 
 __all__ = ["Attempt", "PluginOptions", "run_task"]
 
@@ -186,7 +185,7 @@ async def _attempt(
             previous=previous,
             resume_from=None if found is None else (found[0], found[1].step),
             writer=cp.writer_id,
-            created_at=now(),
+            created_at=datetime.now(timezone.utc),
         )
         await write_record(record, options.store)
         if record.resume_from is None:

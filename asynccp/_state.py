@@ -30,7 +30,7 @@ dtype safetensors cannot hold, a tensor that is not contiguous, a cycle — is a
 ``TypeError`` / ``ValueError`` naming the key, raised before anything is staged.
 
 The snapshot is one copy: the safetensors header is written here and each tensor's
-bytes go straight into asynccp's staging memory (see :class:`asynccp._payload.Gather`).
+bytes go straight into asynccp's staging memory (see :class:`asynccp._memory.Gather`).
 ``read_state`` gives the nesting back with numpy arrays (or torch tensors) that are
 views of the verified file: memory-mapped on a local disk (copy-on-write, so they may
 be changed freely), one buffer otherwise.
@@ -44,15 +44,19 @@ import json
 import math
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import anyio.to_thread
-import crc32c
+import anyio
 
-from ._payload import Gather, Part, validate_name
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, StoreError
+from ._groups import first_leaf
+from ._memory import Gather
+from ._names import validate_name
+from .errors import CheckpointNotFoundError, CorruptCheckpointError
+
+if TYPE_CHECKING:
+    from ._checkpoint import Checkpoint
 
 __all__ = ["STATE_NAME", "State", "plan_state", "read_state"]
 
@@ -337,26 +341,25 @@ def _segment(key: str | int) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def plan_state(state: State, name: str) -> list[Part]:
+def plan_state(state: State, name: str) -> list[tuple[str, bytes | Gather]]:
     """Validate ``state`` and lay out its files, copying no tensor bytes (on the loop:
     walking a state dict is quick, and the snapshot that follows needs the layout).
 
-    Returns the parts ``<name>.json`` (the nesting and scalars) and, when the state
-    holds a tensor, ``<name>.safetensors`` (a :class:`Gather` of every tensor's bytes).
+    Returns ``(name, value)`` for ``<name>.json`` (the nesting and scalars, as
+    ``bytes``) and, when the state holds a tensor, ``<name>.safetensors`` (a
+    :class:`~asynccp._memory.Gather` of every tensor's bytes).
     """
     json_name = validate_name(f"{name}.json")
     st_name = validate_name(f"{name}.safetensors")
     planner = _Planner()
     tree = planner.node(state.value, "state", (), 0)
     tensors = planner.tensors
-    parts: list[Part] = []
     doc = {"format": FORMAT, "version": VERSION, "tensors": st_name if tensors else None}
     doc["tree"] = tree
     body = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    parts.append(Part(json_name, len(body), body))
+    parts: list[tuple[str, bytes | Gather]] = [(json_name, body)]
     if tensors:
-        parts.append(Part(st_name, 0, _gather(tensors)))
-        parts[-1].size = parts[-1].value.size  # type: ignore[union-attr]
+        parts.append((st_name, _gather(tensors)))
     return parts
 
 
@@ -445,7 +448,9 @@ def _device_copier(gpu: list[tuple[int, Any, int]]) -> Callable[[Any], None]:
 # -- reading ---------------------------------------------------------------------------
 
 
-async def read_state(ckpt: Any, name: str = STATE_NAME, *, framework: Framework = "numpy") -> Any:
+async def read_state(
+    ckpt: Checkpoint, name: str = STATE_NAME, *, framework: Framework = "numpy"
+) -> Any:
     """The state saved as ``name`` in checkpoint ``ckpt``, verified (see the module doc)."""
     if framework not in ("numpy", "torch"):
         raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
@@ -455,19 +460,33 @@ async def read_state(ckpt: Any, name: str = STATE_NAME, *, framework: Framework 
     json_name = f"{name}.json"
     if json_name not in ckpt.files:
         states = sorted(n[: -len(".json")] for n in ckpt.files if n.endswith(".json"))
+        found = f"states it may hold: {states}" if states else f"files: {sorted(ckpt.files)[:10]}"
         raise CheckpointNotFoundError(
-            f"checkpoint {ckpt.step} holds no state named {name!r} (no file {json_name!r}); "
-            + (
-                f"states it may hold: {states}"
-                if states
-                else f"its files: {sorted(ckpt.files)[:10]}"
-            )
+            f"checkpoint {ckpt.step} holds no state named {name!r} (no file {json_name!r}); {found}"
         )
-    doc = _decode_doc(ckpt, json_name, await ckpt.read(json_name))
+    # The tensors are read side by side with the nesting (a request's latency saved on
+    # a remote store): their file's name is known before the nesting names it.
+    expected = f"{name}.safetensors"
+    got: dict[str, Any] = {}
+
+    async def fetch(file: str, read: Callable[[str], Awaitable[Any]]) -> None:
+        got[file] = await read(file)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fetch, json_name, ckpt.read)
+            if expected in ckpt.files:
+                tg.start_soon(fetch, expected, ckpt._read_buffer)
+    except Exception as e:  # a task group wraps its children's errors
+        leaf = first_leaf(e)
+        raise leaf from leaf.__cause__
+    doc = _decode_doc(ckpt, json_name, got[json_name])
     tensors_file = doc["tensors"]
     arrays: dict[str, Any] = {}
     if tensors_file is not None:
-        buf = await anyio.to_thread.run_sync(_open_verified, ckpt, tensors_file)
+        buf = got.get(tensors_file)
+        if buf is None:  # a file of another name (not written by this asynccp)
+            buf = await ckpt._read_buffer(tensors_file)
         arrays = _Tensors(ckpt, tensors_file, buf, module, framework)
     return _Builder(ckpt, json_name, arrays).node(doc["tree"], 0)
 
@@ -507,30 +526,6 @@ def _decode_doc(ckpt: Any, json_name: str, raw: bytes) -> dict[str, Any]:
     if "tree" not in doc:
         raise bad("has no tree")
     return doc
-
-
-def _open_verified(ckpt: Any, name: str) -> Any:
-    """The file ``name`` as a writable buffer, its size and CRC32C checked (worker thread).
-
-    On a local disk: a private (copy-on-write) memory map of the file — no copy.
-    Elsewhere: streamed, as it arrives, into fresh writable memory (see
-    :class:`asynccp._memory.Landing`): the one copy out of obstore's buffers.
-    """
-    from ._restore import _check
-
-    info = ckpt.files[name]
-    loc = ckpt._location
-    if loc.local_root is None:
-        return ckpt._land(name, "map") if info.size else bytearray()
-    key = f"{ckpt._data}/{name}"
-    try:
-        buf = loc.map(key)
-    except FileNotFoundError as e:
-        raise ckpt._missing(key, e) from e
-    except OSError as e:
-        raise StoreError(f"checkpoint {ckpt.step}: reading {key} failed: {e}") from e
-    _check(ckpt.step, name, info, len(buf), crc32c.crc32c(buf))
-    return buf
 
 
 class _Tensors(dict[str, Any]):

@@ -1,15 +1,46 @@
-"""The exceptions asynccp raises.
+"""Every exception asynccp raises, and the one warning it gives.
 
-Everything asynccp raises about checkpoints derives from :class:`CheckpointError`, so
-one ``except asynccp.CheckpointError`` catches them all. Where Python convention
-expects a built-in type (a bad argument), the class also derives from it:
-:class:`InvalidNameError` is a ``ValueError`` too. Store failures are chained
-(``__cause__``) to the obstore error that caused them.
+Everything asynccp raises about checkpoints derives from :class:`CheckpointError`, so one
+``except asynccp.CheckpointError`` catches them all. Where Python convention expects a
+built-in type (a bad value), the class also derives from it: :class:`InvalidNameError`
+is a ``ValueError`` too. Store failures are chained (``__cause__``) to the error of the
+store client that caused them, and name the key and the location. An argument of the
+wrong type is a plain ``TypeError``, one of the right type but a bad value a plain
+``ValueError`` (or one of the classes here that derive from it).
+
+::
+
+    Exception
+    ├── CheckpointError
+    │   ├── InvalidNameError (ValueError)      a file name that cannot be stored safely
+    │   ├── StepOrderError (ValueError)        a step not above the previous / newest one
+    │   ├── StepAlreadyCommittedError          another writer committed the step
+    │   ├── StoreError                         the store failed (after retries)
+    │   │   └── UploadError                    a checkpoint did not commit
+    │   │       └── CommitUnknownError         ... or may have: its answer was lost
+    │   ├── CorruptCheckpointError             invalid record, missing or changed bytes
+    │   ├── CheckpointNotFoundError (LookupError)
+    │   ├── SupersededError                    dropped for a newer one (policy="latest")
+    │   ├── FlushTimeoutError                  abandoned after flush_timeout / grace
+    │   ├── CheckpointClosedError (RuntimeError)   used outside ``async with``
+    │   └── RetriesExhausted                   supervise(): every attempt failed
+    ├── RecoverableError                       raise it in a supervised job to retry
+    └── ObjectExists                           internal: a create-if-absent found the key
+    TypeError
+    └── NotAwaitableError                      supervise(): fn(cp) is not awaitable
+    SystemExit
+    └── Preempted                              supervise(): stopped by SIGTERM / SIGINT
+    UserWarning
+    └── CorruptCheckpointWarning               a read skipped a checkpoint that failed
 """
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
+    "AutosaveError",
+    "PREEMPTED_EXIT_CODE",
     "CheckpointClosedError",
     "CheckpointError",
     "CheckpointNotFoundError",
@@ -18,14 +49,25 @@ __all__ = [
     "CorruptCheckpointWarning",
     "FlushTimeoutError",
     "InvalidNameError",
+    "NotAwaitableError",
+    "ObjectExists",
+    "Preempted",
     "RecoverableError",
     "RetriesExhausted",
+    "ShardConflictError",
+    "ShardMismatchError",
     "StepAlreadyCommittedError",
     "StepOrderError",
     "StoreError",
     "SupersededError",
     "UploadError",
 ]
+
+#: Exit code of a process stopped by SIGTERM/SIGINT after flushing its checkpoints.
+#: 75 is ``EX_TEMPFAIL`` in sysexits.h ("temporary failure, try again later"): distinct
+#: from 0/1/2, from the shell's 126/127, and from the 128+N of a process killed by a
+#: signal (143 for SIGTERM, 137 for SIGKILL, 130 for Ctrl-C, 134 for an abort).
+PREEMPTED_EXIT_CODE = 75
 
 
 class CheckpointError(Exception):
@@ -61,8 +103,31 @@ class StepAlreadyCommittedError(CheckpointError):
     """
 
 
+class ShardConflictError(StepAlreadyCommittedError):
+    """Another process already recorded this part (same shard, step and generation).
+
+    Each part of a sharded step is recorded once, by a create-if-absent put: of two
+    processes claiming the same shard, exactly one records its part; the other gets this
+    error and its payload is deleted. Two processes were started with the same
+    ``shard=``, or a relaunch reused the generation of a launch that already recorded
+    this part: give every launch its own generation.
+    """
+
+
+class ShardMismatchError(CheckpointError, ValueError):
+    """Shard counts disagree: the part records of one step and generation name
+    different ``shards``, or a checkpoint of ``n`` shards is restored with another
+    ``shards=`` (or asked for a part it does not have).
+
+    A step whose part records disagree is never committed. To read a checkpoint with a
+    different number of processes (resharding), open it with a plain ``Checkpointer``
+    and read every part: ``ckpt.shard(r)`` for ``r`` in ``range(ckpt.shards)``.
+    """
+
+
 class StoreError(CheckpointError):
-    """The object store failed (after its own retries); ``__cause__`` holds obstore's error."""
+    """The object store failed (after retries); the message names the key and the
+    location, and ``__cause__`` holds the store client's own error."""
 
 
 class UploadError(StoreError):
@@ -107,6 +172,19 @@ class CorruptCheckpointWarning(UserWarning):
     """A restore skipped a checkpoint that failed verification and fell back to an older one."""
 
 
+class AutosaveError(CheckpointError):
+    """The autosave gave up, or its final save on exit failed.
+
+    Raised from the ``async with`` block after ``max_failures`` saves in a row failed
+    (the block's body is cancelled first), or when the save made on exit failed.
+    ``__cause__`` is the last failure; ``failures`` counts the failures in a row.
+    """
+
+    def __init__(self, message: str, *, failures: int) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 class RecoverableError(Exception):
     """Raise (or subclass) this inside a supervised job to ask for a retry.
 
@@ -116,8 +194,10 @@ class RecoverableError(Exception):
 
     def __init__(self, *args: object, retry_after: float | None = None) -> None:
         super().__init__(*args)
-        if retry_after is not None and not retry_after >= 0:
-            raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after!r}")
+        if retry_after is not None:
+            from ._checks import check_seconds  # here: errors.py imports nothing of asynccp's
+
+            check_seconds("retry_after", retry_after)
         self.retry_after = retry_after
 
 
@@ -130,3 +210,44 @@ class RetriesExhausted(CheckpointError):
     def __init__(self, message: str, *, attempts: int) -> None:
         super().__init__(message)
         self.attempts = attempts
+
+
+class NotAwaitableError(TypeError):
+    """``fn(cp)`` returned something that cannot be awaited: a usage error, never retried."""
+
+
+class Preempted(SystemExit):
+    """A signal stopped the job; its checkpoints were flushed (within ``grace``).
+
+    A ``SystemExit`` whose ``code`` is :data:`PREEMPTED_EXIT_CODE`: left uncaught, the
+    process exits with that code and no traceback, and the orchestrator restarts it.
+    ``errors`` lists what went wrong while flushing (empty when every staged
+    checkpoint committed); they are also logged.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        signal: signal.Signals,
+        attempt: int,
+        last_step: int | None,
+        errors: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+        self.signal = signal
+        self.attempt = attempt
+        self.last_step = last_step
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ObjectExists(Exception):
+    """Internal: a create-if-absent write found the object already there.
+
+    Raised by the stores (:mod:`asynccp._store`) and handled by the commit; it never
+    reaches a caller of the public API.
+    """

@@ -60,9 +60,9 @@ except ImportError as _e:  # pragma: no cover - exercised without the extra
     raise ImportError(f"asynccp.flyte needs flyte 2: pip install 'asynccp[flyte]' ({_e})") from None
 
 from ._bridge import SyncBridge, run_blocking, run_in_thread
+from ._checkpoint import Checkpoint
 from ._plugin import Attempt, PluginOptions, run_task
-from ._restore import Checkpoint
-from ._signals import DEFAULT_GRACE
+from ._supervise import DEFAULT_GRACE
 from .errors import RetriesExhausted
 
 __all__ = ["AsyncCheckpoint", "checkpointed"]

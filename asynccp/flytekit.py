@@ -64,10 +64,11 @@ except ImportError as _e:  # pragma: no cover - exercised without the extra
     ) from None
 
 from ._bridge import SyncBridge, run_blocking, run_in_thread
+from ._checkpoint import Checkpoint
 from ._plugin import Attempt, PluginOptions, run_task
-from ._restore import Checkpoint
-from ._retry_policy import DEFAULT_BACKOFF, BackoffSpec, OnRetry, Recoverable
-from ._signals import DEFAULT_GRACE
+from ._supervise import DEFAULT_GRACE
+from ._supervise._retry_policy import DEFAULT_BACKOFF
+from ._types import BackoffSpec, OnRetry, Recoverable
 from .errors import CheckpointError, RetriesExhausted
 
 __all__ = ["AsyncCheckpoint", "Checkpointing"]

@@ -75,7 +75,7 @@ async def asynccp_round(
 
 
 async def asynccp_small_saves(where: Path, n: int) -> float:
-    """The seed's loop with asynccp: ``n`` 16-byte counter saves, policy="latest"; saves/s."""
+    """Flyte's example loop with asynccp: ``n`` 16-byte counter saves, policy="latest"; saves/s."""
     async with asynccp.Checkpointer(where, policy="latest", keep=3) as cp:
         t0 = time.perf_counter()
         for i in range(n):

@@ -1,4 +1,4 @@
-"""asynccp against flytekit's SyncCheckpoint (the seed's checkpointer), same local disk.
+"""asynccp against flytekit's SyncCheckpoint (Flyte's own checkpointer), same local disk.
 
     python benchmarks/bench_flytekit.py [--sizes 1,16,64] [--rounds 5] [--json out.json]
 
@@ -46,7 +46,7 @@ def flyte_round(where: Path, data: bytes, saves: int) -> c.Round:
 
 
 def flyte_small_saves(where: Path, n: int, budget: float = 2.0) -> float:
-    """The seed's loop: ``cp.write(f"{i + 1}".encode())``, for ``budget`` seconds at most."""
+    """Flyte's example loop: ``cp.write(f"{i + 1}".encode())``, for ``budget`` seconds at most."""
     cp = SyncCheckpoint(checkpoint_dest=str(where))
     t0 = time.perf_counter()
     i = 0

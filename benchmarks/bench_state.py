@@ -341,6 +341,7 @@ async def s3_reads(endpoint: str, sizes: list[int], rounds: int) -> list[dict[st
     import obstore
 
     import asynccp
+    from asynccp._layout import data_dir
 
     sys.path.insert(0, str(HERE.parent / "tests"))
     from _moto import create_bucket, make_s3_store
@@ -356,10 +357,10 @@ async def s3_reads(endpoint: str, sizes: list[int], rounds: int) -> list[dict[st
         async with asynccp.Checkpointer(store, prefix="run") as cp:
             if what == "read()":
                 ckpt = await (await cp.save(0, os.urandom(size)))
-                key = f"run/{ckpt._data}/data"
+                key = f"run/{data_dir(ckpt.step, ckpt.writer)}/data"
             else:
                 ckpt = await (await cp.save(0, asynccp.State(make_state(size))))
-                key = f"run/{ckpt._data}/state.safetensors"
+                key = f"run/{data_dir(ckpt.step, ckpt.writer)}/state.safetensors"
             mine, raw = [], []
             for r in range(rounds):
                 for who in ("asynccp", "raw") if r % 2 == 0 else ("raw", "asynccp"):

@@ -1,7 +1,9 @@
-"""A switchable fault-injecting TCP proxy for tests.
+"""The fault-injecting proxies of the tests: :class:`FaultProxy` (a switchable TCP proxy:
+drop, 503, lost answers, held requests) and :class:`HoldingProxy` (an HTTP proxy that
+holds back chosen requests and says when each was answered).
 
-It runs its own asyncio loop in a background thread, so it works the same
-under sync tests and under any test event loop. The mode is decided once per
+Each runs its own asyncio loop in a background thread, so it works the same
+under sync tests and under any test event loop. FaultProxy's mode is decided once per
 *connection*, when it is accepted: HTTP clients pool connections, so switching
 mode only affects new connections unless the live ones are cut (``set_mode``
 and ``fail_next`` do that by default).
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 Mode = Literal["pass", "drop", "503"]
 FailMode = Literal["drop", "503"]
@@ -396,3 +399,97 @@ async def _answer_503(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     writer.write(_RESPONSE_503)
     writer.close()  # flushes the response, then FIN
     await writer.wait_closed()
+
+
+class HoldingProxy:
+    """An HTTP/1.1 proxy (own loop, own thread) that holds back chosen requests.
+
+    A request whose request line contains ``match`` is held, not forwarded, until
+    :meth:`release` is called (or ``max_hold`` seconds passed, so that a core that waits
+    for the request cannot deadlock the test): a network path that is slow for exactly
+    that request. Every request goes upstream on a fresh connection with
+    ``Connection: close``; responses are relayed whole. Only ``Content-Length`` request
+    bodies are supported (what obstore sends for single PUTs).
+    """
+
+    def __init__(self, upstream: str, match: bytes, *, max_hold: float = 10.0) -> None:
+        parts = urlsplit(upstream)
+        assert parts.hostname is not None and parts.port is not None
+        self.upstream = (parts.hostname, parts.port)
+        self.match = match
+        self.max_hold = max_hold
+        self.port = 0
+        self.held = threading.Event()  # a matching request arrived
+        self.answered = threading.Event()  # ... and its response went back to the client
+        self._released = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="HoldingProxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        """Let held requests (and later matching ones) through."""
+        self._released.set()
+
+    def __enter__(self) -> HoldingProxy:
+        self._thread.start()
+        assert self._ready.wait(5.0), "proxy did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10.0)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(server.sockets[0].getsockname()[1])
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return  # the client closed its connection
+                lines = head.split(b"\r\n")
+                headers = [ln for ln in lines[1:] if ln]
+                length = 0
+                for ln in headers:
+                    name, _, value = ln.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                    assert name.strip().lower() != b"transfer-encoding", "chunked not supported"
+                body = await reader.readexactly(length)
+                matched = self.match in lines[0]
+                if matched:
+                    self.held.set()
+                    await asyncio.to_thread(self._released.wait, self.max_hold)
+                kept = [ln for ln in headers if not ln.lower().startswith(b"connection:")]
+                request = b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""])
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+                up_writer.write(request + body)
+                await up_writer.drain()
+                response = await up_reader.read()  # upstream closes after one response
+                up_writer.close()
+                writer.write(response)
+                await writer.drain()
+                if matched:
+                    self.answered.set()
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # the client gave up on the connection
+        finally:
+            writer.close()

@@ -1,14 +1,16 @@
 """A place to keep checkpoints in tests: a local directory, an in-memory store, or a
 bucket on the moto S3 server, with raw access to its objects (to inspect or damage).
 
-Every test module that needs "a store" takes the ``site`` fixture (tests/conftest.py)
-or builds a :class:`Site` here; nothing patches asynccp or obstore.
+The one definition of "a store" for every test module: take the ``site`` (local, S3)
+or ``any_site`` (local, memory, S3) fixture of tests/conftest.py, or build a
+:class:`Site` here. Nothing patches asynccp or obstore.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +68,18 @@ class Raw:
 
 @dataclass
 class Site:
-    """A place to keep checkpoints: what to pass to Checkpointer, and raw access to it."""
+    """A place to keep checkpoints: what to pass to Checkpointer, and raw access to it.
+
+    ``url`` and ``env`` are how another process reaches the same place (a path, or an
+    ``s3://`` URL with the moto server's endpoint and credentials in the environment);
+    None for memory, which no other process can see.
+    """
 
     kind: str
     make_location: Callable[[], Any]  # a fresh location object each call (a fresh client)
     raw: Raw
+    url: str | None = None
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
 def make_site(
@@ -80,17 +89,27 @@ def make_site(
     server's ``endpoint`` and a fresh ``bucket``)."""
     if kind == "local":
         root = tmp_path / "store"
-        return Site("local", lambda: root, Raw(root=root))
+        return Site("local", lambda: root, Raw(root=root), url=str(root))
     if kind == "memory":
         store = MemoryStore()  # one store object: a fresh one would be empty
         return Site("memory", lambda: store, Raw(store=store))
     if kind == "s3":
-        from _moto import make_s3_store
+        from _moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, make_s3_store
 
         assert endpoint is not None and bucket is not None
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_REGION": REGION,
+        }
         return Site(
             "s3",
             lambda: make_s3_store(endpoint, bucket),
             Raw(store=make_s3_store(endpoint, bucket)),
+            url=f"s3://{bucket}",
+            env=env,
         )
     raise ValueError(f"unknown site kind {kind!r}")

@@ -1,10 +1,21 @@
-"""Fixtures for tests against a real (moto) S3 server and a fault-injecting proxy."""
+"""Fixtures: the async backends, places to store checkpoints (tests/_sites.py), a real
+(moto) S3 server and a fault-injecting proxy.
+
+Async tests run under anyio's pytest plugin: every test module is marked ``anyio``
+(:func:`pytest_collectstart`), so every ``async def`` test is one. The backend is
+asyncio, except in the modules of the
+core behaviour (:data:`BOTH_BACKENDS`), whose tests run on asyncio and on trio. Under
+trio, a test with an S3 site is left out (deselected): the
+store is reached from worker threads the same way under either backend, so the trio run
+adds nothing there, and the S3 runs are the slow ones.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,6 +23,53 @@ from _moto import MotoServer, create_bucket, make_s3_store
 from _proxy import FaultProxy
 from _sites import Site, make_site
 from obstore.store import S3Store
+
+#: The modules whose tests run on trio as well as on asyncio: the core behaviour.
+BOTH_BACKENDS = frozenset(
+    {
+        "test_checkpoint",
+        "test_checkpointer",
+        "test_manifest",
+        "test_recovery",
+        "test_store",
+        "test_supervisor",
+    }
+)
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """Every test module is an anyio one: its ``async def`` tests run on anyio's runner."""
+    if isinstance(collector, pytest.Module):
+        collector.add_marker(pytest.mark.anyio)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The backends: asyncio and trio for the modules in :data:`BOTH_BACKENDS`."""
+    if "anyio_backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        both = module in BOTH_BACKENDS
+        metafunc.parametrize(
+            "anyio_backend", ["asyncio", "trio"] if both else ["asyncio"], scope="module"
+        )
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """anyio's backend fixture, without its own parameters: the backends are set by
+    :func:`pytest_generate_tests` (this default is what a test without them gets)."""
+    return "asyncio"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under trio, leave out the S3 variants (see the module docstring)."""
+    kept, left_out = [], []
+    for item in items:
+        params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
+        on_s3 = "s3" in (params.get("site"), params.get("any_site"))
+        (left_out if params.get("anyio_backend") == "trio" and on_s3 else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

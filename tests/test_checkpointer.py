@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 import pytest
 from _moto import make_s3_store
+from _proxy import FaultProxy
+from _sites import Site
 from obstore.store import MemoryStore
 
 import asynccp
 from asynccp import Checkpointer
+from asynccp._checkpointer import flush_within
+from asynccp._write import FlushResult
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+@pytest.fixture
+def location(any_site: Site) -> Any:
     """Something to pass as a Checkpointer location; reusable by a second checkpointer."""
-    if request.param == "local":
-        return tmp_path / "ckpts"
-    if request.param == "memory":
-        return MemoryStore()
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return make_s3_store(endpoint, bucket, prefix="runs/42")
+    return any_site.make_location()
 
 
 async def test_save_commit_and_resume(location: Any) -> None:
@@ -247,7 +245,7 @@ def test_bad_locations_are_rejected(location: Any) -> None:
     ("options", "error", "match"),
     [
         ({"allow_http": True}, TypeError, "client_options"),  # obstore would panic
-        ({"no_such_option": 1}, ValueError, "no_such_option"),
+        ({"no_such_option": 1}, TypeError, "no_such_option"),
     ],
 )
 def test_bad_store_options_are_clear_errors(
@@ -268,6 +266,72 @@ async def test_closed_checkpointer_refuses_work(tmp_path: Path) -> None:
     with pytest.raises(asynccp.CheckpointClosedError):
         async with cp:
             pass
+
+
+async def test_reads_before_the_block_say_to_use_it_and_work_after_it(tmp_path: Path) -> None:
+    """A read before ``async with`` names the fix (not a store error); after the block,
+    reads keep working (a supervisor reads the newest step once an attempt closed)."""
+    cp = Checkpointer(tmp_path / "loc")
+    reads = [cp.latest, cp.list, cp.read, cp.prev_exists, lambda: cp.get(0)]
+    for read in reads:
+        with pytest.raises(asynccp.CheckpointClosedError, match="inside `async with"):
+            await read()
+    async with cp:
+        await (await cp.save(0, b"zero"))
+    latest = await cp.latest()
+    assert latest is not None and latest.step == 0
+    assert [c.step for c in await cp.list()] == [0]
+    assert await cp.read() == b"zero" and await cp.prev_exists()
+    assert await (await cp.get(0)).read() == b"zero"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "suggestion"),
+    [
+        ({"kep": 3}, "keep"),
+        ({"max_pendng": 2}, "max_pending"),
+        ({"flush_timout": 1}, "flush_timeout"),
+    ],
+)
+@pytest.mark.parametrize("where", ["local", "memory", "s3-url", "store"])
+def test_unknown_keyword_is_reported_with_the_closest_name(
+    tmp_path: Path, kwargs: dict[str, Any], suggestion: str, where: str
+) -> None:
+    """A misspelt option is an unknown keyword argument (not a store option that "does
+    not apply to local paths"), whatever the location."""
+    location: Any = {
+        "local": tmp_path,
+        "memory": "memory://x",
+        "s3-url": "s3://bucket/prefix",
+        "store": MemoryStore(),
+    }[where]
+    with pytest.raises(TypeError, match="unexpected keyword argument") as ei:
+        Checkpointer(location, **kwargs)
+    assert f"did you mean {suggestion!r}?" in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_pending": "4"}, TypeError),
+        ({"max_pending": 0}, ValueError),
+        ({"chunk_size": "8MiB"}, TypeError),
+        ({"chunk_size": 1 << 20}, ValueError),
+        ({"flush_timeout": "10"}, TypeError),
+        ({"flush_timeout": float("nan")}, ValueError),
+        ({"orphan_grace": -1}, ValueError),
+        ({"io_attempts": True}, TypeError),
+        ({"policy": 3}, TypeError),
+        ({"staging_dir": 3}, TypeError),
+    ],
+)
+def test_one_error_style_wrong_type_is_type_error_bad_value_is_value_error(
+    tmp_path: Path, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error) as ei:
+        Checkpointer(tmp_path, **kwargs)
+    assert type(ei.value) is error  # not a subclass doing double duty
+    assert next(iter(kwargs)) in str(ei.value)  # the message names the argument
 
 
 async def test_block_policy_applies_backpressure_on_count_and_bytes() -> None:
@@ -430,19 +494,6 @@ async def test_large_file_multipart_on_s3(s3_store: Any, tmp_path: Path) -> None
     assert (out / "buf").read_bytes() == data
 
 
-async def test_works_under_trio(tmp_path: Path) -> None:
-    """The I/O path runs obstore's sync API in threads, so trio works too."""
-
-    async def job() -> bytes | None:
-        async with Checkpointer(tmp_path / "trio") as cp:
-            await cp.save(0, b"trio!")
-        async with Checkpointer(tmp_path / "trio") as cp:
-            return await cp.read()
-
-    result = await anyio.to_thread.run_sync(lambda: anyio.run(job, backend="trio"))
-    assert result == b"trio!"
-
-
 async def test_non_durable_local_writes_same_layout(tmp_path: Path) -> None:
     """durable=False skips fsyncs only: same files, same atomic create, no temp files left."""
     src = tmp_path / "f.bin"
@@ -508,3 +559,26 @@ async def test_superseded_file_payloads_leave_no_staged_copies(
         await cp.flush()
         assert [p for p in staging.rglob("*") if p.is_file() and p.name != ".lock"] == []
     assert not list(staging.iterdir())  # the staging folder itself is gone
+
+
+async def test_flush_within_a_deadline_returns_what_happened(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """The supervisor's flush: typed, bounded, and the exit after it keeps the deadline."""
+    store = make_s3_store(fault_proxy.url, s3_bucket)
+    async with Checkpointer(store, max_pending=8, flush_timeout=300) as cp:
+        await (await cp.save(0, b"zero"))
+        ok = await flush_within(cp, math.inf)
+        assert ok == FlushResult(last_committed=0)
+        fault_proxy.hold_requests(rb"^PUT \S*/data/")
+        handles = [await cp.save(step, b"held") for step in (1, 2, 3)]
+        result = await flush_within(cp, 0.3)
+        assert result.timed_out and result.last_committed == 0
+        # steps 1 and 2 were in flight (small ones upload two at once): they fail on their own
+        assert result.abandoned == (3,)
+        assert [type(e) for e in result.errors] == [asynccp.FlushTimeoutError]
+        with pytest.raises(asynccp.CheckpointClosedError, match="gave up"):
+            await cp.save(4, b"more")
+    # the exit had nothing left to report (the deadline had passed: it did not wait again)
+    assert all(isinstance(h.exception(), asynccp.FlushTimeoutError) for h in handles)
+    fault_proxy.release()

@@ -1,4 +1,5 @@
-"""asynccp processes exit 0, reliably, even on a busy machine (DESIGN §5).
+"""asynccp processes exit 0, reliably, even on a busy machine (docs/architecture.md: why the
+store is called through obstore's synchronous API in worker threads).
 
 obstore's asyncio API was measured to abort the interpreter at exit (SIGABRT, code
 134) in about 1 run of 3 under CPU load, and an orchestrator retries a task whose

@@ -12,26 +12,23 @@ or through :class:`FaultProxy`), or a local directory whose files the test damag
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
 import random
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 import obstore
 import obstore.exceptions
 import pytest
 from _moto import make_s3_store
-from _proxy import FailMode, FaultProxy
+from _proxy import FailMode, FaultProxy, HoldingProxy
 from _sites import Raw, Site
 from obstore.store import S3Store
 
@@ -46,6 +43,7 @@ from asynccp import (
     StoreError,
     UploadError,
 )
+from asynccp._layout import data_dir, manifest_key, payload_key
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
@@ -78,13 +76,8 @@ def blob(step: int, size: int, salt: str = "") -> bytes:
 
 
 def data_key(step: int, writer: str, name: str = "data") -> str:
-    """Key of a payload object (DESIGN §4 layout)."""
-    return f"data/{step:020d}-{writer}/{name}"
-
-
-def manifest_key(step: int) -> str:
-    """Key of the manifest that commits ``step`` (DESIGN §4 layout)."""
-    return f"manifests/{step:020d}.json"
+    """Key of a payload object (the layout of asynccp/_layout.py)."""
+    return payload_key(data_dir(step, writer), name)
 
 
 def assert_chained_to_obstore(err: BaseException) -> None:
@@ -613,100 +606,6 @@ async def test_cancel_during_blocked_save_commits_exactly_the_staged_steps(
     await assert_only_complete_checkpoints(
         make_s3_store(moto_server, s3_bucket), [h.step for h in returned]
     )
-
-
-class HoldingProxy:
-    """An HTTP/1.1 proxy (own loop, own thread) that holds back chosen requests.
-
-    A request whose request line contains ``match`` is held, not forwarded, until
-    :meth:`release` is called (or ``max_hold`` seconds passed, so that a core that waits
-    for the request cannot deadlock the test): a network path that is slow for exactly
-    that request. Every request goes upstream on a fresh connection with
-    ``Connection: close``; responses are relayed whole. Only ``Content-Length`` request
-    bodies are supported (what obstore sends for single PUTs).
-    """
-
-    def __init__(self, upstream: str, match: bytes, *, max_hold: float = 10.0) -> None:
-        parts = urlsplit(upstream)
-        assert parts.hostname is not None and parts.port is not None
-        self.upstream = (parts.hostname, parts.port)
-        self.match = match
-        self.max_hold = max_hold
-        self.port = 0
-        self.held = threading.Event()  # a matching request arrived
-        self.answered = threading.Event()  # ... and its response went back to the client
-        self._released = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="HoldingProxy", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def release(self) -> None:
-        """Let held requests (and later matching ones) through."""
-        self._released.set()
-
-    def __enter__(self) -> HoldingProxy:
-        self._thread.start()
-        assert self._ready.wait(5.0), "proxy did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10.0)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(server.sockets[0].getsockname()[1])
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return  # the client closed its connection
-                lines = head.split(b"\r\n")
-                headers = [ln for ln in lines[1:] if ln]
-                length = 0
-                for ln in headers:
-                    name, _, value = ln.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                    assert name.strip().lower() != b"transfer-encoding", "chunked not supported"
-                body = await reader.readexactly(length)
-                matched = self.match in lines[0]
-                if matched:
-                    self.held.set()
-                    await asyncio.to_thread(self._released.wait, self.max_hold)
-                kept = [ln for ln in headers if not ln.lower().startswith(b"connection:")]
-                request = b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""])
-                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-                up_writer.write(request + body)
-                await up_writer.drain()
-                response = await up_reader.read()  # upstream closes after one response
-                up_writer.close()
-                writer.write(response)
-                await writer.drain()
-                if matched:
-                    self.answered.set()
-        except (OSError, asyncio.IncompleteReadError):
-            pass  # the client gave up on the connection
-        finally:
-            writer.close()
 
 
 @pytest.mark.parametrize("hold", ["payload", "manifest"])

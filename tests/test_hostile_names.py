@@ -22,8 +22,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from typing import Any
 import anyio.to_thread
 import obstore
 import pytest
-from _moto import make_s3_store
-from obstore.store import LocalStore, MemoryStore
+from _sites import Site
+from obstore.store import LocalStore
 
 from asynccp import (
     Checkpointer,
@@ -42,8 +40,9 @@ from asynccp import (
     CorruptCheckpointWarning,
     InvalidNameError,
 )
-from asynccp._location import resolve
+from asynccp._layout import data_dir
 from asynccp._manifest import Manifest
+from asynccp._store import resolve
 
 #: Names obstore's LocalStore refuses to read (and its listing drops), all valid here.
 LOCAL_STORE_REFUSES = ["shard#1", "d#2/x#03", "#7", "ab:", "x/C:", "w|"]
@@ -53,60 +52,6 @@ AWKWARD = ["a#b", "a?b=c&d", "50%", "%41", "a%2Fb", "sp ace", "tab\u00a0nbsp", "
 
 def manifest_key(step: int) -> str:
     return f"manifests/{step:020d}.json"
-
-
-@dataclass
-class Site:
-    """A store to keep checkpoints in: the location to pass, and raw access to its objects."""
-
-    kind: str
-    location: Callable[[], Any]
-    put: Callable[[str, bytes], None]
-    delete: Callable[[str], None]
-    get: Callable[[str], bytes]
-    keys: Callable[[str], list[str]]
-
-
-def _obstore_site(kind: str, make: Callable[[], Any]) -> Site:
-    raw = make()
-    return Site(
-        kind,
-        make if kind == "s3" else (lambda: raw),  # memory: one store object is the store
-        lambda key, data: obstore.put(raw, key, data),
-        lambda key: obstore.delete(raw, key),
-        lambda key: bytes(obstore.get(raw, key).bytes()),
-        lambda prefix: sorted(m["path"] for b in obstore.list(raw, prefix=prefix) for m in b),
-    )
-
-
-def _local_site(root: Path) -> Site:
-    def put(key: str, data: bytes) -> None:
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / key).write_bytes(data)
-
-    def keys(prefix: str) -> list[str]:
-        base = root / prefix
-        return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
-
-    return Site(
-        "local",
-        lambda: root,
-        put,
-        lambda key: (root / key).unlink(),
-        lambda key: (root / key).read_bytes(),
-        keys,
-    )
-
-
-@pytest.fixture(params=["local", "memory", "s3"])
-def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
-    if request.param == "local":
-        return _local_site(tmp_path / "store")
-    if request.param == "memory":
-        return _obstore_site("memory", MemoryStore)
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return _obstore_site("s3", lambda: make_s3_store(endpoint, bucket))
 
 
 async def commit(location: Any, payloads: dict[int, Any], **options: Any) -> None:
@@ -139,11 +84,11 @@ def tree(root: Path) -> dict[str, bytes]:
 # -- names obstore's local store refuses ------------------------------------------------
 
 
-async def test_names_local_store_refuses_round_trip(site: Site, tmp_path: Path) -> None:
+async def test_names_local_store_refuses_round_trip(any_site: Site, tmp_path: Path) -> None:
     names = LOCAL_STORE_REFUSES + AWKWARD
     payload = {n: f"bytes of {n}".encode() for n in names}
-    await commit(site.location(), {1: payload, 2: {"shard#2": b"two"}}, keep=2)
-    async with Checkpointer(site.location(), keep=1) as cp:
+    await commit(any_site.make_location(), {1: payload, 2: {"shard#2": b"two"}}, keep=2)
+    async with Checkpointer(any_site.make_location(), keep=1) as cp:
         ckpt = await cp.get(1)
         assert set(ckpt.files) == set(names)
         latest = await cp.latest()
@@ -157,9 +102,9 @@ async def test_names_local_store_refuses_round_trip(site: Site, tmp_path: Path) 
         assert await cp.read() == b"two"
         # Retention deletes such names too, and leaves no payload of step 1 behind.
         await (await cp.save(3, {"shard#3": b"three"}))
-    async with Checkpointer(site.location()) as cp:
+    async with Checkpointer(any_site.make_location()) as cp:
         assert [c.step for c in await cp.list()] == [3]
-    left = site.keys("data/")
+    left = any_site.raw.keys("data/")
     assert len(left) == 1 and left[0].endswith("/shard#3"), left
 
 
@@ -191,27 +136,27 @@ def test_local_listing_matches_obstore_on_ordinary_names(tmp_path: Path) -> None
         for b in obstore.list(LocalStore(root), prefix="data")
         for m in b
     }
-    ours = loc.list("data/")
+    ours = loc.list_objects("data/")
     assert {(o.key, o.size, o.last_modified) for o in ours} == theirs
     assert {o.key for o in ours} == {"data/x/y/z.bin", "data/x/w", "data/x/link"}
     assert all(o.last_modified.tzinfo is not None for o in ours)
     assert all(o.last_modified.utcoffset() == timedelta(0) for o in ours)
     assert abs(datetime.now(timezone.utc) - ours[0].last_modified) < timedelta(days=1)
-    assert loc.list("nothing/here/") == []
-    assert {o.key for o in loc.list("")} == {o.key for o in ours} | {"manifests/a.json"}
+    assert loc.list_objects("nothing/here/") == []
+    assert {o.key for o in loc.list_objects("")} == {o.key for o in ours} | {"manifests/a.json"}
 
 
 # -- lone surrogates --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["\ud800", "a/\udcff.bin", "x\udfff"])
-async def test_save_refuses_lone_surrogate(site: Site, name: str) -> None:
-    async with Checkpointer(site.location()) as cp:
+async def test_save_refuses_lone_surrogate(any_site: Site, name: str) -> None:
+    async with Checkpointer(any_site.make_location()) as cp:
         with pytest.raises(InvalidNameError, match="UTF-8"):
             await cp.save(1, {name: b"x", "ok": b"y"})
         assert cp.stats.saves == 0
         await (await cp.save(1, {"ok": b"y"}))
-    assert site.keys("data/") and all(k.endswith("/ok") for k in site.keys("data/"))
+    assert any_site.raw.keys("data/") and all(k.endswith("/ok") for k in any_site.raw.keys("data/"))
 
 
 async def test_save_refuses_folder_with_undecodable_file_name(tmp_path: Path) -> None:
@@ -241,11 +186,11 @@ def test_manifest_decode_refuses_lone_surrogate() -> None:
         Manifest.decode(raw, key=manifest_key(2))
 
 
-async def test_manifest_naming_lone_surrogate_is_skipped(site: Site, tmp_path: Path) -> None:
-    await commit(site.location(), {1: b"one", 2: b"two"})
-    raw = site.get(manifest_key(2))
-    site.put(manifest_key(2), raw.replace(b'"data": {', b'"\\ud800": {'))
-    async with Checkpointer(site.location()) as cp:
+async def test_manifest_naming_lone_surrogate_is_skipped(any_site: Site, tmp_path: Path) -> None:
+    await commit(any_site.make_location(), {1: b"one", 2: b"two"})
+    raw = any_site.raw.get(manifest_key(2))
+    any_site.raw.put(manifest_key(2), raw.replace(b'"data": {', b'"\\ud800": {'))
+    async with Checkpointer(any_site.make_location()) as cp:
         latest = await cp.latest()
         assert latest is not None and latest.step == 1
         with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
@@ -253,8 +198,8 @@ async def test_manifest_naming_lone_surrogate_is_skipped(site: Site, tmp_path: P
         with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
             out = await cp.restore(tmp_path / "dest")
         assert out is not None and tree(out) == {"data": b"one"}
-    if site.kind == "local":
-        root = str(site.location())
+    if any_site.kind == "local":
+        root = str(any_site.make_location())
         show = await anyio.to_thread.run_sync(cli, "show", root, "2")
         assert show.returncode == 1 and "invalid manifest" in show.stderr, show.stderr
         assert "Traceback" not in show.stderr
@@ -285,7 +230,11 @@ async def test_undecodable_stray_name_is_skipped_with_a_warning(
     root = tmp_path / "store"
     await commit(root, {1: b"one", 2: b"two"})
     async with Checkpointer(root) as cp:
-        folder = root / (await cp.get(2))._data if where == "payload" else root / "manifests"
+        folder = (
+            root / data_dir(2, (await cp.get(2)).writer)
+            if where == "payload"
+            else root / "manifests"
+        )
     _stray(folder, b"\xff\xfe.json", is_dir=is_dir)
     caplog.set_level(logging.WARNING, logger="asynccp")
     async with Checkpointer(root) as cp:
@@ -307,35 +256,37 @@ async def test_undecodable_stray_name_is_skipped_with_a_warning(
 @pytest.mark.parametrize(
     "name", ["x" * 256, "é" * 128, "ok/" + "y" * 300 + "/z"], ids=["256-ascii", "256-bytes", "mid"]
 )
-async def test_save_refuses_a_segment_over_255_bytes(site: Site, name: str) -> None:
-    async with Checkpointer(site.location()) as cp:
+async def test_save_refuses_a_segment_over_255_bytes(any_site: Site, name: str) -> None:
+    async with Checkpointer(any_site.make_location()) as cp:
         with pytest.raises(InvalidNameError, match="255 bytes"):
             await cp.save(1, {name: b"x"})
         assert cp.stats.saves == 0
 
 
-async def test_255_byte_segments_round_trip(site: Site, tmp_path: Path) -> None:
+async def test_255_byte_segments_round_trip(any_site: Site, tmp_path: Path) -> None:
     names = ["a" * 255, "é" * 127 + "b", "d/" + "ü" * 127 + "c"]
     payload = {n: n.encode()[:20] for n in names}
-    await commit(site.location(), {1: payload})
-    async with Checkpointer(site.location()) as cp:
+    await commit(any_site.make_location(), {1: payload})
+    async with Checkpointer(any_site.make_location()) as cp:
         out = await cp.restore(tmp_path / "dest")
     assert out is not None and tree(out) == payload
 
 
-async def test_manifest_naming_a_300_byte_segment_is_skipped(site: Site, tmp_path: Path) -> None:
+async def test_manifest_naming_a_300_byte_segment_is_skipped(
+    any_site: Site, tmp_path: Path
+) -> None:
     long = "w" * 300
-    await commit(site.location(), {1: {"w": b"one"}, 2: {"w": b"two"}})
-    async with Checkpointer(site.location()) as cp:
-        folder = (await cp.get(2))._data
-    if site.kind != "local":  # a local disk cannot even hold such a file
-        site.put(f"{folder}/{long}", b"two")
-        site.delete(f"{folder}/w")
-    raw = site.get(manifest_key(2))
-    site.put(manifest_key(2), raw.replace(b'"w": {', f'"{long}": {{'.encode()))
+    await commit(any_site.make_location(), {1: {"w": b"one"}, 2: {"w": b"two"}})
+    async with Checkpointer(any_site.make_location()) as cp:
+        folder = data_dir(2, (await cp.get(2)).writer)
+    if any_site.kind != "local":  # a local disk cannot even hold such a file
+        any_site.raw.put(f"{folder}/{long}", b"two")
+        any_site.raw.delete(f"{folder}/w")
+    raw = any_site.raw.get(manifest_key(2))
+    any_site.raw.put(manifest_key(2), raw.replace(b'"w": {', f'"{long}": {{'.encode()))
     with pytest.raises(CorruptCheckpointError, match="255 bytes"):
-        Manifest.decode(site.get(manifest_key(2)), key=manifest_key(2))
-    async with Checkpointer(site.location()) as cp:
+        Manifest.decode(any_site.raw.get(manifest_key(2)), key=manifest_key(2))
+    async with Checkpointer(any_site.make_location()) as cp:
         latest = await cp.latest()
         assert latest is not None and latest.step == 1
         with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
@@ -367,15 +318,17 @@ async def test_destination_path_too_long_is_a_checkpoint_error_naming_the_file(
 # -- a folder where a payload file should be --------------------------------------------
 
 
-async def test_folder_in_place_of_a_payload_file_is_corruption(site: Site, tmp_path: Path) -> None:
-    await commit(site.location(), {1: {"weights": b"one"}, 2: {"weights": b"two"}})
-    async with Checkpointer(site.location()) as cp:
-        folder = (await cp.get(2))._data
-    site.delete(f"{folder}/weights")
-    site.put(f"{folder}/weights/shard", b"two")  # "weights" is now a folder (a key prefix)
-    async with Checkpointer(site.location()) as cp:
+async def test_folder_in_place_of_a_payload_file_is_corruption(
+    any_site: Site, tmp_path: Path
+) -> None:
+    await commit(any_site.make_location(), {1: {"weights": b"one"}, 2: {"weights": b"two"}})
+    async with Checkpointer(any_site.make_location()) as cp:
+        folder = data_dir(2, (await cp.get(2)).writer)
+    any_site.raw.delete(f"{folder}/weights")
+    any_site.raw.put(f"{folder}/weights/shard", b"two")  # "weights" is now a folder (a key prefix)
+    async with Checkpointer(any_site.make_location()) as cp:
         two = await cp.get(2)
-        missing = "is a folder, not a file" if site.kind == "local" else "is missing"
+        missing = "is a folder, not a file" if any_site.kind == "local" else "is missing"
         with pytest.raises(CorruptCheckpointError, match=f"weights {missing}"):
             await two.read("weights")
         with pytest.raises(CorruptCheckpointError, match="weights"):
@@ -392,9 +345,9 @@ async def test_folder_in_place_of_a_payload_file_is_corruption(site: Site, tmp_p
             out = await cp.restore(tmp_path / "dest")
     assert out is not None and tree(out) == {"weights": b"one"}
     # A folder in place of a manifest is no manifest, as on an object store.
-    site.delete(manifest_key(2))
-    site.put(manifest_key(2) + "/x", b"{}")
-    async with Checkpointer(site.location()) as cp:
+    any_site.raw.delete(manifest_key(2))
+    any_site.raw.put(manifest_key(2) + "/x", b"{}")
+    async with Checkpointer(any_site.make_location()) as cp:
         with pytest.raises(CheckpointNotFoundError):
             await cp.get(2)
         latest = await cp.latest()
@@ -463,7 +416,7 @@ async def test_link_planted_during_the_download_is_refused(tmp_path: Path) -> No
         ckpt = await cp.get(1)
         # The payload object becomes a named pipe: the download's read of it waits for
         # a writer, and the writer's open returns once the download is reading.
-        pipe = root / ckpt._data / "a.bin"
+        pipe = root / data_dir(ckpt.step, ckpt.writer) / "a.bin"
         pipe.unlink()
         os.mkfifo(pipe)
 
@@ -486,16 +439,16 @@ async def test_link_planted_during_the_download_is_refused(tmp_path: Path) -> No
 def test_which_destination_errors_name_the_file() -> None:
     """Name trouble becomes a CheckpointError naming the file; the destination's own
     trouble (full, read-only, not permitted) stays the OSError it is."""
-    from asynccp._restore import _unwritable
+    from asynccp._dest import unwritable
 
     dest = Path("/some/dest")
     for code in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EEXIST, errno.EISDIR):
-        err = _unwritable(3, "model/w.bin", dest, OSError(code, os.strerror(code)))
+        err = unwritable(3, "model/w.bin", dest, OSError(code, os.strerror(code)))
         assert isinstance(err, CheckpointError) and not isinstance(err, CorruptCheckpointError)
         assert "'model/w.bin'" in str(err) and "/some/dest" in str(err)
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
         original = OSError(code, os.strerror(code))
-        assert _unwritable(3, "model/w.bin", dest, original) is original
+        assert unwritable(3, "model/w.bin", dest, original) is original
 
 
 @pytest.mark.parametrize("conflict", ["file-for-folder", "folder-for-file"])

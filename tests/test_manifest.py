@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from asynccp import CorruptCheckpointError
-from asynccp._manifest import FileInfo, Manifest, manifest_key, parse_data_dir, step_of_manifest_key
+from asynccp._layout import manifest_key, parse_data_dir, parse_manifest_key
+from asynccp._manifest import FileInfo, Manifest
 from asynccp._retention import steps_to_delete
 
 KEY = manifest_key(7)
@@ -80,9 +81,10 @@ def test_invalid_manifests_are_errors_not_crashes(raw: bytes, why: str) -> None:
 
 
 def test_key_parsing() -> None:
-    assert step_of_manifest_key(manifest_key(42)) == 42
-    assert step_of_manifest_key("manifests/42.json") is None
-    assert step_of_manifest_key("manifests/.00000000000000000042.json.x.asynccp-tmp") is None
+    assert parse_manifest_key(manifest_key(42)) == (42, 0)
+    assert parse_manifest_key(manifest_key(42, 3)) == (42, 3)
+    assert parse_manifest_key("manifests/42.json") is None
+    assert parse_manifest_key("manifests/.00000000000000000042.json.x.asynccp-tmp") is None
     assert parse_data_dir(f"data/{5:020d}-ab12") == (5, "ab12")
     assert parse_data_dir("data/5-ab12") is None
 

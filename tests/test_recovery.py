@@ -194,16 +194,18 @@ async def test_gc_keep_1_with_a_broken_newest_keeps_the_newest_valid(any_site: S
     """The reported case: a broken manifest at the newest step; gc --keep 1 deleted the
     valid one before it and kept the broken one. Now the valid one stays."""
     from asynccp._retention import apply_retention, remove_invalid
+    from asynccp._store import resolve
 
     await save_steps(any_site, range(4))
     any_site.raw.put(manifest_key(3), b"broken")
+    store = resolve(any_site.make_location())
     async with Checkpointer(any_site.make_location()) as cp:
-        deleted = await apply_retention(cp._location, 1, None)
+        deleted = await apply_retention(store, 1, None)
         assert deleted == [0, 1]
         restored = await cp.read()
         assert restored == payload(2)
         assert any_site.raw.get(manifest_key(3)) == b"broken"
-        assert await remove_invalid(cp._location, how="quarantine") == [3]
+        assert await remove_invalid(store, how="quarantine") == [3]
     assert manifest_key(3) not in any_site.raw.keys("manifests/")
     assert len(any_site.raw.keys("quarantine/")) == 1
 
@@ -309,8 +311,10 @@ async def test_collection_judges_by_lease_not_by_age(tmp_path: Path) -> None:
     """A live writer's upload that looks two hours old (a skewed clock, a long wait) is
     kept; once the writer is gone (no lease), the same folder is collected."""
     from asynccp._retention import collect_orphans
+    from asynccp._store import resolve
 
     loc = tmp_path / "loc"
+    store = resolve(loc)
     async with Checkpointer(loc) as a:
         await a.latest()
         folder = loc / "data" / f"{0:020d}-{a.writer_id}"
@@ -319,13 +323,11 @@ async def test_collection_judges_by_lease_not_by_age(tmp_path: Path) -> None:
         old = time.time() - 7200
         os.utime(folder / "data", (old, old))
         async with Checkpointer(loc) as b:
-            assert (
-                await collect_orphans(b._location, timedelta(seconds=0), writer=b.writer_id) == []
-            )
+            assert await collect_orphans(store, timedelta(seconds=0), writer=b.writer_id) == []
         assert (folder / "data").exists()
     # A closed: its lease is gone, the folder is an orphan now
     async with Checkpointer(loc) as c:
-        taken = await collect_orphans(c._location, timedelta(hours=1), writer=c.writer_id)
+        taken = await collect_orphans(store, timedelta(hours=1), writer=c.writer_id)
     assert taken == [f"data/{0:020d}-{a.writer_id}"]
     assert not folder.exists()
 
@@ -336,9 +338,9 @@ async def test_a_commit_whose_payload_vanished_is_not_resolved(
     """A's commit is held long; meanwhile its payload is deleted (a collector that got it
     wrong). The manifest lands, but the handle fails instead of resolving to a checkpoint
     with no data, and readers skip the step."""
-    import asynccp._upload
+    import asynccp._write._commit
 
-    monkeypatch.setattr(asynccp._upload, "PAYLOAD_CHECK_AFTER", 0.0)  # every commit "slow"
+    monkeypatch.setattr(asynccp._write._commit, "PAYLOAD_CHECK_AFTER", 0.0)  # every commit "slow"
     from _sites import Raw
 
     raw = Raw(store=make_s3_store(moto_server, s3_bucket))

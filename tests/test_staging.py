@@ -24,7 +24,7 @@ import anyio.to_thread
 import pytest
 
 from asynccp import Checkpointer
-from asynccp._staging import LOCK_NAME, PREFIX, UNLOCKED_AGE
+from asynccp._write._staging import LOCK_NAME, PREFIX, UNLOCKED_AGE
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no flock: nothing collected")
 

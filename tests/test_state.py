@@ -23,6 +23,7 @@ from _sites import Site
 
 import asynccp
 from asynccp import Checkpointer, State
+from asynccp._layout import data_dir
 
 torch: Any
 try:
@@ -106,7 +107,7 @@ def raw_bytes(t: Any) -> Any:
 
 def safetensors_bytes(site: Site, ckpt: asynccp.Checkpoint, name: str) -> bytes:
     """The stored bytes of one file of ``ckpt``, read past asynccp."""
-    return site.raw.get(f"{ckpt._data}/{name}")
+    return site.raw.get(f"{data_dir(ckpt.step, ckpt.writer)}/{name}")
 
 
 # -- round trips ----------------------------------------------------------------------
@@ -132,7 +133,7 @@ async def test_numpy_state_round_trips(any_site: Site) -> None:
     np.testing.assert_array_equal(tensors["optim/state/1/m"], state["optim"]["state"][1]["m"])
     assert tensors["raw"].tobytes() == state["raw"]
     # and the scalars are plain JSON
-    doc = json.loads(any_site.raw.get(f"{ckpt._data}/state.json"))
+    doc = json.loads(any_site.raw.get(f"{data_dir(ckpt.step, ckpt.writer)}/state.json"))
     assert doc["tree"]["dict"]["epoch"] == 3 and doc["tree"]["dict"]["name"] == "run-42 ✓"
 
 
@@ -300,7 +301,7 @@ async def test_bad_state_is_refused_before_anything_is_staged(
         assert not [p for p in staging.rglob("*") if p.is_file() and p.name != ".lock"]
         ckpt = await (await cp.save(0, State({"ok": np.ones(2)})))  # the step is still free
     folders = sorted(p.name for p in (tmp_path / "loc" / "data").iterdir())
-    assert folders == [ckpt._data.split("/")[-1]]
+    assert folders == [data_dir(ckpt.step, ckpt.writer).split("/")[-1]]
 
 
 @needs_torch
@@ -369,7 +370,7 @@ async def test_damaged_state_file_falls_back_to_the_previous_checkpoint(
     async with Checkpointer(any_site.make_location()) as cp:
         good = await (await cp.save(0, State({"w": np.full(1000, 1.0), "epoch": 0})))
         bad = await (await cp.save(1, State({"w": np.full(1000, 2.0), "epoch": 1})))
-    key = f"{bad._data}/state.safetensors"
+    key = f"{data_dir(bad.step, bad.writer)}/state.safetensors"
     body = bytearray(any_site.raw.get(key))
     if damage == "flip":
         body[-3] ^= 0x40
@@ -388,7 +389,7 @@ async def test_damaged_state_file_falls_back_to_the_previous_checkpoint(
 async def test_damaged_state_json_is_corruption(tmp_path: Path) -> None:
     async with Checkpointer(tmp_path / "loc") as cp:
         ckpt = await (await cp.save(0, State({"epoch": 0})))
-    path = tmp_path / "loc" / ckpt._data / "state.json"
+    path = tmp_path / "loc" / data_dir(ckpt.step, ckpt.writer) / "state.json"
     path.write_bytes(path.read_bytes().replace(b"0", b"1"))
     with pytest.raises(asynccp.CorruptCheckpointError, match=r"state\.json"):
         await ckpt.read_state()
@@ -450,7 +451,7 @@ async def test_staging_memory_stays_within_the_budget_as_sizes_change(tmp_path: 
     staged plus pooled memory never exceeds ``max_pending_bytes``."""
     budget = 48 << 20
     async with Checkpointer(tmp_path / "loc", max_pending_bytes=budget, max_pending=2) as cp:
-        stager = cp._stager
+        stager = cp._pipeline._stager
         sizes_mib = [8, 8, 7, 16, 12, 24, 8, 20]
         for step, mib in enumerate(sizes_mib):
             arr = np.full(mib << 18, step, np.float32)  # mib MiB
@@ -489,13 +490,13 @@ async def test_prepare_gets_staging_memory_ready_within_the_budget(tmp_path: Pat
         ready = await cp.prepare(State(state))
         assert ready >= 12 << 20
         assert await cp.prepare(State(state)) == 0  # a buffer that fits is pooled already
-        pooled = len(cp._stager._free)
+        pooled = len(cp._pipeline._stager._free)
         handle = await cp.save(0, State(state))
-        assert len(cp._stager._free) == pooled - 1  # the save took the prepared buffer
+        assert len(cp._pipeline._stager._free) == pooled - 1  # the save took the prepared buffer
         await handle
         assert await cp.prepare(b"x" * (8 << 20)) == 0  # bytes are kept as they are
         with pytest.raises(TypeError, match="object array"):
             await cp.prepare(State({"o": np.array([None])}))
     async with Checkpointer(tmp_path / "loc2", max_pending_bytes=4 << 20) as cp:
         assert await cp.prepare(State(state)) == 0  # no room in the budget
-        assert cp._stager._free_bytes == 0
+        assert cp._pipeline._stager._free_bytes == 0

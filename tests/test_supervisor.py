@@ -91,6 +91,8 @@ class Calls:
         ({"attempt": 2}, TypeError, "attempt= is set by the supervisor"),
         ({"max_pending": 0}, ValueError, "max_pending"),  # a Checkpointer option
         ({"no_such_option": 1}, TypeError, "no_such_option"),
+        ({"kep": 3}, TypeError, "unexpected keyword argument 'kep'; did you mean 'keep'"),
+        ({"retrys": 3}, TypeError, "unexpected keyword argument 'retrys'; did you mean 'retries'"),
     ],
 )
 async def test_bad_options_fail_before_anything_runs(
@@ -540,9 +542,12 @@ def test_backoff_arithmetic() -> None:
     delays = [jittered.delay(3) for _ in range(200)]
     assert all(4 <= d <= 4.5 for d in delays) and len(set(delays)) > 1
     assert asynccp.Backoff(initial=timedelta(milliseconds=500), jitter=0).delay(1) == 0.5
-    for bad in ({"initial": -1}, {"max": float("inf")}, {"jitter": "1"}, {"exp_base": 0.5}):
+    for bad in ({"initial": -1}, {"max": float("inf")}, {"exp_base": 0.5}):
         with pytest.raises(ValueError):
             asynccp.Backoff(**bad)
+    for wrong in ({"jitter": "1"}, {"exp_base": "2"}):  # a wrong type is a TypeError
+        with pytest.raises(TypeError):
+            asynccp.Backoff(**wrong)
     with pytest.raises(ValueError):
         b.delay(0)
 
@@ -640,22 +645,7 @@ async def test_checkpointed_exhausts_like_supervise(tmp_path: Path) -> None:
     assert ei.value.attempts == 2
 
 
-# -- trio, and no main thread ----------------------------------------------------------------
-
-
-def test_supervise_under_trio(tmp_path: Path) -> None:
-    async def job(cp: Checkpointer) -> tuple[int, int]:
-        step = await resume(cp)
-        await cp.save(step, b"trio")
-        if step < 2:
-            await anyio.lowlevel.checkpoint()
-            raise RecoverableError("again")
-        return step, cp.attempt
-
-    async def main() -> tuple[int, int]:
-        return await asynccp.supervise(job, tmp_path, backoff=0.01)
-
-    assert anyio.run(main, backend="trio") == (2, 2)
+# -- no main thread ----------------------------------------------------------------
 
 
 def test_supervise_outside_the_main_thread_skips_signals(

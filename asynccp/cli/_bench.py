@@ -56,7 +56,7 @@ import obstore
 from obstore.store import LocalStore
 
 from asynccp import Checkpointer
-from asynccp._location import resolve
+from asynccp._store import ObjectStore, resolve
 from asynccp.errors import CheckpointError, SupersededError
 
 from ._format import fmt_size, one_line
@@ -183,6 +183,7 @@ class Target:
             self.store: Any = LocalStore(self.root)
             self.kind = "local directory" + ("" if self.durable else " (durable=False)")
         else:
+            assert isinstance(base, ObjectStore)
             self.store = base.store
             self.prefix = f"{base.prefix}{run_id}/"
             self.kind = type(base.store).__name__
@@ -505,7 +506,8 @@ class Engine:
         return out
 
     async def small_saves(self) -> dict[str, Any]:
-        """The seed's loop: many 16-byte counter saves, policy="latest", vs a sync write each."""
+        """Flyte's example loop (examples/seed_checkpoint.py): many 16-byte counter saves,
+        policy="latest", vs a sync write each."""
         o = self.opts
         per_round = max(1, o.small_saves // o.rounds)
         a_rates: list[float | None] = []
@@ -646,6 +648,7 @@ def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"durable": spec["durable"]}
     else:
         base = resolve(spec["url"], **spec["store_options"])
+        assert isinstance(base, ObjectStore)
         location, kwargs = base.store, {"prefix": base.prefix + spec["prefix"]}
 
     async def main() -> None:

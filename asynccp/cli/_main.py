@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
-from obstore.store import LocalStore
-
 from asynccp._catalog import list_steps, load, quarantined, survey
 from asynccp._catalog import newest as newest_verified
-from asynccp._location import CLIENT_KEYS, Location, resolve
-from asynccp._manifest import MAX_STEP
-from asynccp._restore import Checkpoint
+from asynccp._checkpoint import Checkpoint
+from asynccp._layout import MAX_STEP, PARTS
 from asynccp._retention import apply_retention, collect_orphans, remove_invalid, steps_to_delete
+from asynccp._shards import PartGroup, uncommitted
+from asynccp._store import CLIENT_KEYS, resolve
+from asynccp._store import Store as Location
 from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
 
 from ._format import fmt_size, one_line, parse_size, table
@@ -251,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         "list committed checkpoints",
         "List the committed checkpoints, oldest first: the valid ones, the invalid ones (a "
         "manifest that does not decode, or payload objects missing or truncated: readers skip "
-        "them; `gc --invalid` removes them), and the records kept in quarantine/.",
+        "them; `gc --invalid` removes them), and the records kept in quarantine/. A step "
+        "written by many processes shows its number of SHARDS and its generation; steps "
+        "whose parts are not all in yet (or disagree on the number of shards) are listed "
+        "after the table.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     _store_args(p)
@@ -278,10 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         "download a checkpoint into a folder",
         "Download the newest checkpoint that verifies (or --step N) into DEST, verified; files "
-        "appear in DEST only once all of them verified. Exits 1 if there is none.",
+        "appear in DEST only once all of them verified. Exits 1 if there is none. A step "
+        "written by many processes is downloaded whole (part R into DEST/shard-R/) unless "
+        "--shard R asks for one part (every part of the step is verified first).",
     )
     p.add_argument("dest", metavar="DEST", help="destination folder (created if needed)")
     p.add_argument("--step", type=_step, help="restore this step (no fallback)")
+    p.add_argument(
+        "--shard",
+        type=_nonneg_int,
+        metavar="R",
+        help="restore part R of a step written by many processes (its files go into DEST)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     _store_args(p)
     p.set_defaults(func=cmd_restore)
@@ -367,9 +378,6 @@ def _open(args: argparse.Namespace) -> Location:
     if loc.local_root is not None and not loc.local_root.is_dir():
         what = "is not a directory" if loc.local_root.exists() else "does not exist"
         raise Failure(f"{loc.local_root} {what}")
-    if loc.local_root is not None and loc.store is None:
-        # Not loc.open(): that prepares a location for writing (creates its folders).
-        loc.store = LocalStore(loc.local_root)
     return loc
 
 
@@ -377,7 +385,7 @@ def _open(args: argparse.Namespace) -> Location:
 
 
 def _ckpt_doc(c: Checkpoint) -> dict[str, Any]:
-    return {
+    doc = {
         "step": c.step,
         "created_at": c.created_at.isoformat(),
         "attempt": c.attempt,
@@ -385,6 +393,56 @@ def _ckpt_doc(c: Checkpoint) -> dict[str, Any]:
         "size": c.size,
         "metadata": dict(c.metadata),
         "files": {n: {"size": f.size, "checksum": f.checksum} for n, f in c.files.items()},
+        "shards": c.shards,
+    }
+    if c.generation is not None:
+        doc["generation"] = c.generation
+        doc["parts"] = [
+            {
+                "shard": r,
+                "writer": p.writer,
+                "attempt": p.attempt,
+                "created_at": p.created_at.isoformat(),
+                "size": p.size,
+                "files": len(p.files),
+                "metadata": dict(p.metadata),
+            }
+            for r, p in enumerate(c.shard(r) for r in range(c.shards))
+        ]
+    return doc
+
+
+def _writer(c: Checkpoint) -> str:
+    """The WRITER column: the writer, or a sharded step's generation."""
+    if c.generation is None:
+        return c.writer
+    gen = c.generation if len(c.generation) <= 24 else c.generation[:23] + "…"
+    return f"gen {gen}"
+
+
+def _pending(g: PartGroup) -> str:
+    """One line on a step whose parts are not all in (what `ls` prints after the table)."""
+    counts = g.shard_counts
+    head = f"step {g.step} (generation {g.generation}): "
+    if len(counts) > 1:
+        return head + (
+            f"part records disagree on the number of shards ({', '.join(map(str, counts))}): "
+            "never committed"
+        )
+    missing = g.missing
+    shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+    if not missing:
+        return head + f"all {counts[0]} parts recorded, no manifest (its last part died?)"
+    return head + f"{len(g.records)} of {counts[0]} parts recorded; waiting for {shown}"
+
+
+def _pending_doc(g: PartGroup) -> dict[str, Any]:
+    return {
+        "step": g.step,
+        "generation": g.generation,
+        "shards": g.shard_counts,
+        "recorded": sorted(r for r, _ in g.records),
+        "missing": g.missing,
     }
 
 
@@ -408,34 +466,36 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     loc = _open(args)
     steps = await survey(loc)
     quarantine = await quarantined(loc)
+    pending = await uncommitted(loc)
     ckpts = [e.checkpoint for e in steps if e.checkpoint is not None]
     invalid = [e for e in steps if e.checkpoint is None]
 
     def text() -> str:
-        if not steps and not quarantine:
+        if not steps and not quarantine and not pending:
             return f"no checkpoints in {loc.description}"
         rows = []
         for e in steps:
             c = e.checkpoint
             if c is None:
-                why = one_line(e.problem or "")
+                why = " ".join((e.problem or "").split())
                 why = why if len(why) <= 100 else why[:99] + "…"
-                rows.append([str(e.record.step), "INVALID", "", "", "", "", why])
+                rows.append([str(e.record.step), "INVALID", "", "", "", "", "", why])
                 continue
             rows.append(
                 [
                     str(c.step),
                     _when(c),
+                    str(c.shards),
                     str(len(c.files)),
                     fmt_size(c.size),
                     str(c.attempt),
-                    c.writer,
+                    _writer(c),
                     _meta(c.metadata),
                 ]
             )
-        head = ["STEP", "CREATED (UTC)", "FILES", "SIZE", "ATTEMPT", "WRITER", "METADATA"]
+        head = ["STEP", "CREATED (UTC)", "SHARDS", "FILES", "SIZE", "ATTEMPT", "WRITER", "METADATA"]
         total = sum(c.size for c in ckpts)
-        out = table(head, rows, right={0, 2, 3, 4}) if rows else ""
+        out = table(head, rows, right={0, 2, 3, 4, 5}) if rows else ""
         summary = f"{len(ckpts)} valid checkpoint(s), {fmt_size(total)}"
         summary += f", newest valid step {ckpts[-1].step}" if ckpts else ""
         if invalid:
@@ -447,6 +507,12 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         if quarantine:
             out += f"\nquarantine/ holds {len(quarantine)} record(s) kept for inspection:"
             out += "".join(f"\n  {k}" for k in quarantine)
+        if pending:
+            out += (
+                f"\n{len(pending)} sharded step(s) not committed (readers do not see them; "
+                "`gc` collects the parts of launches that are gone):"
+            )
+            out += "".join(f"\n  {_pending(g)}" for g in pending)
         return out
 
     doc = {
@@ -456,6 +522,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
             {"step": e.record.step, "key": e.record.key, "problem": e.problem} for e in invalid
         ],
         "quarantine": quarantine,
+        "uncommitted_parts": [_pending_doc(g) for g in pending],
     }
     _emit(args, doc, text)
     return 0
@@ -475,6 +542,19 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"metadata    {json.dumps(dict(c.metadata), indent=None)}",
             "",
         ]
+        if c.generation is not None:
+            lines[3:4] = [
+                f"shards      {c.shards}",
+                f"generation  {c.generation}",
+                "writer      (of each part below; attempt and metadata above are part 0's)",
+            ]
+            parts = [c.shard(r) for r in range(c.shards)]
+            prow = [
+                [str(r), p.writer, str(p.attempt), str(len(p.files)), fmt_size(p.size)]
+                for r, p in enumerate(parts)
+            ]
+            head = ["SHARD", "WRITER", "ATTEMPT", "FILES", "SIZE"]
+            lines += [table(head, prow, right={0, 2, 3, 4}), ""]
         rows = [[n, str(f.size), f.checksum] for n, f in sorted(c.files.items())]
         return "\n".join(lines) + table(["FILE", "BYTES", "CHECKSUM"], rows, right={1})
 
@@ -497,7 +577,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         entry: dict[str, Any] = {"step": step, "ok": False, "error": None}
         try:
             c = await load(loc, step)
-            entry.update(files=len(c.files), size=c.size)
+            entry.update(files=len(c.files), size=c.size, shards=c.shards)
             await c.verify()
             entry["ok"] = True
         except StoreError as e:
@@ -507,7 +587,10 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         results.append(entry)
         if not args.json:
             if entry["ok"]:
-                print(f"step {step}: ok ({entry['files']} file(s), {fmt_size(entry['size'])})")
+                parts = f" in {entry['shards']} shards" if entry["shards"] > 1 else ""
+                print(
+                    f"step {step}: ok ({entry['files']} file(s){parts}, {fmt_size(entry['size'])})"
+                )
             else:
                 print(f"step {step}: FAILED: {entry['error']}")
     failed = [r["step"] for r in results if not r["ok"]]
@@ -544,7 +627,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"DEST {dest} exists and is not a directory")
     created = _first_missing(dest)
     try:
-        c, path = await _restore(loc, dest, args.step)
+        c, path = await _restore(loc, dest, args.step, args.shard)
     except BaseException:
         # Nothing was restored: leave no empty destination behind, but only remove
         # what this command created (a DEST that existed before stays as it was).
@@ -558,26 +641,41 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         "files": sorted(c.files),
         "size": c.size,
     }
+    what = "step" if c.part is None else f"part {c.part} of {c.shards} of step"
+    if c.part is not None:
+        doc["shard"] = c.part
     _emit(
         args,
         doc,
-        lambda: f"restored step {c.step} ({len(c.files)} file(s), {fmt_size(c.size)}) to {path}",
+        lambda: f"restored {what} {c.step} ({len(c.files)} file(s), {fmt_size(c.size)}) to {path}",
     )
     return 0
 
 
-async def _restore(loc: Location, dest: Path, step: int | None) -> tuple[Checkpoint, Path]:
-    """Download ``step`` (or the newest checkpoint that verifies) into ``dest``."""
+async def _restore(
+    loc: Location, dest: Path, step: int | None, shard: int | None
+) -> tuple[Checkpoint, Path]:
+    """Download ``step`` (or the newest checkpoint that verifies) into ``dest``: the
+    whole of it, or part ``shard`` (of a step whose every part verifies)."""
+
+    async def one(c: Checkpoint) -> tuple[Checkpoint, Path]:
+        if shard is None:
+            return c, await c.download(dest)
+        part = c.shard(shard)  # a clear error if it has no such part
+        if c.shards > 1:
+            await c.verify()  # every part, as a resuming shard would judge the step
+        return part, await part.download(dest)
+
     if step is not None:
         c = await _load(loc, step)
         try:
-            return c, await c.download(dest)
+            return await one(c)
         except CorruptCheckpointError as e:
             raise Failure(f"checkpoint {step} failed verification: {one_line(e)}") from None
-    found = await newest_verified(loc, lambda c: c.download(dest))
+    found = await newest_verified(loc, one)
     if found is None:
         raise Failure(f"no checkpoint in {loc.description} verifies; nothing restored")
-    return found
+    return found[1]
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
@@ -628,9 +726,15 @@ async def cmd_gc(args: argparse.Namespace) -> int:
         if args.dry_run:
             lines.append("orphaned payload folders are not looked at in a dry run")
         else:
+            parts = [o for o in orphans if o.startswith(PARTS)]
             lines.append(
-                f"collected {len(orphans)} orphaned payload folder(s) "
+                f"collected {len(orphans) - len(parts)} orphaned payload folder(s) "
                 f"older than {args.orphan_grace:g} s"
+                + (
+                    f", and the part records of {len(parts)} abandoned sharded step(s)"
+                    if parts
+                    else ""
+                )
             )
         return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Save and restore a few checkpoints on several stores, then exit: the exit code must be 0.
 
-Run many times by tests/test_exit_code.py under CPU load (DESIGN §5: obstore's asyncio
-API can abort the interpreter at exit; asynccp must not)::
+Run many times by tests/test_exit_code.py under CPU load (obstore's asyncio API can abort
+the interpreter at exit; asynccp, which calls its synchronous API, must not)::
 
     python exit_code_run.py asyncio|trio [S3_URL]
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ._validate import as_seconds, check_seconds, is_int, is_number
-from .errors import RecoverableError
+from .._checks import as_seconds, check_int, check_seconds, is_number
+from .._types import BackoffSpec, OnRetry, Recoverable
+from ..errors import NotAwaitableError, RecoverableError
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10 only
     from exceptiongroup import BaseExceptionGroup
@@ -29,7 +30,6 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "Backoff",
     "BackoffSpec",
-    "NotAwaitableError",
     "OnRetry",
     "Recoverable",
     "RetryEvent",
@@ -59,13 +59,14 @@ class Backoff:
         for name in ("initial", "max", "jitter"):
             object.__setattr__(self, name, check_seconds(name, getattr(self, name), finite=True))
         base = self.exp_base
-        if not is_number(base) or not math.isfinite(base) or base < 1:
+        if not is_number(base):
+            raise TypeError(f"exp_base must be a number >= 1, got {type(base).__name__} {base!r}")
+        if not math.isfinite(base) or base < 1:
             raise ValueError(f"exp_base must be a number >= 1, got {base!r}")
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
-        if not is_int(retry) or retry < 1:
-            raise ValueError(f"retry must be an int >= 1, got {retry!r}")
+        check_int("retry", retry, minimum=1)
         jitter = random.uniform(0, self.jitter) if self.jitter else 0.0
         try:
             return min(self.max, self.initial * self.exp_base ** (retry - 1) + jitter)
@@ -104,14 +105,6 @@ class RetryEvent:
     def preempted(self) -> bool:
         """Whether a signal (not an error) ended the attempt."""
         return self.signal is not None
-
-
-#: What ``supervise(backoff=...)`` accepts.
-BackoffSpec = float | timedelta | Backoff | Callable[[int], float | timedelta]
-#: What ``supervise(recoverable=...)`` accepts.
-Recoverable = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
-#: What ``supervise(on_retry=...)`` accepts.
-OnRetry = Callable[[RetryEvent], Any] | Iterable[Callable[[RetryEvent], Any]] | None
 
 
 # -- how long to wait -------------------------------------------------------------------
@@ -156,10 +149,6 @@ def retry_after(exc: BaseException) -> float | None:
 # -- what to retry ----------------------------------------------------------------------
 
 
-class NotAwaitableError(TypeError):
-    """fn(cp) returned something that cannot be awaited: a usage error, never retried."""
-
-
 def classifier(recoverable: object) -> Callable[[BaseException], bool]:
     """Turn a ``recoverable`` option into a test; reject anything else before the job runs.
 
@@ -189,8 +178,8 @@ def classifier(recoverable: object) -> Callable[[BaseException], bool]:
     def is_recoverable(exc: BaseException) -> bool:
         if isinstance(exc, BaseExceptionGroup):
             return all(is_recoverable(e) for e in exc.exceptions)
-        if isinstance(exc, NotAwaitableError):
-            return False
+        if not isinstance(exc, Exception) or isinstance(exc, NotAwaitableError):
+            return False  # cancellation, KeyboardInterrupt, SystemExit; a usage error
         if isinstance(exc, (RecoverableError, *types)):
             return True
         return predicate is not None and bool(predicate(exc))

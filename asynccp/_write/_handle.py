@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import SupersededError
+from ..errors import SupersededError
 
 if TYPE_CHECKING:
-    from ._restore import Checkpoint
+    from .._checkpoint import Checkpoint
 
-__all__ = ["SaveHandle"]
+__all__ = ["SaveHandle", "fail", "resolve"]
 
 
 class SaveHandle:
@@ -60,10 +60,14 @@ class SaveHandle:
     def __await__(self) -> Generator[Any, None, Checkpoint]:
         return self.wait().__await__()
 
-    def _resolve(self, result: Checkpoint) -> None:
-        self._result = result
-        self._event.set()
 
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._event.set()
+def resolve(handle: SaveHandle, result: Checkpoint) -> None:
+    """The checkpoint committed: ``await handle`` returns ``result``."""
+    handle._result = result
+    handle._event.set()
+
+
+def fail(handle: SaveHandle, error: BaseException) -> None:
+    """The checkpoint did not commit: ``await handle`` raises ``error``."""
+    handle._error = error
+    handle._event.set()

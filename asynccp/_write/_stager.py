@@ -1,10 +1,12 @@
 """Turn what the caller passes to ``save()`` into staged files asynccp owns.
 
-A snapshot is taken before ``save()`` returns, so the caller may reuse its buffers and
-files at once: immutable ``bytes`` are kept as they are (zero-copy), mutable buffers are
-copied once, files are copied into a private staging folder. Large copies run in a
-worker thread so the event loop keeps running. Names are validated here, once, for
-every path into a checkpoint.
+Two steps, so that room in the queue is reserved before anything is copied: ``plan``
+validates the payload (its names by :mod:`asynccp._names`) and sizes it, ``snapshot``
+takes ownership. The snapshot is taken before ``save()`` returns, so the caller may reuse
+its buffers and files at once: immutable ``bytes`` are kept as they are (zero-copy),
+mutable buffers are copied once, files are copied into a private staging folder
+(:mod:`asynccp._write._staging`). Large copies run in a worker thread so the event loop
+keeps running.
 """
 
 from __future__ import annotations
@@ -16,27 +18,21 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import anyio.to_thread
 import crc32c
 
-from . import _memory
+from .. import _memory
+from .._memory import Gather
+from .._names import check_names, validate_name
+from .._state import STATE_NAME, State, plan_state
+from .._types import Payload
 from ._staging import StagingFolder
-from .errors import InvalidNameError
 
-__all__ = [
-    "DEFAULT_NAME",
-    "Gather",
-    "Part",
-    "Payload",
-    "StagedFile",
-    "Stager",
-    "check_names",
-    "validate_name",
-]
+__all__ = ["DEFAULT_NAME", "Part", "StagedFile", "Stager"]
 
 #: The name a single-buffer payload gets inside its checkpoint.
 DEFAULT_NAME = "data"
@@ -47,11 +43,6 @@ _OFFLOAD_BYTES = 4 << 20
 _COPY_CHUNK = 8 << 20
 #: A pooled buffer is reused for a smaller file when it wastes at most this much.
 _POOL_SLACK = 8 << 20
-_MAX_NAME = 1024
-#: The longest file name (one path segment) local file systems take, in bytes.
-_MAX_SEGMENT_BYTES = 255
-
-Payload = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Mapping[str, Any], Any]
 
 
 @dataclass
@@ -72,74 +63,9 @@ class StagedFile:
     owner: Any = None  # other memory ``data`` views (pinned host memory), dropped on discard
 
 
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a safe relative object name, else raise InvalidNameError.
-
-    The rule (the same on save and when a manifest is read): a ``str`` of at most
-    1024 characters that is valid Unicode (it encodes as UTF-8: no lone surrogate, which
-    no store key and no file name can hold); ``/``-separated segments, none of them
-    empty, ``.`` or ``..``, none longer than 255 bytes in UTF-8 (the longest file name a
-    local file system takes, so every checkpoint can be restored to a local folder); no
-    leading ``/``, no backslash, no control character.
-
-    Anything else is allowed and round-trips on every store (local, memory, S3 and the
-    other remote stores), ``#`` and ``:`` included. obstore's local store refuses two
-    kinds of such names — a last segment whose first ``#`` is followed by digits only
-    (``shard#1``, ``#7``: the names of its own temporary files), and a last segment
-    ending in an ASCII letter and ``:`` or ``|`` (``weights:``, taken for a drive
-    letter) — but asynccp reads, lists and deletes local directories itself.
-    """
-    if not isinstance(name, str):
-        raise InvalidNameError(f"a file name must be a str, got {type(name).__name__}")
-    if not name:
-        raise InvalidNameError("a file name must not be empty")
-    if len(name) > _MAX_NAME:
-        raise InvalidNameError(f"file name is longer than {_MAX_NAME} characters: {name[:40]!r}…")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidNameError(
-            f"file name {name!r} is not valid UTF-8 (it holds a lone surrogate, as a file "
-            "name that is not UTF-8 on disk decodes to); rename it"
-        ) from None
-    if name.startswith("/"):
-        raise InvalidNameError(f"file name {name!r} is absolute; use a relative name like 'a/b'")
-    if "\\" in name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
-        raise InvalidNameError(f"file name {name!r} contains a backslash or control character")
-    for segment in name.split("/"):
-        if segment == "":
-            raise InvalidNameError(
-                f"file name {name!r} has an empty segment ('//' or a '/' at an end)"
-            )
-        if segment in (".", ".."):
-            raise InvalidNameError(
-                f"file name {name!r} has a {segment!r} segment; names may not escape"
-            )
-        if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
-            raise InvalidNameError(
-                f"file name {name[:60]!r}… has a segment longer than {_MAX_SEGMENT_BYTES} "
-                f"bytes in UTF-8 ({segment[:40]!r}…): no local file system can hold it"
-            )
-    return name
-
-
-def check_names(names: list[str]) -> None:
-    """Reject duplicate names and a name that is also another name's folder."""
-    seen = set(names)
-    if len(seen) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidNameError(f"duplicate file names in one checkpoint: {dup}")
-    for name in names:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            folder = "/".join(parts[:i])
-            if folder in seen:
-                raise InvalidNameError(f"{folder!r} is both a file and the folder of {name!r}")
-
-
 class Stager:
     """Owns what ``save()`` staged: a private folder for file copies (locked while it is
-    in use, see :mod:`asynccp._staging`), and the memory holding copies of mutable
+    in use, see :mod:`asynccp._write._staging`), and the memory holding copies of mutable
     buffers and training state.
 
     The memory strategy (measurements in :mod:`asynccp._memory`): fresh buffers are
@@ -153,13 +79,23 @@ class Stager:
     that does not fit when it comes back is unmapped.
     """
 
-    def __init__(self, staging: StagingFolder, pool_room: Callable[[], int]) -> None:
-        self.folder = staging.path
-        self._staging = staging
+    def __init__(self, pool_room: Callable[[], int]) -> None:
+        self._staging: StagingFolder | None = None
         self._pool_room = pool_room
         self._free: list[mmap.mmap] = []
         self._free_bytes = 0
         self._lock = threading.Lock()  # buffers come back from worker threads
+
+    def open(self, staging: StagingFolder) -> None:
+        """Start staging file copies into ``staging`` (the open checkpointer's folder)."""
+        self._staging = staging
+
+    @property
+    def folder(self) -> Path:
+        """The staging folder file copies go to."""
+        if self._staging is None:
+            raise RuntimeError("the stager has no staging folder yet (not open)")
+        return self._staging.path
 
     async def plan(self, payload: Payload) -> list[Part]:
         """Validate ``payload`` and size it, copying nothing (so room can be reserved first).
@@ -167,16 +103,14 @@ class Stager:
         Raises TypeError, ValueError, InvalidNameError or FileNotFoundError for what
         cannot be saved.
         """
-        from ._state import STATE_NAME, State, plan_state
-
         if isinstance(payload, State):
-            parts = plan_state(payload, STATE_NAME)
+            parts = _state_parts(payload, STATE_NAME)
         elif isinstance(payload, Mapping):
             parts = []
             for key, value in payload.items():
                 name = validate_name(key)
                 if isinstance(value, State):
-                    parts += plan_state(value, name)
+                    parts += _state_parts(value, name)
                     continue
                 if isinstance(value, Mapping):
                     raise TypeError(
@@ -341,7 +275,9 @@ class Stager:
 
     def close(self) -> None:
         """Remove the staging folder, release its lock, drop the pool (worker thread)."""
-        self._staging.close()
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
         with self._lock:
             free, self._free = self._free, []
             self._free_bytes = 0
@@ -350,57 +286,11 @@ class Stager:
                 buffer.close()
 
 
-@dataclass(eq=False)
-class Gather:
-    """One file assembled at snapshot time: ``head``, then each source at its offset.
-
-    A source is ``(offset, buffer)`` — any C-contiguous buffer, exported while it is
-    copied — or ``(offset, address, length)``: raw memory kept valid by an object in
-    ``keep``, the address an ``int`` or a function that returns it when the copy
-    starts (a tensor's storage, checked then: it may have been resized meanwhile).
-    ``allocate``, when set, makes the file in memory of the gather's choosing (pinned
-    host memory, for GPU tensors): it returns ``(owner, writable buffer)``, and
-    ``device`` then copies what lives on a device into that buffer.
-    """
-
-    size: int
-    head: bytes = b""
-    sources: list[tuple[int, Any] | tuple[int, Any, int]] = field(default_factory=list)
-    keep: list[Any] = field(default_factory=list)
-    allocate: Callable[[int], tuple[Any, Any]] | None = None
-    device: Callable[[Any], None] | None = None
-
-    def fill(self, out: Any, *, threads: int) -> None:
-        """Write the file into the writable buffer ``out`` (at least ``size`` bytes)."""
-        with contextlib.ExitStack() as stack:
-            dst, room = stack.enter_context(_memory.address(out, writable=True))
-            if room < self.size:
-                raise ValueError(f"a staging buffer of {room} bytes for {self.size}")
-            spans: list[tuple[int, int, int]] = []
-            if self.head:
-                addr, n = stack.enter_context(_memory.address(self.head))
-                spans.append((0, addr, n))
-            for source in self.sources:
-                if len(source) == 3:
-                    off, where, n = source
-                    spans.append((off, where if isinstance(where, int) else where(), n))
-                else:
-                    off, buf = source
-                    addr, n = stack.enter_context(_memory.address(buf))
-                    spans.append((off, addr, n))
-            end = max((off + n for off, _, n in spans), default=0)
-            if end > self.size:
-                raise ValueError(f"sources end at byte {end}, past the file's {self.size}")
-            _memory.copy_spans(dst, spans, threads)
-
-    def fill_own(self) -> tuple[Any, memoryview]:
-        """The file in memory from ``allocate``, device sources copied too (worker thread)."""
-        assert self.allocate is not None
-        owner, out = self.allocate(self.size)
-        self.fill(out, threads=1)
-        if self.device is not None:
-            self.device(out)
-        return owner, memoryview(out).cast("B")[: self.size]
+def _state_parts(state: State, name: str) -> list[Part]:
+    """The files of a training state (see :mod:`asynccp._state`) as parts."""
+    return [
+        Part(n, v.size if isinstance(v, Gather) else len(v), v) for n, v in plan_state(state, name)
+    ]
 
 
 def _buffer_size(part: Part) -> int | None:
@@ -457,10 +347,10 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
     return [Part(name or DEFAULT_NAME, flat.nbytes, flat)]
 
 
-async def _maybe_offload(fn: Any, size: int) -> bytes:
+async def _maybe_offload(fn: Callable[[], bytes], size: int) -> bytes:
     if size >= _OFFLOAD_BYTES:
         return await anyio.to_thread.run_sync(fn)
-    return fn()  # type: ignore[no-any-return]
+    return fn()
 
 
 def _plan_path(src: Path, name: str | None) -> list[Part]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 
-__all__ = ["Policy", "StagingQueue"]
+from .._types import Policy
 
-Policy = Literal["block", "latest"]
+__all__ = ["StagingQueue"]
 
 
 class _Sized(Protocol):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -30,24 +31,34 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 import anyio
 from obstore.store import MemoryStore
 
-from ._checkpointer import Checkpointer, add_note
+from .._checkpointer import OPTION_NAMES, Checkpointer, check_options, continue_from, flush_within
+from .._checks import check_bool, check_int, check_seconds
+from .._groups import add_note
+from .._types import BackoffSpec, LocationLike, OnRetry, Recoverable
+from .._write import FlushResult
+from ..errors import (
+    PREEMPTED_EXIT_CODE,
+    CheckpointClosedError,
+    NotAwaitableError,
+    Preempted,
+    RetriesExhausted,
+)
 from ._retry_policy import (
     DEFAULT_BACKOFF,
-    BackoffSpec,
-    NotAwaitableError,
-    OnRetry,
-    Recoverable,
     RetryEvent,
     backoff_function,
     callbacks,
     classifier,
     retry_after,
 )
-from ._signals import DEFAULT_GRACE, PREEMPTED_EXIT_CODE, SignalWatcher
-from ._validate import check_seconds, is_int
-from .errors import CheckpointClosedError, CheckpointError, RetriesExhausted
+from ._signals import DEFAULT_GRACE, SignalWatcher
 
-__all__ = ["Preempted", "checkpointed", "current", "supervise"]
+__all__ = ["checkpointed", "current", "supervise"]
+
+#: The keyword arguments of :func:`supervise` itself (for "did you mean ...?").
+_OWN_NAMES = frozenset(
+    {"retries", "recoverable", "backoff", "on_retry", "handle_signals", "grace", "preemptions"}
+)
 
 log = logging.getLogger("asynccp")
 
@@ -76,15 +87,6 @@ def current() -> Checkpointer:
     return cp
 
 
-def _count(name: str, value: object) -> int:
-    """Check that argument ``name`` is an int >= 0 (a budget: retries, preemptions)."""
-    if not is_int(value):
-        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value}")
-    return value
-
-
 def _name(fn: Callable[..., Any]) -> str:
     """The job's name for messages and logs (through ``functools.partial`` wrappers)."""
     while isinstance(fn, functools.partial):
@@ -93,35 +95,6 @@ def _name(fn: Callable[..., Any]) -> str:
 
 
 # -- outcomes ---------------------------------------------------------------------------
-
-
-class Preempted(SystemExit):
-    """A signal stopped the job; its checkpoints were flushed (within ``grace``).
-
-    A ``SystemExit`` whose ``code`` is :data:`PREEMPTED_EXIT_CODE`: left uncaught, the
-    process exits with that code and no traceback, and the orchestrator restarts it.
-    ``errors`` lists what went wrong while flushing (empty when every staged
-    checkpoint committed); they are also logged.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        signal: signal.Signals,
-        attempt: int,
-        last_step: int | None,
-        errors: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.message = message
-        self.signal = signal
-        self.attempt = attempt
-        self.last_step = last_step
-        self.errors = errors
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass
@@ -140,11 +113,14 @@ class _Failed:
 
 @dataclass
 class _Stopped:
-    """A signal stopped the attempt: what the flush got wrong, and the step it reached."""
+    """A signal stopped the attempt; ``flushed`` says how its flush within grace went."""
 
     signal: signal.Signals
-    errors: tuple[str, ...] = ()
-    committed: int | None = None
+    flushed: FlushResult
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(f"{type(e).__name__}: {e}" for e in self.flushed.errors)
 
 
 # -- the supervisor ---------------------------------------------------------------------
@@ -155,8 +131,9 @@ class _Supervisor:
 
     def __init__(
         self,
-        location: Any,
+        location: LocationLike,
         *,
+        caller: str,
         retries: int,
         recoverable: object,
         backoff: object,
@@ -166,21 +143,22 @@ class _Supervisor:
         preemptions: int,
         checkpointer_options: dict[str, Any],
     ) -> None:
-        self.retries = _count("retries", retries)
-        self.preemptions = _count("preemptions", preemptions)
+        self.retries = check_int("retries", retries)
+        self.preemptions = check_int("preemptions", preemptions)
         self.is_recoverable = classifier(recoverable)
         self.backoff = backoff_function(backoff)
         self.callbacks = callbacks(on_retry)
-        if not isinstance(handle_signals, bool):
-            raise TypeError(f"handle_signals must be a bool, got {type(handle_signals).__name__}")
-        self.handle_signals = handle_signals
+        self.handle_signals = check_bool("handle_signals", handle_signals)
         self.grace = check_seconds("grace", grace, finite=True, positive=True)
         if "attempt" in checkpointer_options:
             raise TypeError("attempt= is set by the supervisor (0, 1, 2... per attempt)")
         # Every Checkpointer option is checked now, before anything runs (no I/O).
-        Checkpointer(location, **checkpointer_options)
-        plain = isinstance(location, (str, os.PathLike))
-        self.description = os.fspath(location) if plain else repr(location)
+        check_options(
+            location, checkpointer_options, caller=caller, known=OPTION_NAMES | _OWN_NAMES
+        )
+        self.description = (
+            os.fspath(location) if isinstance(location, (str, os.PathLike)) else repr(location)
+        )
         self.location = location
         self.options = dict(checkpointer_options)
         if isinstance(location, str) and location.lower().startswith("memory://"):
@@ -194,10 +172,10 @@ class _Supervisor:
         return Checkpointer(self.location, attempt=attempt, **self.options)
 
     async def run(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         signals = SignalWatcher(self.grace)
-        outcome: _Done[Any] | BaseException
+        outcome: _Done[T] | BaseException
         nested = _current.get() is not None  # the outer supervisor handles signals
         async with anyio.create_task_group() as tg:
             if self.handle_signals and not nested:
@@ -220,15 +198,20 @@ class _Supervisor:
 
     async def _attempts(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         signals: SignalWatcher,
-    ) -> Any:
+    ) -> T:
         name = _name(fn)
         attempt = failures = preempted = 0
+        writers: tuple[str, ...] = ()
         while True:
             cp = self.checkpointer(attempt)
+            # A sharded attempt resumes from the newest *complete* step, which may lie
+            # behind parts its predecessors recorded: those parts are its own.
+            continue_from(cp, writers)
+            writers = (*writers, cp.writer_id)
             outcome = await self._attempt(fn, args, kwargs, cp, signals)
             if isinstance(outcome, _Done):
                 if signals.pending is not None:
@@ -276,51 +259,61 @@ class _Supervisor:
             if signals.pending is not None:  # pre-empted between attempts
                 preempted += 1
                 if preempted > self.preemptions:
-                    raise self._preempted(name, attempt, _Stopped(signals.pending))
+                    raise self._preempted(name, attempt, _Stopped(signals.pending, FlushResult()))
                 log.warning("asynccp: %s pre-empted while waiting; restarting now", name)
                 signals.pending = None
             attempt += 1
 
     async def _attempt(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         cp: Checkpointer,
         signals: SignalWatcher,
-    ) -> _Done[Any] | _Failed | _Stopped:
-        notes: tuple[str, ...] = ()
+    ) -> _Done[T] | _Failed | _Stopped:
+        """Run one attempt in its own Checkpointer and flush it; say how it ended.
+
+        A signal cancels the body (and the flush after it, if it came then); the
+        attempt's checkpoints are then flushed within ``grace``, whatever the
+        checkpointer's ``flush_timeout``, and the exit keeps to that deadline.
+        """
         token = _current.set(cp)
+        outcome: _Done[T] | _Failed | _Stopped | None = None
         try:
-            with signals.interruptible(cp):
-                try:
-                    async with cp:
-                        try:
-                            value = await _call(fn, cp, args, kwargs)
-                        except Exception as exc:
-                            await _flush_noting(cp, exc)
-                            raise
-                        # Flush here, not only on exit: a signal can cut this flush
-                        # short, while the exit flush is shielded for flush_timeout.
-                        await cp.flush()
-                    return _Done(value)
-                except Exception as exc:
-                    return _Failed(exc)
-                except anyio.get_cancelled_exc_class() as exc:
-                    notes = tuple(getattr(exc, "__notes__", ()))
-                    raise
+            async with cp:
+                with signals.interruptible():
+                    failure: Exception | None = None
+                    try:
+                        value = await _call(fn, cp, args, kwargs)
+                    except Exception as exc:
+                        failure = exc
+                    # Flush here, not only on exit: the next attempt must see what this
+                    # one committed, and a failure's flush errors belong on it.
+                    flushed = await flush_within(cp, math.inf)
+                    if failure is not None:
+                        _note_flush(failure, flushed)
+                        outcome = _Failed(failure)
+                    else:
+                        error = flushed.error()
+                        outcome = _Done(value) if error is None else _Failed(error)
+                if outcome is None:  # only a signal cancels that scope
+                    assert signals.pending is not None
+                    flushed = await flush_within(cp, signals.grace)
+                    outcome = _Stopped(signals.pending, flushed)
+        except Exception as exc:  # the checkpointer could not open (or its exit failed)
+            return _Failed(exc)
         finally:
             _current.reset(token)
-        # Only a signal cancels the scope above, and the scope swallowed it.
-        assert signals.pending is not None
-        errors = _flush_errors(cp, notes, signals.failed_before, signals.grace)
-        return _Stopped(signals.pending, errors, cp.stats.last_committed_step)
+        assert outcome is not None
+        return outcome
 
     def _preempted(self, name: str, attempt: int, stopped: _Stopped) -> Preempted:
         errors = stopped.errors
+        committed = stopped.flushed.last_committed
         saved = (
-            f"its newest committed step is {stopped.committed}"
-            if stopped.committed is not None
+            f"its newest committed step is {committed}"
+            if committed is not None
             else "it committed no checkpoint"
         )
         outcome = (
@@ -338,14 +331,18 @@ class _Supervisor:
             message,
             signal=stopped.signal,
             attempt=attempt,
-            last_step=stopped.committed,
+            last_step=committed,
             errors=errors,
         )
 
 
 async def _call(
-    fn: Callable[..., Any], cp: Checkpointer, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+    fn: Callable[..., Awaitable[T]],
+    cp: Checkpointer,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    """``await fn(cp, *args, **kwargs)``; a sync ``fn`` is a :class:`NotAwaitableError`."""
     result = fn(cp, *args, **kwargs)
     if not inspect.isawaitable(result):
         name = _name(fn)
@@ -356,42 +353,12 @@ async def _call(
     return await result
 
 
-async def _flush_noting(cp: Checkpointer, exc: BaseException) -> None:
-    """Flush before the retry; flush failures become notes on the attempt's error."""
-    try:
-        await cp.flush()
-    except CheckpointError as err:
+def _note_flush(exc: BaseException, flushed: FlushResult) -> None:
+    """Flush failures become notes on the attempt's error (the caller reads them)."""
+    for err in flushed.errors:
         add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
         for note in getattr(err, "__notes__", ()):
             add_note(exc, f"asynccp: {note}")
-
-
-def _flush_errors(
-    cp: Checkpointer, notes: tuple[str, ...], failed_before: int, grace: float
-) -> tuple[str, ...]:
-    """What went wrong while a pre-empted attempt flushed, from the exit's notes.
-
-    Failures the attempt's own flush already raised (and so are not repeated by the
-    exit) are told by the counts instead.
-    """
-    prefix = "asynccp: while flushing checkpoints: "
-    errors = tuple(n.removeprefix(prefix) for n in notes if n.startswith(prefix))
-    if errors:
-        return errors
-    stats = cp.stats
-    derived = []
-    lost = stats.saves - stats.committed - stats.failed - stats.superseded
-    if lost > 0:
-        derived.append(
-            f"FlushTimeoutError: {lost} staged checkpoint(s) did not commit within the "
-            f"grace period ({grace:g} s)"
-        )
-    if stats.failed > failed_before:
-        derived.append(
-            f"UploadError: {stats.failed - failed_before} checkpoint(s) failed to upload "
-            "while flushing"
-        )
-    return tuple(derived)
 
 
 async def _latest_step(cp: Checkpointer) -> int | None:
@@ -435,7 +402,7 @@ def _log_retry(name: str, event: RetryEvent) -> None:
 
 async def supervise(
     fn: Callable[[Checkpointer], Awaitable[T]],
-    location: Any,
+    location: LocationLike,
     *,
     retries: int = 3,
     recoverable: Recoverable = (),
@@ -493,6 +460,7 @@ async def supervise(
         raise TypeError(f"fn must be an async function taking the Checkpointer, got {fn!r}")
     supervisor = _Supervisor(
         location,
+        caller="supervise()",
         retries=retries,
         recoverable=recoverable,
         backoff=backoff,
@@ -502,11 +470,11 @@ async def supervise(
         preemptions=preemptions,
         checkpointer_options=checkpointer_options,
     )
-    return await supervisor.run(fn, (), {})  # type: ignore[no-any-return]
+    return await supervisor.run(fn, (), {})
 
 
 def checkpointed(
-    location: Any,
+    location: LocationLike,
     *,
     retries: int = 3,
     recoverable: Recoverable = (),
@@ -530,6 +498,7 @@ def checkpointed(
     """
     supervisor = _Supervisor(
         location,
+        caller="checkpointed()",
         retries=retries,
         recoverable=recoverable,
         backoff=backoff,
@@ -548,7 +517,7 @@ def checkpointed(
 
         @functools.wraps(fn)
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await supervisor.run(fn, args, kwargs)  # type: ignore[no-any-return]
+            return await supervisor.run(fn, args, kwargs)
 
         return run
 

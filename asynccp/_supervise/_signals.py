@@ -2,9 +2,10 @@
 
 An orchestrator (Kubernetes, Slurm, a spot-instance reclaim) sends SIGTERM, waits a
 grace period, then sends SIGKILL. A :class:`SignalWatcher` turns the first signal into
-the cancellation of the supervised attempt and cuts that attempt's exit flush to
-``grace`` seconds, so its staged checkpoints commit before the SIGKILL; the supervisor
-then exits with :data:`PREEMPTED_EXIT_CODE`.
+the cancellation of the supervised attempt (the scope :meth:`~SignalWatcher.interruptible`
+opened) and records it in ``pending``; the supervisor then flushes the attempt's
+checkpoints within ``grace`` seconds, so they commit before the SIGKILL, and exits with
+:data:`~asynccp.PREEMPTED_EXIT_CODE`. The watcher never touches a checkpointer.
 
 Supervisors running at once in one process share a single signal receiver (an event
 loop has one handler per signal), and the handlers found at the start are put back when
@@ -25,23 +26,13 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
-if TYPE_CHECKING:
-    from ._checkpointer import Checkpointer
-
-__all__ = ["DEFAULT_GRACE", "PREEMPTED_EXIT_CODE", "SignalWatcher"]
+__all__ = ["DEFAULT_GRACE", "SignalWatcher"]
 
 log = logging.getLogger("asynccp")
-
-#: Exit code of a process stopped by SIGTERM/SIGINT after flushing its checkpoints.
-#: 75 is ``EX_TEMPFAIL`` in sysexits.h ("temporary failure, try again later"): distinct
-#: from 0/1/2, from the shell's 126/127, and from the 128+N of a process killed by a
-#: signal (143 for SIGTERM, 137 for SIGKILL, 130 for Ctrl-C, 134 for an abort).
-PREEMPTED_EXIT_CODE = 75
 
 #: Seconds a pre-empted attempt may spend flushing: well under Kubernetes' default
 #: ``terminationGracePeriodSeconds`` of 30, leaving time to exit before SIGKILL.
@@ -65,44 +56,35 @@ _exit_hook_registered = False
 class SignalWatcher:
     """Turns SIGTERM/SIGINT into the cancellation of whatever the supervisor is running.
 
-    One per supervised run. ``pending`` is the signal received and not yet
-    dealt with (the supervisor clears it when it restarts the attempt in process);
-    ``failed_before`` is the attempt's ``cp.stats.failed`` when it arrived, so that the
-    failures of the pre-emption flush can be told apart from earlier ones.
+    One per supervised run. ``pending`` is the signal received and not yet dealt with
+    (the supervisor clears it when it restarts the attempt in process).
     """
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.pending: signal.Signals | None = None
-        self.failed_before = 0  # cp.stats.failed when the signal arrived
         self._scope: anyio.CancelScope | None = None
-        self._cp: Checkpointer | None = None
         self._turn = anyio.Event()  # set when this one is to own the receiver
 
     @contextlib.contextmanager
-    def interruptible(self, cp: Checkpointer | None = None) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that a signal cancels; ``cp``'s exit flush is then cut to grace."""
+    def interruptible(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that a signal cancels (at once, if one is pending)."""
         with anyio.CancelScope() as scope:
-            self._scope, self._cp = scope, cp
+            self._scope = scope
             if self.pending is not None:
                 scope.cancel()
             try:
                 yield scope
             finally:
-                self._scope = self._cp = None
+                self._scope = None
 
     def receive(self, signum: signal.Signals) -> None:
-        """Take one signal: cancel what runs, and cut its exit flush to ``grace``."""
+        """Take one signal: cancel what runs (the supervisor then flushes within grace)."""
         name = signal.Signals(signum).name
         if self.pending is not None:
             log.warning("asynccp: %s received while already stopping; still flushing", name)
             return
         self.pending = signal.Signals(signum)
-        if self._cp is not None:
-            self.failed_before = self._cp.stats.failed
-            # The exit flush of a pre-empted attempt gets `grace`, not the full
-            # flush_timeout: the orchestrator's SIGKILL follows.
-            self._cp.flush_timeout = min(self._cp.flush_timeout, self.grace)
         log.warning(
             "asynccp: %s received: stopping, flushing staged checkpoints (at most %g s)",
             name,

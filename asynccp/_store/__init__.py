@@ -1,0 +1,31 @@
+"""Where bytes live: the :class:`Store` protocol (the seam), its implementations, and
+:func:`call`, the one way the library calls a store (worker thread, abandonable,
+failures as :class:`~asynccp.StoreError` naming the key and the location)."""
+
+from ._base import ObjectInfo, Source, Store
+from ._call import call, store_errors, wait_abandoned
+from ._local import LocalDir
+from ._object import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_IO_ATTEMPTS,
+    DEFAULT_PART_CONCURRENCY,
+    ObjectStore,
+)
+from ._resolve import CLIENT_KEYS, is_url, resolve
+
+__all__ = [
+    "CLIENT_KEYS",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_IO_ATTEMPTS",
+    "DEFAULT_PART_CONCURRENCY",
+    "LocalDir",
+    "ObjectInfo",
+    "ObjectStore",
+    "Source",
+    "Store",
+    "call",
+    "is_url",
+    "resolve",
+    "store_errors",
+    "wait_abandoned",
+]

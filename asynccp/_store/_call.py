@@ -1,0 +1,122 @@
+"""The one way to call a store: in a worker thread, abandonable, failures as StoreError.
+
+Every store call of the library goes through :func:`call`:
+
+- it runs in a worker thread (``anyio.to_thread.run_sync``), never on the event loop;
+- when the task awaiting it is cancelled (the exit flush ran out of time, a reader was
+  cancelled), it is abandoned at once rather than awaited — the thread finishes its
+  current request on its own — and that call alone stops retrying: the store's retry
+  loop waits through :func:`wait_abandoned`, which returns early for an abandoned call.
+  Nothing else is shared, so one checkpointer giving up never stops another reader's
+  calls (a :class:`~asynccp.Checkpoint` outlives its checkpointer);
+- failures become :class:`~asynccp.StoreError` naming the action, the key and the
+  location (:func:`store_errors`), except asynccp's own errors, "not found"
+  (``FileNotFoundError``, for the caller to interpret) and ``ObjectExists``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ..errors import CheckpointError, ObjectExists, StoreError
+from ._base import Store
+
+__all__ = ["call", "describe_keys", "store_errors", "wait_abandoned"]
+
+T = TypeVar("T")
+
+_thread = threading.local()
+
+
+def describe_keys(key: str | Sequence[str] | None) -> str:
+    """``key`` (or the first few of several) for a message."""
+    if key is None:
+        return ""
+    if isinstance(key, str):
+        return f" {key}"
+    keys = list(key)
+    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    return f" {shown}" if keys else ""
+
+
+@contextlib.contextmanager
+def store_errors(store: Store, key: str | Sequence[str] | None, action: str) -> Iterator[None]:
+    """Turn a store failure inside the block into :class:`StoreError`.
+
+    The message reads ``"<action> <key> in <location> failed: <cause>"``; ``__cause__``
+    is the original error. asynccp's own errors, ``ObjectExists`` and
+    ``FileNotFoundError`` pass unchanged — except a bucket that does not exist, which
+    S3 also reports as "not found" and which is a store failure.
+    """
+    try:
+        yield
+    except (CheckpointError, ObjectExists):
+        raise
+    except FileNotFoundError as e:
+        if "NoSuchBucket" not in str(e):
+            raise
+        raise StoreError(
+            f"{action}{describe_keys(key)} in {store.description} failed: the bucket does not exist"
+        ) from e
+    except Exception as e:
+        raise StoreError(f"{action}{describe_keys(key)} in {store.description} failed: {e}") from e
+
+
+def wait_abandoned(seconds: float) -> bool:
+    """Sleep ``seconds`` in a store's retry loop; True (at once) if the call running in
+    this thread was abandoned: then it must not retry."""
+    stop: threading.Event | None = getattr(_thread, "stop", None)
+    if stop is None:  # not called through call(): an ordinary sleep
+        time.sleep(seconds)
+        return False
+    return stop.wait(seconds)
+
+
+async def call(
+    store: Store,
+    fn: Callable[..., T],
+    *args: object,
+    key: str | Sequence[str] | None = None,
+    action: str = "a store call on",
+    limiter: anyio.CapacityLimiter | None = None,
+    abandon: bool = True,
+    map_errors: bool = True,
+) -> T:
+    """Run ``fn(*args)`` (a store method, or a function using ``store``) in a worker thread.
+
+    Args:
+        store: the store ``fn`` works on (named in error messages).
+        key: the key(s) it works on, for error messages.
+        action: what it does, for error messages ("reading", "writing"...).
+        limiter: the worker-thread limiter to use (default: anyio's).
+        abandon: abandon the thread when cancelled (the default). False waits for it:
+            for a function that must not outlive its caller (a download writing into a
+            folder the caller removes).
+        map_errors: turn failures into :class:`StoreError` (the default). False for a
+            function that does so itself, around its store calls only (a download,
+            whose own destination's errors are not the store's).
+    """
+    stop = threading.Event()
+
+    def run() -> T:
+        _thread.stop = stop
+        try:
+            if not map_errors:
+                return fn(*args)
+            with store_errors(store, key, action):
+                return fn(*args)
+        finally:
+            _thread.stop = None
+
+    try:
+        return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=abandon)
+    except anyio.get_cancelled_exc_class():
+        stop.set()
+        raise

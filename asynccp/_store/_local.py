@@ -1,0 +1,434 @@
+"""A local directory as a :class:`~asynccp._store.Store`, read and written by asynccp.
+
+Writes are durable: obstore's LocalStore never fsyncs, and a checkpoint that vanishes in
+a power cut is no checkpoint (``durable=True``, the default; ``durable=False`` skips the
+fsyncs only). A checkpoint costs two journal commits: its payload files are written to a
+temporary name and renamed into place with their writeback only started
+(``put(..., checked=True)``); :meth:`prepare_create` writes the record's bytes beside
+them and makes all of it and the folders durable in one journal commit; the commit is a
+hard link of the record into place (create-if-absent) and one fsync of its folder.
+Other objects (leases, attempt records) are written to a temporary name, fsynced and
+renamed.
+
+Reads, listings and deletes are plain file calls too: obstore's LocalStore refuses to
+read names such as ``shard#1`` (a ``#`` and digits end its own temporary files) or
+``weights:`` (taken for a drive letter), drops them from listings, and fails a whole
+listing on one file whose name is not UTF-8. Every name asynccp accepts round-trips
+here, and a listing skips (with a warning) what it cannot name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import secrets
+import shutil
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .._layout import TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
+from ..errors import ObjectExists
+from ._base import ObjectInfo, Source
+
+__all__ = ["LocalDir", "fsync_dir"]
+
+log = logging.getLogger("asynccp")
+_COPY_CHUNK = 8 << 20
+
+
+class LocalDir:
+    """The directory ``root`` as a store; ``durable`` fsyncs every write."""
+
+    def __init__(self, root: Path, *, durable: bool = True, description: str | None = None) -> None:
+        self.root = root
+        self.durable = durable
+        self.description = description or str(root)
+        #: Entries a listing skipped and warned about (each is warned about once).
+        self._skipped: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<LocalDir {self.root} durable={self.durable}>"
+
+    @property
+    def local_root(self) -> Path:
+        return self.root
+
+    # -- writes -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directory; durably, its top folders too (once: every later fsync
+        is then of a folder whose own entry is already on disk)."""
+        if not self.durable:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return
+        for top in TOP_FOLDERS:
+            (self.root / top).mkdir(parents=True, exist_ok=True)
+        fsync_dir(self.root)
+        fsync_dir(self.root.parent)
+
+    def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
+        self._write(key, source, move=move, checked=checked)
+
+    def create(self, key: str, data: bytes, *, prepared: Any = None) -> None:
+        if isinstance(prepared, Path):
+            self._link(prepared, key)
+            return
+        self._write(key, data, create=True)
+
+    def prepare_create(
+        self, folder: str, data: bytes | None, *, sync: Sequence[str]
+    ) -> Path | None:
+        """Get a commit ready: write ``data`` to a temporary file in ``folder``, and make
+        it, the objects ``sync`` (written by ``put(..., checked=True)``) and their
+        folders durable, in one journal commit (durable stores; otherwise None). With
+        ``data`` None only the ``sync`` objects and their folders are made durable.
+
+        :meth:`create` then links the file into place: the commit itself is one link
+        and one fsync of the folder, and the temporary name goes with the link; if the
+        commit does not happen, :meth:`discard_prepared` removes it. ``folder`` is the
+        checkpoint's own payload folder: a file left by a killed writer goes with that
+        folder (collected with it, or deleted with the checkpoint by retention).
+        """
+        if not self.durable:
+            return None
+        if data is None:
+            _sync_files([self.root / k for k in sync])
+            self.make_durable(sync)
+            return None
+        key = prepared_record_key(folder, secrets.token_hex(8))
+        tmp = self.root / key
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_file(tmp, data, sync=False)
+            _sync_files([self.root / k for k in sync] + [tmp])
+            self.make_durable([*sync, key])
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def discard_prepared(self, prepared: Any) -> None:
+        if isinstance(prepared, Path):
+            prepared.unlink(missing_ok=True)
+
+    def _link(self, prepared: Path, key: str) -> None:
+        """Create ``key`` as a hard link to the prepared file, make it durable, and
+        remove the prepared name."""
+        dest = self.root / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(prepared, dest)
+        except FileExistsError:
+            raise ObjectExists(key) from None
+        prepared.unlink()
+        fsync_dir(dest.parent)
+
+    def make_durable(self, keys: Sequence[str]) -> None:
+        """fsync the folders holding ``keys``, deepest first, up to (not including) the
+        root, whose own entries (``data/``, ``manifests/``) :meth:`open` made durable."""
+        if not self.durable:
+            return
+        folders: set[Path] = set()
+        for key in keys:
+            folder = (self.root / key).parent
+            while folder != self.root and folder not in folders:
+                folders.add(folder)
+                folder = folder.parent
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(folder)
+
+    def _write(
+        self,
+        key: str,
+        source: Source,
+        *,
+        create: bool = False,
+        move: bool = False,
+        checked: bool = False,
+    ) -> None:
+        """Write to a temporary name beside ``key``, then rename (or, to create only if
+        absent, hard-link) it into place."""
+        sync = self.durable
+        early = sync and checked and not create  # the final name first, durable later
+        dest = self.root / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp_name = f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        if len(os.fsencode(tmp_name)) > 255:  # a long name: its temporary one must fit too
+            tmp_name = f".{secrets.token_hex(8)}{TMP_SUFFIX}"
+        tmp = dest.with_name(tmp_name)
+        try:
+            if isinstance(source, Path):
+                if move and _try_rename(source, tmp):
+                    if sync and not early:
+                        _fsync_file(tmp)
+                else:
+                    _copy_file(source, tmp, sync=sync and not early)
+            else:
+                _write_file(tmp, source, sync=sync and not early, start_writeback=early)
+            if create:
+                try:
+                    os.link(tmp, dest)
+                except FileExistsError:
+                    raise ObjectExists(key) from None
+                finally:
+                    tmp.unlink()
+                if sync:
+                    fsync_dir(dest.parent)
+            else:
+                # A checked object is renamed before it is durable (prepare_create makes
+                # it so): one journal commit then covers its bytes, its name and its
+                # folder. A crash in between can leave a short file under the final
+                # name: harmless, nothing trusts it until a manifest names it.
+                os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # -- reads --------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        """The file's bytes, read straight into one ``bytes`` object (one copy, where
+        going through obstore costs two). A folder in the object's place is no object
+        (as on an object store, where a "folder" is only a prefix of other keys)."""
+        with _open_object(self.root / key) as f:
+            return f.read()
+
+    def get_buffer(self, key: str) -> bytes:
+        """The file's bytes (a local read is its one copy)."""
+        return self.get(key)
+
+    def map(self, key: str) -> mmap.mmap | bytearray:
+        """The file as a private, writable memory map: no copy is made, and a write to
+        the map changes only this process's copy of that page, never the file (an empty
+        file gives an empty ``bytearray``).
+
+        The map stays valid when the file is deleted (retention): its pages live as
+        long as the map. A file truncated in place while mapped would fault on access;
+        asynccp never truncates a committed object.
+        """
+        with _open_object(self.root / key) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return bytearray()
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+
+    def chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
+        return _file_chunks(self.root / key)
+
+    def list_objects(self, folder: str) -> list[ObjectInfo]:
+        """Every regular file under ``root/folder``, as obstore would list it.
+
+        Links are followed (a dangling one, or a loop, is skipped); sizes and
+        modification times are the target's. An entry whose name is not UTF-8 cannot
+        be a key: it is skipped, with a warning (once per entry), instead of failing the
+        whole listing. Entries that vanish during the walk (another process deleting)
+        are skipped; other errors, such as a folder that may not be read, propagate.
+        """
+        folder = folder.strip("/")
+        top = os.path.join(self.root, folder) if folder else os.fspath(self.root)
+        try:
+            st = os.stat(top)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        out: list[ObjectInfo] = []
+        # (path, its key prefix, the folders above it: a link back to one is a loop)
+        stack = [(top, f"{folder}/" if folder else "", frozenset({(st.st_dev, st.st_ino)}))]
+        while stack:
+            path, keys, above = stack.pop()
+            try:
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted since we saw it
+            for entry in entries:
+                key = keys + entry.name
+                if _undecodable(entry.name):
+                    self._skip(key, "its name is not UTF-8, so it cannot be a checkpoint object")
+                    continue
+                try:
+                    st = entry.stat()  # follows a link, as obstore's listing does
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # a dangling link, or deleted since the folder was read
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+                    continue  # a link that points to itself, through others
+                if stat.S_ISDIR(st.st_mode):
+                    here = (st.st_dev, st.st_ino)
+                    if here in above:
+                        self._skip(key, "it is a link to a folder above it (a loop)")
+                        continue
+                    stack.append((entry.path, key + "/", above | {here}))
+                elif stat.S_ISREG(st.st_mode):
+                    out.append(ObjectInfo(key, st.st_size, _utc(st.st_mtime_ns)))
+        return out
+
+    def _skip(self, key: str, why: str) -> None:
+        """Warn (once) that a listing skipped ``key``."""
+        if key not in self._skipped:
+            self._skipped.add(key)
+            shown = os.fsencode(key) if _undecodable(key) else key
+            log.warning("asynccp: %s: skipping %r: %s", self.description, shown, why)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete files, then the folders left empty (as an object store has none)."""
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(self.root / key)
+        _prune_empty_dirs(self.root, keys)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _utc(ns: int) -> datetime:
+    """A file time in nanoseconds as an aware UTC datetime (microseconds, as obstore's)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _undecodable(name: str) -> bool:
+    """Whether ``name`` came from bytes that are not UTF-8 (it holds escaped surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _open_object(path: Path) -> BinaryIO:
+    """Open a local object for reading: FileNotFoundError (chained to the cause) when
+    ``path`` is a folder, or below a file — no object, as a store would say."""
+    try:
+        return open(path, "rb")
+    except (IsADirectoryError, NotADirectoryError) as e:
+        raise FileNotFoundError(errno.ENOENT, f"no object: {e.strerror}", str(path)) from e
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    """A local file as a stream of chunks (the file is opened at the first read)."""
+    with _open_object(path) as f:
+        while chunk := f.read(_COPY_CHUNK):
+            yield chunk
+
+
+def _write_file(
+    path: Path, data: bytes | memoryview, *, sync: bool, start_writeback: bool = False
+) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+        elif start_writeback:
+            _writeback(fd, wait=False)
+    finally:
+        os.close(fd)
+
+
+# sync_file_range(2) (Linux): start writing a file's dirty pages, or wait until they are.
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+_sync_file_range: Any = None
+
+
+def _writeback(fd: int, *, wait: bool) -> bool:
+    """Write a file's data out (``wait``: and wait for it) without a journal commit.
+
+    Returns False where ``sync_file_range`` does not exist (the caller's fsync then
+    does everything). Data written out this way is carried by the next journal commit
+    of the file system, whichever file's fsync triggers it.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+                fn.restype = ctypes.c_int
+                _sync_file_range = fn
+    if not _sync_file_range:
+        return False
+    flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE
+    return bool(_sync_file_range(fd, 0, 0, flags) == 0)
+
+
+def _sync_files(paths: list[Path]) -> None:
+    """Make several files durable in (usually) one journal commit.
+
+    Each file's data is written out and waited for first (``sync_file_range``): the
+    block allocations and the data then all belong to the running journal transaction,
+    so the first ``fsync`` commits every file, and the ones after it find their
+    changes committed already. Without ``sync_file_range``, plain fsyncs.
+    """
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        for fd in fds:
+            _writeback(fd, wait=False)
+        for fd in fds:
+            _writeback(fd, wait=True)
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _copy_file(src: Path, dest: Path, *, sync: bool) -> None:
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
+        shutil.copyfileobj(fin, fout, _COPY_CHUNK)
+        fout.flush()
+        if sync:
+            os.fsync(fout.fileno())
+
+
+def _try_rename(src: Path, dest: Path) -> bool:
+    try:
+        os.rename(src, dest)
+        return True
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            return False
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries durable (POSIX; Windows has no directory fsync)."""
+    if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune_empty_dirs(root: Path, keys: Sequence[str]) -> None:
+    """Remove folders left empty by deletes, up to (not including) ``root``."""
+    folders = {(root / key).parent for key in keys}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent

@@ -1,0 +1,216 @@
+"""What the caller passes as a location -> a :class:`~asynccp._store.Store` (no I/O).
+
+A location is a plain path or ``file://`` URL (a :class:`LocalDir`), ``memory://`` (an
+in-process store), an ``s3://``, ``gs://``, ``az://`` or ``http(s)://`` URL (extra
+keyword options go to ``obstore.store.from_url``, and the usual environment variables
+apply), or an obstore store object with an optional ``prefix=``. An obstore
+``LocalStore`` object is a local directory too, written by asynccp itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from obstore.store import (
+    AzureStore,
+    GCSStore,
+    HTTPStore,
+    LocalStore,
+    MemoryStore,
+    S3Store,
+    from_url,
+)
+
+from .._checks import check_bool, check_int, unknown_keyword
+from ._base import Store
+from ._local import LocalDir
+from ._object import DEFAULT_CHUNK_SIZE, DEFAULT_IO_ATTEMPTS, DEFAULT_PART_CONCURRENCY, ObjectStore
+
+__all__ = ["CLIENT_KEYS", "STORE_TYPES", "is_url", "resolve"]
+
+STORE_TYPES = (S3Store, GCSStore, AzureStore, LocalStore, MemoryStore, HTTPStore)
+_REMOTE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
+#: The least multipart part size S3 accepts.
+_MIN_CHUNK_SIZE = 5 << 20
+
+#: obstore's HTTP client settings as of obstore 0.12, should its type stubs be missing.
+_KNOWN_CLIENT_KEYS = (
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "default_content_type",
+    "default_headers",
+    "http1_only",
+    "http2_keep_alive_interval",
+    "http2_keep_alive_timeout",
+    "http2_keep_alive_while_idle",
+    "http2_only",
+    "pool_idle_timeout",
+    "pool_max_idle_per_host",
+    "proxy_url",
+    "proxy_ca_certificate",
+    "proxy_excludes",
+    "root_certificate",
+    "randomize_addresses",
+    "read_timeout",
+    "timeout",
+    "user_agent",
+)
+
+
+@functools.cache
+def _client_keys() -> frozenset[str]:
+    """The keys of obstore's ``ClientConfig``, read from the type stubs obstore ships
+    (the type exists in no runtime module), so a newer obstore's keys are known too."""
+    import obstore
+
+    stub = Path(obstore.__file__).parent / "_store" / "_client.pyi"
+    found: set[str] = set()
+    try:
+        tree = ast.parse(stub.read_text())
+    except (OSError, SyntaxError, ValueError):
+        tree = None
+    for node in tree.body if tree is not None else ():
+        if isinstance(node, ast.ClassDef) and node.name == "ClientConfig":
+            found |= {
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            }
+    return frozenset(found) | frozenset(_KNOWN_CLIENT_KEYS)
+
+
+#: obstore's HTTP client settings: they belong in ``client_options={...}``; passed as
+#: plain keyword arguments, some of them make obstore panic instead of raising.
+CLIENT_KEYS = _client_keys()
+
+
+def is_url(location: object) -> bool:
+    """Whether ``location`` is a URL string (``scheme://...``), not a path or object."""
+    return isinstance(location, str) and "://" in location
+
+
+def resolve(
+    location: object,
+    *,
+    prefix: str | None = None,
+    durable: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+    io_attempts: int = DEFAULT_IO_ATTEMPTS,
+    caller: str = "resolve()",
+    known: Collection[str] = (),
+    **store_options: Any,
+) -> Store:
+    """Turn what the user passed as a location into a store (no I/O).
+
+    ``caller`` and ``known`` word the error for a keyword argument that is no store
+    option: ``known`` are the caller's own option names, the closest of which is
+    suggested (``kep=3`` -> did you mean ``keep``?).
+
+    Raises:
+        TypeError: a value of the wrong type, or an unknown keyword argument.
+        ValueError: a bad value (an unsupported scheme, an empty path...).
+    """
+    check_bool("durable", durable)
+    check_int("chunk_size", chunk_size, minimum=1)
+    check_int("part_concurrency", part_concurrency, minimum=1)
+    check_int("io_attempts", io_attempts, minimum=1)
+    if chunk_size < _MIN_CHUNK_SIZE:
+        raise ValueError(
+            f"chunk_size must be at least 5 MiB (the S3 minimum part size), got {chunk_size}"
+        )
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+
+    def remote(description: str, store: Any, store_prefix: str = "") -> ObjectStore:
+        return ObjectStore(
+            description,
+            store,
+            prefix=store_prefix,
+            chunk_size=chunk_size,
+            part_concurrency=part_concurrency,
+            io_attempts=io_attempts,
+        )
+
+    def no_options(hint: str) -> None:
+        if store_options:
+            raise unknown_keyword(caller, sorted(store_options)[0], known, hint=hint)
+
+    if isinstance(location, STORE_TYPES):
+        no_options("store options apply to URL locations; configure the store object itself")
+        if isinstance(location, LocalStore) and location.prefix:
+            root = Path(location.prefix) / (prefix or "")
+            return LocalDir(root, durable=durable, description=repr(location))
+        return remote(repr(location), location, _clean_prefix(prefix))
+    if prefix is not None:
+        raise TypeError("prefix= only applies when the location is an obstore store object")
+    if isinstance(location, os.PathLike):
+        location = os.fspath(location)
+    if not isinstance(location, str):
+        raise TypeError(
+            "location must be a path, a URL (file://, memory://, s3://, gs://, az://) "
+            f"or an obstore store object, got {type(location).__name__}"
+        )
+    if not location:
+        raise ValueError("location must not be empty")
+    if not is_url(location):
+        no_options("store options apply to URL locations only, not to local paths")
+        return _local(location, durable)
+    parsed = urlparse(location)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        no_options("store options apply to remote URLs only, not to file://")
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URLs must be absolute local paths, got {location!r}")
+        return _local(unquote(parsed.path), durable)
+    if scheme == "memory":
+        no_options("store options do not apply to memory://")
+        path = (parsed.netloc + parsed.path).strip("/")
+        return remote(location, MemoryStore(), _clean_prefix(path))
+    if scheme in _REMOTE_SCHEMES:
+        return remote(location, _from_url(location, store_options, caller, known))
+    raise ValueError(f"unsupported location scheme {scheme!r} in {location!r}")
+
+
+def _from_url(url: str, options: Mapping[str, Any], caller: str, known: Collection[str]) -> Any:
+    """``obstore.store.from_url`` with bad options reported as errors, not panics."""
+    misplaced = sorted(CLIENT_KEYS & options.keys())
+    if misplaced:
+        raise TypeError(
+            f"{misplaced} are HTTP client options: pass them as "
+            f"client_options={{{', '.join(repr(k) + ': ...' for k in misplaced)}}}"
+        )
+    try:
+        return from_url(url, **options)
+    except Exception as e:
+        if type(e).__name__ == "UnknownConfigurationKeyError":
+            message = str(e)
+            key = next((k for k in sorted(options) if repr(k) in message), sorted(options)[0])
+            scheme = url.split("://", 1)[0]
+            raise unknown_keyword(
+                caller, key, known, hint=f"it is no store option for {scheme}:// either"
+            ) from None
+        raise ValueError(f"cannot open {url!r}: {e}".splitlines()[0]) from e
+    except BaseException as e:  # pyo3's PanicException derives from BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(f"cannot open {url!r} with options {sorted(options)}: {e}") from None
+
+
+def _local(path: str, durable: bool) -> LocalDir:
+    root = Path(os.path.abspath(os.path.expanduser(path)))
+    return LocalDir(root, durable=durable)
+
+
+def _clean_prefix(prefix: str | None) -> str:
+    prefix = (prefix or "").strip("/")
+    if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
+        raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' segment")
+    return f"{prefix}/" if prefix else ""
