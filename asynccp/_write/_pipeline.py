@@ -413,6 +413,7 @@ class Pipeline:
                     attempt=self._attempt,
                     limiter=self._limiter,
                     turn=None if previous is None else previous.wait,
+                    turn_taken=None if previous is None else previous.is_set,
                     bad=self._order.bad,
                     record=self._record(),
                 )
