@@ -387,8 +387,15 @@ async def s3_reads(endpoint: str, sizes: list[int], rounds: int) -> list[dict[st
     return out
 
 
-async def small_durable(root: Path, rounds: int, saves_list: list[int]) -> list[dict[str, Any]]:
-    """1 MiB durable checkpoints vs raw durable puts (``asynccp bench``'s baseline)."""
+async def small_durable(
+    root: Path, rounds: int, cases: list[tuple[int, bool]]
+) -> list[dict[str, Any]]:
+    """1 MiB durable checkpoints vs raw durable puts (``asynccp bench``'s baseline).
+
+    Each case is ``(saves per round, spaced)``: back to back (a burst, as ``asynccp
+    bench`` saves), or spaced — each save waits for the previous checkpoint to commit,
+    as a loop that saves now and then does.
+    """
     import anyio.to_thread
     import obstore
     from obstore.store import LocalStore
@@ -404,15 +411,19 @@ async def small_durable(root: Path, rounds: int, saves_list: list[int]) -> list[
 
     body = os.urandom(MiB)
     out = []
-    for saves in saves_list:
+    for saves, spaced in cases:
         mine, raw = [], []
         for r in range(rounds):
             for who in ("asynccp", "raw") if r % 2 == 0 else ("raw", "asynccp"):
-                where = root / f"small-{who}-{saves}-{r}"
+                where = root / f"small-{who}-{saves}-{spaced}-{r}"
                 if who == "asynccp":
                     async with asynccp.Checkpointer(where, max_pending=4) as cp:
                         t0 = time.perf_counter()
-                        handles = [await cp.save(i, body) for i in range(saves)]
+                        handles = []
+                        for i in range(saves):
+                            handles.append(await cp.save(i, body))
+                            if spaced:
+                                await handles[-1]
                         for h in handles:
                             await h
                         mine.append(time.perf_counter() - t0)
@@ -435,6 +446,7 @@ async def small_durable(root: Path, rounds: int, saves_list: list[int]) -> list[
         out.append(
             {
                 "saves_per_round": saves,
+                "spaced": spaced,
                 "asynccp_ms_per_checkpoint": med(mine) * 1000 / saves,
                 "raw_ms_per_put": med(raw) * 1000 / saves,
                 "throughput_ratio": med([b / a for a, b in zip(mine, raw, strict=True)]),
@@ -447,64 +459,68 @@ async def small_durable(root: Path, rounds: int, saves_list: list[int]) -> list[
 
 
 def print_tables(doc: dict[str, Any]) -> None:
-    print("\n### State dicts: caller stall, time until committed, restore (medians, ms)\n")
-    print(
-        "| store | state | writer | stall cold | stall warm | committed cold | committed warm "
-        "| restore | restore + copy_ into live tensors | one memory copy |"
-    )
-    print("|---" * 10 + "|")
-    for c in doc["state"]:
-        writers = LOCAL_WRITERS if c["store"] == "local" else ("asynccp", "raw_s3")
-        for w in writers:
-            s = c[w]
-            label = {
-                "raw_s3": "raw obstore put / get",
-                "asynccp_prepared": f"asynccp, cp.prepare() at open ({c['prepare_ms']:.0f} ms)"
-                if c["store"] == "local"
-                else w,
-            }.get(w, w)
-            print(
-                f"| {c['store']} | {c['bytes'] / MiB:.0f} MiB, 34 tensors | {label} "
-                f"| {s['stall_cold_ms']:.1f} | {s['stall_warm_ms']:.1f} "
-                f"| {s['commit_cold_ms']:.0f} | {s['commit_warm_ms']:.0f} "
-                f"| {s['restore_ms']:.1f} | {s['restore_copy_ms']:.1f} "
-                f"| {s['memory_copy_ms']:.1f} |"
-            )
-    print("\n### Ratios (median of per-round ratios)\n")
-    print("| store | state | measure | asynccp / baseline | target |")
-    print("|---|---|---|---|---|")
-    for c in doc["state"]:
-        mib = f"{c['bytes'] / MiB:.0f} MiB"
-        if c["store"] == "local":
-            rows = [
-                ("stall cold / DCP", c["stall_ratio_cold"], "≤ 0.5"),
-                ("stall cold, prepared / DCP", c["stall_ratio_cold_prepared"], "≤ 0.5"),
-                ("stall warm / DCP", c["stall_ratio_warm"], "≤ 0.5"),
-                ("committed cold / DCP", c["commit_ratio_cold"], "≤ 1"),
-                ("committed warm / DCP", c["commit_ratio_warm"], "≤ 1"),
-            ]
-        else:
-            rows = [
-                ("committed warm / raw put", c["commit_vs_raw_put_warm"], ""),
-                ("read_state / raw get (time)", c["restore_vs_raw_get"], ""),
-            ]
-        for name, value, target in rows:
-            print(f"| {c['store']} | {mib} | {name} | {value:.2f} | {target} |")
-    if doc.get("s3_read"):
-        print("\n### S3: asynccp reads vs a raw get of the same object (target ≥ 90 %)\n")
-        print("| read | object | asynccp | raw get | throughput ratio |")
+    if doc["state"]:
+        print("\n### State dicts: caller stall, time until committed, restore (medians, ms)\n")
+        print(
+            "| store | state | writer | stall cold | stall warm | committed cold | committed warm "
+            "| restore | restore + copy_ into live tensors | one memory copy |"
+        )
+        print("|---" * 10 + "|")
+        for c in doc["state"]:
+            writers = LOCAL_WRITERS if c["store"] == "local" else ("asynccp", "raw_s3")
+            for w in writers:
+                s = c[w]
+                label = {
+                    "raw_s3": "raw obstore put / get",
+                    "asynccp_prepared": f"asynccp, cp.prepare() at open ({c['prepare_ms']:.0f} ms)"
+                    if c["store"] == "local"
+                    else w,
+                }.get(w, w)
+                print(
+                    f"| {c['store']} | {c['bytes'] / MiB:.0f} MiB, 34 tensors | {label} "
+                    f"| {s['stall_cold_ms']:.1f} | {s['stall_warm_ms']:.1f} "
+                    f"| {s['commit_cold_ms']:.0f} | {s['commit_warm_ms']:.0f} "
+                    f"| {s['restore_ms']:.1f} | {s['restore_copy_ms']:.1f} "
+                    f"| {s['memory_copy_ms']:.1f} |"
+                )
+        print("\n### Ratios (median of per-round ratios)\n")
+        print("| store | state | measure | asynccp / baseline | target |")
         print("|---|---|---|---|---|")
-        for r in doc["s3_read"]:
-            print(
-                f"| {r['what']} | {r['size'] // MiB} MiB | {r['read_ms']:.0f} ms "
-                f"| {r['raw_get_ms']:.0f} ms | {r['throughput_ratio'] * 100:.1f} % |"
-            )
+        for c in doc["state"]:
+            mib = f"{c['bytes'] / MiB:.0f} MiB"
+            if c["store"] == "local":
+                rows = [
+                    ("stall cold / DCP", c["stall_ratio_cold"], "≤ 0.5"),
+                    ("stall cold, prepared / DCP", c["stall_ratio_cold_prepared"], "≤ 0.5"),
+                    ("stall warm / DCP", c["stall_ratio_warm"], "≤ 0.5"),
+                    ("committed cold / DCP", c["commit_ratio_cold"], "≤ 1"),
+                    ("committed warm / DCP", c["commit_ratio_warm"], "≤ 1"),
+                ]
+            else:
+                rows = [
+                    ("committed warm / raw put", c["commit_vs_raw_put_warm"], ""),
+                    ("read_state / raw get (time)", c["restore_vs_raw_get"], ""),
+                ]
+            for name, value, target in rows:
+                print(f"| {c['store']} | {mib} | {name} | {value:.2f} | {target} |")
+        if doc.get("s3_read"):
+            print("\n### S3: asynccp reads vs a raw get of the same object (target ≥ 90 %)\n")
+            print("| read | object | asynccp | raw get | throughput ratio |")
+            print("|---|---|---|---|---|")
+            for r in doc["s3_read"]:
+                print(
+                    f"| {r['what']} | {r['size'] // MiB} MiB | {r['read_ms']:.0f} ms "
+                    f"| {r['raw_get_ms']:.0f} ms | {r['throughput_ratio'] * 100:.1f} % |"
+                )
+    if not doc["small_durable"]:
+        return
     print("\n### 1 MiB durable checkpoints vs raw durable puts (target ≥ 90 %)\n")
     print("| saves per round | asynccp per checkpoint | raw put per object | ratio |")
     print("|---|---|---|---|")
     for r in doc["small_durable"]:
+        how = "each awaited (spaced)" if r["spaced"] else "back to back"
         print(
-            f"| {r['saves_per_round']} | {r['asynccp_ms_per_checkpoint']:.2f} ms "
+            f"| {r['saves_per_round']}, {how} | {r['asynccp_ms_per_checkpoint']:.2f} ms "
             f"| {r['raw_ms_per_put']:.2f} ms | {r['throughput_ratio'] * 100:.1f} % |"
         )
 
@@ -518,6 +534,11 @@ def main() -> None:
     p.add_argument("--small-rounds", type=int, default=9, help="rounds of 1 MiB saves")
     p.add_argument("--dir", help="parent directory to write under (default: a temp dir)")
     p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument(
+        "--only",
+        choices=["state", "small"],
+        help="only the state dicts (local, and S3 with --s3), or only the 1 MiB checkpoints",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -533,9 +554,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="asynccp-state-bench-", dir=args.dir))
     started = time.perf_counter()
     doc: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count()}
+    doc["state"] = []
     try:
-        doc["state"] = local_state(args, root)
-        if args.s3:
+        if args.only != "small":
+            doc["state"] = local_state(args, root)
+        if args.s3 and args.only != "small":
             sys.path.insert(0, str(HERE.parent / "tests"))
             from _moto import MotoServer
 
@@ -544,7 +567,11 @@ def main() -> None:
                 doc["s3_read"] = asyncio.run(
                     s3_reads(server.url, [16 * MiB, 128 * MiB], 4 * args.rounds + 1)
                 )
-        doc["small_durable"] = asyncio.run(small_durable(root, args.small_rounds, [4, 20]))
+        doc["small_durable"] = []
+        if args.only != "state":
+            doc["small_durable"] = asyncio.run(
+                small_durable(root, args.small_rounds, [(4, False), (20, False), (20, True)])
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     doc["seconds"] = round(time.perf_counter() - started, 1)
