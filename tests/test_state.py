@@ -500,3 +500,23 @@ async def test_prepare_gets_staging_memory_ready_within_the_budget(tmp_path: Pat
     async with Checkpointer(tmp_path / "loc2", max_pending_bytes=4 << 20) as cp:
         assert await cp.prepare(State(state)) == 0  # no room in the budget
         assert cp._pipeline._stager._free_bytes == 0
+
+
+async def test_each_shard_saves_and_reads_its_own_state(tmp_path: Path) -> None:
+    """Sharded writers save a State per process; each part reads back as it was saved."""
+    loc = tmp_path / "loc"
+    async with (
+        Checkpointer(loc, shard=0, shards=2, generation="g1") as first,
+        Checkpointer(loc, shard=1, shards=2, generation="g1") as second,
+    ):
+        a = await first.save(0, State({"w": np.arange(4.0), "rank": 0}))
+        b = await second.save(0, State({"w": np.arange(4.0) + 10, "rank": 1}))
+        await a
+        await b
+    async with Checkpointer(loc) as cp:
+        ckpt = await cp.latest()
+        assert ckpt is not None and ckpt.shards == 2
+        for rank in range(2):
+            state = await ckpt.shard(rank).read_state()
+            assert state["rank"] == rank
+            np.testing.assert_array_equal(state["w"], np.arange(4.0) + 10 * rank)
