@@ -204,7 +204,8 @@ async def latest(store: Store, *, skip: Collection[Bad] = ()) -> Checkpoint | No
     """The newest valid checkpoint not in ``skip``, or None (metadata calls only)."""
     for _ in range(_MAX_RELISTS):
         vanished = False
-        for record in reversed(await records(store)):
+        listed = await records(store)
+        for record in reversed(listed):
             try:
                 manifest = await validate(store, record)
             except CheckpointNotFoundError:
@@ -219,7 +220,7 @@ async def latest(store: Store, *, skip: Collection[Bad] = ()) -> Checkpoint | No
             if (manifest.step, manifest.writer) in skip:
                 continue
             return checkpoint_from(manifest, store)
-        if not vanished:
+        if not vanished and await _settled(store, listed):
             return None
     raise StoreError(_too_fast(store))
 
@@ -241,7 +242,8 @@ async def newest(
     """
     for _ in range(_MAX_RELISTS):
         vanished = False
-        for record in reversed(await records(store)):
+        listed = await records(store)
+        for record in reversed(listed):
             manifest: AnyManifest | None = None
             try:
                 manifest = await validate(store, record)
@@ -263,7 +265,7 @@ async def newest(
                     on_skipped((manifest.step, manifest.writer))
             else:
                 return ckpt, result
-        if not vanished:
+        if not vanished and await _settled(store, listed):
             return None
     raise StoreError(_too_fast(store))
 
@@ -297,6 +299,17 @@ async def quarantined(store: Store) -> list[str]:
     """Keys of the records moved to ``quarantine/`` (kept for inspection), sorted."""
     objs = await call(store, store.list_objects, QUARANTINE, key=QUARANTINE, action="listing")
     return sorted(o.key for o in objs if o.key.endswith(".json"))
+
+
+async def _settled(store: Store, listed: list[Record]) -> bool:
+    """Whether "nothing usable" is the answer, not a listing that raced a writer.
+
+    A listing is no snapshot (a local directory read while one record is created and
+    another deleted may show neither), so before a reader answers None the location is
+    listed once more: the answer stands when the two listings agree; otherwise the
+    reader goes round again.
+    """
+    return await records(store) == listed
 
 
 def _too_fast(store: Store) -> str:
