@@ -12,6 +12,7 @@ from ._autosave import Autosave, AutosaveStats, ServiceState, autosave, lifespan
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._manifest import FileInfo
+from ._state import State
 from ._supervise import DEFAULT_GRACE, Backoff, RetryEvent, checkpointed, current, supervise
 from ._types import BackoffSpec, LocationLike, OnRetry, Payload, Policy, Recoverable
 from ._write import SaveHandle, Stats
@@ -70,6 +71,7 @@ __all__ = [
     "ServiceState",
     "ShardConflictError",
     "ShardMismatchError",
+    "State",
     "Stats",
     "StepAlreadyCommittedError",
     "StepOrderError",

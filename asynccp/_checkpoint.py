@@ -22,12 +22,13 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.to_thread
 import crc32c
 
+from . import _memory
 from ._dest import inside, make_tmp, move_into_place, unwritable
 from ._groups import first_leaf
 from ._layout import data_dir, payload_key
@@ -170,14 +171,82 @@ class Checkpoint:
 
     def _read_verified(self, name: str) -> bytes:
         """One file's bytes, checked (worker thread)."""
+        if self._store.local_root is None and self.files[name].size >= _memory.LANDING_FROM:
+            # A large remote object is copied chunk by chunk into its bytes object as
+            # it arrives (see _memory.Landing), checksummed on the way.
+            data: bytes = self._land(name, "bytes")
+            return data
         key = self._key(name)
         try:
             with store_errors(self._store, key, "reading"):
-                data = self._store.get(key)
+                buf = self._store.get_buffer(key)  # obstore's buffer, not yet copied
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
-        _check(self.step, name, self.files[name], len(data), crc32c.crc32c(data))
-        return data
+        _check(self.step, name, self.files[name], len(buf), crc32c.crc32c(buf))
+        return _memory.to_bytes(buf)  # one copy without the GIL (none for local files)
+
+    def _land(self, name: str, kind: str) -> Any:
+        """File ``name`` streamed into a :class:`_memory.Landing` of ``kind``, verified."""
+        info = self.files[name]
+        landing = _memory.Landing(info.size, kind=kind)
+        try:
+            self._stream_verified(
+                name, _Filler(landing, self.step, name), chunk_size=_memory.LANDING_CHUNK
+            )
+            return landing.result()
+        finally:
+            landing.close()
+
+    async def _read_buffer(self, name: str) -> Any:
+        """File ``name`` as a writable buffer, its size and CRC32C checked.
+
+        On a local disk a private (copy-on-write) memory map of the file: no copy.
+        Elsewhere streamed, as it arrives, into fresh writable memory
+        (:class:`asynccp._memory.Landing`): the one copy out of obstore's buffers.
+        """
+        return await call(self._store, self._buffer_verified, name, map_errors=False)
+
+    def _buffer_verified(self, name: str) -> Any:
+        info = self.files[name]
+        key = self._key(name)
+        try:
+            with store_errors(self._store, key, "reading"):
+                buf = self._store.map(key)
+        except FileNotFoundError as e:
+            raise self._missing(key, e) from e
+        if buf is None and info.size >= _memory.LANDING_FROM:  # streamed into memory
+            return self._land(name, "map")
+        if buf is None:  # a small remote object: received whole, then one copy
+            try:
+                with store_errors(self._store, key, "reading"):
+                    body = self._store.get_buffer(key)
+            except FileNotFoundError as e:
+                raise self._missing(key, e) from e
+            _check(self.step, name, info, len(body), crc32c.crc32c(body))
+            return _memory.writable_copy(body)
+        _check(self.step, name, info, len(buf), crc32c.crc32c(buf))
+        return buf
+
+    async def read_state(
+        self, name: str = "state", *, framework: Literal["numpy", "torch"] = "numpy"
+    ) -> dict[Any, Any]:
+        """The training state saved with ``save(step, asynccp.State(...))``, verified.
+
+        The same nesting comes back — dicts (int keys included), lists, tuples,
+        scalars — with numpy arrays, or torch tensors with ``framework="torch"``, of
+        the saved dtype and shape. They are views of the verified file, writable: a
+        copy-on-write memory map on a local disk (no copy), one buffer elsewhere.
+        ``name`` is the state's name when it was one value of a file mapping.
+
+        Raises :class:`CheckpointNotFoundError` when the checkpoint holds no such state,
+        :class:`CorruptCheckpointError` when its files fail verification (so
+        ``load_latest`` falls back to an older checkpoint), and ``TypeError`` for a
+        dtype numpy cannot hold (``bfloat16``, ``float8``: read those with torch).
+        """
+        from ._state import read_state
+
+        state: dict[Any, Any] = await read_state(self, name, framework=framework)
+        return state
 
     def _missing(self, key: str, e: FileNotFoundError) -> CorruptCheckpointError:
         """A payload object that is not there: gone, or (on a local disk) a folder."""
@@ -257,7 +326,9 @@ class Checkpoint:
         with out:
             self._stream_verified(name, out)
 
-    def _stream_verified(self, name: str, out: BinaryIO | None) -> None:
+    def _stream_verified(
+        self, name: str, out: _Writable | None, *, chunk_size: int | None = None
+    ) -> None:
         """Stream one file into ``out`` (if any), checking size and CRC32C as it goes.
 
         The store's errors become :class:`StoreError` (a missing object: corruption);
@@ -265,7 +336,7 @@ class Checkpoint:
         """
         key = self._key(name)
         crc = size = 0
-        with contextlib.closing(self._chunks(key)) as chunks:
+        with contextlib.closing(self._chunks(key, chunk_size)) as chunks:
             for chunk in chunks:
                 crc = crc32c.crc32c(chunk, crc)
                 size += len(chunk)
@@ -273,13 +344,36 @@ class Checkpoint:
                     out.write(chunk)  # outside the store's error handling: its errors are its own
         _check(self.step, name, self.files[name], size, crc)
 
-    def _chunks(self, key: str) -> Generator[bytes, None, None]:
+    def _chunks(self, key: str, chunk_size: int | None = None) -> Generator[bytes, None, None]:
         """The object's chunks, its store's errors turned into asynccp's."""
         try:
             with store_errors(self._store, key, "reading"):
-                yield from self._store.chunks(key)
+                yield from self._store.chunks(key, chunk_size)
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
+
+
+class _Writable(Protocol):
+    """Where a streamed read goes: a file, or a landing."""
+
+    def write(self, chunk: bytes, /) -> Any: ...
+
+
+class _Filler:
+    """A landing as a stream's destination: more bytes than the manifest says is
+    corruption, not a caller's error."""
+
+    def __init__(self, landing: _memory.Landing, step: int, name: str) -> None:
+        self._landing, self._step, self._name = landing, step, name
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._landing.write(chunk)
+        except ValueError:
+            raise CorruptCheckpointError(
+                f"checkpoint {self._step}: file {self._name!r} has more than the "
+                f"{self._landing.size} bytes the manifest says"
+            ) from None
 
 
 def checkpoint_from(manifest: AnyManifest, store: Store) -> Checkpoint:

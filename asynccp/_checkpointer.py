@@ -412,7 +412,6 @@ class Checkpointer:
         try:
             async with AsyncExitStack() as stack:
                 await call(self._store, self._store.open, action="preparing the location")
-                await self._discover()
                 staging = await anyio.to_thread.run_sync(open_staging, self._options.staging_dir)
                 stack.push_async_callback(self._pipeline.release)  # last: the staging folder
                 stack.push_async_exit(self._report)  # after the task group (see there)
@@ -421,6 +420,10 @@ class Checkpointer:
                 tg.start_soon(self._lease.run)
                 await self._pipeline.start(tg, staging, ready=self._lease.written)
                 stack.push_async_exit(self._drain)  # first: the flush
+                # The location is read while the lease is first written, and the open
+                # returns with the lease held: the first upload need not wait for it.
+                await self._discover()
+                await self._lease.written.wait()
                 self._stack = stack.pop_all()
         except BaseException:
             self._state = State.CLOSED
@@ -512,10 +515,10 @@ class Checkpointer:
             return part_checkpoint(committed.part, self._store)
         return checkpoint_from(committed.manifest, self._store)
 
-    async def _after_commit(self, committed: Committed) -> None:
+    async def _after_commit(self, committed: Committed, idle: bool) -> None:
         # A sharded writer's commit is its part, not the step: retention finds the step.
         folders = None if committed.part is not None else owned_prefixes(committed.manifest)
-        await self._housekeeping.after_commit(committed.key, folders)
+        await self._housekeeping.after_commit(committed.key, folders, idle=idle)
 
     def _record_hook(self) -> RecordHook | None:
         """A sharded checkpointer records its part instead of committing the step."""
@@ -536,6 +539,22 @@ class Checkpointer:
         step = check_step(step)
         meta = check_metadata(metadata)
         return await self._pipeline.save(step, payload, meta)
+
+    async def prepare(self, payload: Payload) -> int:
+        """Get staging memory ready for saves of ``payload``'s shape, before the first.
+
+        A save copies mutable buffers and training state into staging memory. Memory
+        reused from an earlier save is copied into at memory speed; fresh memory pays a
+        page fault per page on first touch, which made a first save of 128 MiB several
+        times slower than the next ones here (far more in a VM whose host backs guest
+        memory lazily). ``prepare`` plans ``payload`` like ``save`` (validating it,
+        copying nothing) and makes that memory now, in worker threads, within
+        ``max_pending_bytes``: call it once after opening, with the state you will
+        save. Returns the bytes made ready (0 when the budget has no room, or when
+        the payload needs no staging memory: ``bytes`` and files).
+        """
+        self._check_open()
+        return await self._pipeline.prepare(payload)
 
     async def write(self, data: bytes) -> SaveHandle:
         """Flyte-style: save ``data`` as the next step (latest committed + 1)."""

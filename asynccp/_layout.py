@@ -13,6 +13,8 @@ command line cannot disagree about where things are::
                                              part records of a sharded step, created if
                                              absent (see :mod:`asynccp._shards`)
     .<name>.<random>.asynccp-tmp             a local write in progress (beside its target)
+    data/<step:020d>-<writer>/.manifest.<random>.asynccp-tmp
+                                             a local commit's record, ready to be linked
 
 A step is committed when a record for it exists; its commit record is its *highest*
 revision. Revisions exist because an invalid record must never block its step, while a
@@ -48,6 +50,7 @@ __all__ = [
     "part_key",
     "parts_dir",
     "payload_key",
+    "prepared_record_key",
     "quarantine_key",
     "step_of_quarantine_key",
     "valid_writer",
@@ -129,6 +132,12 @@ def parse_part_key(key: str) -> tuple[int, str, int, int] | None:
     if not m:
         return None
     return int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+
+
+def prepared_record_key(folder: str, token: str) -> str:
+    """Where a local commit writes its record's bytes before linking them into place:
+    in the checkpoint's payload folder ``folder`` (``token``: random)."""
+    return f"{folder}/.manifest.{token}{TMP_SUFFIX}"
 
 
 def lease_key(writer: str) -> str:

@@ -336,10 +336,17 @@ class Housekeeping:
         self._valid: dict[str, list[str]] = {}
         self._orphans_collected = False
 
-    async def after_commit(self, key: str, folders: list[str] | None) -> None:
+    async def after_commit(self, key: str, folders: list[str] | None, *, idle: bool = True) -> None:
         """This writer committed the record ``key`` (deleting it removes ``folders``;
         None: not known here, as for a sharded writer's part): apply retention, collect
-        orphans."""
+        orphans.
+
+        Orphan collection (a lease write, listings, deletes) waits for a commit after
+        which nothing is staged (``idle``): on a local disk its writes would take turns
+        in the journal with the commits of checkpoints still pending (a burst of four
+        1 MiB durable checkpoints committed at ~58 % of raw durable puts with it right
+        after the first, at ~100 % with it after the last).
+        """
         if not self.active:
             return
         if folders is not None:
@@ -349,7 +356,7 @@ class Housekeeping:
                 await apply_retention(
                     self.store, self.keep, self.keep_every, known_valid=self._valid
                 )
-            if not self._orphans_collected:
+            if not self._orphans_collected and idle:
                 self._orphans_collected = True
                 await collect_orphans(
                     self.store,

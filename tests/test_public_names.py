@@ -47,6 +47,7 @@ PUBLIC = [
     "SaveHandle",
     "ShardConflictError",
     "ShardMismatchError",
+    "State",
     "Stats",
     "StepAlreadyCommittedError",
     "StepOrderError",

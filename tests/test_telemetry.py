@@ -39,7 +39,9 @@ SCRIPT = textwrap.dedent(
     import asynccp
 
     async def main(location):
-        async with asynccp.Checkpointer(location, max_pending=1, policy="latest") as cp:
+        async with asynccp.Checkpointer(location, max_pending=3, policy="latest") as cp:
+            # two uploading (the pipeline), the third waiting: the saves after it
+            # supersede the one waiting
             handles = [await cp.save(step, b"x" * 1000) for step in range(6)]
             await cp.flush()
             stats = cp.stats

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["ObjectInfo", "Source", "Store"]
 
@@ -63,12 +63,33 @@ class Store(Protocol):
         """Prepare the location for writing (a local directory is created)."""
         ...
 
-    def put(self, key: str, source: Source, *, move: bool = False) -> None:
-        """Write one object, replacing any. ``move``: a local store may take the file."""
+    def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
+        """Write one object, replacing any. ``move``: a local store may take the file.
+
+        ``checked``: a reader trusts the object only once a manifest names it with its
+        size and checksum (a payload object), so a durable local store may give it its
+        final name before its bytes are on disk; :meth:`prepare_create` then makes it
+        durable.
+        """
         ...
 
-    def create(self, key: str, data: bytes) -> None:
-        """Write ``data`` only if ``key`` does not exist; else raise ObjectExists."""
+    def create(self, key: str, data: bytes, *, prepared: Any = None) -> None:
+        """Write ``data`` only if ``key`` does not exist; else raise ObjectExists.
+
+        ``prepared``: what :meth:`prepare_create` returned for ``data``.
+        """
+        ...
+
+    def prepare_create(self, folder: str, data: bytes | None, *, sync: Sequence[str]) -> Any:
+        """Get a commit ready: make the ``sync`` objects (checked puts), their folders
+        and ``data`` (the record's bytes, written to a temporary file in ``folder``;
+        None: no record) durable, at once where the store can (a local directory: one
+        journal commit). Returns what :meth:`create` links into place, or None (nothing
+        to prepare: an object store's put is durable when it returns)."""
+        ...
+
+    def discard_prepared(self, prepared: Any) -> None:
+        """Remove what :meth:`prepare_create` wrote when no :meth:`create` linked it."""
         ...
 
     def make_durable(self, keys: Sequence[str]) -> None:
@@ -79,8 +100,19 @@ class Store(Protocol):
         """The whole object; FileNotFoundError when there is none."""
         ...
 
-    def chunks(self, key: str) -> Iterator[bytes]:
-        """The object as a stream of buffers (errors may surface at the first read)."""
+    def get_buffer(self, key: str) -> Any:
+        """The whole object as a buffer, without a copy where the store has one to give
+        (obstore's ``Bytes``); FileNotFoundError when there is none."""
+        ...
+
+    def map(self, key: str) -> Any:
+        """A private, writable memory map of the object (a local file: no copy, and
+        writes to it never reach the file), or None when the store cannot map it."""
+        ...
+
+    def chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The object as a stream of buffers of about ``chunk_size`` bytes (a default
+        when None); errors may surface at the first read."""
         ...
 
     def list_objects(self, folder: str) -> list[ObjectInfo]:

@@ -1,10 +1,14 @@
 """A local directory as a :class:`~asynccp._store.Store`, read and written by asynccp.
 
 Writes are durable: obstore's LocalStore never fsyncs, and a checkpoint that vanishes in
-a power cut is no checkpoint. Payload files and the manifest are written to a temporary
-name, fsynced (``durable=True``, the default), renamed (or hard-linked, for the
-create-if-absent commit) into place, and their folders fsynced (:meth:`make_durable`)
-before a handle resolves. ``durable=False`` skips the fsyncs only.
+a power cut is no checkpoint (``durable=True``, the default; ``durable=False`` skips the
+fsyncs only). A checkpoint costs two journal commits: its payload files are written to a
+temporary name and renamed into place with their writeback only started
+(``put(..., checked=True)``); :meth:`prepare_create` writes the record's bytes beside
+them and makes all of it and the folders durable in one journal commit; the commit is a
+hard link of the record into place (create-if-absent) and one fsync of its folder.
+Other objects (leases, attempt records) are written to a temporary name, fsynced and
+renamed.
 
 Reads, listings and deletes are plain file calls too: obstore's LocalStore refuses to
 read names such as ``shard#1`` (a ``#`` and digits end its own temporary files) or
@@ -16,18 +20,21 @@ here, and a listing skips (with a warning) what it cannot name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
+import mmap
 import os
 import secrets
 import shutil
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from .._layout import TMP_SUFFIX, TOP_FOLDERS
+from .._layout import TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
 from ..errors import ObjectExists
 from ._base import ObjectInfo, Source
 
@@ -67,11 +74,62 @@ class LocalDir:
         fsync_dir(self.root)
         fsync_dir(self.root.parent)
 
-    def put(self, key: str, source: Source, *, move: bool = False) -> None:
-        self._write(key, source, move=move)
+    def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
+        self._write(key, source, move=move, checked=checked)
 
-    def create(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes, *, prepared: Any = None) -> None:
+        if isinstance(prepared, Path):
+            self._link(prepared, key)
+            return
         self._write(key, data, create=True)
+
+    def prepare_create(
+        self, folder: str, data: bytes | None, *, sync: Sequence[str]
+    ) -> Path | None:
+        """Get a commit ready: write ``data`` to a temporary file in ``folder``, and make
+        it, the objects ``sync`` (written by ``put(..., checked=True)``) and their
+        folders durable, in one journal commit (durable stores; otherwise None). With
+        ``data`` None only the ``sync`` objects and their folders are made durable.
+
+        :meth:`create` then links the file into place: the commit itself is one link
+        and one fsync of the folder, and the temporary name goes with the link; if the
+        commit does not happen, :meth:`discard_prepared` removes it. ``folder`` is the
+        checkpoint's own payload folder: a file left by a killed writer goes with that
+        folder (collected with it, or deleted with the checkpoint by retention).
+        """
+        if not self.durable:
+            return None
+        if data is None:
+            _sync_files([self.root / k for k in sync])
+            self.make_durable(sync)
+            return None
+        key = prepared_record_key(folder, secrets.token_hex(8))
+        tmp = self.root / key
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_file(tmp, data, sync=False)
+            _sync_files([self.root / k for k in sync] + [tmp])
+            self.make_durable([*sync, key])
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def discard_prepared(self, prepared: Any) -> None:
+        if isinstance(prepared, Path):
+            prepared.unlink(missing_ok=True)
+
+    def _link(self, prepared: Path, key: str) -> None:
+        """Create ``key`` as a hard link to the prepared file, make it durable, and
+        remove the prepared name."""
+        dest = self.root / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(prepared, dest)
+        except FileExistsError:
+            raise ObjectExists(key) from None
+        prepared.unlink()
+        fsync_dir(dest.parent)
 
     def make_durable(self, keys: Sequence[str]) -> None:
         """fsync the folders holding ``keys``, deepest first, up to (not including) the
@@ -87,10 +145,19 @@ class LocalDir:
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             fsync_dir(folder)
 
-    def _write(self, key: str, source: Source, *, create: bool = False, move: bool = False) -> None:
+    def _write(
+        self,
+        key: str,
+        source: Source,
+        *,
+        create: bool = False,
+        move: bool = False,
+        checked: bool = False,
+    ) -> None:
         """Write to a temporary name beside ``key``, then rename (or, to create only if
         absent, hard-link) it into place."""
         sync = self.durable
+        early = sync and checked and not create  # the final name first, durable later
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp_name = f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
@@ -100,12 +167,12 @@ class LocalDir:
         try:
             if isinstance(source, Path):
                 if move and _try_rename(source, tmp):
-                    if sync:
+                    if sync and not early:
                         _fsync_file(tmp)
                 else:
-                    _copy_file(source, tmp, sync=sync)
+                    _copy_file(source, tmp, sync=sync and not early)
             else:
-                _write_file(tmp, source, sync=sync)
+                _write_file(tmp, source, sync=sync and not early, start_writeback=early)
             if create:
                 try:
                     os.link(tmp, dest)
@@ -116,6 +183,10 @@ class LocalDir:
                 if sync:
                     fsync_dir(dest.parent)
             else:
+                # A checked object is renamed before it is durable (prepare_create makes
+                # it so): one journal commit then covers its bytes, its name and its
+                # folder. A crash in between can leave a short file under the final
+                # name: harmless, nothing trusts it until a manifest names it.
                 os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -130,7 +201,26 @@ class LocalDir:
         with _open_object(self.root / key) as f:
             return f.read()
 
-    def chunks(self, key: str) -> Iterator[bytes]:
+    def get_buffer(self, key: str) -> bytes:
+        """The file's bytes (a local read is its one copy)."""
+        return self.get(key)
+
+    def map(self, key: str) -> mmap.mmap | bytearray:
+        """The file as a private, writable memory map: no copy is made, and a write to
+        the map changes only this process's copy of that page, never the file (an empty
+        file gives an empty ``bytearray``).
+
+        The map stays valid when the file is deleted (retention): its pages live as
+        long as the map. A file truncated in place while mapped would fault on access;
+        asynccp never truncates a committed object.
+        """
+        with _open_object(self.root / key) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return bytearray()
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+
+    def chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
         return _file_chunks(self.root / key)
 
     def list_objects(self, folder: str) -> list[ObjectInfo]:
@@ -231,7 +321,9 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _write_file(path: Path, data: bytes | memoryview, *, sync: bool) -> None:
+def _write_file(
+    path: Path, data: bytes | memoryview, *, sync: bool, start_writeback: bool = False
+) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
@@ -239,8 +331,58 @@ def _write_file(path: Path, data: bytes | memoryview, *, sync: bool) -> None:
             view = view[os.write(fd, view) :]
         if sync:
             os.fsync(fd)
+        elif start_writeback:
+            _writeback(fd, wait=False)
     finally:
         os.close(fd)
+
+
+# sync_file_range(2) (Linux): start writing a file's dirty pages, or wait until they are.
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+_sync_file_range: Any = None
+
+
+def _writeback(fd: int, *, wait: bool) -> bool:
+    """Write a file's data out (``wait``: and wait for it) without a journal commit.
+
+    Returns False where ``sync_file_range`` does not exist (the caller's fsync then
+    does everything). Data written out this way is carried by the next journal commit
+    of the file system, whichever file's fsync triggers it.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+                fn.restype = ctypes.c_int
+                _sync_file_range = fn
+    if not _sync_file_range:
+        return False
+    flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE
+    return bool(_sync_file_range(fd, 0, 0, flags) == 0)
+
+
+def _sync_files(paths: list[Path]) -> None:
+    """Make several files durable in (usually) one journal commit.
+
+    Each file's data is written out and waited for first (``sync_file_range``): the
+    block allocations and the data then all belong to the running journal transaction,
+    so the first ``fsync`` commits every file, and the ones after it find their
+    changes committed already. Without ``sync_file_range``, plain fsyncs.
+    """
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        for fd in fds:
+            _writeback(fd, wait=False)
+        for fd in fds:
+            _writeback(fd, wait=True)
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _copy_file(src: Path, dest: Path, *, sync: bool) -> None:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import obstore
 from obstore.exceptions import AlreadyExistsError, GenericError, PreconditionError
 
+from .. import _memory
 from ..errors import ObjectExists
 from ._base import ObjectInfo, Source
 from ._call import wait_abandoned
@@ -112,7 +113,7 @@ class ObjectStore:
     def open(self) -> None:
         """Nothing to prepare: buckets and containers are not created by asynccp."""
 
-    def put(self, key: str, source: Source, *, move: bool = False) -> None:
+    def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
         self._retrying(
             obstore.put,
             self.store,
@@ -122,7 +123,7 @@ class ObjectStore:
             max_concurrency=self.part_concurrency,
         )
 
-    def create(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes, *, prepared: Any = None) -> None:
         try:
             self._retrying(obstore.put, self.store, self._key(key), data, mode="create")
         except (AlreadyExistsError, PreconditionError) as e:
@@ -131,13 +132,27 @@ class ObjectStore:
     def make_durable(self, keys: Sequence[str]) -> None:
         """Nothing to do: an object store's put is durable when it returns."""
 
-    def get(self, key: str) -> bytes:
-        result = self._retrying(obstore.get, self.store, self._key(key))
-        return result.bytes().to_bytes()
+    def prepare_create(self, folder: str, data: bytes | None, *, sync: Sequence[str]) -> None:
+        """Nothing to prepare: an object store's put is durable when it returns."""
 
-    def chunks(self, key: str) -> Iterator[bytes]:
+    def discard_prepared(self, prepared: Any) -> None:
+        """Nothing was prepared."""
+
+    def get(self, key: str) -> bytes:
+        # One copy without the GIL: Bytes.to_bytes() copies holding it (see _memory).
+        return _memory.to_bytes(self.get_buffer(key))
+
+    def get_buffer(self, key: str) -> Any:
+        """obstore's ``Bytes``: a read-only buffer over what it received, not copied."""
+        return self._retrying(obstore.get, self.store, self._key(key)).bytes()
+
+    def map(self, key: str) -> None:
+        """An object store has no file to map."""
+        return None
+
+    def chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
         result = self._retrying(obstore.get, self.store, self._key(key))
-        return iter(result.stream(min_chunk_size=_STREAM_CHUNK))
+        return iter(result.stream(min_chunk_size=chunk_size or _STREAM_CHUNK))
 
     def list_objects(self, folder: str) -> list[ObjectInfo]:
         cut = len(self.prefix)

@@ -29,6 +29,7 @@ instead, and commits the step's manifest only when its part is the last.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ CLEANUP_SECONDS = 10.0
 PAYLOAD_CHECK_AFTER = 10.0
 #: Revisions tried for one step before giving up (each is another writer's replacement).
 _MAX_REVISIONS = 8
+#: Buffers at least this large are checksummed in a thread of their own while they are
+#: written; smaller ones in the writing thread first (a thread trip costs more than
+#: their checksum: 1 MiB takes ~0.1 ms).
+_CHECKSUM_APART = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,15 @@ async def commit(
     attempt: int,
     limiter: anyio.CapacityLimiter,
     turn: Callable[[], Awaitable[Any]] | None = None,
+    turn_taken: Callable[[], bool] | None = None,
     bad: Collection[Bad] = (),
     record: RecordHook | None = None,
 ) -> Committed:
     """Upload ``files`` as checkpoint ``step``, then commit its record.
+
+    ``turn_taken``, when given, says whether ``turn`` is over already: a small
+    checkpoint whose turn has come is then written, prepared and committed in one
+    worker-thread trip (when its first revision is free, the usual case).
 
     ``turn``, when given, is awaited between the two: the previous checkpoint's commit
     (checkpoints commit in save order, while their payloads may upload side by side).
@@ -121,12 +131,9 @@ async def commit(
     folder = data_dir(step, writer)
     keys = [payload_key(folder, f.name) for f in files]
     commit_sent = False
-    try:
-        async with anyio.create_task_group() as tg:
-            for f, key in zip(files, keys, strict=True):
-                tg.start_soon(_put_file, store, f, key, limiter)
-        await call(store, store.make_durable, keys, key=folder, action="syncing")
-        manifest = Manifest(
+
+    def manifest_of() -> Manifest:
+        return Manifest(
             step=step,
             writer=writer,
             attempt=attempt,
@@ -134,12 +141,73 @@ async def commit(
             metadata=metadata,
             files={f.name: FileInfo(f.size, _crc(f)) for f in files},
         )
-        if turn is not None:
-            await turn()
-        commit_sent = True
-        if record is not None:
-            return await record(store, manifest, bad)
-        key = await _create_record(store, manifest, bad)
+
+    def prepare(manifest: Manifest) -> tuple[bytes, Any]:
+        # On a local durable store the payload and the record's bytes become durable
+        # now, in one journal commit, while the previous checkpoint commits: the commit
+        # itself is then one link and one folder fsync. Elsewhere this does nothing.
+        # (A sharded writer's part record is created by ``record``: only the payload.)
+        body = manifest.encode()
+        return body, store.prepare_create(folder, None if record else body, sync=keys)
+
+    linked: str | None = None  # the record's key, when the fast path created it
+    try:
+        if len(files) == 1 and files[0].data is not None and files[0].size < _CHECKSUM_APART:
+            # One small buffer: written and prepared in one worker-thread trip (each
+            # trip costs a wake-up on both sides: ~0.5-1.5 ms on a busy 2-core machine,
+            # against ~3 ms for a whole durable 1 MiB put) — and committed in it too
+            # when its turn has come already and its first revision is free. Anything
+            # else (a record there, a failed create) goes the usual way below.
+            may_link = (
+                record is None
+                and store.local_root is not None
+                and (turn is None or (turn_taken is not None and turn_taken()))
+            )
+            first = manifest_key(step)
+
+            def put_and_prepare() -> tuple[Manifest, bytes, Any, bool]:
+                _checksum_and_put(store, files[0], keys[0])
+                manifest = manifest_of()
+                body, prepared = prepare(manifest)
+                if not may_link:
+                    return manifest, body, prepared, False
+                linking.set()  # from here on the record may exist: the payload stays
+                try:
+                    store.create(first, body, prepared=prepared)
+                except Exception:
+                    return manifest, body, prepared, False  # judged below, as usual
+                return manifest, body, None, True
+
+            linking = threading.Event()
+            try:
+                manifest, body, prepared, created = await call(
+                    store, put_and_prepare, key=keys[0], action="writing", limiter=limiter
+                )
+            finally:
+                commit_sent = linking.is_set()
+            if created:
+                linked = first
+        else:
+            async with anyio.create_task_group() as tg:
+                for f, key in zip(files, keys, strict=True):
+                    tg.start_soon(_put_file, store, f, key, limiter)
+            manifest = manifest_of()
+            body, prepared = await call(store, prepare, manifest, key=folder, action="syncing")
+        try:
+            if turn is not None:
+                await turn()
+            commit_sent = True
+            if record is not None:
+                return await record(store, manifest, bad)
+            if linked is not None:
+                key = linked
+            else:
+                key = await _create_record(store, manifest, bad, body, prepared)
+        except BaseException:
+            if prepared is not None:  # a commit that linked it removed it already
+                with anyio.CancelScope(shield=True):
+                    await call(store, store.discard_prepared, prepared, key=folder)
+            raise
         if time.monotonic() - started > PAYLOAD_CHECK_AFTER:
             await _check_payload(store, manifest)
     except BaseException as e:
@@ -177,7 +245,19 @@ async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.Capaci
         assert f.path is not None
         await call(
             store,
-            partial(store.put, key, f.path, move=True),
+            partial(store.put, key, f.path, move=True, checked=True),
+            key=key,
+            action="writing",
+            limiter=limiter,
+        )
+        return
+    if f.size < _CHECKSUM_APART:  # one thread trip: checksum, then write
+        await call(
+            store,
+            _checksum_and_put,
+            store,
+            f,
+            key,
             key=key,
             action="writing",
             limiter=limiter,
@@ -187,7 +267,21 @@ async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.Capaci
     async with anyio.create_task_group() as tg:
         if f.crc32c is None:
             tg.start_soon(_checksum, f)
-        await call(store, store.put, key, data, key=key, action="writing", limiter=limiter)
+        await call(
+            store,
+            partial(store.put, key, data, checked=True),
+            key=key,
+            action="writing",
+            limiter=limiter,
+        )
+
+
+def _checksum_and_put(store: Store, f: StagedFile, key: str) -> None:
+    data = f.data
+    assert data is not None
+    if f.crc32c is None:
+        f.crc32c = crc32c.crc32c(data)
+    store.put(key, data, checked=True)
 
 
 def _crc(f: StagedFile) -> int:
@@ -202,8 +296,17 @@ async def _checksum(f: StagedFile) -> None:
     f.crc32c = await anyio.to_thread.run_sync(crc32c.crc32c, data, abandon_on_cancel=True)
 
 
-async def _create_record(store: Store, manifest: AnyManifest, bad: Collection[Bad]) -> str:
+async def _create_record(
+    store: Store,
+    manifest: AnyManifest,
+    bad: Collection[Bad],
+    body: bytes | None = None,
+    prepared: Any = None,
+) -> str:
     """Create the step's record (or its next revision); return the key that commits.
+
+    ``body`` is the encoded manifest (encoded here when None); ``prepared``, what the
+    store's ``prepare_create`` made of it.
 
     Revisions of a step are never deleted one by one: a record that is replaced stays
     where it was as a *tombstone* (its content moved to ``quarantine/``), and only
@@ -211,11 +314,17 @@ async def _create_record(store: Store, manifest: AnyManifest, bad: Collection[Ba
     create that succeeds at revision ``k`` found ``k`` free, and no revision above ``k``
     can exist: the record created is the step's record, with no listing to check it.
     """
+    data = manifest.encode() if body is None else body
     rev = 0
     for _ in range(_MAX_REVISIONS):
         key = manifest_key(manifest.step, rev)
         try:
-            await call(store, store.create, key, manifest.encode(), key=key, action="committing")
+            await call(
+                store,
+                partial(store.create, key, data, prepared=prepared),
+                key=key,
+                action="committing",
+            )
             break
         except ObjectExists:
             pass

@@ -166,7 +166,7 @@ class Pipeline:
         max_concurrency: int,
         order: StepOrder,
         checkpoint_of: Callable[[Committed], Checkpoint],
-        after_commit: Callable[[Committed], Awaitable[None]],
+        after_commit: Callable[[Committed, bool], Awaitable[None]],
         record: Callable[[], RecordHook | None] = lambda: None,
     ) -> None:
         self._store = store
@@ -185,6 +185,7 @@ class Pipeline:
         self._save_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._in_flight = anyio.Semaphore(PIPELINE)
+        self._housekeeping = anyio.Lock()  # one at a time, after the commits
         self._busy = _Busy()
         self._worker_done = anyio.Event()
         self._worker_scope: anyio.CancelScope | None = None
@@ -312,6 +313,12 @@ class Pipeline:
         self.telemetry.saved(item.size, stall)
         return item.handle
 
+    async def prepare(self, payload: Payload) -> int:
+        """Plan ``payload`` and pool its staging memory, faulted in, within the budget
+        (see :meth:`Stager.prepare`); the bytes made ready."""
+        parts = await self._stager.plan(payload)
+        return await anyio.to_thread.run_sync(self._stager.prepare, parts)
+
     async def wait_idle(self) -> None:
         """Wait until every staged checkpoint has committed or failed."""
         await self._queue.wait_idle()
@@ -374,17 +381,23 @@ class Pipeline:
         self, item: Pending, previous: anyio.Event | None, committed: anyio.Event
     ) -> None:
         """Upload one checkpoint, commit it after ``previous``; free its room before its
-        handle resolves; then housekeeping."""
+        handle resolves; then housekeeping — after ``committed`` is set, so the next
+        checkpoint's commit does not wait for it (one housekeeping runs at a time)."""
         try:
             if previous is not None and item.size >= PIPELINE_BELOW:
                 await previous.wait()
-            await self._upload(item, previous)
+            outcome = await self._upload(item, previous)
+            committed.set()
+            if outcome is not None:
+                async with self._housekeeping:
+                    await self._after_commit(outcome, self._queue.idle)
         finally:
             committed.set()
             self._in_flight.release()
             self._busy.leave()
 
-    async def _upload(self, item: Pending, previous: anyio.Event | None) -> None:
+    async def _upload(self, item: Pending, previous: anyio.Event | None) -> Committed | None:
+        """Commit ``item`` and settle its handle; what committed (None: it failed)."""
         started = time.perf_counter()
         outcome: Committed | CheckpointError
         span = self.telemetry.span("asynccp.commit", step=item.step, bytes=item.size)
@@ -400,6 +413,7 @@ class Pipeline:
                     attempt=self._attempt,
                     limiter=self._limiter,
                     turn=None if previous is None else previous.wait,
+                    turn_taken=None if previous is None else previous.is_set,
                     bad=self._order.bad,
                     record=self._record(),
                 )
@@ -413,8 +427,12 @@ class Pipeline:
             raise
         finally:
             self._counters.upload_time += time.perf_counter() - started
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._stager.discard, item.files)
+            release = partial(self._stager.discard, item.files, counted=item.size)
+            if any(f.path is not None or f.buffer is not None for f in item.files):
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(release)
+            else:  # bytes only: nothing to unmap or delete, no thread trip
+                release()
         self._queue.done(item)
         c = self._counters
         if isinstance(outcome, CheckpointError):
@@ -422,13 +440,13 @@ class Pipeline:
             self.telemetry.failed()
             self._failures.append(outcome)
             _handle.fail(item.handle, outcome)
-            return
+            return None
         c.committed += 1
         c.bytes_committed += item.size
         self.telemetry.committed(item.size, time.perf_counter() - started)
         self._order.committed(item.step)
         _handle.resolve(item.handle, self._checkpoint_of(outcome))
-        await self._after_commit(outcome)
+        return outcome
 
     # -- figures ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ keeps running.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import mmap
 import os
 import stat
@@ -20,11 +20,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import crc32c
 
+from .. import _memory
+from .._memory import Gather
 from .._names import check_names, validate_name
+from .._state import STATE_NAME, State, plan_state
 from .._types import Payload
 from ._staging import StagingFolder
 
@@ -37,6 +41,8 @@ DEFAULT_NAME = "data"
 #: (smaller ones take well under a millisecond: less than the trip to a thread).
 _OFFLOAD_BYTES = 4 << 20
 _COPY_CHUNK = 8 << 20
+#: A pooled buffer is reused for a smaller file when it wastes at most this much.
+_POOL_SLACK = 8 << 20
 
 
 @dataclass
@@ -54,23 +60,29 @@ class StagedFile:
     path: Path | None = None
     crc32c: int | None = None
     buffer: mmap.mmap | None = None  # the pooled memory ``data`` views, if any
+    owner: Any = None  # other memory ``data`` views (pinned host memory), dropped on discard
 
 
 class Stager:
     """Owns what ``save()`` staged: a private folder for file copies (locked while it is
-    in use, see :mod:`asynccp._write._staging`), and a pool of buffers for copies of mutable
-    memory.
+    in use, see :mod:`asynccp._write._staging`), and the memory holding copies of mutable
+    buffers and training state.
 
-    A training loop saves same-sized state step after step. A fresh 64 MiB buffer
-    costs page faults on every first touch (a copy into one took 3-4x longer than
-    into a reused one here), so buffers of sizes seen before are kept for reuse — no
-    more of them than ``pool_room()`` allows (the room left in the staging budget).
+    The memory strategy (measurements in :mod:`asynccp._memory`): fresh buffers are
+    anonymous maps advised for transparent huge pages, so a first save does not pay a
+    page fault per 4 KiB; copies into fresh memory are split across threads; buffers
+    are kept for reuse after their upload — any free buffer at least as large as a new
+    file and at most ``_POOL_SLACK`` larger serves it, so sizes that change a little
+    between saves reuse memory too. Staged and pooled memory together stay within the
+    staging budget: ``pool_room()`` is the room left in it (the budget less what is
+    staged), pooled buffers are unmapped to make room for a fresh one, and a buffer
+    that does not fit when it comes back is unmapped.
     """
 
     def __init__(self, pool_room: Callable[[], int]) -> None:
         self._staging: StagingFolder | None = None
         self._pool_room = pool_room
-        self._free: dict[int, list[mmap.mmap]] = {}
+        self._free: list[mmap.mmap] = []
         self._free_bytes = 0
         self._lock = threading.Lock()  # buffers come back from worker threads
 
@@ -88,14 +100,24 @@ class Stager:
     async def plan(self, payload: Payload) -> list[Part]:
         """Validate ``payload`` and size it, copying nothing (so room can be reserved first).
 
-        Raises TypeError, InvalidNameError or FileNotFoundError for what cannot be saved.
+        Raises TypeError, ValueError, InvalidNameError or FileNotFoundError for what
+        cannot be saved.
         """
-        if isinstance(payload, Mapping):
-            parts: list[Part] = []
+        if isinstance(payload, State):
+            parts = _state_parts(payload, STATE_NAME)
+        elif isinstance(payload, Mapping):
+            parts = []
             for key, value in payload.items():
                 name = validate_name(key)
+                if isinstance(value, State):
+                    parts += _state_parts(value, name)
+                    continue
                 if isinstance(value, Mapping):
-                    raise TypeError(f"payload[{name!r}] is a mapping; nest names with '/'")
+                    raise TypeError(
+                        f"payload[{name!r}] is a mapping: nest file names with '/' "
+                        "({'a/b': ...}), or save training state (tensors, arrays, numbers, "
+                        "nested mappings) as asynccp.State(mapping)"
+                    )
                 parts += await _plan_one(value, name)
         else:
             parts = await _plan_one(payload, None)
@@ -113,10 +135,12 @@ class Stager:
             if paths:
                 files += await anyio.to_thread.run_sync(self._stage_files, paths)
             for part in parts:
-                if not isinstance(part.value, Path):
+                if isinstance(part.value, Gather):
+                    files.append(await self._stage_gather(part.name, part.value))
+                elif not isinstance(part.value, Path):
                     files.append(await self._stage_buffer(part.name, part.value))
         except BaseException:
-            self.discard(files)
+            self.discard(files, counted=sum(f.size for f in files))
             raise
         order = {p.name: i for i, p in enumerate(parts)}
         return sorted(files, key=lambda f: order[f.name])
@@ -137,39 +161,106 @@ class Stager:
             return StagedFile(name, len(value), data=value)
         if value.nbytes < _OFFLOAD_BYTES:
             return StagedFile(name, value.nbytes, data=value.tobytes())
-        buffer, data = await anyio.to_thread.run_sync(self._copy, value)
-        return StagedFile(name, value.nbytes, data=data, buffer=buffer)
+        return await self._stage_gather(name, Gather(value.nbytes, sources=[(0, value)]))
 
-    def _copy(self, view: memoryview) -> tuple[mmap.mmap, memoryview]:
-        """A private copy of ``view`` in a pooled buffer (worker thread: both the
-        allocation and the copy, which faults the pages in, take time)."""
-        buffer = self._take(view.nbytes)
+    async def _stage_gather(self, name: str, g: Gather) -> StagedFile:
+        """Assemble ``g`` in staging memory: its head, then each source at its offset."""
+        if g.allocate is not None:  # memory of the gather's own choosing (pinned)
+            owner, data = await anyio.to_thread.run_sync(g.fill_own)
+            return StagedFile(name, g.size, data=data, owner=owner)
+        if g.size < _OFFLOAD_BYTES:  # small: on the loop, quicker than a thread trip
+            out = bytearray(g.size)
+            g.fill(out, threads=1)
+            return StagedFile(name, g.size, data=memoryview(out))
+        buffer, data = await anyio.to_thread.run_sync(self._copy, g)
+        return StagedFile(name, g.size, data=data, buffer=buffer)
+
+    def _copy(self, g: Gather) -> tuple[mmap.mmap, memoryview]:
+        """``g`` assembled in a pooled or fresh buffer (worker thread: the allocation
+        and the copy, which faults fresh pages in, take time)."""
+        buffer, fresh = self._take(g.size)
         try:
-            return buffer, _copy_into(buffer, view)
+            g.fill(buffer, threads=_memory.copy_threads(g.size, fresh=fresh))
+            return buffer, memoryview(buffer)[: g.size]
         except BaseException:
-            self._give(buffer)
+            self._give(buffer, 0)
             raise
 
-    def _take(self, size: int) -> mmap.mmap:
-        with self._lock:
-            free = self._free.get(size)
-            if free:
-                self._free_bytes -= size
-                return free.pop()
-        # Anonymous memory: no zero-fill pass under the GIL, pages faulted in by the copy.
-        # (MAP_POPULATE pre-faults faster, but holds the GIL or the address-space lock
-        # meanwhile: loop lag p99 went from ~5 to ~16 ms at 64 MiB.)
-        return mmap.mmap(-1, size)
+    def _take(self, size: int) -> tuple[mmap.mmap, bool]:
+        """A buffer of at least ``size`` bytes, and whether it is fresh (never touched).
 
-    def _give(self, buffer: mmap.mmap) -> None:
+        The smallest pooled buffer that fits without wasting more than ``_POOL_SLACK``;
+        else fresh memory, after unmapping pooled buffers until the pool fits in the
+        room the staging budget leaves (``size`` is already reserved in it).
+        """
+        with self._lock:
+            fits = [b for b in self._free if size <= len(b) <= size + _POOL_SLACK]
+            if fits:
+                best = min(fits, key=len)
+                self._free.remove(best)
+                self._free_bytes -= len(best)
+                return best, False
+            evicted = []
+            while self._free and self._free_bytes > max(0, self._pool_room()):
+                victim = max(self._free, key=len)
+                self._free.remove(victim)
+                self._free_bytes -= len(victim)
+                evicted.append(victim)
+        for victim in evicted:
+            victim.close()
+        return _memory.anon(size), True
+
+    def prepare(self, parts: list[Part]) -> int:
+        """Pool staging buffers, faulted in, for saves of ``parts``' shape (worker thread).
+
+        For each part that a snapshot would copy into a pooled buffer, unless a pooled
+        buffer already fits it: a fresh one, touched page by page now rather than
+        during that save's copy. Within the budget: a buffer that does not fit in the
+        room ``pool_room()`` leaves is not made. Returns the bytes made ready.
+        """
+        made = 0
+        for part in parts:
+            size = _buffer_size(part)
+            if size is None:
+                continue
+            with self._lock:
+                if any(size <= len(b) <= size + _POOL_SLACK for b in self._free):
+                    continue
+                if self._free_bytes + size > self._pool_room():
+                    continue
+            buffer = _memory.anon(size)
+            _memory.touch(buffer, size)
+            with self._lock:
+                if self._free_bytes + len(buffer) <= self._pool_room():
+                    self._free.append(buffer)
+                    self._free_bytes += len(buffer)
+                    made += size
+                    continue
+            buffer.close()  # the room went to a save meanwhile
+        return made
+
+    def _give(self, buffer: mmap.mmap, counted: int) -> None:
+        """Pool ``buffer`` if it fits in the budget's room, else unmap it.
+
+        ``counted``: bytes of the checkpoint being released that the queue still counts
+        as staged (they become free room as the checkpoint leaves the queue).
+        """
         size = len(buffer)
         with self._lock:
-            if self._free_bytes + size <= self._pool_room():
-                self._free.setdefault(size, []).append(buffer)
+            if self._free_bytes + size <= self._pool_room() + counted:
+                self._free.append(buffer)
                 self._free_bytes += size
+                return
+        buffer.close()
 
-    def discard(self, files: list[StagedFile]) -> None:
-        """Release staged files: delete file copies, return buffers to the pool."""
+    def discard(self, files: list[StagedFile], *, counted: int = 0) -> None:
+        """Release staged files: delete file copies, return buffers to the pool.
+
+        ``counted``: how many of these files' bytes the queue still counts as staged
+        (the caller gives that room back right after): the checkpoint's size when it is
+        done or its snapshot failed, 0 when the queue already let it go (superseded,
+        abandoned).
+        """
         for f in files:
             if f.path is not None:
                 f.path.unlink(missing_ok=True)
@@ -179,8 +270,8 @@ class Stager:
                 except BufferError:
                     pass  # still exported (an abandoned upload): never reuse it
                 else:
-                    self._give(f.buffer)
-            f.data = f.buffer = None
+                    self._give(f.buffer, counted)
+            f.data = f.buffer = f.owner = None
 
     def close(self) -> None:
         """Remove the staging folder, release its lock, drop the pool (worker thread)."""
@@ -188,28 +279,28 @@ class Stager:
             self._staging.close()
             self._staging = None
         with self._lock:
-            self._free.clear()
+            free, self._free = self._free, []
             self._free_bytes = 0
+        for buffer in free:
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
 
-def _copy_into(buffer: mmap.mmap, view: memoryview) -> memoryview:
-    """Copy ``view`` into ``buffer`` without holding the GIL (worker thread).
+def _state_parts(state: State, name: str) -> list[Part]:
+    """The files of a training state (see :mod:`asynccp._state`) as parts."""
+    return [
+        Part(n, v.size if isinstance(v, Gather) else len(v), v) for n, v in plan_state(state, name)
+    ]
 
-    ``memoryview.tobytes`` holds the GIL for the whole copy, freezing the event loop
-    for as long (about 30 ms for 64 MiB here); ``ctypes.memmove`` releases it.
-    """
-    n = view.nbytes
-    out = memoryview(buffer)
-    try:
-        src = (ctypes.c_char * n).from_buffer(view)
-    except TypeError:  # a read-only source: copy in slices, the GIL held per slice only
-        for i in range(0, n, _COPY_CHUNK):
-            out[i : i + _COPY_CHUNK] = view[i : i + _COPY_CHUNK]
-        return out
-    dst = (ctypes.c_char * n).from_buffer(buffer)
-    ctypes.memmove(dst, src, n)
-    del dst, src  # release the exports, so the buffer can be reused later
-    return out
+
+def _buffer_size(part: Part) -> int | None:
+    """The size of the pooled buffer a snapshot of ``part`` takes; None if it takes none."""
+    value = part.value
+    if isinstance(value, Gather):
+        return None if value.allocate is not None or value.size < _OFFLOAD_BYTES else value.size
+    if isinstance(value, memoryview) and value.nbytes >= _OFFLOAD_BYTES:
+        return value.nbytes
+    return None
 
 
 @dataclass
@@ -217,12 +308,13 @@ class Part:
     """One file of a payload, validated and sized but not yet copied.
 
     ``value`` is immutable ``bytes`` (kept as is), a flat view of a mutable buffer (to
-    copy), or the path of a regular file (to copy into staging).
+    copy), the path of a regular file (to copy into staging), or a :class:`Gather`
+    (a file assembled from several buffers: a training state's tensors).
     """
 
     name: str
     size: int
-    value: bytes | memoryview | Path
+    value: bytes | memoryview | Path | Gather
 
 
 async def _plan_one(value: object, name: str | None) -> list[Part]:
@@ -237,10 +329,15 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
         view = memoryview(value)  # type: ignore[arg-type]
     except TypeError:
         hint = ""
-        if callable(getattr(value, "numpy", None)):  # a torch / tf tensor
-            hint = " (for a tensor, pass tensor.numpy() — on the CPU — or its serialised bytes)"
+        if callable(getattr(value, "numpy", None)) or isinstance(value, (int, float)):
+            # a torch / tf tensor, a number: training state
+            hint = (
+                "; to save tensors and numbers with their dtype and shape, wrap the "
+                "state: save(step, asynccp.State({...}))"
+            )
+        where = f" (file {name!r})" if name else ""
         raise TypeError(
-            f"unsupported payload type {type(value).__name__}: pass bytes, a buffer "
+            f"unsupported payload type {type(value).__name__}{where}: pass bytes, a buffer "
             "(bytearray, memoryview, numpy array), str, a pathlib.Path to a file or "
             f"directory, or a mapping of names to those{hint}"
         ) from None
