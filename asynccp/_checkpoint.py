@@ -176,6 +176,9 @@ class Checkpoint:
             # it arrives (see _memory.Landing), checksummed on the way.
             data: bytes = self._land(name, "bytes")
             return data
+        if self._store.local_root is None and self.files[name].size >= _memory.WHOLE_LANDING_FROM:
+            whole: bytes = self._land_whole(name, "bytes")
+            return whole
         key = self._key(name)
         try:
             with store_errors(self._store, key, "reading"):
@@ -184,6 +187,26 @@ class Checkpoint:
             raise self._missing(key, e) from e
         _check(self.step, name, self.files[name], len(buf), crc32c.crc32c(buf))
         return _memory.to_bytes(buf)  # one copy without the GIL (none for local files)
+
+    def _land_whole(self, name: str, kind: str) -> Any:
+        """File ``name`` received whole and copied into a :class:`_memory.Landing` of
+        ``kind`` made (and faulted in) while it downloads; checksummed beside the copy."""
+        info = self.files[name]
+        key = self._key(name)
+        landing = _memory.Landing(info.size, kind=kind)
+        try:
+            try:
+                with store_errors(self._store, key, "reading"):
+                    body = self._store.get_buffer(key)  # obstore's buffer, not yet copied
+            except FileNotFoundError as e:
+                raise self._missing(key, e) from e
+            if len(body) != info.size:
+                _check(self.step, name, info, len(body), 0)  # raises: the size differs
+            _check(self.step, name, info, len(body), landing.write_whole(body))
+            del body  # obstore's buffer goes before the landing is handed over
+            return landing.result()
+        finally:
+            landing.close()
 
     def _land(self, name: str, kind: str) -> Any:
         """File ``name`` streamed into a :class:`_memory.Landing` of ``kind``, verified."""
@@ -216,6 +239,8 @@ class Checkpoint:
             raise self._missing(key, e) from e
         if buf is None and info.size >= _memory.LANDING_FROM:  # streamed into memory
             return self._land(name, "map")
+        if buf is None and info.size >= _memory.WHOLE_LANDING_FROM:
+            return self._land_whole(name, "map")
         if buf is None:  # a small remote object: received whole, then one copy
             try:
                 with store_errors(self._store, key, "reading"):

@@ -395,6 +395,34 @@ async def test_damaged_state_json_is_corruption(tmp_path: Path) -> None:
         await ckpt.read_state()
 
 
+@pytest.mark.parametrize("size", [3 << 20, 33 << 20], ids=["received-whole", "streamed"])
+async def test_flipped_or_truncated_large_objects_are_corruption(any_site: Site, size: int) -> None:
+    """A remote object of a few MiB is received whole and copied into memory made
+    during the download, a larger one streamed in: both are checked against the
+    manifest, by ``read()`` and by ``read_state()``, on every store."""
+    w = np.random.default_rng(2).integers(0, 255, size, dtype=np.uint8)
+    async with Checkpointer(any_site.make_location()) as cp:
+        blob = await (await cp.save(0, w.tobytes()))
+        state = await (await cp.save(1, State({"w": w, "epoch": 1})))
+    assert await blob.read() == w.tobytes()
+    assert np.array_equal((await state.read_state())["w"], w)
+    keys = {
+        blob: f"{data_dir(blob.step, blob.writer)}/data",
+        state: f"{data_dir(state.step, state.writer)}/state.safetensors",
+    }
+    for ckpt, key in keys.items():
+        good = any_site.raw.get(key)
+        flipped = bytearray(good)
+        flipped[len(good) // 2] ^= 0x10
+        for damaged, why in ((bytes(flipped), "checksum"), (good[:-1], "bytes")):
+            any_site.raw.put(key, damaged)
+            read = ckpt.read() if ckpt is blob else ckpt.read_state()
+            with pytest.raises(asynccp.CorruptCheckpointError, match=why):
+                await read
+        any_site.raw.put(key, good)
+    assert await blob.read() == w.tobytes()  # the checks kept nothing of the damage
+
+
 async def test_read_state_arguments(tmp_path: Path) -> None:
     async with Checkpointer(tmp_path / "loc") as cp:
         ckpt = await (await cp.save(0, b"not a state"))
