@@ -33,3 +33,50 @@ def test_train_loop_crashes_then_resumes(tmp_path: Path) -> None:
     assert "done: 40 steps" in second.stdout
     third = run("--location", loc, "--steps", "40")
     assert "resuming from step 39" in third.stdout
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_block(heading: str) -> str:
+    """The first ``python`` code block after ``heading`` in the README."""
+    text = README.read_text()
+    start = text.index(heading)
+    found = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    assert found, f"no python block after {heading!r}"
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_readme_training_state_example_saves_and_resumes(tmp_path: Path) -> None:
+    """The README's training loop, as printed, on a local directory: the first run saves
+    steps 0, 100, 200; the second resumes from 200 through ``read_state`` (model, AdamW
+    state with its int keys, RNG state) and saves 300 and 400."""
+    pytest.importorskip("torch")
+    code = readme_block("## Training state")
+    location = '"s3://bucket/runs/42"'
+    assert location in code and "steps: int = 10_000" in code
+    code = code.replace(location, repr(str(tmp_path / "run")))
+    code = code.replace("anyio.run(train)", "import sys\nanyio.run(train, int(sys.argv[1]))")
+    script = tmp_path / "train.py"
+    script.write_text(code)
+    check = (
+        "import anyio, asynccp, sys\n"
+        "async def main():\n"
+        f"    async with asynccp.Checkpointer({str(tmp_path / 'run')!r}) as cp:\n"
+        "        c = await cp.latest()\n"
+        "        s = await c.read_state(framework='torch')\n"
+        "        steps = [x.step for x in await cp.list()]\n"
+        "        print(steps, s['step'], sorted(s['optim']['state'])[:2])\n"
+        "anyio.run(main)\n"
+    )
+    for steps, expected in ((250, "[0, 100, 200] 200 [0, 1]"), (450, "[200, 300, 400] 400 [0, 1]")):
+        proc = subprocess.run(
+            [sys.executable, str(script), str(steps)], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        got = subprocess.run(
+            [sys.executable, "-c", check], capture_output=True, text=True, timeout=120
+        )
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.strip() == expected
