@@ -101,6 +101,25 @@ class Telemetry:
         with self._tracer.start_as_current_span(name, attributes=attrs):
             yield
 
+    def open_span(self, name: str, **attributes: Any) -> Callable[[BaseException | None], None]:
+        """Start a span that is not the current one (several side by side: a group of
+        checkpoints committed together); call what this returns, with the error if
+        there was one, to end it."""
+        if self._tracer is None:
+            return lambda error: None
+        attrs = {**self.attributes, **{f"asynccp.{k}": v for k, v in attributes.items()}}
+        span = self._tracer.start_span(name, attributes=attrs)
+
+        def end(error: BaseException | None) -> None:
+            if error is not None:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            span.end()
+
+        return end
+
     def _add(self, name: str, value: int) -> None:
         counter = self._counters.get(name)
         if counter is not None:

@@ -7,6 +7,8 @@ temporary name and renamed into place with their writeback only started
 (``put(..., checked=True)``); :meth:`prepare_create` writes the record's bytes beside
 them and makes all of it and the folders durable in one journal commit; the commit is a
 hard link of the record into place (create-if-absent) and one fsync of its folder.
+Small checkpoints saved back to back share those two: :meth:`LocalDir.prepare_group`
+and :meth:`LocalDir.link_group` (see ``asynccp._write._commit.commit_group``).
 Other objects (leases, attempt records) are written to a temporary name, fsynced and
 renamed.
 
@@ -82,6 +84,56 @@ class LocalDir:
             self._link(prepared, key)
             return
         self._write(key, data, create=True)
+
+    def prepare_group(self, records: Sequence[tuple[str, bytes, Sequence[str]]]) -> list[Path]:
+        """:meth:`prepare_create` for several records at once (durable stores only):
+        each ``(folder, data, sync)`` written, then all of it and their folders made
+        durable together — one journal commit for the lot, where one each would take
+        turns. Returns the prepared files, in order, for :meth:`link_group`."""
+        assert self.durable, "a group is prepared on a durable store only"
+        made: list[Path] = []
+        sync: list[str] = []
+        try:
+            for folder, data, objects in records:
+                key = prepared_record_key(folder, secrets.token_hex(8))
+                tmp = self.root / key
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                _write_file(tmp, data, sync=False)
+                made.append(tmp)
+                sync += [*objects, key]
+            _sync_files([self.root / k for k in sync])
+            self.make_durable(sync)
+        except BaseException:
+            self.discard_group(made)
+            raise
+        return made
+
+    def link_group(self, links: Sequence[tuple[Path, str]]) -> int:
+        """Create each ``key`` as a hard link to its prepared file, in order, stopping
+        at the first that fails (it raises when it is the first). Returns how many were
+        linked; the ones after them are left prepared, for :meth:`create` or
+        :meth:`discard_prepared`. :meth:`make_durable` of the linked keys then makes
+        them durable with one fsync per folder."""
+        done: list[str] = []
+        try:
+            for prepared, key in links:
+                dest = self.root / key
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(prepared, dest)
+                except FileExistsError:
+                    raise ObjectExists(key) from None
+                prepared.unlink()
+                done.append(key)
+        except Exception:
+            if not done:
+                raise
+        return len(done)
+
+    def discard_group(self, prepared: Sequence[Path]) -> None:
+        """Remove prepared files no link took."""
+        for path in prepared:
+            path.unlink(missing_ok=True)
 
     def prepare_create(
         self, folder: str, data: bytes | None, *, sync: Sequence[str]

@@ -110,6 +110,14 @@ class StagingQueue(Generic[T]):
             await self._changed.wait()
         return self._waiting.popleft()
 
+    def take_while(self, accept: Callable[[T], bool], limit: int) -> list[T]:
+        """The items waiting now, in save order, as long as ``accept`` takes them and
+        at most ``limit`` of them (no waiting: those saved since the last ``get``)."""
+        taken: list[T] = []
+        while self._waiting and len(taken) < limit and accept(self._waiting[0]):
+            taken.append(self._waiting.popleft())
+        return taken
+
     def done(self, item: T) -> None:
         """``item`` committed or failed: give its room back."""
         self._count -= 1
