@@ -125,29 +125,69 @@ class SignalWatcher:
         global _exiting
         previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
         _exiting = False
+        stack = contextlib.ExitStack()
         opened = False
         try:
-            with contextlib.ExitStack() as stack:
-                try:
-                    received = stack.enter_context(anyio.open_signal_receiver(*_SIGNALS))
-                    opened = True
-                except (NotImplementedError, RuntimeError, ValueError) as e:
-                    log.debug("asynccp: signals are not handled here: %s", e)
-                    return
-                finally:
-                    task_status.started()
-                async for signum in received:
-                    for watcher in list(_watching):
-                        watcher.receive(signum)
+            try:
+                received = stack.enter_context(anyio.open_signal_receiver(*_SIGNALS))
+                opened = True
+            except (NotImplementedError, RuntimeError, ValueError) as e:
+                log.debug("asynccp: signals are not handled here: %s", e)
+                return
+            finally:
+                task_status.started()
+            async for signum in received:
+                for watcher in list(_watching):
+                    watcher.receive(signum)
         finally:
-            # Closing the receiver has just put the default action back (asyncio does
-            # so whatever was there before): replace it at once.
             if opened and _exiting:
-                _ignore_further_signals()
+                _close_and_ignore(stack)
             else:
+                stack.close()
                 for sig, handler in previous.items():
                     if handler is not None:
                         signal.signal(sig, handler)
+
+
+def _close_and_ignore(stack: contextlib.ExitStack) -> None:
+    """Close the signal receiver and install :func:`_log_and_ignore`, with no signal
+    able to end the process on the way.
+
+    Closing the receiver puts the default actions back for a moment (asyncio does so,
+    whatever was there before): Python's default SIGINT handler raises
+    KeyboardInterrupt wherever the main thread then is — 2 runs in 80 with a second
+    SIGINT 10 ms after the first exited by SIGINT (-2) instead of 75, the
+    KeyboardInterrupt raised inside asyncio's ``remove_signal_handler``. So a
+    KeyboardInterrupt raised here is taken as that signal (logged, ignored), and the
+    close is finished: an asyncio registration the interrupted close left behind is
+    removed (else the loop's own close would put the default action back later), and
+    :func:`_log_and_ignore` installed, SIGTERM first (its default action kills at once,
+    with no Python involved: the microseconds between asyncio's reset and the install
+    below are the only moment left where a SIGTERM does).
+    """
+    for _ in range(100):  # (each round but the last is a KeyboardInterrupt)
+        try:
+            try:
+                stack.close()
+                _remove_loop_handlers()
+            finally:
+                _ignore_further_signals()
+            return
+        except KeyboardInterrupt:
+            _log_and_ignore(signal.SIGINT, None)
+
+
+def _remove_loop_handlers() -> None:
+    """Remove asyncio's registrations of SIGTERM/SIGINT, if any are left."""
+    try:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio restores what it replaced by itself)
+        return
+    for sig in _SIGNALS:
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(sig)
 
 
 def _log_and_ignore(signum: int, frame: FrameType | None) -> None:
