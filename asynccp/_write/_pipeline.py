@@ -384,10 +384,13 @@ class Pipeline:
         finally:
             self._worker_done.set()
 
+    def _groupable(self, item: Pending) -> bool:
+        return self._record() is None and groupable(self._store, item.files)
+
     def _group_after(self, item: Pending) -> list[Pending]:
         """The checkpoints to commit in one group with ``item``: the small ones saved
         right after it and waiting already (none: ``item`` goes alone)."""
-        if self._record() is not None or not groupable(self._store, item.files):
+        if not self._groupable(item):
             return []
         return self._queue.take_while(lambda p: groupable(self._store, p.files), GROUP_MAX - 1)
 
