@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import pytest
 
-import asynccp
 from asynccp import Checkpointer
 from asynccp._layout import manifest_key
 from asynccp._store import LocalDir
