@@ -24,8 +24,9 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -121,73 +122,69 @@ class SignalWatcher:
 
     async def _own_receiver(self, task_status: TaskStatus[None]) -> None:
         """Receive signals until cancelled; then put the previous handlers back, or,
-        when a run ended in pre-emption, ignore further signals."""
+        when a run ended in pre-emption, ignore further signals.
+
+        The handlers are asynccp's own (``signal.signal``), not an event loop's signal
+        receiver: closing one of those puts the default actions back for a moment
+        (asyncio does, whatever was there before), and a second signal then killed a
+        pre-empted process — 2 runs in 80 with a SIGINT 10 ms after the SIGTERM exited
+        by KeyboardInterrupt, and a SIGTERM there is fatal at once. Here the handler
+        that hands signals to the loop is replaced directly by the one that logs and
+        ignores them: there is no moment with a default action in between.
+        """
         global _exiting
         previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
         _exiting = False
-        stack = contextlib.ExitStack()
-        opened = False
+        installed = False
         try:
             try:
-                received = stack.enter_context(anyio.open_signal_receiver(*_SIGNALS))
-                opened = True
-            except (NotImplementedError, RuntimeError, ValueError) as e:
+                schedule = _scheduler()
+
+                def handler(signum: int, frame: FrameType | None) -> None:
+                    # Runs in the main thread between two bytecodes of whatever runs
+                    # there: hand the signal to the loop, never raise.
+                    try:
+                        schedule(_deliver, signum)
+                    except Exception:  # the loop is closing: nothing to hand it to
+                        _log_and_ignore(signum, frame)
+
+                for sig in _SIGNALS:
+                    signal.signal(sig, handler)
+                installed = True
+            except (ValueError, OSError, RuntimeError) as e:
                 log.debug("asynccp: signals are not handled here: %s", e)
                 return
             finally:
                 task_status.started()
-            async for signum in received:
-                for watcher in list(_watching):
-                    watcher.receive(signum)
+            await anyio.sleep_forever()
         finally:
-            if opened and _exiting:
-                _close_and_ignore(stack)
-            else:
-                stack.close()
-                for sig, handler in previous.items():
-                    if handler is not None:
-                        signal.signal(sig, handler)
-
-
-def _close_and_ignore(stack: contextlib.ExitStack) -> None:
-    """Close the signal receiver and install :func:`_log_and_ignore`, with no signal
-    able to end the process on the way.
-
-    Closing the receiver puts the default actions back for a moment (asyncio does so,
-    whatever was there before): Python's default SIGINT handler raises
-    KeyboardInterrupt wherever the main thread then is — 2 runs in 80 with a second
-    SIGINT 10 ms after the first exited by SIGINT (-2) instead of 75, the
-    KeyboardInterrupt raised inside asyncio's ``remove_signal_handler``. So a
-    KeyboardInterrupt raised here is taken as that signal (logged, ignored), and the
-    close is finished: an asyncio registration the interrupted close left behind is
-    removed (else the loop's own close would put the default action back later), and
-    :func:`_log_and_ignore` installed, SIGTERM first (its default action kills at once,
-    with no Python involved: the microseconds between asyncio's reset and the install
-    below are the only moment left where a SIGTERM does).
-    """
-    for _ in range(100):  # (each round but the last is a KeyboardInterrupt)
-        try:
-            try:
-                stack.close()
-                _remove_loop_handlers()
-            finally:
+            if installed and _exiting:
                 _ignore_further_signals()
-            return
-        except KeyboardInterrupt:
-            _log_and_ignore(signal.SIGINT, None)
+            elif installed:
+                for sig, old in previous.items():
+                    if old is not None:
+                        signal.signal(sig, old)
 
 
-def _remove_loop_handlers() -> None:
-    """Remove asyncio's registrations of SIGTERM/SIGINT, if any are left."""
+def _scheduler() -> Callable[..., Any]:
+    """A function that runs ``fn(*args)`` soon on the running event loop, safe to call
+    from a signal handler (asyncio's ``call_soon_threadsafe``, trio's
+    ``run_sync_soon``)."""
     try:
         import asyncio
 
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio (trio restores what it replaced by itself)
-        return
-    for sig in _SIGNALS:
-        with contextlib.suppress(ValueError, RuntimeError):
-            loop.remove_signal_handler(sig)
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        pass
+    import trio  # anyio runs on asyncio or trio
+
+    return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+def _deliver(signum: int) -> None:
+    """On the event loop: hand a signal to every supervisor watching."""
+    for watcher in list(_watching):
+        watcher.receive(signal.Signals(signum))
 
 
 def _log_and_ignore(signum: int, frame: FrameType | None) -> None:
