@@ -7,9 +7,9 @@ opened) and records it in ``pending``; the supervisor then flushes the attempt's
 checkpoints within ``grace`` seconds, so they commit before the SIGKILL, and exits with
 :data:`~asynccp.PREEMPTED_EXIT_CODE`. The watcher never touches a checkpointer.
 
-Supervisors running at once in one process share a single signal receiver (an event
-loop has one handler per signal), and the handlers found at the start are put back when
-the last one finishes. Signals are only handled in the main thread.
+Supervisors running at once in one process share a single set of handlers (a process
+has one handler per signal), and the handlers found at the start are put back when the
+last one finishes. Signals are only handled in the main thread.
 
 Once a run has ended in pre-emption the process is on its way out, so the old handlers
 are *not* put back: the default SIGTERM action would kill it (exit code 143 instead of
@@ -42,14 +42,14 @@ DEFAULT_GRACE = 20.0
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
 
 #: The supervisors handling signals in this process, oldest first. The oldest owns the
-#: signal receiver and hands each signal to all of them; when it finishes, the next
-#: oldest takes the receiver over. (One event loop handler per signal: two receivers
-#: would replace, then remove, each other's.)
+#: handlers and hands each signal to all of them; when it finishes, the next oldest
+#: takes them over. (One handler per signal: two owners would replace, then remove,
+#: each other's.)
 _watching: list[SignalWatcher] = []
 
 #: True when a run that was watching signals has ended in pre-emption since the current
-#: signal receiver opened: when it closes, further signals are then ignored (logged)
-#: instead of going back to the handlers of before.
+#: handlers were installed: when they are taken down, further signals are then ignored
+#: (logged) instead of going back to the handlers of before.
 _exiting = False
 _exit_hook_registered = False
 
@@ -95,8 +95,8 @@ class SignalWatcher:
             self._scope.cancel()
 
     def exiting(self) -> None:
-        """This run ends in pre-emption: from the moment the signal receiver closes
-        until the process exits, SIGTERM/SIGINT are logged and ignored."""
+        """This run ends in pre-emption: from the moment its signal handlers are taken
+        down until the process exits, SIGTERM/SIGINT are logged and ignored."""
         global _exiting
         if self in _watching:  # a run that does not handle signals changes nothing
             _exiting = True
