@@ -376,10 +376,7 @@ class Pipeline:
                         committed = anyio.Event()
                         self._busy.enter()
                         group = self._group_after(item)
-                        if group:
-                            tg.start_soon(self._process_group, [item, *group], previous, committed)
-                        else:
-                            tg.start_soon(self._process, item, previous, committed)
+                        tg.start_soon(self._process, item, group, previous, committed)
                         previous = committed
         finally:
             self._worker_done.set()
@@ -393,22 +390,6 @@ class Pipeline:
         if not self._groupable(item):
             return []
         return self._queue.take_while(lambda p: groupable(self._store, p.files), GROUP_MAX - 1)
-
-    async def _process_group(
-        self, items: list[Pending], previous: anyio.Event | None, committed: anyio.Event
-    ) -> None:
-        """:meth:`_process` for a group of small checkpoints committed together."""
-        try:
-            outcomes = await self._upload_group(items, previous)
-            committed.set()
-            for outcome in outcomes:
-                if outcome is not None:
-                    async with self._housekeeping:
-                        await self._after_commit(outcome, self._queue.idle)
-        finally:
-            committed.set()
-            self._in_flight.release()
-            self._busy.leave()
 
     async def _upload_group(
         self, items: list[Pending], previous: anyio.Event | None
@@ -434,42 +415,61 @@ class Pipeline:
                 end(e)
             if isinstance(e, anyio.get_cancelled_exc_class()):
                 for p in items:
-                    _handle.fail(
-                        p.handle, FlushTimeoutError(f"checkpoint {p.step} was abandoned mid-upload")
-                    )
-                    self._queue.done(p)
+                    self._give_up(p)
             raise
         finally:
             self._counters.upload_time += time.perf_counter() - started
-            if any(f.buffer is not None for p in items for f in p.files):
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._discard_all, items)
-            else:  # bytes only: nothing to unmap, no thread trip
-                self._discard_all(items)
+            await self._release(items)
         settled: list[Committed | None] = []
         for p, outcome, end in zip(items, outcomes, spans, strict=True):
             end(outcome if isinstance(outcome, CheckpointError) else None)
             settled.append(self._settle(p, outcome, started))
         return settled
 
-    def _discard_all(self, items: list[Pending]) -> None:
-        for p in items:
-            self._stager.discard(p.files, counted=p.size)
+    def _give_up(self, item: Pending) -> None:
+        """The exit flush ran out of time while ``item`` uploaded: fail it, free its room."""
+        _handle.fail(
+            item.handle, FlushTimeoutError(f"checkpoint {item.step} was abandoned mid-upload")
+        )
+        self._queue.done(item)
+
+    async def _release(self, items: list[Pending]) -> None:
+        """Give back what the items' snapshots hold (off the loop when there are maps
+        to unmap or staged copies to delete; bytes only: nothing to do, no thread trip)."""
+
+        def discard() -> None:
+            for p in items:
+                self._stager.discard(p.files, counted=p.size)
+
+        if any(f.path is not None or f.buffer is not None for p in items for f in p.files):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(discard)
+        else:
+            discard()
 
     async def _process(
-        self, item: Pending, previous: anyio.Event | None, committed: anyio.Event
+        self,
+        item: Pending,
+        group: list[Pending],
+        previous: anyio.Event | None,
+        committed: anyio.Event,
     ) -> None:
-        """Upload one checkpoint, commit it after ``previous``; free its room before its
-        handle resolves; then housekeeping — after ``committed`` is set, so the next
-        checkpoint's commit does not wait for it (one housekeeping runs at a time)."""
+        """Upload one checkpoint (with ``group``: it and those, committed as one group),
+        commit after ``previous``; free their room before their handles resolve; then
+        housekeeping — after ``committed`` is set, so the next commit does not wait for
+        it (one housekeeping runs at a time)."""
         try:
-            if previous is not None and item.size >= PIPELINE_BELOW:
-                await previous.wait()
-            outcome = await self._upload(item, previous)
+            if group:
+                outcomes = await self._upload_group([item, *group], previous)
+            else:
+                if previous is not None and item.size >= PIPELINE_BELOW:
+                    await previous.wait()
+                outcomes = [await self._upload(item, previous)]
             committed.set()
-            if outcome is not None:
-                async with self._housekeeping:
-                    await self._after_commit(outcome, self._queue.idle)
+            for outcome in outcomes:
+                if outcome is not None:
+                    async with self._housekeeping:
+                        await self._after_commit(outcome, self._queue.idle)
         finally:
             committed.set()
             self._in_flight.release()
@@ -499,19 +499,11 @@ class Pipeline:
         except CheckpointError as e:
             outcome = e
         except anyio.get_cancelled_exc_class():
-            _handle.fail(
-                item.handle, FlushTimeoutError(f"checkpoint {item.step} was abandoned mid-upload")
-            )
-            self._queue.done(item)
+            self._give_up(item)
             raise
         finally:
             self._counters.upload_time += time.perf_counter() - started
-            release = partial(self._stager.discard, item.files, counted=item.size)
-            if any(f.path is not None or f.buffer is not None for f in item.files):
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(release)
-            else:  # bytes only: nothing to unmap or delete, no thread trip
-                release()
+            await self._release([item])
         return self._settle(item, outcome, started)
 
     def _settle(
