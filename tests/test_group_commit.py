@@ -88,7 +88,8 @@ async def test_a_record_in_the_way_is_judged_one_by_one(
     assert isinstance(out[3], Committed) and out[3].key == manifest_key(4)
     assert leftovers(root) == []
     tombstone = json.loads((root / manifest_key(3)).read_text())
-    assert tombstone  # the invalid record became a tombstone naming its replacement
+    assert tombstone["tombstone"] is True and tombstone["replaced_by"] == manifest_key(3, 1)
+    assert (root / tombstone["moved_to"]).read_bytes() == b"{ not json"
     async with Checkpointer(root) as cp:
         assert await (await cp.get(2)).read() == b"theirs"
         assert await (await cp.get(3)).read() == body(3)
