@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -300,17 +300,7 @@ async def commit_group(
     folders = [data_dir(i.step, writer) for i in items]
     keys = [payload_key(folder, i.file.name) for folder, i in zip(folders, items, strict=True)]
     records = [manifest_key(i.step) for i in items]
-    manifests = [
-        Manifest(
-            step=i.step,
-            writer=writer,
-            attempt=attempt,
-            created_at=i.created_at,
-            metadata=i.metadata,
-            files={i.file.name: FileInfo(i.file.size, 0)},
-        )
-        for i in items
-    ]
+    manifests: list[Manifest] = []  # made once every checksum is known
     prepared: list[Path] = []
     linked = 0
     synced = False
@@ -325,8 +315,17 @@ async def commit_group(
     def write_and_prepare() -> None:
         for item, key in zip(items, keys, strict=True):
             _checksum_and_put(store, item.file, key)
-        for n, item in enumerate(items):
-            manifests[n] = replace(manifests[n], files={item.file.name: _info(item.file)})
+        manifests.extend(
+            Manifest(
+                step=i.step,
+                writer=writer,
+                attempt=attempt,
+                created_at=i.created_at,
+                metadata=i.metadata,
+                files={i.file.name: FileInfo(i.file.size, _crc(i.file))},
+            )
+            for i in items
+        )
         bodies = [m.encode() for m in manifests]
         made = store.prepare_group(
             [(f, b, [k]) for f, b, k in zip(folders, bodies, keys, strict=True)]
@@ -387,10 +386,6 @@ async def commit_group(
         else:
             out.append(committed)
     return out
-
-
-def _info(f: StagedFile) -> FileInfo:
-    return FileInfo(f.size, _crc(f))
 
 
 async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.CapacityLimiter) -> None:
