@@ -47,7 +47,7 @@ from ._groups import add_note
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
 from ._retention import Housekeeping
-from ._shard_records import ShardSpec, owned_prefixes, sharding
+from ._shard_records import ShardSpec, sharding
 from ._store import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_IO_ATTEMPTS,
@@ -310,6 +310,7 @@ class Checkpointer:
             keep_every=opts.keep_every,
             orphan_grace=opts.orphan_grace,
             writer=self._writer,
+            bad=self._order.bad,
             shard=self.shard,
             generation=self.generation,
         )
@@ -517,8 +518,8 @@ class Checkpointer:
 
     async def _after_commit(self, committed: Committed, idle: bool) -> None:
         # A sharded writer's commit is its part, not the step: retention finds the step.
-        folders = None if committed.part is not None else owned_prefixes(committed.manifest)
-        await self._housekeeping.after_commit(committed.key, folders, idle=idle)
+        manifest = None if committed.part is not None else committed.manifest
+        await self._housekeeping.after_commit(committed.key, manifest, idle=idle)
 
     def _record_hook(self) -> RecordHook | None:
         """A sharded checkpointer records its part instead of committing the step."""

@@ -25,15 +25,17 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import MutableMapping
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from . import _catalog as catalog
-from ._catalog import Record
+from ._catalog import Bad, Record
 from ._layout import (
     DATA,
     MANIFESTS,
+    PARTS,
     QUARANTINE,
     is_temporary,
     parse_data_dir,
@@ -41,18 +43,21 @@ from ._layout import (
     step_of_quarantine_key,
 )
 from ._leases import drop, read_leases
-from ._shard_records import decode_record, folders_of, owned_prefixes
+from ._shard_records import AnyManifest, ShardedManifest, decode_record, folders_of, owned_prefixes
 from ._shards import sweep_parts
 from ._store import ObjectInfo, Store, call
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 __all__ = [
     "Housekeeping",
+    "Retained",
+    "Trust",
     "apply_retention",
     "collect_orphans",
     "delete_record",
     "invalid_records",
     "is_tombstone",
+    "purge_quarantine",
     "quarantine",
     "remove_invalid",
     "steps_to_delete",
@@ -99,40 +104,153 @@ async def delete_record(store: Store, record: Record, folders: list[str] | None)
         await _delete(store, [o.key for o in objs])
 
 
+@dataclass
+class Trust:
+    """What a writer (or one ``gc`` run) knows about the records at its location.
+
+    Filled as retention goes, so that each record is validated once and verified at most
+    once: a steady writer, whose own commits are known to verify, reads no payload.
+    """
+
+    #: Records found valid: key → the checkpoint's ``(step, writer)`` and the folders
+    #: deleting it removes.
+    valid: dict[str, tuple[Bad, list[str]]] = field(default_factory=dict)
+    #: Records known to verify: committed by this writer, or read whole and checked.
+    verified: set[str] = field(default_factory=set)
+    #: Checkpoints known not to verify (a checkpointer shares its step order's set:
+    #: what a read skipped, retention skips, and what retention finds, a save replaces).
+    bad: set[Bad] = field(default_factory=set)
+
+    def committed(self, key: str, manifest: AnyManifest) -> None:
+        """This writer committed ``manifest`` as ``key``: valid, and known to verify."""
+        self.valid[key] = ((manifest.step, manifest.writer), owned_prefixes(manifest))
+        self.verified.add(key)
+
+
+@dataclass(frozen=True)
+class Retained:
+    """What one retention round did (or, in a dry run, would do)."""
+
+    #: Steps deleted (or that would be), ascending.
+    deleted: list[int]
+    #: Valid checkpoints kept and counted, ascending.
+    kept: list[int]
+    #: Steps this round read whole and found to verify.
+    verified: list[int]
+    #: Steps this round (or an earlier read) found not to verify: never counted, kept.
+    not_verifying: list[int]
+    #: Why nothing was deleted although ``keep`` asked for it, or None.
+    held: str | None = None
+
+
 async def apply_retention(
     store: Store,
     keep: int | None,
     keep_every: int | None,
     *,
-    known_valid: MutableMapping[str, list[str]] | None = None,
-) -> list[int]:
-    """Delete the valid checkpoints retention does not keep; return their steps.
+    trust: Trust | None = None,
+    trusted: Callable[[AnyManifest], bool] | None = None,
+    dry_run: bool = False,
+) -> Retained:
+    """Delete the valid checkpoints retention does not keep, never trading a checkpoint
+    that verifies for one that does not.
 
-    ``known_valid`` caches the records found valid (key → what deleting removes; a
-    checkpointer's own commits go straight in): each record is checked once, not at
-    every commit.
+    The rule (``DESIGN.md`` §8): only valid checkpoints not known to be bad count towards
+    ``keep``; and nothing is deleted unless a *newer kept* checkpoint is known to verify.
+    The kept ones are tried newest first: one this writer committed (``trust.verified``)
+    or that ``trusted`` vouches for (a sharded step of this very launch) counts at once;
+    any other is read whole and checked once (the answer cached in ``trust``). One that
+    fails joins ``trust.bad`` (a logged warning names it), stops
+    counting, and the count is made again, so an older checkpoint that verifies takes
+    its place instead of being deleted. Deleted: only checkpoints older than the newest
+    kept one known to verify.
+
+    A store error while checking propagates (the caller retries later): nothing is
+    deleted on a guess. With ``dry_run`` the checks are made, nothing is deleted.
     """
     if keep is None:
-        return []
-    cache: MutableMapping[str, list[str]] = {} if known_valid is None else known_valid
-    valid: list[tuple[Record, list[str]]] = []  # oldest first, with what deleting removes
+        return Retained([], [], [], [])
+    trust = Trust() if trust is None else trust
+    entries: list[tuple[Record, AnyManifest | None]] = []  # valid, oldest first
     for record in await catalog.records(store):
-        folders = cache.get(record.key)
-        if folders is None:
+        if record.key not in trust.valid:
             try:
-                folders = owned_prefixes(await catalog.validate(store, record))
+                manifest = await catalog.validate(store, record)
             except (CorruptCheckpointError, CheckpointNotFoundError):
                 continue  # never counted, never deleted here
-            cache[record.key] = folders
-        valid.append((record, folders))
-    doomed = set(steps_to_delete([r.step for r, _ in valid], keep, keep_every))
-    deleted = []
-    for record, folders in valid:
+            trust.valid[record.key] = ((manifest.step, manifest.writer), owned_prefixes(manifest))
+            entries.append((record, manifest))
+        else:
+            entries.append((record, None))
+    verified: list[int] = []
+    while True:
+        counted = [(r, m) for r, m in entries if trust.valid[r.key][0] not in trust.bad]
+        doomed = set(steps_to_delete([r.step for r, _ in counted], keep, keep_every))
+        not_verifying = [r.step for r, _ in entries if trust.valid[r.key][0] in trust.bad]
+        kept = [r.step for r, _ in counted if r.step not in doomed]
+        if not doomed:
+            return Retained([], kept, verified, not_verifying)
+        anchor = await _anchor(store, counted, doomed, trust, trusted, verified)
+        if anchor is _RECOUNT:
+            continue
+        if anchor is None:
+            return Retained([], kept, verified, not_verifying, held=_HELD)
+        assert isinstance(anchor, int)
+        going = [(r, m) for r, m in counted if r.step in doomed and r.step < anchor]
+        kept = [r.step for r, _ in counted if r.step not in {r.step for r, _ in going}]
+        if not dry_run:
+            for record, _ in going:
+                await delete_record(store, record, trust.valid[record.key][1])
+                trust.valid.pop(record.key, None)
+                trust.verified.discard(record.key)
+        return Retained([r.step for r, _ in going], kept, verified, not_verifying)
+
+
+_RECOUNT = object()
+_HELD = "no kept checkpoint newer than those retention would delete verifies"
+
+
+async def _anchor(
+    store: Store,
+    counted: list[tuple[Record, AnyManifest | None]],
+    doomed: set[int],
+    trust: Trust,
+    trusted: Callable[[AnyManifest], bool] | None,
+    verified: list[int],
+) -> int | object | None:
+    """The step of the newest kept checkpoint known to verify (checking the kept ones
+    newest first), :data:`_RECOUNT` when one turned out bad (count again), or None."""
+    for record, manifest in reversed(counted):
         if record.step in doomed:
-            await delete_record(store, record, folders)
-            cache.pop(record.key, None)
-            deleted.append(record.step)
-    return deleted
+            continue  # (older kept ones — milestones — cannot vouch for newer doomed ones,
+            # but may for older ones: keep looking)
+        if record.key in trust.verified:
+            return record.step
+        if manifest is None:
+            try:
+                manifest = await catalog.read_manifest(store, record)
+            except (CheckpointNotFoundError, CorruptCheckpointError):
+                return None  # changed since it was validated: next round
+        if trusted is not None and trusted(manifest):
+            trust.verified.add(record.key)
+            return record.step
+        try:
+            await catalog.verify(store, manifest)
+        except CorruptCheckpointError as e:
+            if not await catalog.still_committed(store, record.key):
+                return None  # deleted meanwhile (another writer's retention): next round
+            log.warning(
+                "asynccp: checkpoint %d in %s does not verify, so retention does not count it: %s",
+                record.step,
+                store.description,
+                e,
+            )
+            trust.bad.add((manifest.step, manifest.writer))
+            return _RECOUNT
+        trust.verified.add(record.key)
+        verified.append(record.step)
+        return record.step
+    return None
 
 
 async def quarantine(store: Store, key: str, *, tombstone_for: str | None = None) -> str | None:
@@ -187,7 +305,12 @@ async def invalid_records(store: Store) -> list[tuple[Record, str]]:
 
 async def remove_invalid(store: Store, *, how: Literal["quarantine", "delete"]) -> list[int]:
     """Move every invalid record to quarantine (``how="quarantine"``) or delete it and
-    its payload (``how="delete"``); valid checkpoints are not touched. Return the steps."""
+    its payload (``how="delete"``); valid checkpoints are not touched. Return the steps.
+
+    A record too broken to name its payload folder: the step's folders that nothing
+    else names and no live writer holds go with it (an invalid checkpoint's payload is
+    not left to wait for the orphan collector's grace).
+    """
     if how not in ("quarantine", "delete"):
         raise ValueError(f"how must be 'quarantine' or 'delete', got {how!r}")
     steps = []
@@ -196,9 +319,39 @@ async def remove_invalid(store: Store, *, how: Literal["quarantine", "delete"]) 
             for key in (*record.superseded, record.key):
                 await quarantine(store, key)
         else:
-            await delete_record(store, record, await _folders_of(store, record.key))
+            folders = await _folders_of(store, record.key)
+            await delete_record(store, record, folders)
+            if folders is None:
+                await collect_orphans(store, timedelta(0), steps={record.step})
         steps.append(record.step)
     return steps
+
+
+async def purge_quarantine(store: Store, *, dry_run: bool = False) -> list[str]:
+    """Delete every record in ``quarantine/`` and the payload folders they name (those no
+    committed record names too); return the records' keys.
+
+    Quarantine keeps replaced and invalid records, with their payload, for inspection;
+    this is the explicit way to let them go (the orphan collector never takes a
+    quarantined record's payload).
+    """
+    keys = await catalog.quarantined(store)
+    named: set[str] = set()
+    for key in keys:
+        named.update(await _folders_of(store, key) or [])
+    if named:
+        for record in await catalog.records(store):
+            for key in (record.key, *record.superseded):
+                named.difference_update(await _folders_of(store, key) or [])
+    if dry_run:
+        return keys
+    if keys:
+        await _delete(store, keys)
+    for prefix in sorted(named):
+        objs = await _list(store, prefix + "/")
+        if objs:
+            await _delete(store, [o.key for o in objs])
+    return keys
 
 
 async def _folders_of(store: Store, key: str, raw: bytes | None = None) -> list[str] | None:
@@ -217,6 +370,8 @@ async def collect_orphans(
     *,
     writer: str | None = None,
     generation: str | None = None,
+    dry_run: bool = False,
+    steps: Collection[int] | None = None,
 ) -> list[str]:
     """Delete payload folders no record points to, older than ``grace``, and the part
     records of sharded steps whose launch is gone without completing them; return them
@@ -227,7 +382,10 @@ async def collect_orphans(
     writer). Never collected: folders of a writer with a live lease
     (``writer``, the collector's own, always is), folders a committed or quarantined
     record names. A record's temporary file is a few milliseconds' work, so one is only
-    taken once it is older than ``grace`` *and* :data:`MANIFEST_TMP_AGE`.
+    taken once it is older than ``grace`` *and* :data:`MANIFEST_TMP_AGE` (under
+    ``manifests/`` and under ``parts/`` alike). With ``dry_run``, nothing is deleted: the
+    folders that would be are returned. With ``steps``, only the payload folders of
+    those steps are looked at (and no part records or temporary files).
     """
     collector = writer or f"gc{secrets.token_hex(6)}"
     leases = await read_leases(store, collector, generation)
@@ -236,7 +394,10 @@ async def collect_orphans(
         cutoff = now - grace
         # Part records of sharded steps nobody will complete go first (then their
         # payload below); the payload their live generations name is kept.
-        protected, swept = await sweep_parts(store, leases, cutoff)
+        protected: set[str] = set()
+        swept: list[str] = []
+        if steps is None:
+            protected, swept = await sweep_parts(store, leases, cutoff, dry_run=dry_run)
         folders: dict[str, list[ObjectInfo]] = defaultdict(list)
         for o in await _list(store, DATA):
             folders["/".join(o.key.split("/")[:2])].append(o)
@@ -245,6 +406,8 @@ async def collect_orphans(
         for folder, contents in sorted(folders.items()):
             parsed = parse_data_dir(folder)
             if parsed is None or parsed[1] == collector or leases.alive(parsed[1]):
+                continue
+            if steps is not None and parsed[0] not in steps:
                 continue
             stale_tmp += [o.key for o in contents if _stale_tmp(o, cutoff)]
             if max(o.last_modified for o in contents) < cutoff:
@@ -255,11 +418,15 @@ async def collect_orphans(
             if folder in named or step in unreadable or folder in protected:
                 continue
             doomed.append(folder)
-            await _delete(store, [o.key for o in contents])
-        tmp_cutoff = min(cutoff, now - MANIFEST_TMP_AGE)
-        stale_tmp += [o.key for o in await _list(store, MANIFESTS) if _stale_tmp(o, tmp_cutoff)]
-        stale_tmp += leases.expired()
-        if stale_tmp:
+            if not dry_run:
+                await _delete(store, [o.key for o in contents])
+        if steps is None:  # records whose write was cut short; leases of the dead
+            tmp_cutoff = min(cutoff, now - MANIFEST_TMP_AGE)
+            for records_folder in (MANIFESTS, PARTS):
+                objs = await _list(store, records_folder)
+                stale_tmp += [o.key for o in objs if _stale_tmp(o, tmp_cutoff)]
+            stale_tmp += leases.expired()
+        if stale_tmp and not dry_run:
             await _delete(store, stale_tmp)
     finally:
         if writer is None:  # a one-off collector (the command line): its lease goes
@@ -321,6 +488,7 @@ class Housekeeping:
         keep_every: int | None,
         orphan_grace: float,
         writer: str,
+        bad: set[Bad],
         shard: int | None = None,
         generation: str | None = None,
     ) -> None:
@@ -332,14 +500,19 @@ class Housekeeping:
         self.keep_every = keep_every
         self.orphan_grace = timedelta(seconds=orphan_grace)
         self.writer = writer
-        #: Records found valid, with their payload folders (retention checks each once).
-        self._valid: dict[str, list[str]] = {}
+        #: What retention knows of the records (``bad`` is the step order's own set).
+        self.trust = Trust(bad=bad)
         self._orphans_collected = False
 
-    async def after_commit(self, key: str, folders: list[str] | None, *, idle: bool = True) -> None:
-        """This writer committed the record ``key`` (deleting it removes ``folders``;
-        None: not known here, as for a sharded writer's part): apply retention, collect
-        orphans.
+    def _this_launch(self, manifest: AnyManifest) -> bool:
+        """A sharded step every part of which this launch wrote: as good as our own."""
+        return isinstance(manifest, ShardedManifest) and manifest.generation == self.generation
+
+    async def after_commit(
+        self, key: str, manifest: AnyManifest | None, *, idle: bool = True
+    ) -> None:
+        """This writer committed ``manifest`` as the record ``key`` (None: a sharded
+        writer's part, whose step retention finds): apply retention, collect orphans.
 
         Orphan collection (a lease write, listings, deletes) waits for a commit after
         which nothing is staged (``idle``): on a local disk its writes would take turns
@@ -349,12 +522,16 @@ class Housekeeping:
         """
         if not self.active:
             return
-        if folders is not None:
-            self._valid[key] = folders
+        if manifest is not None:
+            self.trust.committed(key, manifest)
         try:
             if self.keep is not None:
                 await apply_retention(
-                    self.store, self.keep, self.keep_every, known_valid=self._valid
+                    self.store,
+                    self.keep,
+                    self.keep_every,
+                    trust=self.trust,
+                    trusted=self._this_launch if self.generation is not None else None,
                 )
             if not self._orphans_collected and idle:
                 self._orphans_collected = True

@@ -91,7 +91,9 @@ async def uncommitted(store: Store) -> list[PartGroup]:
     return [g for g in groups if g.step not in committed]
 
 
-async def sweep_parts(store: Store, leases: Leases, cutoff: datetime) -> tuple[set[str], list[str]]:
+async def sweep_parts(
+    store: Store, leases: Leases, cutoff: datetime, *, dry_run: bool = False
+) -> tuple[set[str], list[str]]:
     """Orphan collection of part records; returns ``(protected, removed)``.
 
     The part records of a step that is not committed by their generation are orphans
@@ -101,7 +103,8 @@ async def sweep_parts(store: Store, leases: Leases, cutoff: datetime) -> tuple[s
     collects); the payload folders named by the records of a generation still alive
     are ``protected``: another shard of it may yet complete the step. ``removed`` lists
     the ``parts/<step>/<gen>`` folders deleted. Records of the generation that committed
-    their step belong to the checkpoint (retention deletes them with it).
+    their step belong to the checkpoint (retention deletes them with it). With
+    ``dry_run`` nothing is deleted (``removed``: what would be).
     """
     groups = await part_groups(store)
     if not groups:
@@ -144,7 +147,8 @@ async def sweep_parts(store: Store, leases: Leases, cutoff: datetime) -> tuple[s
             protected |= folders[gen]
             continue
         keys = [o.key for o in g.records.values()]
-        await call(store, store.delete, keys, key=keys, action="deleting")
+        if not dry_run:
+            await call(store, store.delete, keys, key=keys, action="deleting")
         removed.append(parts_dir(g.step, gen).rstrip("/"))
     return protected, removed
 

@@ -200,8 +200,9 @@ async def test_gc_keep_1_with_a_broken_newest_keeps_the_newest_valid(any_site: S
     any_site.raw.put(manifest_key(3), b"broken")
     store = resolve(any_site.make_location())
     async with Checkpointer(any_site.make_location()) as cp:
-        deleted = await apply_retention(store, 1, None)
-        assert deleted == [0, 1]
+        retained = await apply_retention(store, 1, None)
+        assert retained.deleted == [0, 1]
+        assert retained.verified == [2]  # read whole before relying on it
         restored = await cp.read()
         assert restored == payload(2)
         assert any_site.raw.get(manifest_key(3)) == b"broken"

@@ -638,12 +638,16 @@ async def test_the_command_line_on_a_sharded_location(
     )
     assert code == 0 and "of step 1" in out
 
-    # gc: retention counts the valid steps; the abandoned parts of step 3 are collected
+    # gc: retention counts the steps that verify (step 2 has a corrupt part: not counted,
+    # not deleted; step 1, read whole first, stands for it); the abandoned parts of step 3
+    # are collected
     code, out, _ = await anyio.to_thread.run_sync(
-        lambda: cli("gc", str(root), "--keep", "2", "--orphan-grace", "0")
+        lambda: cli("gc", str(root), "--keep", "1", "--orphan-grace", "0")
     )
     assert code == 0, out
     assert "deleted 1 checkpoint(s): 0" in out
+    assert "read and verified before relying on them: 1" in out
+    assert "do not verify (not counted, not deleted" in out and "): 2" in out
     assert "the part records of 1 abandoned sharded step(s)" in out
     left = sorted(p.relative_to(root).as_posix() for p in (root / "parts").rglob("*.json"))
     assert left == [f"parts/{s:020d}/gen1/{r}-of-3.json" for s in (1, 2) for r in range(3)]

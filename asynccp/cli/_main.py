@@ -41,11 +41,16 @@ from asynccp._catalog import list_steps, load, quarantined, survey
 from asynccp._catalog import newest as newest_verified
 from asynccp._checkpoint import Checkpoint
 from asynccp._layout import MAX_STEP, PARTS
-from asynccp._retention import apply_retention, collect_orphans, remove_invalid, steps_to_delete
+from asynccp._retention import apply_retention, collect_orphans, purge_quarantine, remove_invalid
 from asynccp._shards import PartGroup, uncommitted
 from asynccp._store import CLIENT_KEYS, resolve
 from asynccp._store import Store as Location
-from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
+from asynccp.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    CorruptCheckpointWarning,
+    StoreError,
+)
 
 from ._format import fmt_size, one_line, parse_size, table
 
@@ -300,12 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = located(
         "gc",
         "apply retention and collect orphans",
-        "Delete valid checkpoints beyond the newest --keep valid ones (keeping every "
-        "--keep-every milestone), manifest first, then payload folders nobody committed that "
-        "are older than --orphan-grace. Invalid checkpoints are never counted and never "
-        "deleted by --keep: they stay (listed by `ls`) unless --invalid says otherwise.",
+        "Delete checkpoints beyond the newest --keep (keeping every --keep-every milestone), "
+        "record first, then payload folders nobody committed that are older than "
+        "--orphan-grace. Retention never trades a checkpoint that verifies for one that does "
+        "not: checkpoints that are invalid or fail verification are never counted and never "
+        "deleted by --keep, and nothing is deleted unless a newer kept checkpoint verifies "
+        "(read whole and checked, once). Invalid ones stay (listed by `ls`) unless --invalid "
+        "says otherwise.",
     )
-    p.add_argument("--keep", type=_pos_int, required=True, help="newest checkpoints to keep (>= 1)")
+    p.add_argument("--keep", type=_pos_int, help="newest checkpoints to keep (>= 1)")
     p.add_argument("--keep-every", type=_pos_int, help="also keep every step divisible by K")
     p.add_argument(
         "--orphan-grace",
@@ -321,7 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(payload kept for inspection), or delete records and payload",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
+        "--quarantine",
+        choices=("keep", "purge"),
+        default="keep",
+        help="records in quarantine/: keep them (default) or delete them and their payload",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be deleted (checkpoints and orphans), delete nothing",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     _store_args(p)
@@ -679,38 +695,59 @@ async def _restore(
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
+    if args.keep is None and args.invalid == "keep" and args.quarantine == "keep":
+        raise UsageError(
+            "gc: say what to delete: --keep N (retention), --invalid quarantine|delete or "
+            f"--quarantine purge (see {PROG} gc --help)"
+        )
     loc = _open(args)
-    surveyed = await survey(loc)
-    valid = [e.record.step for e in surveyed if e.checkpoint is not None]
-    invalid = [e.record.step for e in surveyed if e.checkpoint is None]
-    doomed = steps_to_delete(valid, args.keep, args.keep_every)
-    orphans: list[str] = []
+    dry = args.dry_run
+    invalid = [e.record.step for e in await survey(loc) if e.checkpoint is None]
+    retained = await apply_retention(loc, args.keep, args.keep_every, dry_run=dry)
     removed: list[int] = []
-    if not args.dry_run:
-        doomed = await apply_retention(loc, args.keep, args.keep_every)
-        if args.invalid != "keep":
-            removed = await remove_invalid(loc, how=args.invalid)
-        orphans = await collect_orphans(loc, timedelta(seconds=args.orphan_grace))
-    elif args.invalid != "keep":
-        removed = invalid
-    kept = [s for s in valid if s not in set(doomed)]
+    if args.invalid != "keep":
+        removed = invalid if dry else await remove_invalid(loc, how=args.invalid)
+    purged: list[str] = []
+    if args.quarantine == "purge":
+        purged = await purge_quarantine(loc, dry_run=dry)
+    orphans = await collect_orphans(loc, timedelta(seconds=args.orphan_grace), dry_run=dry)
     doc = {
         "location": loc.description,
-        "dry_run": args.dry_run,
-        "deleted_steps": doomed,
-        "kept_steps": kept,
+        "dry_run": dry,
+        "deleted_steps": retained.deleted,
+        "kept_steps": retained.kept,
+        "verified_steps": retained.verified,
+        "not_verifying_steps": retained.not_verifying,
+        "retention_held": retained.held,
         "invalid_steps": invalid,
         "invalid_action": args.invalid,
         "invalid_removed": removed,
+        "quarantine_purged": purged,
         "orphans_collected": orphans,
     }
 
     def text() -> str:
-        verb = "would delete" if args.dry_run else "deleted"
-        lines = [f"{verb} {len(doomed)} checkpoint(s)" + (f": {_short(doomed)}" if doomed else "")]
-        lines.append(
-            f"kept {len(kept)} valid checkpoint(s)" + (f": {_short(kept)}" if kept else "")
-        )
+        would = "would be " if dry else ""
+        lines = []
+        if args.keep is not None:
+            deleted = retained.deleted
+            verb = "would delete" if dry else "deleted"
+            lines.append(
+                f"{verb} {len(deleted)} checkpoint(s)" + (f": {_short(deleted)}" if deleted else "")
+            )
+            kept = retained.kept
+            lines.append(f"kept {len(kept)} checkpoint(s)" + (f": {_short(kept)}" if kept else ""))
+            if retained.verified:
+                lines.append(
+                    f"read and verified before relying on them: {_short(retained.verified)}"
+                )
+            if retained.not_verifying:
+                lines.append(
+                    f"{len(retained.not_verifying)} checkpoint(s) do not verify (not counted, "
+                    f"not deleted; `asynccp verify` says why): {_short(retained.not_verifying)}"
+                )
+            if retained.held:
+                lines.append(f"deleted nothing: {retained.held}")
         if invalid:
             if args.invalid == "keep":
                 lines.append(
@@ -719,23 +756,18 @@ async def cmd_gc(args: argparse.Namespace) -> int:
                 )
             else:
                 done = {"quarantine": "moved to quarantine/", "delete": "deleted"}[args.invalid]
-                would = "would be " if args.dry_run else ""
                 lines.append(
                     f"{len(removed)} invalid checkpoint(s) {would}{done}: {_short(removed)}"
                 )
-        if args.dry_run:
-            lines.append("orphaned payload folders are not looked at in a dry run")
-        else:
-            parts = [o for o in orphans if o.startswith(PARTS)]
-            lines.append(
-                f"collected {len(orphans) - len(parts)} orphaned payload folder(s) "
-                f"older than {args.orphan_grace:g} s"
-                + (
-                    f", and the part records of {len(parts)} abandoned sharded step(s)"
-                    if parts
-                    else ""
-                )
-            )
+        if args.quarantine == "purge":
+            lines.append(f"{len(purged)} quarantined record(s) {would}deleted, with their payload")
+        parts = [o for o in orphans if o.startswith(PARTS)]
+        verb = "would collect" if dry else "collected"
+        lines.append(
+            f"{verb} {len(orphans) - len(parts)} orphaned payload folder(s) "
+            f"older than {args.orphan_grace:g} s"
+            + (f", and the part records of {len(parts)} abandoned sharded step(s)" if parts else "")
+        )
         return "\n".join(lines)
 
     _emit(args, doc, text)
@@ -918,6 +950,9 @@ def _messages(debug: bool) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
+            # The command reports every checkpoint it skips, whatever filter the host
+            # process set (an in-process caller running with warnings as errors too).
+            warnings.simplefilter("always", CorruptCheckpointWarning)
             yield
     finally:
         root.removeHandler(handler)
