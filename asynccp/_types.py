@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import Any, Literal, Union
 
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, MemoryStore, S3Store
 
-if TYPE_CHECKING:
-    from ._supervise._retry_policy import Backoff, RetryEvent
+from ._retry import Backoff, RetryEvent
 
 __all__ = ["BackoffSpec", "LocationLike", "OnRetry", "Payload", "Policy", "Recoverable"]
 
@@ -43,10 +42,10 @@ Policy = Literal["block", "latest"]
 
 #: What ``supervise(backoff=...)`` accepts: seconds, a ``timedelta``, a
 #: :class:`~asynccp.Backoff`, or ``retry_number -> seconds``.
-BackoffSpec = Union[float, timedelta, "Backoff", Callable[[int], float | timedelta]]
+BackoffSpec = float | timedelta | Backoff | Callable[[int], float | timedelta]
 
 #: What ``supervise(recoverable=...)`` accepts: exception type(s), or a predicate.
 Recoverable = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
 
 #: What ``supervise(on_retry=...)`` accepts: a callback (sync or async), or several.
-OnRetry = Union[Callable[["RetryEvent"], Any], Iterable[Callable[["RetryEvent"], Any]], None]  # noqa: UP007
+OnRetry = Union[Callable[[RetryEvent], Any], Iterable[Callable[[RetryEvent], Any]], None]  # noqa: UP007

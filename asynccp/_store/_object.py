@@ -13,7 +13,8 @@ retries; they are ``GenericError``, while "not found", "permission denied", "alr
 exists" have their own types and are final. So each call is repeated up to
 ``io_attempts`` times on ``GenericError`` — payload puts are idempotent, and a repeated
 manifest create is recognised by its writer id — waiting
-``min(2, 0.05 * 2 ** (n - 1) + uniform(0, 0.05))`` seconds before retry ``n``. The wait
+``min(2, 0.05 * 2 ** (n - 1) + uniform(0, 0.05))`` seconds before retry ``n`` (the
+supervisor's :class:`~asynccp._retry.Backoff` formula, with smaller numbers). The wait
 ends at once when the call is abandoned (:func:`~asynccp._store.wait_abandoned`).
 
 Each retry is logged at INFO on the ``asynccp`` logger, in asynccp's words. The loop is
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, GenericError, PreconditionError
 
 from .. import _memory
+from .._retry import Backoff
 from ..errors import ObjectExists
 from ._base import ObjectInfo, Source
 from ._call import wait_abandoned
@@ -50,6 +51,9 @@ __all__ = [
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
+
+#: The wait between the attempts of one store call: about 50 ms, 100 ms... up to 2 s.
+_IO_BACKOFF = Backoff(initial=0.05, max=2.0, jitter=0.05)
 
 #: Multipart part size and parallel parts for large payload objects.
 DEFAULT_CHUNK_SIZE = 8 << 20
@@ -93,7 +97,7 @@ class ObjectStore:
             except GenericError as e:
                 if attempt >= self.io_attempts:
                     raise
-                delay = min(2.0, 0.05 * 2 ** (attempt - 1) + random.uniform(0, 0.05))
+                delay = _IO_BACKOFF.delay(attempt)
                 lines = str(e).strip().splitlines()
                 log.info(
                     "%s: a store call failed (attempt %d of %d), retrying in %.2f s: %s",

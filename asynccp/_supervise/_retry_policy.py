@@ -3,23 +3,21 @@
 The options of :func:`asynccp.supervise` that decide a retry (``recoverable``,
 ``backoff``, ``on_retry``) arrive in several accepted shapes; this module turns each
 into one plain callable, and rejects anything else with a ``TypeError`` or
-``ValueError`` before the job runs. It also holds :class:`Backoff` (the default wait
-between attempts) and :class:`RetryEvent` (what ``on_retry`` callbacks receive). None
+``ValueError`` before the job runs. It also holds :data:`DEFAULT_BACKOFF` (the default
+wait between attempts). :class:`~asynccp._retry.Backoff` and
+:class:`~asynccp._retry.RetryEvent` live below, in :mod:`asynccp._retry`. None
 of it touches the store, the event loop or signals.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import signal
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .._checks import as_seconds, check_int, check_seconds, is_number
+from .._checks import as_seconds, check_seconds, is_number
+from .._retry import Backoff, RetryEvent
 from .._types import BackoffSpec, OnRetry, Recoverable
 from ..errors import NotAwaitableError, RecoverableError
 
@@ -40,71 +38,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with a cap and jitter, between attempts.
-
-    The wait before retry ``n`` (1 for the first retry) is
-    ``min(max, initial * exp_base ** (n - 1) + uniform(0, jitter))`` seconds: the
-    formula (and the defaults' shape) of stamina, which asynccp's HTTP-minded users
-    already know. ``Backoff(initial=1, max=60)`` waits about 1, 2, 4, 8... up to 60 s.
-    """
-
-    initial: float = 1.0
-    max: float = 60.0
-    exp_base: float = 2.0
-    jitter: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("initial", "max", "jitter"):
-            object.__setattr__(self, name, check_seconds(name, getattr(self, name), finite=True))
-        base = self.exp_base
-        if not is_number(base):
-            raise TypeError(f"exp_base must be a number >= 1, got {type(base).__name__} {base!r}")
-        if not math.isfinite(base) or base < 1:
-            raise ValueError(f"exp_base must be a number >= 1, got {base!r}")
-
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        check_int("retry", retry, minimum=1)
-        jitter = random.uniform(0, self.jitter) if self.jitter else 0.0
-        try:
-            return min(self.max, self.initial * self.exp_base ** (retry - 1) + jitter)
-        except OverflowError:
-            return self.max
-
-
 #: The default ``backoff`` of :func:`supervise`: about 1, 2, 4... up to 60 s, jittered.
 DEFAULT_BACKOFF = Backoff()
-
-
-@dataclass(frozen=True)
-class RetryEvent:
-    """What ``on_retry`` callbacks receive before the next attempt starts.
-
-    Attributes:
-        attempt: the attempt that just ended (0-based, as ``cp.attempt``).
-        error: the recoverable error it failed with; None when a signal pre-empted it.
-        delay: seconds the supervisor waits before the next attempt.
-        resume_step: the newest committed step, which the next attempt resumes from
-            (None when nothing is committed yet, or the store could not be asked).
-        retries_left: recoverable failures still allowed after this one.
-        preemptions_left: in-process pre-emptions still allowed.
-        signal: the signal that pre-empted the attempt, or None.
-    """
-
-    attempt: int
-    error: BaseException | None
-    delay: float
-    resume_step: int | None
-    retries_left: int
-    preemptions_left: int
-    signal: signal.Signals | None = None
-
-    @property
-    def preempted(self) -> bool:
-        """Whether a signal (not an error) ended the attempt."""
-        return self.signal is not None
 
 
 # -- how long to wait -------------------------------------------------------------------
