@@ -46,7 +46,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 
@@ -55,8 +55,21 @@ from ._memory import Gather
 from ._names import validate_name
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
-if TYPE_CHECKING:
-    from ._checkpoint import Checkpoint
+
+class Source(Protocol):
+    """What a state is read from: a checkpoint's files, read verified (a
+    :class:`~asynccp.Checkpoint` is one; this module sits below it)."""
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def files(self) -> Mapping[str, Any]: ...
+
+    async def read(self, name: str) -> bytes: ...
+
+    async def _read_buffer(self, name: str) -> Any: ...
+
 
 __all__ = ["STATE_NAME", "State", "plan_state", "read_state"]
 
@@ -449,7 +462,7 @@ def _device_copier(gpu: list[tuple[int, Any, int]]) -> Callable[[Any], None]:
 
 
 async def read_state(
-    ckpt: Checkpoint, name: str = STATE_NAME, *, framework: Framework = "numpy"
+    ckpt: Source, name: str = STATE_NAME, *, framework: Framework = "numpy"
 ) -> Any:
     """The state saved as ``name`` in checkpoint ``ckpt``, verified (see the module doc)."""
     if framework not in ("numpy", "torch"):

@@ -23,7 +23,6 @@ import math
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -33,12 +32,12 @@ from obstore.store import MemoryStore
 
 from .._checkpointer import OPTION_NAMES, Checkpointer, check_options, continue_from, flush_within
 from .._checks import check_bool, check_int, check_seconds
+from .._context import CURRENT, current
 from .._groups import add_note
 from .._types import BackoffSpec, LocationLike, OnRetry, Recoverable
 from .._write import FlushResult
 from ..errors import (
     PREEMPTED_EXIT_CODE,
-    CheckpointClosedError,
     NotAwaitableError,
     Preempted,
     RetriesExhausted,
@@ -64,27 +63,6 @@ log = logging.getLogger("asynccp")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-
-_current: ContextVar[Checkpointer | None] = ContextVar("asynccp_current", default=None)
-
-
-def current() -> Checkpointer:
-    """The :class:`~asynccp.Checkpointer` of the supervised attempt running this code.
-
-    The counterpart of Flyte's ``current_context().checkpoint``: deep inside a
-    supervised job, reach the checkpointer without passing it down. Works in tasks
-    started from the attempt too (they inherit its context).
-
-    Raises:
-        CheckpointClosedError: outside a supervised attempt.
-    """
-    cp = _current.get()
-    if cp is None:
-        raise CheckpointClosedError(
-            "asynccp.current() was called outside a supervised attempt: call it from "
-            "code run by asynccp.supervise() or an @asynccp.checkpointed function"
-        )
-    return cp
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -176,7 +154,7 @@ class _Supervisor:
     ) -> T:
         signals = SignalWatcher(self.grace)
         outcome: _Done[T] | BaseException
-        nested = _current.get() is not None  # the outer supervisor handles signals
+        nested = CURRENT.get() is not None  # the outer supervisor handles signals
         async with anyio.create_task_group() as tg:
             if self.handle_signals and not nested:
                 await tg.start(signals.watch)
@@ -278,7 +256,7 @@ class _Supervisor:
         attempt's checkpoints are then flushed within ``grace``, whatever the
         checkpointer's ``flush_timeout``, and the exit keeps to that deadline.
         """
-        token = _current.set(cp)
+        token = CURRENT.set(cp)
         outcome: _Done[T] | _Failed | _Stopped | None = None
         try:
             async with cp:
@@ -304,7 +282,7 @@ class _Supervisor:
         except Exception as exc:  # the checkpointer could not open (or its exit failed)
             return _Failed(exc)
         finally:
-            _current.reset(token)
+            CURRENT.reset(token)
         assert outcome is not None
         return outcome
 
