@@ -120,6 +120,10 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
     def target() -> None:
         try:
             outcome: tuple[bool, Any] = (True, context.run(fn))
+        except StopIteration as e:  # a future refuses it (the await would hang): as PEP 479
+            error = RuntimeError("the task body raised StopIteration")
+            error.__cause__ = e
+            outcome = (False, error)
         except BaseException as e:  # handed to the awaiting task
             outcome = (False, e)
         with contextlib.suppress(RuntimeError):  # the loop closed: the body was abandoned
