@@ -65,11 +65,21 @@ def run_blocking(fn: Callable[[], Awaitable[T]]) -> T:
     main thread, handles SIGTERM); otherwise in a helper thread with its own loop and a
     copy of this thread's context, while this thread waits.
     """
+    if _loop_runs_here():
+        return _in_helper_thread(fn)
+    return contextvars.copy_context().run(_new_loop, fn)
+
+
+def _loop_runs_here() -> bool:
+    """Whether an event loop runs in this thread: asyncio's, or trio's (which marks its
+    thread for sniffio; a new loop cannot start under it either)."""
+    if sniffio.thread_local.name is not None:
+        return True
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return contextvars.copy_context().run(_new_loop, fn)
-    return _in_helper_thread(fn)
+        return False
+    return True
 
 
 def _new_loop(fn: Callable[[], Awaitable[T]]) -> T:
@@ -120,6 +130,10 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
     def target() -> None:
         try:
             outcome: tuple[bool, Any] = (True, context.run(fn))
+        except StopIteration as e:  # a future refuses it (the await would hang): as PEP 479
+            error = RuntimeError("the task body raised StopIteration")
+            error.__cause__ = e
+            outcome = (False, error)
         except BaseException as e:  # handed to the awaiting task
             outcome = (False, e)
         with contextlib.suppress(RuntimeError):  # the loop closed: the body was abandoned
