@@ -4,6 +4,7 @@ resolve() turns each kind of location into its store, and refuses what is not on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,25 @@ async def test_a_path_with_a_colon_elsewhere_stays_a_local_folder(
     async with Checkpointer(location) as cp:
         await (await cp.save(1, b"x"))
     assert (tmp_path / location / "manifests").is_dir()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+@pytest.mark.parametrize("location", ["/proc/asynccp-x", "/proc/self/asynccp-x"])
+async def test_a_local_location_that_cannot_be_created_is_a_store_error(location: str) -> None:
+    """``Checkpointer("/proc/x")`` raised a bare FileNotFoundError: every failure to
+    prepare a local location is a StoreError (a CheckpointError) naming it and saying
+    what to do, as EROFS and EPERM already were."""
+    with pytest.raises(StoreError) as ei:
+        async with Checkpointer(location):
+            pass
+    assert location in str(ei.value) and "writable" in str(ei.value)
+    assert isinstance(ei.value.__cause__, OSError)
+
+
+async def test_a_local_location_under_a_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"mine")
+    with pytest.raises(StoreError) as ei:
+        async with Checkpointer(tmp_path / "file" / "runs"):
+            pass
+    assert str(tmp_path / "file" / "runs") in str(ei.value)
+    assert (tmp_path / "file").read_bytes() == b"mine"
