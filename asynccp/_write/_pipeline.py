@@ -86,7 +86,8 @@ class FlushResult:
         errors: failures not reported before (by a handle awaited or a ``save()``
             that raised), in step order (the earliest step first); a
             :class:`FlushTimeoutError` last when pending work was abandoned.
-        abandoned: the steps given up on at the deadline (staged, not yet started).
+        abandoned: the steps given up on at the deadline, each once, in order: those
+            uploading (which may still commit) and those staged, not yet started.
         timed_out: the deadline passed before everything was done.
         last_committed: the newest step this checkpointer committed, if any.
     """
@@ -277,13 +278,22 @@ class Pipeline:
             )
             return None, ()
         pending = self._queue.drain()
-        self._unsettled.difference_update(p.step for p in pending)
-        steps = tuple(p.step for p in pending)
+        staged = sorted(p.step for p in pending)
+        in_flight = sorted(self._unsettled.difference(staged))
+        self._unsettled.difference_update(staged)
+        steps = tuple(sorted([*staged, *in_flight]))
+        parts = []
+        if in_flight:
+            parts.append(
+                f"{len(in_flight)} uploading (steps {in_flight}: they may still commit if "
+                "their last request lands)"
+            )
+        if staged:
+            parts.append(f"{len(staged)} staged, not started (steps {staged})")
         err = FlushTimeoutError(
-            f"flush did not finish within {seconds:g} s: {len(pending)} staged "
-            f"checkpoint(s) were abandoned (steps {list(steps[:10])}), and the one in "
-            "flight too (it may still commit if its last request lands); the latest "
-            f"committed step is {self._order.last_committed}"
+            f"flush did not finish within {seconds:g} s: {len(steps)} checkpoint(s) were "
+            f"abandoned, {' and '.join(parts)}; the latest committed step is "
+            f"{self._order.last_committed}"
         )
         for item in pending:
             _handle.fail(item.handle, err)
