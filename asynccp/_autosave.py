@@ -55,7 +55,6 @@ it installed, nothing is recorded and nothing else changes.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import sys
@@ -74,6 +73,7 @@ import crc32c
 from ._checkpointer import Checkpointer
 from ._checks import check_seconds, is_int
 from ._groups import first_leaf
+from ._manifest import check_metadata
 from .errors import (
     AutosaveError,
     CheckpointClosedError,
@@ -283,16 +283,7 @@ class _Options:
         timeout = None
         if final_timeout is not None:
             timeout = check_seconds("final_timeout", final_timeout)
-        meta: dict[str, Any] = {}
-        if metadata is not None:
-            if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-                raise TypeError(
-                    f"metadata must be a mapping with str keys, got {type(metadata).__name__}"
-                )
-            try:
-                meta = json.loads(json.dumps(dict(metadata), allow_nan=False))
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"metadata must be JSON-serialisable: {e}") from e
+        meta = check_metadata(metadata)
         return cls(seconds, changes, skip, limit, timeout, meta, meter_provider, tracer_provider)
 
 

@@ -535,6 +535,11 @@ class Checkpointer:
         (UTF-8 text), a path to a file or directory (copied to staging), or a mapping
         of file names to those. Returns a :class:`SaveHandle`; ``await`` it to wait for
         the commit. Raises any earlier background failure not yet reported.
+
+        ``step`` is an int (a numpy integer too); ``metadata`` a JSON-like mapping,
+        numpy scalars and NaN/infinities included (see
+        :func:`~asynccp._manifest.check_metadata` for how they are recorded and read
+        back).
         """
         self._check_open()
         step = check_step(step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Collection
 from datetime import timedelta
 from typing import TypeGuard
@@ -18,6 +19,7 @@ from typing import TypeGuard
 from ._layout import MAX_STEP
 
 __all__ = [
+    "as_plain_int",
     "as_seconds",
     "check_bool",
     "check_int",
@@ -55,8 +57,22 @@ def check_int(name: str, value: object, *, minimum: int = 0, maximum: int | None
 
 
 def check_step(value: object, name: str = "step") -> int:
-    """Check a checkpoint step: an int from 0 to ``MAX_STEP``."""
-    return check_int(name, value, minimum=0, maximum=MAX_STEP)
+    """Check a checkpoint step: an int from 0 to ``MAX_STEP``; return it as a Python int.
+
+    A step counted by numerical code is often a numpy integer (``np.int64``, from an
+    array's index or a counter array): any integer type registered as
+    ``numbers.Integral`` is accepted and converted, without importing numpy. ``bool``
+    (Python's or numpy's) is no step.
+    """
+    return check_int(name, as_plain_int(value), minimum=0, maximum=MAX_STEP)
+
+
+def as_plain_int(value: object) -> object:
+    """``value`` as a Python int when it is another integer type (``np.int64``, any
+    ``numbers.Integral`` but bool); anything else unchanged, for the check to judge."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+        return int(value)
+    return value
 
 
 def check_bool(name: str, value: object) -> bool:

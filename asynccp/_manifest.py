@@ -8,6 +8,10 @@ and every file with its size and CRC32C::
      "created_at": "2024-…+00:00", "data": "data/00000000000000000007-3f2a…",
      "metadata": {...}, "files": {"weights": {"size": 4096, "crc32c": "1a2b3c4d"}}}
 
+``metadata`` is the caller's, as :func:`check_metadata` made it JSON-ready: numpy
+scalars as Python numbers, NaN and the infinities as ``{"$float": "nan"}`` (JSON has no
+such numbers), read back as floats.
+
 Every field is validated on read: a manifest is untrusted input (anyone with write
 access to the bucket can edit it). A manifest whose ``format`` is newer than
 :data:`FORMAT` was written by a newer asynccp (:func:`newer_format` tells it apart from
@@ -17,6 +21,8 @@ a broken one).
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +40,9 @@ __all__ = [
     "Manifest",
     "check_metadata",
     "decode_doc",
+    "decode_metadata",
     "encode_doc",
+    "encode_metadata",
     "newer_format",
 ]
 
@@ -86,7 +94,7 @@ class Manifest:
             "attempt": self.attempt,
             "created_at": self.created_at.isoformat(),
             "data": self.data,
-            "metadata": self.metadata,
+            "metadata": encode_metadata(self.metadata),
             "files": {
                 name: {"size": info.size, "crc32c": f"{info.crc32c:08x}"}
                 for name, info in self.files.items()
@@ -127,6 +135,7 @@ class Manifest:
         metadata = doc.get("metadata")
         if not isinstance(metadata, dict):
             raise bad("metadata is not an object")
+        metadata = decode_metadata(metadata)
         raw_files = doc.get("files")
         if not isinstance(raw_files, dict):
             raise bad("files is not an object")
@@ -176,21 +185,123 @@ def _int(doc: Mapping[str, Any], key: str, bad: Callable[[str], CorruptCheckpoin
 
 
 def check_metadata(metadata: object) -> dict[str, Any]:
-    """Validate user metadata: a JSON-serialisable mapping with str keys (a copy)."""
+    """Validate user metadata; return a private copy of it, JSON-ready.
+
+    Metadata is a mapping with str keys whose values are JSON values: str, int, float,
+    bool, None, lists (or tuples) and mappings with str keys of those. Numbers from
+    numerical code are accepted as they come: numpy integer, floating and bool scalars
+    (``np.int64``, ``np.float32``, ``np.bool_``: detected as ``numbers.Integral`` /
+    ``numbers.Real`` / numpy's bool without importing numpy) become the Python ``int``,
+    ``float`` and ``bool`` they are equal to, which is what a reader gets back. NaN and
+    the infinities are kept (a diverging run's ``loss`` is NaN: its save must not
+    fail): JSON has no such numbers, so the record holds them as ``{"$float": "nan"}``,
+    ``{"$float": "inf"}`` and ``{"$float": "-inf"}`` (standard JSON any tool reads),
+    and asynccp's reader turns them back into floats. A mapping of that very shape in
+    the caller's metadata would read back as a float, so it is refused.
+
+    Raises:
+        TypeError: not a mapping, a key that is not a str, a value of another type;
+            each naming where in the metadata it is.
+        ValueError: a str (key or value) that is not valid Unicode (a lone surrogate
+            cannot be written as UTF-8), a ``{"$float": ...}`` mapping, or nesting too
+            deep to write.
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
     try:
-        # Round-trip: a private copy the caller cannot mutate, and proof it is JSON.
-        copy: dict[str, Any] = json.loads(json.dumps(dict(metadata), allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"metadata must be JSON-serialisable (str keys, finite numbers): {e}"
-        ) from e
-    if any(not isinstance(k, str) for k in metadata):
-        raise TypeError("metadata keys must be str")
-    return copy
+        plain = _plain(metadata, "metadata")
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply to be written as JSON") from None
+    assert isinstance(plain, dict)
+    return plain
+
+
+#: The key of the JSON object that stands for a float JSON cannot spell.
+_FLOAT_TAG = "$float"
+_FLOAT_NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _plain(value: object, where: str) -> Any:
+    """``value`` as plain Python JSON values (a new object), or the error naming
+    ``where`` it is in the metadata."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value if type(value) in (bool, int, float, type(None)) else _scalar(value)
+    if isinstance(value, str):
+        _check_text(value, where)
+        return str(value)
+    if isinstance(value, Mapping):
+        if set(value) == {_FLOAT_TAG}:
+            raise ValueError(
+                f"{where} is a mapping with the one key {_FLOAT_TAG!r}: asynccp writes NaN and "
+                "infinities that way, so it would read back as a float; rename the key"
+            )
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"metadata keys must be str: {where} has the key {key!r} ({type(key).__name__})"
+                )
+            _check_text(key, f"the key {key!r} of {where}")
+            out[str(key)] = _plain(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if _is_numpy_bool(value) or isinstance(value, numbers.Real):
+        return _scalar(value)
+    raise TypeError(
+        f"metadata must be JSON-serialisable: {where} is a {type(value).__name__} "
+        "(use str, int, float, bool, None, lists and mappings with str keys)"
+    )
+
+
+def _scalar(value: object) -> bool | int | float:
+    """A number of another type (a numpy scalar, an int or float subclass) as the
+    Python bool, int or float it stands for."""
+    if isinstance(value, bool) or _is_numpy_bool(value):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    assert isinstance(value, numbers.Real)
+    return float(value)
+
+
+def _is_numpy_bool(value: object) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{where} ({text!r}) is not valid Unicode: it holds a lone surrogate, "
+            "which cannot be written as UTF-8 (decode bytes with errors='replace', not "
+            "'surrogateescape')"
+        ) from None
+
+
+def encode_metadata(metadata: Any) -> Any:
+    """Metadata as the record holds it: NaN and the infinities as ``{"$float": ...}``."""
+    if isinstance(metadata, float) and not math.isfinite(metadata):
+        return {_FLOAT_TAG: "nan" if math.isnan(metadata) else ("inf" if metadata > 0 else "-inf")}
+    if isinstance(metadata, dict):
+        return {k: encode_metadata(v) for k, v in metadata.items()}
+    if isinstance(metadata, list):
+        return [encode_metadata(v) for v in metadata]
+    return metadata
+
+
+def decode_metadata(metadata: Any) -> Any:
+    """The record's metadata as the caller saved it (``{"$float": "nan"}`` -> NaN)."""
+    if isinstance(metadata, dict):
+        if len(metadata) == 1 and metadata.get(_FLOAT_TAG) in _FLOAT_NAMES:
+            return _FLOAT_NAMES[metadata[_FLOAT_TAG]]
+        return {k: decode_metadata(v) for k, v in metadata.items()}
+    if isinstance(metadata, list):
+        return [decode_metadata(v) for v in metadata]
+    return metadata
 
 
 def newer_format(raw: bytes) -> bool:

@@ -457,6 +457,67 @@ async def test_manifest_format_on_disk(tmp_path: Path) -> None:
     assert (tmp_path / doc["data"] / "w").read_bytes() == b"abc"
 
 
+@pytest.mark.parametrize("step", [np.int64(3), np.int32(3), np.uint8(3), np.intp(3)])
+async def test_a_numpy_integer_step_is_a_step(tmp_path: Path, step: Any) -> None:
+    """Numerical code counts steps in numpy integers: save(), get() take them and
+    record a plain int."""
+    async with Checkpointer(tmp_path) as cp:
+        saved = await (await cp.save(step, b"x"))
+        assert saved.step == 3 and type(saved.step) is int
+        assert (await cp.get(step)).step == 3
+    doc = json.loads((tmp_path / "manifests" / f"{3:020d}.json").read_text())
+    assert doc["step"] == 3
+
+
+@pytest.mark.parametrize("step", [np.bool_(True), np.float64(3.0), np.int64(-1)])
+async def test_a_numpy_step_that_is_no_step_is_refused(tmp_path: Path, step: Any) -> None:
+    async with Checkpointer(tmp_path) as cp:
+        with pytest.raises((TypeError, ValueError), match="step must be an int"):
+            await cp.save(step, b"x")
+
+
+async def test_metadata_from_numerical_code_is_kept_and_read_back(tmp_path: Path) -> None:
+    """numpy scalars and NaN/inf in metadata: a diverging run (loss = nan) saves, and
+    reads back what it saved — numpy scalars as Python numbers, NaN as NaN — while the
+    record stays standard JSON (NaN as {"$float": "nan"})."""
+    meta = {
+        "loss": np.float32(math.nan),
+        "grad": math.inf,
+        "low": -math.inf,
+        "lr": np.float32(0.5),
+        "seen": np.int64(7),
+        "done": np.bool_(False),
+        "hist": [np.float64(1.5), np.float16(math.nan), {"n": np.uint16(2)}],
+    }
+    async with Checkpointer(tmp_path) as cp:
+        handle = await cp.save(1, b"x", metadata=meta)
+        committed = await handle
+    raw = (tmp_path / "manifests" / f"{1:020d}.json").read_text()
+    doc = json.loads(raw, parse_constant=lambda c: pytest.fail(f"not standard JSON: {c}"))
+    assert doc["metadata"]["loss"] == {"$float": "nan"}
+    assert doc["metadata"]["grad"] == {"$float": "inf"}
+    assert doc["metadata"]["low"] == {"$float": "-inf"}
+    async with Checkpointer(tmp_path) as cp:
+        loaded = await cp.get(1)
+    for back in (committed.metadata, loaded.metadata):
+        assert math.isnan(back["loss"]) and type(back["loss"]) is float
+        assert back["grad"] == math.inf and back["low"] == -math.inf
+        assert back["lr"] == 0.5 and type(back["lr"]) is float
+        assert back["seen"] == 7 and type(back["seen"]) is int
+        assert back["done"] is False
+        assert back["hist"][0] == 1.5 and type(back["hist"][0]) is float
+        assert math.isnan(back["hist"][1]) and back["hist"][2] == {"n": 2}
+
+
+async def test_metadata_that_would_not_read_back_is_refused_at_save(tmp_path: Path) -> None:
+    async with Checkpointer(tmp_path) as cp:
+        with pytest.raises(ValueError, match=r"\$float"):
+            await cp.save(1, b"x", metadata={"x": {"$float": "nan"}})
+        with pytest.raises(TypeError, match=r"metadata\['a'\]\[0\] is a complex"):
+            await cp.save(1, b"x", metadata={"a": [np.complex64(1)]})
+        assert cp.stats.saves == 0
+
+
 async def test_url_locations(tmp_path: Path, moto_server: str, s3_bucket: str) -> None:
     async with Checkpointer(f"file://{tmp_path}/viaurl") as cp:
         await cp.save(0, b"u")

@@ -16,6 +16,8 @@ import itertools
 import json
 import os
 import random
+import re
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import anyio
 import obstore
 import obstore.exceptions
 import pytest
-from _moto import make_s3_store
+from _moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, make_s3_store
 from _proxy import FailMode, FaultProxy, HoldingProxy
 from _sites import Raw, Site
 from obstore.store import S3Store
@@ -157,6 +159,84 @@ async def test_failing_store_exit_raises(failing_store: FailingStore) -> None:
         await h
     assert cp.stats.failed == 1 and cp.stats.committed == 0
     assert_nothing_committed(failing_store)
+
+
+def _steps_named(error: BaseException) -> list[int]:
+    """The steps an error and its notes name, in the order they name them."""
+    text = " ".join([str(error), *getattr(error, "__notes__", [])])
+    return [int(s) for s in re.findall(r"step (\d+)", text)]
+
+
+async def test_failures_are_reported_earliest_step_first(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """Several checkpoints failing: save(), flush() and the exit raise the earliest
+    step's failure first. Step 1's upload is held by the network while step 2's fails
+    (503): the next save() does not report step 2 ahead of step 1, still to come; once
+    the network gives up on step 1 too, the exit raises step 1's failure, the later
+    ones as notes, in step order."""
+    store = S3Store(
+        s3_bucket,
+        config={
+            "endpoint": fault_proxy.url,
+            "access_key_id": ACCESS_KEY_ID,
+            "secret_access_key": SECRET_ACCESS_KEY,
+            "region": REGION,
+        },
+        # a new connection per request: the proxy's mode applies to each one
+        client_options={"allow_http": True, "pool_max_idle_per_host": "0"},
+        retry_config={"max_retries": 0},
+    )
+    with pytest.raises(UploadError) as at_exit:
+        async with Checkpointer(store, max_pending=8, io_attempts=1) as cp:
+            fault_proxy.hold_requests(rb"^PUT \S*/data/" + f"{1:020d}".encode())
+            one = await cp.save(1, b"one")
+            await anyio.to_thread.run_sync(fault_proxy.wait_held)
+            fault_proxy.set_mode("503", cut_active=False)
+            two = await cp.save(2, b"two")
+            with pytest.raises(UploadError, match="step 2"):
+                await two
+            three = await cp.save(3, b"three")  # step 1 still pending: nothing to report
+            fault_proxy.cut_active()  # the network drops step 1's upload
+            fault_proxy.release()
+            with pytest.raises(UploadError, match="step 1"):
+                await one
+            with pytest.raises(UploadError, match="step 3"):
+                await three
+    assert at_exit.value is one.exception()
+    assert _steps_named(at_exit.value) == [1, 2, 3]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real disk that fills up (skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_a_full_disk_reports_the_earliest_failed_step_first(small_disk: Path) -> None:
+    """Disk full (ENOSPC) for several queued checkpoints: the exit raises the earliest
+    step that failed, every later failure a note on it, in step order."""
+    payloads = {step: bytes([step]) * 300_000 for step in range(1, 12)}
+    with pytest.raises(UploadError) as at_exit:
+        async with Checkpointer(small_disk / "loc", max_pending=16) as cp:
+            handles = [await cp.save(step, data) for step, data in payloads.items()]
+    failed = [h.step for h in handles if h.exception() is not None]
+    assert len(failed) >= 2, "premise: several checkpoints failed"
+    assert at_exit.value is handles[failed[0] - 1].exception()
+    assert "No space left" in repr(at_exit.value.__cause__) or "ENOSPC" in str(at_exit.value)
+    assert _steps_named(at_exit.value) == failed
 
 
 @pytest.mark.slow

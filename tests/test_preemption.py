@@ -271,6 +271,41 @@ async def test_grace_bounds_a_flush_that_cannot_finish_and_errors_are_reported(
     assert any("FlushTimeoutError" in r.getMessage() for r in logged)
 
 
+async def test_the_preemption_message_names_every_abandoned_step_once(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    """Pre-empted with step 1 uploading (held by the network), step 2 uploading beside
+    it and steps 3 and 4 staged: the message names 1, 2, 3 and 4, each once — it once
+    said "1 staged checkpoint(s) were abandoned (steps [4]) ... and the one in flight
+    too", missing some and miscounting the rest."""
+    store = make_s3_store(fault_proxy.url, s3_bucket)
+    in_flight: list[int] = []
+
+    async def job(cp: Checkpointer) -> None:
+        await (await cp.save(0, b"committed"))
+        fault_proxy.hold_requests(rb"^PUT \S*/data/" + f"{1:020d}".encode())
+        handles = [await cp.save(step, f"step {step}".encode()) for step in range(1, 5)]
+        await anyio.to_thread.run_sync(fault_proxy.wait_held)
+        assert not any(h.done() for h in handles)
+        in_flight.extend(range(1, 5))
+        kill_self()
+        await anyio.sleep_forever()
+
+    try:
+        with pytest.raises(asynccp.Preempted) as ei:
+            await asynccp.supervise(job, store, grace=0.5, max_pending=8)
+    finally:
+        fault_proxy.release()
+    assert in_flight == [1, 2, 3, 4], "premise: the signal came with steps 1-4 pending"
+    (timeout,) = [e for e in ei.value.errors if e.startswith("FlushTimeoutError")]
+    named = [
+        int(n) for group in re.findall(r"steps \[([\d, ]*)\]", timeout) for n in group.split(",")
+    ]
+    assert sorted(named) == [1, 2, 3, 4], timeout
+    assert "4 checkpoint(s) were abandoned" in timeout
+    assert ei.value.last_step == 0
+
+
 async def test_handlers_restored_after_success_and_failure(tmp_path: Path) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     during: list[Any] = []

@@ -4,6 +4,7 @@ resolve() turns each kind of location into its store, and refuses what is not on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,69 @@ def test_resolve_reports_an_unknown_keyword_as_such(tmp_path: Path, location: st
 def test_client_options_in_the_wrong_place_are_named(tmp_path: Any) -> None:
     with pytest.raises(TypeError, match="client_options"):
         resolve("s3://bucket", allow_http=True)
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("s3:/x", "s3://bucket/prefix"),
+        ("s3:x", "s3://bucket/prefix"),
+        ("S3:/bucket/p", "s3://bucket/prefix"),
+        ("s3:", "s3://bucket/prefix"),
+        ("gs:/b", "gs://bucket/prefix"),
+        ("az:c/p", "az://container/prefix"),
+        ("abfs:/c", "abfs://container@"),
+        ("https:/host/p", "https://host/path"),
+        ("http:host", "http://host/path"),
+        ("memory:/", "memory://"),
+        ("file:relative", "file:///absolute/path"),
+        ("file:/abs/path", "file:///absolute/path"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_refused_not_made_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str, expected: str
+) -> None:
+    """``Checkpointer("s3:/x")`` (one slash) once created the local folder ``./s3:/x``:
+    a string starting with a known scheme but no ``://`` is a ValueError naming the
+    expected form, and nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="expected") as ei:
+        Checkpointer(location)
+    assert expected in str(ei.value) and repr(location) in str(ei.value)
+    with pytest.raises(ValueError, match="expected"):
+        resolve(location)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("location", ["./runs/a:b", "runs:2024", "a:b", "./s3:x", "C:"])
+async def test_a_path_with_a_colon_elsewhere_stays_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = resolve(location)
+    assert isinstance(store, LocalDir) and store.local_root == tmp_path / location
+    async with Checkpointer(location) as cp:
+        await (await cp.save(1, b"x"))
+    assert (tmp_path / location / "manifests").is_dir()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+@pytest.mark.parametrize("location", ["/proc/asynccp-x", "/proc/self/asynccp-x"])
+async def test_a_local_location_that_cannot_be_created_is_a_store_error(location: str) -> None:
+    """``Checkpointer("/proc/x")`` raised a bare FileNotFoundError: every failure to
+    prepare a local location is a StoreError (a CheckpointError) naming it and saying
+    what to do, as EROFS and EPERM already were."""
+    with pytest.raises(StoreError) as ei:
+        async with Checkpointer(location):
+            pass
+    assert location in str(ei.value) and "writable" in str(ei.value)
+    assert isinstance(ei.value.__cause__, OSError)
+
+
+async def test_a_local_location_under_a_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"mine")
+    with pytest.raises(StoreError) as ei:
+        async with Checkpointer(tmp_path / "file" / "runs"):
+            pass
+    assert str(tmp_path / "file" / "runs") in str(ei.value)
+    assert (tmp_path / "file").read_bytes() == b"mine"

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._layout import TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
-from ..errors import ObjectExists
+from ..errors import ObjectExists, StoreError
 from ._base import ObjectInfo, Source
 
 __all__ = ["LocalDir", "fsync_dir"]
@@ -67,14 +67,29 @@ class LocalDir:
 
     def open(self) -> None:
         """Create the directory; durably, its top folders too (once: every later fsync
-        is then of a folder whose own entry is already on disk)."""
-        if not self.durable:
-            self.root.mkdir(parents=True, exist_ok=True)
-            return
-        for top in TOP_FOLDERS:
-            (self.root / top).mkdir(parents=True, exist_ok=True)
-        fsync_dir(self.root)
-        fsync_dir(self.root.parent)
+        is then of a folder whose own entry is already on disk).
+
+        Raises:
+            StoreError: the directory cannot be made or used, whatever the OSError
+                (a missing parent the system will not create such as ``/proc/x``, a
+                file in the way, a read-only file system, no permission...): a
+                location that cannot be used is a store failure, never a bare OSError
+                (``call()`` passes "not found" through, as a read's answer).
+        """
+        try:
+            if not self.durable:
+                self.root.mkdir(parents=True, exist_ok=True)
+                return
+            for top in TOP_FOLDERS:
+                (self.root / top).mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)
+            fsync_dir(self.root.parent)
+        except OSError as e:
+            raise StoreError(
+                f"cannot use {self.description} as a checkpoint location: "
+                f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}; "
+                "choose a writable local directory, or a URL such as s3://bucket/prefix"
+            ) from e
 
     def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
         self._write(key, source, move=move, checked=checked)

@@ -5,6 +5,16 @@ in-process store), an ``s3://``, ``gs://``, ``az://`` or ``http(s)://`` URL (ext
 keyword options go to ``obstore.store.from_url``, and the usual environment variables
 apply), or an obstore store object with an optional ``prefix=``. An obstore
 ``LocalStore`` object is a local directory too, written by asynccp itself.
+
+A string that starts with a scheme asynccp knows (``s3:``, ``gs:``, ``az:``, ``abfs:``,
+``http:``, ``file:``, ``memory:``, ... any letter case) but lacks the ``://`` after it
+(``s3:/bucket``, ``s3:bucket``, ``memory:/``, ``file:relative``) is a mistyped URL, not
+a folder named ``s3:``: it is a ``ValueError`` naming the expected form
+(``s3://bucket/prefix``), never a local folder created in the working directory. Any
+other colon is part of a path (``./runs/a:b``, ``runs:2024``, ``C:``-like names): a
+folder that really starts with a scheme's name is written ``./s3:x``. (``file:/abs``,
+which RFC 8089 allows, is refused the same way: ``file:///abs`` or the plain path
+``/abs`` say it unambiguously.)
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +47,23 @@ __all__ = ["CLIENT_KEYS", "STORE_TYPES", "is_url", "resolve"]
 
 STORE_TYPES = (S3Store, GCSStore, AzureStore, LocalStore, MemoryStore, HTTPStore)
 _REMOTE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
+#: The form a URL of each scheme takes, for the error on one that does not parse.
+_EXPECTED_FORM = {
+    "s3": "s3://bucket/prefix",
+    "s3a": "s3a://bucket/prefix",
+    "gs": "gs://bucket/prefix",
+    "az": "az://container/prefix",
+    "adl": "adl://container/prefix",
+    "azure": "azure://container/prefix",
+    "abfs": "abfs://container@account.dfs.core.windows.net/prefix",
+    "abfss": "abfss://container@account.dfs.core.windows.net/prefix",
+    "http": "http://host/path",
+    "https": "https://host/path",
+    "file": "file:///absolute/path (or the plain path)",
+    "memory": "memory:// or memory://prefix",
+}
+#: ``scheme:`` at the start of a string, as a URL spells it (RFC 3986).
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 #: The least multipart part size S3 accepts.
 _MIN_CHUNK_SIZE = 5 << 20
 
@@ -161,6 +189,7 @@ def resolve(
     if not location:
         raise ValueError("location must not be empty")
     if not is_url(location):
+        _refuse_broken_url(location)
         no_options("store options apply to URL locations only, not to local paths")
         return _local(location, durable)
     parsed = urlparse(location)
@@ -202,6 +231,22 @@ def _from_url(url: str, options: Mapping[str, Any], caller: str, known: Collecti
         if type(e).__name__ != "PanicException":
             raise
         raise ValueError(f"cannot open {url!r} with options {sorted(options)}: {e}") from None
+
+
+def _refuse_broken_url(location: str) -> None:
+    """A ValueError for a string that starts like a URL of a scheme asynccp knows
+    (``s3:/bucket``) without being one: such a string is a typo, not a local folder
+    (see the module docstring for what stays a path)."""
+    match = _SCHEME_RE.match(location)
+    if match is None:
+        return
+    scheme = match.group(1).lower()
+    if scheme in _EXPECTED_FORM:
+        raise ValueError(
+            f"location {location!r} is not a valid {scheme}:// URL: expected "
+            f"{_EXPECTED_FORM[scheme]} (a local folder whose name starts with "
+            f"{match.group(0)!r} is written './{location}')"
+        )
 
 
 def _local(path: str, durable: bool) -> LocalDir:

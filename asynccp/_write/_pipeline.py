@@ -4,7 +4,11 @@
 snapshots, and returns a :class:`SaveHandle`. The worker task takes checkpoints in save
 order and commits them strictly in that order (:mod:`asynccp._write._commit`); while
 one commits, the next small one's payload already uploads. Each outcome reaches the
-caller three ways: its handle, the next ``save()``, and the flush.
+caller three ways: its handle, the next ``save()``, and the flush. Failures are
+reported in step order, the earliest first (several checkpoints fail together when the
+disk is full, and they settle in no fixed order: a small one committed alone can fail
+before the group saved ahead of it): a ``save()`` reports a failure only once every
+checkpoint saved before it has settled, and a flush reports them all, sorted.
 
 A flush's outcome is typed (:class:`FlushResult`): the failures not reported before,
 and whether pending work had to be abandoned at the deadline. Nothing is passed as text.
@@ -80,9 +84,10 @@ class FlushResult:
 
     Attributes:
         errors: failures not reported before (by a handle awaited or a ``save()``
-            that raised), oldest first; a :class:`FlushTimeoutError` last when pending
-            work was abandoned.
-        abandoned: the steps given up on at the deadline (staged, not yet started).
+            that raised), in step order (the earliest step first); a
+            :class:`FlushTimeoutError` last when pending work was abandoned.
+        abandoned: the steps given up on at the deadline, each once, in order: those
+            uploading (which may still commit) and those staged, not yet started.
         timed_out: the deadline passed before everything was done.
         last_committed: the newest step this checkpointer committed, if any.
     """
@@ -193,7 +198,11 @@ class Pipeline:
         self._worker_done = anyio.Event()
         self._worker_scope: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
-        self._failures: list[CheckpointError] = []
+        #: Failures not reported yet, with their steps.
+        self._failures: list[tuple[int, CheckpointError]] = []
+        #: The steps staged and not settled yet (committed, failed, superseded,
+        #: abandoned): a failure is not reported by save() before the earlier ones.
+        self._unsettled: set[int] = set()
         self._counters = _Counters()
         #: Set when pending work was abandoned at a deadline: nothing more is accepted.
         self._abandoned = False
@@ -269,12 +278,22 @@ class Pipeline:
             )
             return None, ()
         pending = self._queue.drain()
-        steps = tuple(p.step for p in pending)
+        staged = sorted(p.step for p in pending)
+        in_flight = sorted(self._unsettled.difference(staged))
+        self._unsettled.difference_update(staged)
+        steps = tuple(sorted([*staged, *in_flight]))
+        parts = []
+        if in_flight:
+            parts.append(
+                f"{len(in_flight)} uploading (steps {in_flight}: they may still commit if "
+                "their last request lands)"
+            )
+        if staged:
+            parts.append(f"{len(staged)} staged, not started (steps {staged})")
         err = FlushTimeoutError(
-            f"flush did not finish within {seconds:g} s: {len(pending)} staged "
-            f"checkpoint(s) were abandoned (steps {list(steps[:10])}), and the one in "
-            "flight too (it may still commit if its last request lands); the latest "
-            f"committed step is {self._order.last_committed}"
+            f"flush did not finish within {seconds:g} s: {len(steps)} checkpoint(s) were "
+            f"abandoned, {' and '.join(parts)}; the latest committed step is "
+            f"{self._order.last_committed}"
         )
         for item in pending:
             _handle.fail(item.handle, err)
@@ -306,6 +325,7 @@ class Pipeline:
                 step, files, dict(metadata), datetime.now(timezone.utc), SaveHandle(step)
             )
             self._queue.add(item, reserved=size)
+            self._unsettled.add(step)
             self._order.saved(step)
             stall = time.perf_counter() - started
         c = self._counters
@@ -326,19 +346,30 @@ class Pipeline:
         """Wait until every staged checkpoint has committed or failed."""
         await self._queue.wait_idle()
 
-    def take_failures(self) -> list[CheckpointError]:
-        """The failures not reported yet (each is reported once)."""
-        failures, self._failures = self._failures, []
-        return failures
+    def take_failures(self, *, settled_only: bool = False) -> list[CheckpointError]:
+        """The failures not reported yet, in step order (each is reported once).
+
+        ``settled_only``: only those below every step still pending, so that a later
+        step's failure is never reported before an earlier one's that is still to come
+        (what ``save()`` reports while uploads run).
+        """
+        floor = min(self._unsettled, default=None) if settled_only else None
+        ready = sorted(
+            (f for f in self._failures if floor is None or f[0] < floor), key=lambda f: f[0]
+        )
+        self._failures = [f for f in self._failures if floor is not None and f[0] >= floor]
+        return [error for _, error in ready]
 
     def raise_failures(self) -> None:
-        """Raise the first unreported failure (the others as its notes)."""
+        """Raise the earliest unreported failure (the others as its notes), of those
+        whose earlier checkpoints have all settled."""
         if self._failures:  # (checked first: this runs in every save())
-            error = FlushResult(errors=tuple(self.take_failures())).error()
-            assert error is not None
-            raise error
+            error = FlushResult(errors=tuple(self.take_failures(settled_only=True))).error()
+            if error is not None:
+                raise error
 
     def _supersede(self, item: Pending) -> None:
+        self._unsettled.discard(item.step)
         _handle.fail(
             item.handle,
             SupersededError(f"checkpoint {item.step} was superseded by a newer one before upload"),
@@ -428,6 +459,7 @@ class Pipeline:
 
     def _give_up(self, item: Pending) -> None:
         """The exit flush ran out of time while ``item`` uploaded: fail it, free its room."""
+        self._unsettled.discard(item.step)
         _handle.fail(
             item.handle, FlushTimeoutError(f"checkpoint {item.step} was abandoned mid-upload")
         )
@@ -511,11 +543,12 @@ class Pipeline:
     ) -> Committed | None:
         """Give ``item``'s room back, count it, and resolve or fail its handle."""
         self._queue.done(item)
+        self._unsettled.discard(item.step)
         c = self._counters
         if isinstance(outcome, CheckpointError):
             c.failed += 1
             self.telemetry.failed()
-            self._failures.append(outcome)
+            self._failures.append((item.step, outcome))
             _handle.fail(item.handle, outcome)
             return None
         c.committed += 1
