@@ -14,7 +14,7 @@ from obstore.store import LocalStore, MemoryStore
 
 import asynccp
 from asynccp import Checkpointer, StoreError
-from asynccp._store import LocalDir, ObjectStore, resolve
+from asynccp._store import LocalDir, ObjectStore, local_root, resolve
 
 
 async def test_a_local_object_that_cannot_be_read_is_a_store_error_naming_it(
@@ -77,13 +77,13 @@ def test_resolve_gives_each_location_its_store(
 ) -> None:
     store = resolve(location.format(tmp=tmp_path))
     assert isinstance(store, kind)
-    assert (store.local_root is not None) == local
+    assert (local_root(store) is not None) == local
     assert store.description  # what messages name
 
 
 def test_resolve_store_objects(tmp_path: Path) -> None:
     local = resolve(LocalStore(tmp_path), prefix="sub")
-    assert isinstance(local, LocalDir) and local.local_root == tmp_path / "sub"
+    assert isinstance(local, LocalDir) and local_root(local) == tmp_path / "sub"
     memory = resolve(MemoryStore(), prefix="a/b")
     assert isinstance(memory, ObjectStore) and memory.prefix == "a/b/"
     with pytest.raises(ValueError, match=r"'\.\.'"):
