@@ -34,7 +34,7 @@ from ._groups import first_leaf
 from ._layout import data_dir, payload_key
 from ._manifest import FileInfo, Manifest
 from ._shard_records import SHARD_PREFIX, AnyManifest, Part
-from ._store import Store, call, store_errors
+from ._store import LocalFiles, Store, call, local_root, store_errors
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -151,7 +151,7 @@ class Checkpoint:
         """
         names = list(self.files)
         width = _READ_CONCURRENCY
-        if self._store.local_root is not None:  # CPU-bound: a thread per ~4 MiB, up to 4
+        if local_root(self._store) is not None:  # CPU-bound: a thread per ~4 MiB, up to 4
             width = max(1, min(4, self.size // (4 << 20)))
         batches = [names[i::width] for i in range(min(width, len(names)))]
         out: dict[str, bytes] = {}
@@ -171,12 +171,12 @@ class Checkpoint:
 
     def _read_verified(self, name: str) -> bytes:
         """One file's bytes, checked (worker thread)."""
-        if self._store.local_root is None and self.files[name].size >= _memory.LANDING_FROM:
+        if self.files[name].size >= _memory.LANDING_FROM and local_root(self._store) is None:
             # A large remote object is copied chunk by chunk into its bytes object as
             # it arrives (see _memory.Landing), checksummed on the way.
             data: bytes = self._land(name, "bytes")
             return data
-        if self._store.local_root is None and self.files[name].size >= _memory.WHOLE_LANDING_FROM:
+        if self.files[name].size >= _memory.WHOLE_LANDING_FROM and local_root(self._store) is None:
             whole: bytes = self._land_whole(name, "bytes")
             return whole
         key = self._key(name)
@@ -234,7 +234,7 @@ class Checkpoint:
         key = self._key(name)
         try:
             with store_errors(self._store, key, "reading"):
-                buf = self._store.map(key)
+                buf = self._store.map(key) if isinstance(self._store, LocalFiles) else None
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
         if buf is None and info.size >= _memory.LANDING_FROM:  # streamed into memory

@@ -37,7 +37,7 @@ import anyio.to_thread
 
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
-from ._store import Store, resolve
+from ._store import Store, local_root, resolve
 from ._types import Payload
 from ._write import SaveHandle
 from .errors import (
@@ -346,7 +346,7 @@ async def _reader(
     None for a local path that is not a directory: nothing asynccp wrote is there (a
     file is what another tool, such as ``flyte.Checkpoint``, writes at the prefix).
     """
-    local = resolve(prefix, **store_options).local_root
+    local = local_root(resolve(prefix, **store_options))
     if local is not None and not await anyio.to_thread.run_sync(Path(local).is_dir):
         return None
     reader = Checkpointer(prefix, durable=False, **store_options)

@@ -2,7 +2,7 @@
 
 A group writes every payload and record, makes them durable in one journal commit,
 links the records in save order and makes the links durable with one fsync (see
-``asynccp._write._commit.commit_group``). These tests run it on a real directory: the
+``asynccp._write._group.commit_group``). These tests run it on a real directory: the
 records it links, a record in its way (another writer's, or an invalid one), what it
 leaves behind, and the pipeline forming groups from saves that queue up.
 """
@@ -22,7 +22,8 @@ from asynccp import Checkpointer
 from asynccp._layout import manifest_key
 from asynccp._store import LocalDir
 from asynccp._write import _pipeline
-from asynccp._write._commit import Committed, GroupItem, commit_group
+from asynccp._write._commit import Committed
+from asynccp._write._group import GroupItem, commit_group
 from asynccp._write._stager import StagedFile
 from asynccp.errors import StepAlreadyCommittedError
 

@@ -5,17 +5,38 @@ resolve() turns each kind of location into its store, and refuses what is not on
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
+import obstore
 import pytest
 from _moto import make_s3_store
 from _proxy import FaultProxy
+from obstore.exceptions import AlreadyExistsError
 from obstore.store import LocalStore, MemoryStore
 
 import asynccp
 from asynccp import Checkpointer, StoreError
-from asynccp._store import LocalDir, ObjectStore, resolve
+from asynccp import _catalog as catalog
+from asynccp._layout import manifest_key
+from asynccp._store import (
+    DurableCommits,
+    LocalDir,
+    LocalFiles,
+    ObjectInfo,
+    ObjectStore,
+    Store,
+    call,
+    local_root,
+    resolve,
+)
+from asynccp._write._commit import Committed, commit
+from asynccp._write._group import groupable
+from asynccp._write._stager import StagedFile
+from asynccp.errors import ObjectExists
 
 
 async def test_a_local_object_that_cannot_be_read_is_a_store_error_naming_it(
@@ -78,13 +99,13 @@ def test_resolve_gives_each_location_its_store(
 ) -> None:
     store = resolve(location.format(tmp=tmp_path))
     assert isinstance(store, kind)
-    assert (store.local_root is not None) == local
+    assert (local_root(store) is not None) == local
     assert store.description  # what messages name
 
 
 def test_resolve_store_objects(tmp_path: Path) -> None:
     local = resolve(LocalStore(tmp_path), prefix="sub")
-    assert isinstance(local, LocalDir) and local.local_root == tmp_path / "sub"
+    assert isinstance(local, LocalDir) and local_root(local) == tmp_path / "sub"
     memory = resolve(MemoryStore(), prefix="a/b")
     assert isinstance(memory, ObjectStore) and memory.prefix == "a/b/"
     with pytest.raises(ValueError, match=r"'\.\.'"):
@@ -166,3 +187,109 @@ async def test_a_local_location_under_a_file_is_a_store_error(tmp_path: Path) ->
             pass
     assert str(tmp_path / "file" / "runs") in str(ei.value)
     assert (tmp_path / "file").read_bytes() == b"mine"
+
+
+class ThinStore:
+    """A third-party backend with only the members of the narrow ``Store`` protocol: a
+    thin wrapper around obstore's MemoryStore, none of LocalDir's capabilities."""
+
+    description = "thin://memory"
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.calls: set[str] = set()
+
+    def open(self) -> None:
+        self.calls.add("open")
+
+    def put(self, key: str, source: Any, *, move: bool = False) -> None:
+        self.calls.add("put")
+        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        obstore.put(self.store, key, data)
+
+    def create(self, key: str, data: bytes) -> None:
+        self.calls.add("create")
+        try:
+            obstore.put(self.store, key, data, mode="create")
+        except AlreadyExistsError as e:
+            raise ObjectExists(key) from e
+
+    def get(self, key: str) -> bytes:
+        return bytes(obstore.get(self.store, key).bytes())
+
+    def get_buffer(self, key: str) -> Any:
+        return obstore.get(self.store, key).bytes()
+
+    def chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
+        return iter(obstore.get(self.store, key).stream(min_chunk_size=chunk_size or 1 << 20))
+
+    def list_objects(self, folder: str) -> list[ObjectInfo]:
+        return [
+            ObjectInfo(m["path"], int(m["size"]), m["last_modified"])
+            for batch in obstore.list(self.store, prefix=folder)
+            for m in batch
+        ]
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            obstore.delete(self.store, key)
+
+
+async def test_a_store_with_only_the_narrow_protocol_commits_and_reads_back() -> None:
+    """The seam is narrow: a store with only the Store protocol's nine members (no
+    local fast paths) goes through the write path's commit, the catalog and verified
+    reads — the commit is its create-if-absent, a second writer's commit of the same
+    step is refused, and a damaged payload is found by verification."""
+    store = ThinStore()
+    assert not isinstance(store, (LocalFiles, DurableCommits)) and local_root(store) is None
+    s: Store = store  # (mypy: it is a Store)
+    limiter = anyio.CapacityLimiter(4)
+    await call(s, s.open)
+
+    async def save(step: int, files: list[StagedFile], writer: str = "aaaa") -> Committed:
+        assert not groupable(s, files)  # no group commit without DurableCommits
+        return await commit(
+            s,
+            step=step,
+            files=files,
+            metadata={"step": step},
+            created_at=datetime.now(timezone.utc),
+            writer=writer,
+            attempt=0,
+            limiter=limiter,
+        )
+
+    one = await save(1, [StagedFile("a", 5, data=b"hello")])  # one small buffer: fast path
+    big = b"x" * (5 << 20)
+    two = await save(2, [StagedFile("b", 3, data=b"abc"), StagedFile("c", len(big), data=big)])
+    assert (one.key, two.key) == (manifest_key(1), manifest_key(2))
+    assert store.calls == {"open", "put", "create"}
+
+    with pytest.raises(asynccp.StepAlreadyCommittedError):
+        await save(2, [StagedFile("d", 1, data=b"d")], writer="bbbb")
+
+    newest = await catalog.latest(s)
+    assert newest is not None and newest.step == 2 and newest.metadata == {"step": 2}
+    assert await newest.read_all() == {"b": b"abc", "c": big}
+    assert bytes(await newest._read_buffer("b")) == b"abc"  # no map: received, then copied
+    assert [c.step for c in await catalog.list_checkpoints(s)] == [1, 2]
+
+    obstore.put(store.store, f"data/{2:020d}-aaaa/b", b"abd")  # damaged in place
+    with pytest.raises(asynccp.CorruptCheckpointError):
+        await newest.verify()
+    fallback = await catalog.latest(s, skip={(2, "aaaa")})
+    assert fallback is not None and await fallback.read() == b"hello"
+
+
+def test_the_local_directory_has_the_capabilities_and_an_object_store_none(
+    tmp_path: Path,
+) -> None:
+    """The write path and readers find the local fast paths by capability, not class."""
+    local = resolve(tmp_path)
+    assert isinstance(local, LocalFiles) and isinstance(local, DurableCommits)
+    memory = resolve("memory://x")
+    assert not isinstance(memory, LocalFiles) and not isinstance(memory, DurableCommits)
+    assert local_root(memory) is None
+    small = [StagedFile("a", 1, data=b"a")]
+    assert groupable(local, small) and not groupable(memory, small)
+    assert not groupable(resolve(tmp_path, durable=False), small)  # nothing to batch

@@ -1,9 +1,12 @@
-"""Where bytes live: the :class:`Store` protocol (the seam), its implementations, and
-:func:`call`, the one way the library calls a store (worker thread, abandonable,
-failures as :class:`~asynccp.StoreError` naming the key and the location)."""
+"""Where bytes live: the :class:`Store` protocol (the seam), the optional capabilities
+some stores add (:class:`LocalFiles`, :class:`DurableCommits`, :func:`local_root`), the
+implementations, and :func:`call`, the one way the library calls a store (worker
+thread, abandonable, failures as :class:`~asynccp.StoreError` naming the key and the
+location)."""
 
 from ._base import ObjectInfo, Source, Store
 from ._call import call, store_errors, wait_abandoned
+from ._capabilities import DurableCommits, LocalFiles, local_root
 from ._local import LocalDir
 from ._object import (
     DEFAULT_CHUNK_SIZE,
@@ -18,13 +21,16 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_IO_ATTEMPTS",
     "DEFAULT_PART_CONCURRENCY",
+    "DurableCommits",
     "LocalDir",
+    "LocalFiles",
     "ObjectInfo",
     "ObjectStore",
     "Source",
     "Store",
     "call",
     "is_url",
+    "local_root",
     "resolve",
     "store_errors",
     "wait_abandoned",

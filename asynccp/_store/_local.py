@@ -4,11 +4,14 @@ Writes are durable: obstore's LocalStore never fsyncs, and a checkpoint that van
 a power cut is no checkpoint (``durable=True``, the default; ``durable=False`` skips the
 fsyncs only). A checkpoint costs two journal commits: its payload files are written to a
 temporary name and renamed into place with their writeback only started
-(``put(..., checked=True)``); :meth:`prepare_create` writes the record's bytes beside
-them and makes all of it and the folders durable in one journal commit; the commit is a
-hard link of the record into place (create-if-absent) and one fsync of its folder.
-Small checkpoints saved back to back share those two: :meth:`LocalDir.prepare_group`
-and :meth:`LocalDir.link_group` (see ``asynccp._write._commit.commit_group``).
+(:meth:`~LocalDir.put_unsynced`); :meth:`~LocalDir.prepare_create` writes the record's
+bytes beside them and makes all of it and the folders durable in one journal commit; the
+commit is a hard link of the record into place (:meth:`~LocalDir.link_prepared`,
+create-if-absent) and one fsync of its folder. Small checkpoints saved back to back
+share those two: :meth:`LocalDir.prepare_group` and :meth:`LocalDir.link_group` (see
+``asynccp._write._group.commit_group``). These are the
+:class:`~asynccp._store.DurableCommits` capability; being a directory (its ``root``,
+private memory maps of its files) is :class:`~asynccp._store.LocalFiles`.
 Other objects (leases, attempt records) are written to a temporary name, fsynced and
 renamed.
 
@@ -34,11 +37,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._layout import TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
 from ..errors import ObjectExists, StoreError
 from ._base import ObjectInfo, Source
+
+if TYPE_CHECKING:
+    from ._base import Store
+    from ._capabilities import DurableCommits, LocalFiles
 
 __all__ = ["LocalDir", "fsync_dir"]
 
@@ -47,7 +54,11 @@ _COPY_CHUNK = 8 << 20
 
 
 class LocalDir:
-    """The directory ``root`` as a store; ``durable`` fsyncs every write."""
+    """The directory ``root`` as a store; ``durable`` fsyncs every write.
+
+    A :class:`~asynccp._store.Store`, and :class:`~asynccp._store.LocalFiles` and
+    :class:`~asynccp._store.DurableCommits` besides.
+    """
 
     def __init__(self, root: Path, *, durable: bool = True, description: str | None = None) -> None:
         self.root = root
@@ -58,10 +69,6 @@ class LocalDir:
 
     def __repr__(self) -> str:
         return f"<LocalDir {self.root} durable={self.durable}>"
-
-    @property
-    def local_root(self) -> Path:
-        return self.root
 
     # -- writes -------------------------------------------------------------------
 
@@ -91,13 +98,15 @@ class LocalDir:
                 "choose a writable local directory, or a URL such as s3://bucket/prefix"
             ) from e
 
-    def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
-        self._write(key, source, move=move, checked=checked)
+    def put(self, key: str, source: Source, *, move: bool = False) -> None:
+        self._write(key, source, move=move)
 
-    def create(self, key: str, data: bytes, *, prepared: Any = None) -> None:
-        if isinstance(prepared, Path):
-            self._link(prepared, key)
-            return
+    def put_unsynced(self, key: str, source: Source, *, move: bool = False) -> None:
+        """A payload object: renamed into place with its writeback only started;
+        :meth:`prepare_create` (its ``sync``) makes it durable."""
+        self._write(key, source, move=move, checked=True)
+
+    def create(self, key: str, data: bytes) -> None:
         self._write(key, data, create=True)
 
     def prepare_group(self, records: Sequence[tuple[str, bytes, Sequence[str]]]) -> list[Path]:
@@ -126,7 +135,7 @@ class LocalDir:
     def link_group(self, links: Sequence[tuple[Path, str]]) -> int:
         """Create each ``key`` as a hard link to its prepared file, in order, stopping
         at the first that fails (it raises when it is the first). Returns how many were
-        linked; the ones after them are left prepared, for :meth:`create` or
+        linked; the ones after them are left prepared, for :meth:`link_prepared` or
         :meth:`discard_prepared`. :meth:`make_durable` of the linked keys then makes
         them durable with one fsync per folder."""
         done: list[str] = []
@@ -154,11 +163,11 @@ class LocalDir:
         self, folder: str, data: bytes | None, *, sync: Sequence[str]
     ) -> Path | None:
         """Get a commit ready: write ``data`` to a temporary file in ``folder``, and make
-        it, the objects ``sync`` (written by ``put(..., checked=True)``) and their
+        it, the objects ``sync`` (written by :meth:`put_unsynced`) and their
         folders durable, in one journal commit (durable stores; otherwise None). With
         ``data`` None only the ``sync`` objects and their folders are made durable.
 
-        :meth:`create` then links the file into place: the commit itself is one link
+        :meth:`link_prepared` then links the file into place: the commit itself is one link
         and one fsync of the folder, and the temporary name goes with the link; if the
         commit does not happen, :meth:`discard_prepared` removes it. ``folder`` is the
         checkpoint's own payload folder: a file left by a killed writer goes with that
@@ -186,9 +195,9 @@ class LocalDir:
         if isinstance(prepared, Path):
             prepared.unlink(missing_ok=True)
 
-    def _link(self, prepared: Path, key: str) -> None:
-        """Create ``key`` as a hard link to the prepared file, make it durable, and
-        remove the prepared name."""
+    def link_prepared(self, prepared: Path, key: str) -> None:
+        """Create ``key`` as a hard link to the prepared file (ObjectExists when there
+        is one), make it durable, and remove the prepared name."""
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -353,6 +362,13 @@ class LocalDir:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.unlink(self.root / key)
         _prune_empty_dirs(self.root, keys)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_store(d: LocalDir) -> tuple[Store, LocalFiles, DurableCommits]:
+        """(mypy checks that LocalDir has every method the protocols ask for)"""
+        return d, d, d
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import obstore
@@ -65,9 +64,11 @@ _STREAM_CHUNK = 8 << 20
 
 
 class ObjectStore:
-    """An obstore store (and a key prefix inside it) as a :class:`~asynccp._store.Store`."""
+    """An obstore store (and a key prefix inside it) as a :class:`~asynccp._store.Store`.
 
-    local_root: Path | None = None
+    None of the optional capabilities (:mod:`asynccp._store._capabilities`): a put is
+    durable when it returns, and there is no file to map.
+    """
 
     def __init__(
         self,
@@ -117,7 +118,7 @@ class ObjectStore:
     def open(self) -> None:
         """Nothing to prepare: buckets and containers are not created by asynccp."""
 
-    def put(self, key: str, source: Source, *, move: bool = False, checked: bool = False) -> None:
+    def put(self, key: str, source: Source, *, move: bool = False) -> None:
         self._retrying(
             obstore.put,
             self.store,
@@ -127,20 +128,11 @@ class ObjectStore:
             max_concurrency=self.part_concurrency,
         )
 
-    def create(self, key: str, data: bytes, *, prepared: Any = None) -> None:
+    def create(self, key: str, data: bytes) -> None:
         try:
             self._retrying(obstore.put, self.store, self._key(key), data, mode="create")
         except (AlreadyExistsError, PreconditionError) as e:
             raise ObjectExists(key) from e
-
-    def make_durable(self, keys: Sequence[str]) -> None:
-        """Nothing to do: an object store's put is durable when it returns."""
-
-    def prepare_create(self, folder: str, data: bytes | None, *, sync: Sequence[str]) -> None:
-        """Nothing to prepare: an object store's put is durable when it returns."""
-
-    def discard_prepared(self, prepared: Any) -> None:
-        """Nothing was prepared."""
 
     def get(self, key: str) -> bytes:
         # One copy without the GIL: Bytes.to_bytes() copies holding it (see _memory).
@@ -149,10 +141,6 @@ class ObjectStore:
     def get_buffer(self, key: str) -> Any:
         """obstore's ``Bytes``: a read-only buffer over what it received, not copied."""
         return self._retrying(obstore.get, self.store, self._key(key)).bytes()
-
-    def map(self, key: str) -> None:
-        """An object store has no file to map."""
-        return None
 
     def chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
         result = self._retrying(obstore.get, self.store, self._key(key))

@@ -24,6 +24,12 @@ read-side :class:`~asynccp.Checkpoint` from it is the checkpointer's business.
 A sharded writer commits differently once its payload is durable: it passes a
 :data:`RecordHook` (:func:`asynccp._write._shards.commit_part`) that records its part
 instead, and commits the step's manifest only when its part is the last.
+
+On a store with the :class:`~asynccp._store.DurableCommits` capability (a durable local
+directory) the payload is put unsynced and made durable with the record's bytes in one
+journal commit while the previous checkpoint commits; the commit is then a link of the
+prepared record. Small checkpoints saved back to back there commit as a group
+(:mod:`asynccp._write._group`). Any other store gets plain puts and creates.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -49,7 +54,7 @@ from .._layout import QUARANTINE, data_dir, manifest_key, payload_key
 from .._manifest import FileInfo, Manifest, newer_format
 from .._retention import quarantine
 from .._shard_records import AnyManifest, Part, ShardedManifest, decode_record
-from .._store import LocalDir, Store, call
+from .._store import DurableCommits, Source, Store, call
 from ..errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -65,11 +70,10 @@ from ._stager import StagedFile
 __all__ = [
     "PAYLOAD_CHECK_AFTER",
     "Committed",
-    "GroupItem",
     "RecordHook",
     "commit",
-    "commit_group",
-    "groupable",
+    "manifest_of",
+    "one_small_buffer",
 ]
 
 log = logging.getLogger("asynccp")
@@ -140,16 +144,10 @@ async def commit(
     folder = data_dir(step, writer)
     keys = [payload_key(folder, f.name) for f in files]
     commit_sent = False
+    durable = store if isinstance(store, DurableCommits) else None
 
-    def manifest_of() -> Manifest:
-        return Manifest(
-            step=step,
-            writer=writer,
-            attempt=attempt,
-            created_at=created_at,
-            metadata=metadata,
-            files={f.name: FileInfo(f.size, _crc(f)) for f in files},
-        )
+    def make_manifest() -> Manifest:
+        return manifest_of(step, files, metadata, created_at, writer=writer, attempt=attempt)
 
     def prepare(manifest: Manifest) -> tuple[bytes, Any]:
         # On a local durable store the payload and the record's bytes become durable
@@ -157,11 +155,13 @@ async def commit(
         # itself is then one link and one folder fsync. Elsewhere this does nothing.
         # (A sharded writer's part record is created by ``record``: only the payload.)
         body = manifest.encode()
-        return body, store.prepare_create(folder, None if record else body, sync=keys)
+        if durable is None:
+            return body, None
+        return body, durable.prepare_create(folder, None if record else body, sync=keys)
 
     linked: str | None = None  # the record's key, when the fast path created it
     try:
-        if len(files) == 1 and files[0].data is not None and files[0].size < _CHECKSUM_APART:
+        if one_small_buffer(files):
             # One small buffer: written and prepared in one worker-thread trip (each
             # trip costs a wake-up on both sides: ~0.5-1.5 ms on a busy 2-core machine,
             # against ~3 ms for a whole durable 1 MiB put) — and committed in it too
@@ -169,23 +169,23 @@ async def commit(
             # else (a record there, a failed create) goes the usual way below.
             may_link = (
                 record is None
-                and store.local_root is not None
+                and durable is not None
                 and (turn is None or (turn_taken is not None and turn_taken()))
             )
             first = manifest_key(step)
 
             def put_and_prepare() -> tuple[Manifest, bytes, Any, bool]:
                 _checksum_and_put(store, files[0], keys[0])
-                manifest = manifest_of()
-                body, prepared = prepare(manifest)
+                made = make_manifest()
+                body, prepared = prepare(made)
                 if not may_link:
-                    return manifest, body, prepared, False
+                    return made, body, prepared, False
                 linking.set()  # from here on the record may exist: the payload stays
                 try:
-                    store.create(first, body, prepared=prepared)
+                    _create(store, first, body, prepared)
                 except Exception:
-                    return manifest, body, prepared, False  # judged below, as usual
-                return manifest, body, None, True
+                    return made, body, prepared, False  # judged below, as usual
+                return made, body, None, True
 
             linking = threading.Event()
             try:
@@ -200,7 +200,7 @@ async def commit(
             async with anyio.create_task_group() as tg:
                 for f, key in zip(files, keys, strict=True):
                     tg.start_soon(_put_file, store, f, key, limiter)
-            manifest = manifest_of()
+            manifest = make_manifest()
             body, prepared = await call(store, prepare, manifest, key=folder, action="syncing")
         try:
             if turn is not None:
@@ -213,9 +213,9 @@ async def commit(
             else:
                 key = await _create_record(store, manifest, bad, body, prepared)
         except BaseException:
-            if prepared is not None:  # a commit that linked it removed it already
+            if durable is not None and prepared is not None:  # a link removed it already
                 with anyio.CancelScope(shield=True):
-                    await call(store, store.discard_prepared, prepared, key=folder)
+                    await call(store, durable.discard_prepared, prepared, key=folder)
             raise
         if time.monotonic() - started > PAYLOAD_CHECK_AFTER:
             await _check_payload(store, manifest)
@@ -246,148 +246,6 @@ async def commit(
     return Committed(manifest, key)
 
 
-@dataclass(frozen=True)
-class GroupItem:
-    """One checkpoint of a group: a single small buffer (see :func:`commit_group`)."""
-
-    step: int
-    file: StagedFile
-    metadata: Mapping[str, Any]
-    created_at: datetime
-
-
-def groupable(store: Store, files: list[StagedFile]) -> bool:
-    """Whether a checkpoint of ``files`` may be committed in a group on ``store``: one
-    buffer below :data:`_CHECKSUM_APART`, on a durable local directory."""
-    return (
-        isinstance(store, LocalDir)
-        and store.durable
-        and len(files) == 1
-        and files[0].data is not None
-        and files[0].size < _CHECKSUM_APART
-    )
-
-
-async def commit_group(
-    store: Store,
-    items: Sequence[GroupItem],
-    *,
-    writer: str,
-    attempt: int,
-    limiter: anyio.CapacityLimiter,
-    turn: Callable[[], Awaitable[Any]] | None = None,
-    turn_taken: Callable[[], bool] | None = None,
-    bad: Collection[Bad] = (),
-) -> list[Committed | CheckpointError]:
-    """Commit several small checkpoints saved back to back, in order, as one group.
-
-    On a durable local directory each checkpoint costs two ordered flushes of the
-    file system's journal (its payload and record bytes, then its record's link): a
-    flush costs about the same whether it carries one checkpoint or four. A group
-    writes every payload and record, makes all of it durable in one journal commit,
-    links the records in save order, and makes the links durable with one fsync: two
-    flushes for the group. The rules stay those of :func:`commit`: a record is linked
-    only once its payload is durable, records are created in save order, and each
-    handle resolves only once its record is durable.
-
-    Returns each checkpoint's outcome, in order. A checkpoint the group could not
-    link at its first revision (another writer's record there, a failed call) and
-    every one after it are committed one by one with :func:`commit`, which judges
-    existing records and reports failures as usual.
-    """
-    assert isinstance(store, LocalDir)
-    started = time.monotonic()
-    folders = [data_dir(i.step, writer) for i in items]
-    keys = [payload_key(folder, i.file.name) for folder, i in zip(folders, items, strict=True)]
-    records = [manifest_key(i.step) for i in items]
-    manifests: list[Manifest] = []  # made once every checksum is known
-    prepared: list[Path] = []
-    linked = 0
-    synced = False
-    may_link = turn is None or (turn_taken is not None and turn_taken())
-
-    def link_and_sync() -> None:
-        nonlocal linked, synced
-        linked = store.link_group(list(zip(prepared, records, strict=True)))
-        store.make_durable(records[:linked])
-        synced = True
-
-    def write_and_prepare() -> None:
-        for item, key in zip(items, keys, strict=True):
-            _checksum_and_put(store, item.file, key)
-        manifests.extend(
-            Manifest(
-                step=i.step,
-                writer=writer,
-                attempt=attempt,
-                created_at=i.created_at,
-                metadata=i.metadata,
-                files={i.file.name: FileInfo(i.file.size, _crc(i.file))},
-            )
-            for i in items
-        )
-        bodies = [m.encode() for m in manifests]
-        made = store.prepare_group(
-            [(f, b, [k]) for f, b, k in zip(folders, bodies, keys, strict=True)]
-        )
-        prepared.extend(made)
-        if may_link:  # our turn already: committed in this same worker-thread trip
-            link_and_sync()
-
-    out: list[Committed | CheckpointError] = []
-    try:
-        await call(store, write_and_prepare, key=keys, action="writing", limiter=limiter)
-        if not synced:
-            if turn is not None:
-                await turn()
-            await call(store, link_and_sync, key=records[0], action="committing")
-    except anyio.get_cancelled_exc_class():
-        raise  # (the prepared files go with their folders: orphans, or retention)
-    except Exception as e:
-        # Linked, then the fsync that makes the links durable failed: those may be
-        # committed or not. Anything else (a payload write, the prepare, a record at
-        # the first revision already) goes one by one below, from the first not linked.
-        leaf = first_leaf(e)
-        out += [
-            CommitUnknownError(
-                f"checkpoint step {item.step} in {store.description}: its record was "
-                f"created but could not be made durable ({leaf}); it may not survive a "
-                "power cut. Its payload is kept; the next reader decides."
-            )
-            for item in items[:linked]
-        ]
-    if prepared[linked:]:
-        await call(store, store.discard_group, prepared[linked:], key=folders[linked])
-    if not out:
-        out += [Committed(m, k) for m, k in zip(manifests[:linked], records, strict=False)]
-        if linked and time.monotonic() - started > PAYLOAD_CHECK_AFTER:
-            for n in range(linked):
-                try:
-                    await _check_payload(store, manifests[n])
-                except CheckpointError as e:
-                    out[n] = e
-    if turn is not None:
-        await turn()  # (over already, unless the group failed before its links)
-    for item in items[len(out) :]:
-        try:
-            committed = await commit(
-                store,
-                step=item.step,
-                files=[item.file],
-                metadata=item.metadata,
-                created_at=item.created_at,
-                writer=writer,
-                attempt=attempt,
-                limiter=limiter,
-                bad=bad,
-            )
-        except CheckpointError as e:
-            out.append(e)
-        else:
-            out.append(committed)
-    return out
-
-
 async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.CapacityLimiter) -> None:
     """Upload one file; a buffer's checksum is computed while its bytes are written."""
     # Abandoned if cancelled: only a flush timeout cancels the uploader, and then it
@@ -396,7 +254,7 @@ async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.Capaci
         assert f.path is not None
         await call(
             store,
-            partial(store.put, key, f.path, move=True, checked=True),
+            partial(_put_payload, store, key, f.path, move=True),
             key=key,
             action="writing",
             limiter=limiter,
@@ -420,7 +278,7 @@ async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.Capaci
             tg.start_soon(_checksum, f)
         await call(
             store,
-            partial(store.put, key, data, checked=True),
+            partial(_put_payload, store, key, data),
             key=key,
             action="writing",
             limiter=limiter,
@@ -432,7 +290,52 @@ def _checksum_and_put(store: Store, f: StagedFile, key: str) -> None:
     assert data is not None
     if f.crc32c is None:
         f.crc32c = crc32c.crc32c(data)
-    store.put(key, data, checked=True)
+    _put_payload(store, key, data)
+
+
+def _put_payload(store: Store, key: str, source: Source, *, move: bool = False) -> None:
+    """Put a payload object: unsynced where the store makes it durable later (its
+    ``prepare_create``: nothing trusts the object before a manifest names it)."""
+    if isinstance(store, DurableCommits):
+        store.put_unsynced(key, source, move=move)
+    else:
+        store.put(key, source, move=move)
+
+
+def _create(store: Store, key: str, data: bytes, prepared: Any) -> None:
+    """Create the record ``key`` if absent: a prepared one linked into place, else
+    ``data`` written (ObjectExists either way when the key is taken)."""
+    if prepared is None:
+        store.create(key, data)
+        return
+    assert isinstance(store, DurableCommits)  # only such a store prepares
+    store.link_prepared(prepared, key)
+
+
+def one_small_buffer(files: Sequence[StagedFile]) -> bool:
+    """Whether ``files`` is one buffer below :data:`_CHECKSUM_APART`: written (and
+    checksummed, and prepared, and, its turn come, committed) in one worker-thread trip."""
+    return len(files) == 1 and files[0].data is not None and files[0].size < _CHECKSUM_APART
+
+
+def manifest_of(
+    step: int,
+    files: Sequence[StagedFile],
+    metadata: Mapping[str, Any],
+    created_at: datetime,
+    *,
+    writer: str,
+    attempt: int,
+) -> Manifest:
+    """The manifest of ``files`` (their checksums computed already) as checkpoint ``step``."""
+    return Manifest(
+        step=step,
+        writer=writer,
+        attempt=attempt,
+        created_at=created_at,
+        metadata=metadata,
+        files={f.name: FileInfo(f.size, _crc(f)) for f in files},
+    )
 
 
 def _crc(f: StagedFile) -> int:
@@ -456,8 +359,8 @@ async def _create_record(
 ) -> str:
     """Create the step's record (or its next revision); return the key that commits.
 
-    ``body`` is the encoded manifest (encoded here when None); ``prepared``, what the
-    store's ``prepare_create`` made of it.
+    ``body`` is the encoded manifest (encoded here when None); ``prepared``, what a
+    :class:`~asynccp._store.DurableCommits` store's ``prepare_create`` made of it.
 
     Revisions of a step are never deleted one by one: a record that is replaced stays
     where it was as a *tombstone* (its content moved to ``quarantine/``), and only
@@ -472,7 +375,7 @@ async def _create_record(
         try:
             await call(
                 store,
-                partial(store.create, key, data, prepared=prepared),
+                partial(_create, store, key, data, prepared),
                 key=key,
                 action="committing",
             )

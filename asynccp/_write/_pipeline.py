@@ -34,7 +34,8 @@ from .._telemetry import Telemetry
 from .._types import Payload, Policy
 from ..errors import CheckpointClosedError, CheckpointError, FlushTimeoutError, SupersededError
 from . import _handle
-from ._commit import Committed, GroupItem, RecordHook, commit, commit_group, groupable
+from ._commit import Committed, RecordHook, commit
+from ._group import GroupItem, commit_group, groupable
 from ._handle import SaveHandle
 from ._order import StepOrder
 from ._queue import StagingQueue
@@ -56,7 +57,7 @@ PIPELINE = 2
 #: for the GIL (event-loop lag p99 at 64 MiB: 2-4 ms alone, 5-7 ms overlapped).
 PIPELINE_BELOW = 8 << 20
 #: At most this many small checkpoints saved back to back commit as one group on a
-#: durable local directory (see :func:`asynccp._write._commit.commit_group`).
+#: durable local directory (see :func:`asynccp._write._group.commit_group`).
 GROUP_MAX = 8
 
 

@@ -56,7 +56,7 @@ import obstore
 from obstore.store import LocalStore
 
 from asynccp import Checkpointer
-from asynccp._store import ObjectStore, resolve
+from asynccp._store import ObjectStore, local_root, resolve
 from asynccp.errors import CheckpointError, SupersededError
 
 from ._format import fmt_size, one_line
@@ -174,8 +174,9 @@ class Target:
         run_id = f"asynccp-bench-{secrets.token_hex(4)}"
         self.root: Path | None = None
         self.prefix = ""
-        if base.local_root is not None:
-            self.root = base.local_root if self.tmp else base.local_root / run_id
+        root = local_root(base)
+        if root is not None:
+            self.root = root if self.tmp else root / run_id
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as e:

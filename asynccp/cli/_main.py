@@ -43,7 +43,7 @@ from asynccp._checkpoint import Checkpoint
 from asynccp._layout import MAX_STEP, PARTS
 from asynccp._retention import apply_retention, collect_orphans, purge_quarantine, remove_invalid
 from asynccp._shards import PartGroup, uncommitted
-from asynccp._store import CLIENT_KEYS, resolve
+from asynccp._store import CLIENT_KEYS, local_root, resolve
 from asynccp._store import Store as Location
 from asynccp.errors import (
     CheckpointError,
@@ -391,9 +391,10 @@ def _open(args: argparse.Namespace) -> Location:
         raise UsageError(f"bad location {url!r}: {e}") from None
     except Exception as e:  # obstore's own parsing/configuration errors
         raise UsageError(f"bad location {url!r}: {one_line(e)}") from None
-    if loc.local_root is not None and not loc.local_root.is_dir():
-        what = "is not a directory" if loc.local_root.exists() else "does not exist"
-        raise Failure(f"{loc.local_root} {what}")
+    root = local_root(loc)
+    if root is not None and not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise Failure(f"{root} {what}")
     return loc
 
 
