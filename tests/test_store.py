@@ -161,7 +161,7 @@ async def test_a_path_with_a_colon_elsewhere_stays_a_local_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     store = resolve(location)
-    assert isinstance(store, LocalDir) and store.local_root == tmp_path / location
+    assert isinstance(store, LocalDir) and local_root(store) == tmp_path / location
     async with Checkpointer(location) as cp:
         await (await cp.save(1, b"x"))
     assert (tmp_path / location / "manifests").is_dir()
