@@ -223,6 +223,8 @@ async def test_gc_dry_run_verifies_reports_orphans_and_deletes_nothing(
     await save(site, [1, 2, 3])
     orphan = f"data/{7:020d}-deadbeef0000/data"
     site.raw.put(orphan, b"a crashed writer's upload")
+    an_hour_ago = time.time() - 3600  # (file times tick coarsely: "now" may equal it)
+    os.utime(tmp_path / "store" / orphan, (an_hour_ago, an_hour_ago))
     before = site.raw.keys()
     code, out, _ = await gc(
         capsys, str(site.url), "--keep", "1", "--orphan-grace", "0", "--dry-run"
