@@ -1,6 +1,6 @@
 """Checkpointer: the object users hold — a thin facade over the stages it wires together.
 
-- options: validated once, into a frozen :class:`Options` (no I/O);
+- options: validated once, into a frozen :class:`~asynccp._options.Options` (no I/O);
 - the store: :func:`asynccp._store.resolve` (no I/O);
 - the write path: a :class:`~asynccp._write.Pipeline` (bounded queue, stager, the worker
   that commits in order), the writer's lease (:class:`~asynccp._leases.LeaseKeeper`) and
@@ -27,9 +27,8 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -42,36 +41,21 @@ from anyio.abc import TaskGroup
 
 from . import _catalog as catalog
 from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
-from ._checks import check_bool, check_int, check_seconds, check_step
+from ._checks import check_int, check_step
 from ._groups import add_note
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
+from ._options import Limits, Options, Retention, Sharding, StoreOptions, options
 from ._retention import Housekeeping
-from ._shard_records import ShardSpec, sharding
-from ._store import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_IO_ATTEMPTS,
-    DEFAULT_PART_CONCURRENCY,
-    Store,
-    call,
-    resolve,
-)
+from ._shard_records import ShardSpec
+from ._store import call, resolve
 from ._types import LocationLike, Payload, Policy
 from ._write import Committed, FlushResult, Pipeline, SaveHandle, Stats, StepOrder, open_staging
 from ._write._commit import RecordHook
 from ._write._shards import commit_part
 from .errors import CheckpointClosedError, ShardMismatchError
 
-__all__ = [
-    "OPTION_NAMES",
-    "Checkpointer",
-    "Options",
-    "State",
-    "Stats",
-    "check_options",
-    "continue_from",
-    "flush_within",
-]
+__all__ = ["Checkpointer", "State", "Stats", "continue_from", "flush_within"]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
@@ -114,133 +98,36 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
-class Options:
-    """A Checkpointer's options, validated (see :class:`Checkpointer` for each).
-
-    Wrong types are ``TypeError``, bad values ``ValueError``; durations are stored as
-    float seconds.
-    """
-
-    max_pending: int = 4
-    max_pending_bytes: int = 1 << 30
-    policy: Policy = "block"
-    keep: int | None = None
-    keep_every: int | None = None
-    attempt: int = 0
-    durable: bool = True
-    flush_timeout: float = 300.0
-    max_concurrency: int = 8
-    orphan_grace: float = 3600.0
-    staging_dir: str | None = None
-    shard: int | None = None
-    shards: int | None = None
-    generation: str | int | None = None
-
-    def __post_init__(self) -> None:
-        check_int("max_pending", self.max_pending, minimum=1)
-        check_int("max_pending_bytes", self.max_pending_bytes, minimum=1)
-        if self.keep is not None:
-            check_int("keep", self.keep, minimum=1)
-        if self.keep_every is not None:
-            check_int("keep_every", self.keep_every, minimum=1)
-        check_int("attempt", self.attempt, minimum=0)
-        check_int("max_concurrency", self.max_concurrency, minimum=1)
-        if not isinstance(self.policy, str):
-            raise TypeError(f"policy must be a str, got {type(self.policy).__name__}")
-        if self.policy not in ("block", "latest"):
-            raise ValueError(f"policy must be 'block' or 'latest', got {self.policy!r}")
-        check_bool("durable", self.durable)
-        set_ = object.__setattr__  # frozen: normalise in place, once
-        set_(self, "flush_timeout", check_seconds("flush_timeout", self.flush_timeout))
-        set_(self, "orphan_grace", check_seconds("orphan_grace", self.orphan_grace))
-        if self.staging_dir is not None:
-            if not isinstance(self.staging_dir, (str, os.PathLike)):
-                raise TypeError(
-                    f"staging_dir must be a path, got {type(self.staging_dir).__name__}"
-                )
-            set_(self, "staging_dir", os.fspath(self.staging_dir))
-        spec = sharding(self.shard, self.shards, self.generation, writer="")
-        if spec is not None and spec.generation:
-            set_(self, "generation", spec.generation)  # an int, or the environment's
-
-
-#: Every keyword argument of :class:`Checkpointer` (for "did you mean ...?").
-OPTION_NAMES = frozenset(
-    [
-        "prefix",
-        "chunk_size",
-        "part_concurrency",
-        "io_attempts",
-        *Options.__dataclass_fields__,
-    ]
-)
-
-
-def _configure(
-    location: Any,
-    options: Mapping[str, Any],
-    *,
-    caller: str,
-    known: Collection[str],
-) -> tuple[Options, Store]:
-    """Validate a Checkpointer's arguments: its options and its store (no I/O)."""
-    own = {k: v for k, v in options.items() if k in Options.__dataclass_fields__}
-    store_args = {k: v for k, v in options.items() if k not in own}
-    store_args.setdefault("durable", own.get("durable", True))
-    opts = Options(**own)
-    store = resolve(location, caller=caller, known=known, **store_args)
-    return opts, store
-
-
-def check_options(
-    location: Any, options: Mapping[str, Any], *, caller: str, known: Collection[str]
-) -> None:
-    """Check a Checkpointer's arguments as ``caller`` takes them (no I/O): the errors a
-    ``Checkpointer(location, **options)`` would raise, an unknown keyword argument
-    suggesting the closest of ``known``."""
-    _configure(location, options, caller=caller, known=known)
-
-
 class Checkpointer:
     """Save checkpoints without stalling, commit them atomically, restore the latest.
 
     Use it as ``async with Checkpointer(location, ...) as cp``. ``location`` is a
     path, a ``file://``, ``memory://``, ``s3://``, ``gs://`` or ``az://`` URL, or an
-    obstore store object (with ``prefix=``). Extra keyword arguments go to
-    ``obstore.store.from_url`` for URLs (``client_options``, ``retry_config``,
-    credentials...); anything else is an unknown keyword argument.
+    obstore store object. Settings come as values, each checked when made:
+    :class:`~asynccp.Limits`, :class:`~asynccp.Retention`,
+    :class:`~asynccp.StoreOptions`, :class:`~asynccp.Sharding`; every entry point
+    that opens a checkpointer (``supervise``, ``lifespan``, the plugins) takes the
+    same ones.
 
     Args:
-        max_pending: checkpoints staged but not yet committed before ``save()`` has
-            to wait (``policy="block"``) or supersede (``policy="latest"``).
-        max_pending_bytes: bytes staged but not yet committed (memory bound). One
-            checkpoint larger than this is accepted alone, once the queue is empty.
-        policy: ``"block"`` (backpressure) or ``"latest"`` (drop the oldest
-            checkpoint not yet started; its handle raises ``SupersededError``).
-        keep: keep the newest ``keep`` committed checkpoints (None keeps all).
-        keep_every: also keep every step divisible by this (milestones).
-        attempt: recorded in each manifest; set by the supervisor.
-        durable: fsync local writes before a checkpoint counts as committed.
+        keep: keep the newest ``keep`` committed checkpoints (None keeps all): the
+            shortcut for ``retention=Retention(keep=...)``.
+        policy: ``"block"`` (every save commits; a full queue makes ``save()`` wait)
+            or ``"latest"`` (a full queue drops the oldest checkpoint not yet started):
+            the shortcut for ``limits=Limits(policy=...)``.
+        limits: how much is held uncommitted (:class:`~asynccp.Limits`).
+        retention: what stays (:class:`~asynccp.Retention`).
+        store: how the store is reached (:class:`~asynccp.StoreOptions`: durability,
+            obstore's client and retry settings, a prefix in a store object...).
+        sharding: this process writes one part of every step
+            (:class:`~asynccp.Sharding`; ``docs/sharding.md``).
         flush_timeout: seconds the exit flush may take before pending work is
             abandoned and reported with ``FlushTimeoutError``.
-        max_concurrency: files of one checkpoint uploaded at once.
-        chunk_size, part_concurrency: multipart part size and parallel parts for
-            large objects on remote stores.
-        io_attempts: attempts per store call on connection-level errors, on top of
-            the retries obstore makes itself (its ``retry_config``).
-        orphan_grace: seconds before an uncommitted payload folder is collected.
         staging_dir: where file payloads are copied while they wait (a temp dir).
-        shard, shards: this process writes part ``shard`` (0-based) of every step, of
-            ``shards`` parts written by as many processes. A step is committed, and
-            seen by readers, once all its parts are recorded; a save's handle resolves
-            when this part is. Only shard 0 applies ``keep``. See ``docs/sharding.md``.
-        generation: the name of this launch of the ``shards`` processes, the same in
-            each and unique to the launch; by default found in the environment
-            (``ASYNCCP_GENERATION``, torchrun, Slurm).
+        attempt: recorded in each manifest; set by the supervisor.
 
     Raises:
-        TypeError: an argument of the wrong type, or an unknown keyword argument.
+        TypeError: an argument of the wrong type.
         ValueError: an argument with a bad value.
     """
 
@@ -248,56 +135,31 @@ class Checkpointer:
         self,
         location: LocationLike,
         *,
-        prefix: str | None = None,
-        max_pending: int = 4,
-        max_pending_bytes: int = 1 << 30,
-        policy: Policy = "block",
         keep: int | None = None,
-        keep_every: int | None = None,
-        attempt: int = 0,
-        durable: bool = True,
+        policy: Policy | None = None,
+        limits: Limits | None = None,
+        retention: Retention | None = None,
+        store: StoreOptions | None = None,
+        sharding: Sharding | None = None,
         flush_timeout: float | timedelta = 300.0,
-        max_concurrency: int = 8,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        part_concurrency: int = DEFAULT_PART_CONCURRENCY,
-        io_attempts: int = DEFAULT_IO_ATTEMPTS,
-        orphan_grace: float | timedelta = 3600.0,
         staging_dir: str | os.PathLike[str] | None = None,
-        shard: int | None = None,
-        shards: int | None = None,
-        generation: str | int | None = None,
-        **store_options: Any,
+        attempt: int = 0,
     ) -> None:
-        self._options, self._store = _configure(
-            location,
-            {
-                "prefix": prefix,
-                "max_pending": max_pending,
-                "max_pending_bytes": max_pending_bytes,
-                "policy": policy,
-                "keep": keep,
-                "keep_every": keep_every,
-                "attempt": attempt,
-                "durable": durable,
-                "flush_timeout": flush_timeout,
-                "max_concurrency": max_concurrency,
-                "chunk_size": chunk_size,
-                "part_concurrency": part_concurrency,
-                "io_attempts": io_attempts,
-                "orphan_grace": orphan_grace,
-                "staging_dir": staging_dir,
-                "shard": shard,
-                "shards": shards,
-                "generation": generation,
-                **store_options,
-            },
-            caller="Checkpointer()",
-            known=OPTION_NAMES,
+        self._options = opts = options(
+            keep=keep,
+            policy=policy,
+            limits=limits,
+            retention=retention,
+            store=store,
+            sharding=sharding,
+            flush_timeout=flush_timeout,
+            staging_dir=staging_dir,
         )
-        opts = self._options
+        self._attempt = check_int("attempt", attempt, minimum=0)
+        self._store = resolve(location, opts.store)
         self._writer = secrets.token_hex(6)
-        self._sharding: ShardSpec | None = sharding(
-            opts.shard, opts.shards, opts.generation, writer=self._writer
+        self._sharding: ShardSpec | None = (
+            None if opts.sharding is None else opts.sharding.spec(self._writer)
         )
         #: Writer ids of this shard's earlier attempts (set by the supervisor): the parts
         #: they recorded are this shard's own.
@@ -306,9 +168,9 @@ class Checkpointer:
         self._order = StepOrder(self._store.description)
         self._housekeeping = Housekeeping(
             self._store,
-            keep=opts.keep,
-            keep_every=opts.keep_every,
-            orphan_grace=opts.orphan_grace,
+            keep=opts.retention.keep,
+            keep_every=opts.retention.keep_every,
+            orphan_grace=opts.retention.orphan_grace,
             writer=self._writer,
             bad=self._order.bad,
             shard=self.shard,
@@ -317,11 +179,8 @@ class Checkpointer:
         self._pipeline = Pipeline(
             self._store,
             writer=self._writer,
-            attempt=opts.attempt,
-            max_pending=opts.max_pending,
-            max_pending_bytes=opts.max_pending_bytes,
-            policy=opts.policy,
-            max_concurrency=opts.max_concurrency,
+            attempt=self._attempt,
+            limits=opts.limits,
             order=self._order,
             checkpoint_of=self._checkpoint_of,
             after_commit=self._after_commit,
@@ -370,39 +229,12 @@ class Checkpointer:
     @property
     def attempt(self) -> int:
         """The supervised attempt this checkpointer belongs to (0, 1, 2...)."""
-        return self._options.attempt
+        return self._attempt
 
     @property
-    def max_pending(self) -> int:
-        return self._options.max_pending
-
-    @property
-    def max_pending_bytes(self) -> int:
-        return self._options.max_pending_bytes
-
-    @property
-    def policy(self) -> Policy:
-        return self._options.policy
-
-    @property
-    def keep(self) -> int | None:
-        return self._options.keep
-
-    @property
-    def keep_every(self) -> int | None:
-        return self._options.keep_every
-
-    @property
-    def flush_timeout(self) -> float:
-        return self._options.flush_timeout
-
-    @property
-    def orphan_grace(self) -> float:
-        return self._options.orphan_grace
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._options.max_concurrency
+    def options(self) -> Options:
+        """The settings it was opened with (limits, retention, store, sharding...)."""
+        return self._options
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from ._object import (
     DEFAULT_PART_CONCURRENCY,
     ObjectStore,
 )
-from ._resolve import CLIENT_KEYS, is_url, resolve
+from ._resolve import CLIENT_KEYS, StoreOptions, is_url, resolve
 
 __all__ = [
     "CLIENT_KEYS",
@@ -28,6 +28,7 @@ __all__ = [
     "ObjectStore",
     "Source",
     "Store",
+    "StoreOptions",
     "call",
     "is_url",
     "local_root",

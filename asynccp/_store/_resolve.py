@@ -1,9 +1,10 @@
 """What the caller passes as a location -> a :class:`~asynccp._store.Store` (no I/O).
 
 A location is a plain path or ``file://`` URL (a :class:`LocalDir`), ``memory://`` (an
-in-process store), an ``s3://``, ``gs://``, ``az://`` or ``http(s)://`` URL (extra
-keyword options go to ``obstore.store.from_url``, and the usual environment variables
-apply), or an obstore store object with an optional ``prefix=``. An obstore
+in-process store), an ``s3://``, ``gs://``, ``az://`` or ``http(s)://`` URL (the
+:class:`StoreOptions`' ``obstore`` keywords go to ``obstore.store.from_url``, and the
+usual environment variables apply), or an obstore store object with an optional
+``StoreOptions(prefix=...)``. An obstore
 ``LocalStore`` object is a local directory too, written by asynccp itself.
 
 A string that starts with a scheme asynccp knows (``s3:``, ``gs:``, ``az:``, ``abfs:``,
@@ -23,8 +24,10 @@ import ast
 import functools
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -38,12 +41,12 @@ from obstore.store import (
     from_url,
 )
 
-from .._checks import check_bool, check_int, unknown_keyword
+from .._checks import check_bool, check_int
 from ._base import Store
 from ._local import LocalDir
 from ._object import DEFAULT_CHUNK_SIZE, DEFAULT_IO_ATTEMPTS, DEFAULT_PART_CONCURRENCY, ObjectStore
 
-__all__ = ["CLIENT_KEYS", "STORE_TYPES", "is_url", "resolve"]
+__all__ = ["CLIENT_KEYS", "STORE_TYPES", "StoreOptions", "is_url", "resolve"]
 
 STORE_TYPES = (S3Store, GCSStore, AzureStore, LocalStore, MemoryStore, HTTPStore)
 _REMOTE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
@@ -124,52 +127,86 @@ def is_url(location: object) -> bool:
     return isinstance(location, str) and "://" in location
 
 
-def resolve(
-    location: object,
-    *,
-    prefix: str | None = None,
-    durable: bool = True,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    part_concurrency: int = DEFAULT_PART_CONCURRENCY,
-    io_attempts: int = DEFAULT_IO_ATTEMPTS,
-    caller: str = "resolve()",
-    known: Collection[str] = (),
-    **store_options: Any,
-) -> Store:
+@dataclass(frozen=True)
+class StoreOptions:
+    """How the location's store is reached and written (``Checkpointer(store=...)``).
+
+    Checked when made (wrong type: ``TypeError``; bad value: ``ValueError``); the
+    ``obstore`` keywords are checked against the location when it is resolved.
+
+    Args:
+        prefix: a key prefix inside an obstore store object given as the location
+            (for a URL, put the prefix in the URL).
+        durable: fsync local writes (payload, record and their folders) before a
+            checkpoint counts as committed. ``False`` trades that for speed.
+        chunk_size: multipart part size for large objects on remote stores (>= 5 MiB).
+        part_concurrency: parts of one large object uploaded at once.
+        io_attempts: attempts per store call on connection-level errors, on top of the
+            retries obstore makes itself (its ``retry_config``).
+        obstore: keyword arguments of ``obstore.store.from_url`` for a URL location:
+            ``client_options`` (timeouts...), ``retry_config``, credentials, region...
+    """
+
+    prefix: str | None = None
+    durable: bool = True
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    part_concurrency: int = DEFAULT_PART_CONCURRENCY
+    io_attempts: int = DEFAULT_IO_ATTEMPTS
+    obstore: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prefix is not None and not isinstance(self.prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(self.prefix).__name__}")
+        check_bool("durable", self.durable)
+        check_int("chunk_size", self.chunk_size, minimum=1)
+        if self.chunk_size < _MIN_CHUNK_SIZE:
+            raise ValueError(
+                "chunk_size must be at least 5 MiB (the S3 minimum part size), "
+                f"got {self.chunk_size}"
+            )
+        check_int("part_concurrency", self.part_concurrency, minimum=1)
+        check_int("io_attempts", self.io_attempts, minimum=1)
+        if not isinstance(self.obstore, Mapping):
+            raise TypeError(
+                "obstore must be a mapping of obstore.store.from_url keyword arguments, "
+                f"got {type(self.obstore).__name__}"
+            )
+        for key in self.obstore:
+            if not isinstance(key, str):
+                raise TypeError(f"obstore option names must be str, got {key!r}")
+        object.__setattr__(self, "obstore", MappingProxyType(dict(self.obstore)))
+
+
+def resolve(location: object, options: StoreOptions | None = None) -> Store:
     """Turn what the user passed as a location into a store (no I/O).
 
-    ``caller`` and ``known`` word the error for a keyword argument that is no store
-    option: ``known`` are the caller's own option names, the closest of which is
-    suggested (``kep=3`` -> did you mean ``keep``?).
-
     Raises:
-        TypeError: a value of the wrong type, or an unknown keyword argument.
+        TypeError: a value of the wrong type, or obstore options where they cannot
+            apply (a path, a store object) or that obstore does not know.
         ValueError: a bad value (an unsupported scheme, an empty path...).
     """
-    check_bool("durable", durable)
-    check_int("chunk_size", chunk_size, minimum=1)
-    check_int("part_concurrency", part_concurrency, minimum=1)
-    check_int("io_attempts", io_attempts, minimum=1)
-    if chunk_size < _MIN_CHUNK_SIZE:
-        raise ValueError(
-            f"chunk_size must be at least 5 MiB (the S3 minimum part size), got {chunk_size}"
-        )
-    if prefix is not None and not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    if options is None:
+        options = StoreOptions()
+    elif not isinstance(options, StoreOptions):
+        raise TypeError(f"store must be an asynccp.StoreOptions, got {type(options).__name__}")
+    prefix, durable, store_options = options.prefix, options.durable, options.obstore
 
     def remote(description: str, store: Any, store_prefix: str = "") -> ObjectStore:
         return ObjectStore(
             description,
             store,
             prefix=store_prefix,
-            chunk_size=chunk_size,
-            part_concurrency=part_concurrency,
-            io_attempts=io_attempts,
+            chunk_size=options.chunk_size,
+            part_concurrency=options.part_concurrency,
+            io_attempts=options.io_attempts,
         )
 
     def no_options(hint: str) -> None:
         if store_options:
-            raise unknown_keyword(caller, sorted(store_options)[0], known, hint=hint)
+            raise TypeError(
+                f"StoreOptions(obstore={{{', '.join(map(repr, sorted(store_options)))}: ...}}) "
+                f"does not apply here: {hint}"
+            )
 
     if isinstance(location, STORE_TYPES):
         no_options("store options apply to URL locations; configure the store object itself")
@@ -178,7 +215,10 @@ def resolve(
             return LocalDir(root, durable=durable, description=repr(location))
         return remote(repr(location), location, _clean_prefix(prefix))
     if prefix is not None:
-        raise TypeError("prefix= only applies when the location is an obstore store object")
+        raise TypeError(
+            "StoreOptions(prefix=...) only applies when the location is an obstore store "
+            "object (for a URL or a path, put the prefix in it)"
+        )
     if isinstance(location, os.PathLike):
         location = os.fspath(location)
     if not isinstance(location, str):
@@ -204,17 +244,17 @@ def resolve(
         path = (parsed.netloc + parsed.path).strip("/")
         return remote(location, MemoryStore(), _clean_prefix(path))
     if scheme in _REMOTE_SCHEMES:
-        return remote(location, _from_url(location, store_options, caller, known))
+        return remote(location, _from_url(location, store_options))
     raise ValueError(f"unsupported location scheme {scheme!r} in {location!r}")
 
 
-def _from_url(url: str, options: Mapping[str, Any], caller: str, known: Collection[str]) -> Any:
+def _from_url(url: str, options: Mapping[str, Any]) -> Any:
     """``obstore.store.from_url`` with bad options reported as errors, not panics."""
     misplaced = sorted(CLIENT_KEYS & options.keys())
     if misplaced:
         raise TypeError(
-            f"{misplaced} are HTTP client options: pass them as "
-            f"client_options={{{', '.join(repr(k) + ': ...' for k in misplaced)}}}"
+            f"{misplaced} are HTTP client options: pass them as StoreOptions(obstore="
+            f"{{'client_options': {{{', '.join(repr(k) + ': ...' for k in misplaced)}}}}})"
         )
     try:
         return from_url(url, **options)
@@ -223,8 +263,9 @@ def _from_url(url: str, options: Mapping[str, Any], caller: str, known: Collecti
             message = str(e)
             key = next((k for k in sorted(options) if repr(k) in message), sorted(options)[0])
             scheme = url.split("://", 1)[0]
-            raise unknown_keyword(
-                caller, key, known, hint=f"it is no store option for {scheme}:// either"
+            raise TypeError(
+                f"StoreOptions(obstore=...) holds {key!r}, which obstore.store.from_url "
+                f"does not know for {scheme}:// URLs"
             ) from None
         raise ValueError(f"cannot open {url!r}: {e}".splitlines()[0]) from e
     except BaseException as e:  # pyo3's PanicException derives from BaseException

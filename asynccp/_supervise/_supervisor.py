@@ -23,16 +23,18 @@ import math
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import anyio
 from obstore.store import MemoryStore
 
-from .._checkpointer import OPTION_NAMES, Checkpointer, check_options, continue_from, flush_within
+from .._checkpointer import Checkpointer, continue_from, flush_within
 from .._checks import check_bool, check_int, check_seconds
 from .._context import CURRENT, current
+from .._options import CheckpointerOptions, keywords, options
+from .._store import resolve
 from .._groups import add_note
 from .._types import BackoffSpec, LocationLike, OnRetry, Recoverable
 from .._write import FlushResult
@@ -119,7 +121,7 @@ class _Supervisor:
         handle_signals: bool,
         grace: float | timedelta,
         preemptions: int,
-        checkpointer_options: dict[str, Any],
+        checkpointer_options: CheckpointerOptions,
     ) -> None:
         self.retries = check_int("retries", retries)
         self.preemptions = check_int("preemptions", preemptions)
@@ -130,24 +132,24 @@ class _Supervisor:
         self.grace = check_seconds("grace", grace, finite=True, positive=True)
         if "attempt" in checkpointer_options:
             raise TypeError("attempt= is set by the supervisor (0, 1, 2... per attempt)")
-        # Every Checkpointer option is checked now, before anything runs (no I/O).
-        check_options(
-            location, checkpointer_options, caller=caller, known=OPTION_NAMES | _OWN_NAMES
-        )
+        # Every Checkpointer option is checked now, before anything runs (no I/O): the
+        # options as values, and the location with its store options.
+        self.options = options(**checkpointer_options)
+        resolve(location, self.options.store)
         self.description = (
             os.fspath(location) if isinstance(location, (str, os.PathLike)) else repr(location)
         )
         self.location = location
-        self.options = dict(checkpointer_options)
         if isinstance(location, str) and location.lower().startswith("memory://"):
             # One in-process store for every attempt, so each sees the others' saves.
             rest = location.split("://", 1)[1].strip("/")
             self.location = MemoryStore()
-            self.options["prefix"] = rest or None
+            store = replace(self.options.store, prefix=rest or None)
+            self.options = replace(self.options, store=store)
 
     def checkpointer(self, attempt: int) -> Checkpointer:
         """A fresh Checkpointer for attempt number ``attempt``, on the shared location."""
-        return Checkpointer(self.location, attempt=attempt, **self.options)
+        return Checkpointer(self.location, attempt=attempt, **keywords(self.options))
 
     async def run(
         self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -389,12 +391,14 @@ async def supervise(
     handle_signals: bool = True,
     grace: float | timedelta = DEFAULT_GRACE,
     preemptions: int = 0,
-    **checkpointer_options: Any,
+    **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> T:
     """Run ``await fn(cp)``, retrying recoverable failures; each attempt resumes.
 
-    Each attempt gets a fresh :class:`~asynccp.Checkpointer` on ``location``
-    (``checkpointer_options`` go to it; ``cp.attempt`` is 0, 1, 2...) and is available
+    Each attempt gets a fresh :class:`~asynccp.Checkpointer` on ``location`` (with the
+    same keyword arguments a Checkpointer takes — ``keep``, ``policy``, ``limits``,
+    ``retention``, ``store``, ``sharding``, ``flush_timeout``, ``staging_dir``, checked
+    before anything runs; ``cp.attempt`` is 0, 1, 2...) and is available
     as :func:`asynccp.current` inside ``fn``. When the attempt ends its checkpoints are
     flushed, so the next one's ``await cp.latest()`` sees everything committed so far.
     A ``memory://`` location is resolved once, so all attempts share its store.
@@ -461,7 +465,7 @@ def checkpointed(
     handle_signals: bool = True,
     grace: float | timedelta = DEFAULT_GRACE,
     preemptions: int = 0,
-    **checkpointer_options: Any,
+    **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> Callable[
     [Callable[Concatenate[Checkpointer, P], Awaitable[T]]],
     Callable[P, Coroutine[Any, Any, T]],

@@ -29,9 +29,10 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._groups import add_note
+from .._options import Limits
 from .._store import Store
 from .._telemetry import Telemetry
-from .._types import Payload, Policy
+from .._types import Payload
 from ..errors import CheckpointClosedError, CheckpointError, FlushTimeoutError, SupersededError
 from . import _handle
 from ._commit import Committed, RecordHook, commit
@@ -169,10 +170,7 @@ class Pipeline:
         *,
         writer: str,
         attempt: int,
-        max_pending: int,
-        max_pending_bytes: int,
-        policy: Policy,
-        max_concurrency: int,
+        limits: Limits,
         order: StepOrder,
         checkpoint_of: Callable[[Committed], Checkpoint],
         after_commit: Callable[[Committed, bool], Awaitable[None]],
@@ -188,11 +186,12 @@ class Pipeline:
         #: attempt learns its predecessors after it is created).
         self._record = record
         self._queue: StagingQueue[Pending] = StagingQueue(
-            max_pending, max_pending_bytes, policy, self._supersede
+            limits.max_pending, limits.max_pending_bytes, limits.policy, self._supersede
         )
-        self._stager = Stager(lambda: max_pending_bytes - self._queue.staged_bytes)
+        budget = limits.max_pending_bytes
+        self._stager = Stager(lambda: budget - self._queue.staged_bytes)
         self._save_lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._limiter = anyio.CapacityLimiter(limits.max_concurrency)
         self._in_flight = anyio.Semaphore(PIPELINE)
         self._housekeeping = anyio.Lock()  # one at a time, after the commits
         self._busy = _Busy()
