@@ -160,6 +160,28 @@ async def test_save_refuses_lone_surrogate(any_site: Site, name: str) -> None:
     assert any_site.raw.keys("data/") and all(k.endswith("/ok") for k in any_site.raw.keys("data/"))
 
 
+@pytest.mark.parametrize(
+    ("metadata", "named"),
+    [
+        ({"a\ud800": 1}, r"the key 'a\\ud800' of metadata"),
+        ({"note": "b\udc80"}, r"metadata\['note'\] \('b\\udc80'\)"),
+        ({"runs": [{"x\udfff": 2}]}, r"the key 'x\\udfff' of metadata\['runs'\]\[0\]"),
+    ],
+)
+async def test_metadata_with_a_lone_surrogate_is_refused_at_save(
+    tmp_path: Path, metadata: dict[str, Any], named: str
+) -> None:
+    """A lone surrogate in a metadata key or value (text decoded with
+    'surrogateescape') is a ValueError at save() naming where it is; nothing is staged,
+    and the step stays free."""
+    async with Checkpointer(tmp_path / "store") as cp:
+        with pytest.raises(ValueError, match=named) as info:
+            await cp.save(1, b"x", metadata=metadata)
+        assert "not valid Unicode" in str(info.value)
+        assert cp.stats.saves == 0
+        await (await cp.save(1, b"x", metadata={"ok": True}))
+
+
 async def test_save_refuses_folder_with_undecodable_file_name(tmp_path: Path) -> None:
     folder = tmp_path / "payload"
     folder.mkdir()
