@@ -29,6 +29,7 @@ import anyio.to_thread
 import crc32c
 
 from . import _memory
+from ._checks import check_bool
 from ._dest import inside, make_tmp, move_into_place, unwritable
 from ._groups import first_leaf
 from ._layout import data_dir, payload_key
@@ -286,12 +287,15 @@ class Checkpoint:
         for name in self.files:
             await call(self._store, self._stream_verified, name, None, map_errors=False)
 
-    async def download(self, dest_dir: str | os.PathLike[str]) -> Path:
+    async def download(self, dest_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write every file under ``dest_dir`` (created if needed), verified; return it.
 
         Files are downloaded into a hidden folder inside ``dest_dir`` and moved into
         place only once all of them verified, so ``dest_dir`` never holds a mix of a
-        half-downloaded checkpoint. Existing files of the same names are replaced.
+        half-downloaded checkpoint. ``dest_dir`` may exist and hold other files; a file
+        already where one of the checkpoint's goes is replaced only with
+        ``overwrite=True``: otherwise it is a :class:`DestinationExistsError` naming
+        it (a ``FileExistsError`` too), raised before anything is downloaded.
 
         Links inside ``dest_dir`` are never followed (``dest_dir`` itself may be one):
         a file whose place holds a symbolic link replaces the link, not what it points
@@ -310,8 +314,11 @@ class Checkpoint:
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
+        check_bool("overwrite", overwrite)
         names = list(self.files)
-        dest, tmp = await anyio.to_thread.run_sync(make_tmp, os.fspath(dest_dir), names, self.step)
+        dest, tmp = await anyio.to_thread.run_sync(
+            make_tmp, os.fspath(dest_dir), names, self.step, overwrite
+        )
         try:
             limiter = anyio.CapacityLimiter(_READ_CONCURRENCY)
             try:
@@ -333,7 +340,7 @@ class Checkpoint:
             except Exception as e:  # a task group wraps its children's errors
                 leaf = first_leaf(e)
                 raise leaf from leaf.__cause__
-            await anyio.to_thread.run_sync(move_into_place, tmp, dest, names, self.step)
+            await anyio.to_thread.run_sync(move_into_place, tmp, dest, names, self.step, overwrite)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)

@@ -524,15 +524,23 @@ class Checkpointer:
         found = await self._newest(self._restoring(lambda c: self._own(c).read()))
         return None if found is None else found[1]
 
-    async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
+    async def restore(
+        self, dest_dir: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> Path | None:
         """Download the newest checkpoint that verifies into ``dest_dir``; return it.
 
         Falls back past corrupt checkpoints with a warning; None when there is none.
-        A sharded checkpointer downloads its own part.
+        A sharded checkpointer downloads its own part. Files already in ``dest_dir``
+        where the checkpoint's go are replaced only with ``overwrite=True``; otherwise
+        that is a :class:`~asynccp.DestinationExistsError` naming the file, before
+        anything is written (see :meth:`Checkpoint.download`).
         """
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        found = await self._newest(self._restoring(lambda c: self._own(c).download(dest_dir)))
+        check_bool("overwrite", overwrite)
+        found = await self._newest(
+            self._restoring(lambda c: self._own(c).download(dest_dir, overwrite=overwrite))
+        )
         return None if found is None else found[1]
 
     def _own(self, ckpt: Checkpoint) -> Checkpoint:

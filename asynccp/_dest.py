@@ -6,7 +6,11 @@ anything may change in it meanwhile). Files are downloaded into a private folder
 the destination (:func:`make_tmp`) and moved into place only once every one verified
 (:func:`move_into_place`): folders are opened relative to their parent without
 following links, so nothing is ever written outside the destination, and a link, a file
-or a folder in the way is refused before anything moves.
+or a folder in the way is refused before anything moves. A file (or link) already where
+a checkpoint's file goes is replaced only when the caller said ``overwrite=True``;
+otherwise it is a :class:`DestinationExistsError` raised before anything is written,
+and the final moves never replace a file that appeared meanwhile (hard link, then
+unlink: create-if-absent).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import CheckpointError, CorruptCheckpointError
+from .errors import CheckpointError, CorruptCheckpointError, DestinationExistsError
 
 __all__ = ["inside", "make_tmp", "move_into_place", "unwritable"]
 
@@ -66,12 +70,13 @@ def unwritable(step: int, name: str, dest: Path, e: OSError) -> OSError | Checkp
     )
 
 
-def _check_dest(dest: Path, names: list[str], step: int) -> None:
+def _check_dest(dest: Path, names: list[str], step: int, overwrite: bool) -> None:
     """Refuse, before anything is written, a destination a download would misuse.
 
     Each name's folders under ``dest`` must be absent or real folders (a symbolic link
     is never followed, a file is in the way), and its own place must not be a folder.
-    A link or a file in a file's place is fine: it is replaced.
+    A link or a file in a file's place is replaced when ``overwrite``, else it is a
+    :class:`DestinationExistsError` naming it.
     """
     for name in names:
         parts = name.split("/")
@@ -89,6 +94,8 @@ def _check_dest(dest: Path, names: list[str], step: int) -> None:
                     raise CheckpointError(
                         f"checkpoint {step}: cannot restore file {name!r}: {path} is a folder"
                     )
+                if not overwrite:
+                    raise _exists(step, name, path)
             elif stat.S_ISLNK(mode):
                 raise CheckpointError(
                     f"checkpoint {step}: cannot restore file {name!r}: {path} is a symbolic "
@@ -102,30 +109,48 @@ def _check_dest(dest: Path, names: list[str], step: int) -> None:
                 )
 
 
-def make_tmp(dest_dir: str, names: list[str], step: int) -> tuple[Path, Path]:
+def _exists(step: int, name: str, path: Path | str) -> DestinationExistsError:
+    return DestinationExistsError(
+        f"checkpoint {step}: restoring file {name!r} would overwrite {path}, which exists; "
+        "pass overwrite=True to replace it (asynccp restore --force), or restore into "
+        "another folder",
+        str(path),
+    )
+
+
+def make_tmp(
+    dest_dir: str, names: list[str], step: int, overwrite: bool = False
+) -> tuple[Path, Path]:
     """The absolute destination (created, checked for ``names``) and a private download
     folder inside it."""
     dest = Path(os.path.abspath(dest_dir))
     dest.mkdir(parents=True, exist_ok=True)
-    _check_dest(dest, names, step)
+    _check_dest(dest, names, step, overwrite)
     return dest, Path(tempfile.mkdtemp(dir=dest, prefix=TMP_PREFIX))
 
 
-def move_into_place(tmp: Path, dest: Path, names: list[str], step: int) -> None:
+def move_into_place(
+    tmp: Path, dest: Path, names: list[str], step: int, overwrite: bool = False
+) -> None:
     """Move the verified files from ``tmp`` to their places under ``dest``.
 
     The destination is checked again first (it may have changed during the download),
     so a conflict moves nothing. Folders are then opened relative to their parent
     without following links (``openat`` with ``O_NOFOLLOW``), so a link planted while
-    we move is refused too, not followed; ``rename`` replaces a link in a file's place.
+    we move is refused too, not followed; ``rename`` replaces a link in a file's place
+    (``overwrite``); without it a file is linked into place, never replacing one.
     """
-    _check_dest(dest, names, step)
+    _check_dest(dest, names, step, overwrite)
     if not _AT_CALLS:  # pragma: no cover - Windows: no openat; rely on the check above
         for name in names:
             target = inside(dest, name)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if not overwrite and os.path.lexists(target):
+                    raise _exists(step, name, target)
                 os.replace(inside(tmp, name), target)
+            except DestinationExistsError:
+                raise
             except OSError as e:
                 raise unwritable(step, name, dest, e) from e
         return
@@ -135,7 +160,12 @@ def move_into_place(tmp: Path, dest: Path, names: list[str], step: int) -> None:
             *folders, leaf = name.split("/")
             fd = _open_folders(top, dest, folders, name, step)
             try:
-                os.replace(inside(tmp, name), leaf, dst_dir_fd=fd)
+                if overwrite:
+                    os.replace(inside(tmp, name), leaf, dst_dir_fd=fd)
+                else:
+                    _move_no_replace(inside(tmp, name), leaf, fd, step, name, dest)
+            except DestinationExistsError:
+                raise
             except OSError as e:
                 raise unwritable(step, name, dest, e) from e
             finally:
@@ -143,6 +173,30 @@ def move_into_place(tmp: Path, dest: Path, names: list[str], step: int) -> None:
                     os.close(fd)
     finally:
         os.close(top)
+
+
+#: errno values of a file system that cannot make this hard link.
+_NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
+
+
+def _move_no_replace(src: Path, leaf: str, fd: int, step: int, name: str, dest: Path) -> None:
+    """Move ``src`` to ``leaf`` in folder ``fd`` unless something is there already: a
+    hard link (which never replaces), then the source unlinked. Where the file system
+    has no hard links, a check and a rename (the check before the download covers it)."""
+    try:
+        os.link(src, leaf, dst_dir_fd=fd, follow_symlinks=False)
+    except FileExistsError:
+        raise _exists(step, name, dest / name) from None
+    except (OSError, NotImplementedError) as e:
+        if isinstance(e, OSError) and e.errno not in _NO_LINK_ERRNOS:
+            raise
+        try:
+            os.lstat(leaf, dir_fd=fd)
+        except FileNotFoundError:
+            os.replace(src, leaf, dst_dir_fd=fd)
+            return
+        raise _exists(step, name, dest / name) from None
+    os.unlink(src)
 
 
 def _open_folders(top: int, dest: Path, folders: list[str], name: str, step: int) -> int:

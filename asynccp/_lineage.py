@@ -464,11 +464,14 @@ class AttemptCheckpointer(Checkpointer):
         found = await self.load_latest(lambda c: c.read())
         return None if found is None else found[1]
 
-    async def restore(self, dest_dir: str | os.PathLike[str]) -> Path | None:
-        """Download the newest checkpoint along the lineage that verifies into ``dest_dir``."""
+    async def restore(
+        self, dest_dir: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> Path | None:
+        """Download the newest checkpoint along the lineage that verifies into
+        ``dest_dir`` (existing files replaced only with ``overwrite=True``)."""
         if not isinstance(dest_dir, (str, os.PathLike)):
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        found = await self.load_latest(lambda c: c.download(dest_dir))
+        found = await self.load_latest(lambda c: c.download(dest_dir, overwrite=overwrite))
         return None if found is None else found[1]
 
     async def prev_exists(self) -> bool:

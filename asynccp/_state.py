@@ -24,10 +24,15 @@ mapping key when it is one value of a file mapping):
 What a state may hold: ``str`` and ``int`` keys (``int`` for an optimizer's
 ``state_dict()``, whose ``"state"`` is keyed by parameter index; ``bool`` and every
 other key type is refused), mappings, lists, tuples, ``None``, ``bool``, ``int``,
-``float``, ``str``, ``bytes``, numpy arrays and numpy scalars (kept as 0-d arrays),
-and torch tensors on the CPU or a CUDA device. Anything else — an object array, a
-dtype safetensors cannot hold, a tensor that is not contiguous, a cycle — is a
-``TypeError`` / ``ValueError`` naming the key, raised before anything is staged.
+``float``, ``str``, ``bytes``, numpy arrays and numpy scalars (kept as 0-d arrays of
+their dtype, ``np.float64`` and ``np.bool_`` included: ``np.float64`` is a ``float``
+subclass, but reads back as a float64 array like every other numpy scalar; ``np.str_``
+and ``np.bytes_`` are kept as ``str`` and ``bytes``), and torch tensors on the CPU or a
+CUDA device. Anything else — an object array, a dtype safetensors cannot hold, a tensor
+that is not contiguous, a cycle, a key or string that is not valid Unicode (a lone
+surrogate cannot be written as UTF-8: a ``TypeError`` for a key, like every bad key, a
+``ValueError`` for a value) — is a ``TypeError`` / ``ValueError`` naming the key,
+raised before anything is staged.
 
 The snapshot is one copy: the safetensors header is written here and each tensor's
 bytes go straight into asynccp's staging memory (see :class:`asynccp._memory.Gather`).
@@ -199,8 +204,19 @@ class _Planner:
         self._torch = sys.modules.get("torch")
 
     def node(self, value: Any, path: str, segments: tuple[str, ...], depth: int) -> Any:
-        if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str):
+            if not _is_unicode(value):
+                raise ValueError(
+                    f"{path} ({value!r}) is not valid Unicode: it holds a lone surrogate, "
+                    "which cannot be written as UTF-8"
+                )
             return value
+        if value is None or isinstance(value, bool):
+            return value
+        np, torch = self._np, self._torch
+        if np is not None and isinstance(value, np.generic) and not isinstance(value, bytes):
+            # Before the float branch: np.float64 is a float, and would lose its dtype.
+            return {"tensor": self._array(value, path, segments)}
         if isinstance(value, int):
             return int(value)  # an int subclass (an IntEnum) is stored as its value
         if isinstance(value, float):
@@ -209,7 +225,6 @@ class _Planner:
             return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
         if isinstance(value, bytes):
             return {"bytes": self._bytes(value, segments)}
-        np, torch = self._np, self._torch
         if torch is not None and isinstance(value, torch.Tensor):
             return {"tensor": self._torch_tensor(value, path, segments)}
         if np is not None and isinstance(value, (np.ndarray, np.generic)):
@@ -240,6 +255,12 @@ class _Planner:
                         raise TypeError(
                             f"key {key!r} in {path} is a {type(key).__name__}: state keys "
                             "must be str or int"
+                        )
+                    if isinstance(key, str) and not _is_unicode(key):
+                        raise TypeError(
+                            f"key {key!r} in {path} is not valid Unicode (it holds a lone "
+                            "surrogate, which cannot be written as UTF-8): state keys must "
+                            "be str or int"
                         )
                     all_str = all_str and isinstance(key, str)
                     sub = f"{path}[{key!r}]"
@@ -345,6 +366,15 @@ class _Planner:
             )
         )
         return name
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _segment(key: str | int) -> str:

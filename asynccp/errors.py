@@ -20,6 +20,7 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
     │   │       └── CommitUnknownError         ... or may have: its answer was lost
     │   ├── CorruptCheckpointError             invalid record, missing or changed bytes
     │   ├── CheckpointNotFoundError (LookupError)
+    │   ├── DestinationExistsError (FileExistsError)  a restore would overwrite a file
     │   ├── SupersededError                    dropped for a newer one (policy="latest")
     │   ├── FlushTimeoutError                  abandoned after flush_timeout / grace
     │   ├── CheckpointClosedError (RuntimeError)   used outside ``async with``
@@ -36,6 +37,7 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
 
 from __future__ import annotations
 
+import errno
 import signal
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "CommitUnknownError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
+    "DestinationExistsError",
     "FlushTimeoutError",
     "InvalidNameError",
     "NotAwaitableError",
@@ -123,6 +126,23 @@ class ShardMismatchError(CheckpointError, ValueError):
     different number of processes (resharding), open it with a plain ``Checkpointer``
     and read every part: ``ckpt.shard(r)`` for ``r`` in ``range(ckpt.shards)``.
     """
+
+
+class DestinationExistsError(CheckpointError, FileExistsError):
+    """A restore or download would overwrite a file already in its destination.
+
+    ``restore(dest)`` and ``Checkpoint.download(dest)`` never replace the caller's files
+    unasked: pass ``overwrite=True`` (``asynccp restore --force``) to replace them.
+    Raised before anything is written; ``filename`` is the file in the way.
+    """
+
+    def __init__(self, message: str, filename: str = "") -> None:
+        super().__init__(message)
+        self.errno = errno.EEXIST
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class StoreError(CheckpointError):

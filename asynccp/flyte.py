@@ -121,7 +121,9 @@ class AsyncCheckpoint(flyte.Checkpoint):
         return self._bridge.call(self.load)
 
     async def _download(self, ckpt: Checkpoint) -> Path:
-        await ckpt.download(self.path)
+        # self.path is the checkpoint's own folder (Flyte's semantics), emptied by
+        # load() first: an earlier fallback's files in it are replaced.
+        await ckpt.download(self.path, overwrite=True)
         blob = ckpt.metadata.get(_KIND) == "blob" or set(ckpt.files) == {_PAYLOAD}
         return self.path / _PAYLOAD if blob else self.path
 

@@ -143,7 +143,9 @@ class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
                 raise ValueError("Checkpoints can be restored to a directory only.")
 
         async def download(ckpt: Checkpoint) -> Path:
-            return await ckpt.download(dest)
+            # flytekit's own restore (download_directory) replaces what is in ``path``:
+            # this plugin keeps its semantics.
+            return await ckpt.download(dest, overwrite=True)
 
         found: Path | None = self._bridge.call(self._load, download)
         if found is not None:

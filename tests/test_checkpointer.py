@@ -635,8 +635,8 @@ async def test_flush_within_a_deadline_returns_what_happened(
         handles = [await cp.save(step, b"held") for step in (1, 2, 3)]
         result = await flush_within(cp, 0.3)
         assert result.timed_out and result.last_committed == 0
-        # every step given up on, once: 1 and 2 were in flight (small ones upload two at
-        # once), 3 was staged
+        # steps 1 and 2 were in flight (small ones upload two at once), 3 staged: all
+        # three are abandoned, each named once
         assert result.abandoned == (1, 2, 3)
         assert [type(e) for e in result.errors] == [asynccp.FlushTimeoutError]
         with pytest.raises(asynccp.CheckpointClosedError, match="gave up"):

@@ -233,6 +233,36 @@ def test_restore_nothing(cli: Cli, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_restore_into_a_folder_with_the_same_files_needs_force(
+    cli: Cli, ckpts: Path, tmp_path: Path
+) -> None:
+    """``asynccp restore LOC DEST`` once overwrote DEST's files silently: a file in
+    the way is exit 1, one line naming it and --force, and nothing is written; files
+    that do not clash and an empty DEST are fine; --force replaces."""
+    dest = tmp_path / "out"
+    (dest / "extra").mkdir(parents=True)
+    (dest / "extra" / "notes.txt").write_text("mine")
+    (dest / "other.txt").write_text("also mine")
+    line = assert_one_line_error(
+        cli("restore", str(ckpts), str(dest), "--step", "3"), code=1, contains="--force"
+    )
+    assert str(dest / "extra" / "notes.txt") in line
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
+        "extra",
+        "extra/notes.txt",
+        "other.txt",
+    ]
+    assert (dest / "extra" / "notes.txt").read_text() == "mine"
+    r = cli("restore", str(ckpts), str(dest), "--step", "3", "--force")
+    assert r.code == 0, r.err
+    assert (dest / "extra" / "notes.txt").read_text() == "notes 3"
+    assert (dest / "other.txt").read_text() == "also mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli("restore", str(ckpts), str(empty)).code == 0
+    assert (empty / "data").read_bytes() == b"state 4"
+
+
 # -- gc --------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from asynccp import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     CorruptCheckpointWarning,
+    DestinationExistsError,
     InvalidNameError,
 )
 from asynccp._layout import data_dir
@@ -157,6 +158,28 @@ async def test_save_refuses_lone_surrogate(any_site: Site, name: str) -> None:
         assert cp.stats.saves == 0
         await (await cp.save(1, {"ok": b"y"}))
     assert any_site.raw.keys("data/") and all(k.endswith("/ok") for k in any_site.raw.keys("data/"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "named"),
+    [
+        ({"a\ud800": 1}, r"the key 'a\\ud800' of metadata"),
+        ({"note": "b\udc80"}, r"metadata\['note'\] \('b\\udc80'\)"),
+        ({"runs": [{"x\udfff": 2}]}, r"the key 'x\\udfff' of metadata\['runs'\]\[0\]"),
+    ],
+)
+async def test_metadata_with_a_lone_surrogate_is_refused_at_save(
+    tmp_path: Path, metadata: dict[str, Any], named: str
+) -> None:
+    """A lone surrogate in a metadata key or value (text decoded with
+    'surrogateescape') is a ValueError at save() naming where it is; nothing is staged,
+    and the step stays free."""
+    async with Checkpointer(tmp_path / "store") as cp:
+        with pytest.raises(ValueError, match=named) as info:
+            await cp.save(1, b"x", metadata=metadata)
+        assert "not valid Unicode" in str(info.value)
+        assert cp.stats.saves == 0
+        await (await cp.save(1, b"x", metadata={"ok": True}))
 
 
 async def test_save_refuses_folder_with_undecodable_file_name(tmp_path: Path) -> None:
@@ -387,7 +410,7 @@ async def test_download_replaces_a_link_in_place_of_a_file(tmp_path: Path) -> No
     (dest / "gone.bin").symlink_to(tmp_path / "nowhere")  # dangling
     await commit(root, {1: {"w.bin": b"W", "sub/v.bin": b"V", "gone.bin": b"G"}})
     async with Checkpointer(root) as cp:
-        out = await cp.restore(dest)
+        out = await cp.restore(dest, overwrite=True)  # links replace, never followed
     assert out == dest
     assert tree(dest) == {"w.bin": b"W", "sub/v.bin": b"V", "gone.bin": b"G"}
     assert not any(p.is_symlink() for p in dest.rglob("*"))
@@ -449,6 +472,58 @@ def test_which_destination_errors_name_the_file() -> None:
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
         original = OSError(code, os.strerror(code))
         assert unwritable(3, "model/w.bin", dest, original) is original
+
+
+@pytest.mark.parametrize("how", ["restore", "download"])
+async def test_existing_files_are_replaced_only_with_overwrite(tmp_path: Path, how: str) -> None:
+    """restore(dest) and download(dest) once replaced the caller's files silently: a
+    file (or a link) where the checkpoint's goes is a DestinationExistsError (a
+    CheckpointError and a FileExistsError) naming it and overwrite=True, raised before
+    anything is written; files that do not clash stay; overwrite=True replaces."""
+    root, dest = tmp_path / "store", tmp_path / "dest"
+    (dest / "m").mkdir(parents=True)
+    (dest / "m" / "w.bin").write_bytes(b"mine")
+    (dest / "keep.txt").write_bytes(b"kept")
+    before = tree(dest)
+    await commit(root, {1: {"a.bin": b"A", "m/w.bin": b"W"}})
+    async with Checkpointer(root) as cp:
+        ckpt = await cp.get(1)
+
+        async def get(**kw: Any) -> Any:
+            return await (cp.restore(dest, **kw) if how == "restore" else ckpt.download(dest, **kw))
+
+        with pytest.raises(DestinationExistsError) as info:
+            await get()
+        assert isinstance(info.value, CheckpointError) and isinstance(info.value, FileExistsError)
+        assert str(dest / "m" / "w.bin") in str(info.value) and "overwrite=True" in str(info.value)
+        assert info.value.filename == str(dest / "m" / "w.bin")
+        assert tree(dest) == before and not [n for n in os.listdir(dest) if n.startswith(".")]
+        (dest / "m" / "w.bin").unlink()
+        (dest / "m" / "w.bin").symlink_to(dest / "keep.txt")  # a link is in the way too
+        with pytest.raises(DestinationExistsError):
+            await get()
+        with pytest.raises(TypeError, match="overwrite must be a bool"):
+            await get(overwrite="yes")
+        assert await get(overwrite=True) == dest
+    assert tree(dest) == {"a.bin": b"A", "m/w.bin": b"W", "keep.txt": b"kept"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    async with Checkpointer(root) as cp:
+        assert await cp.restore(empty) == empty
+    assert tree(empty) == {"a.bin": b"A", "m/w.bin": b"W"}
+
+
+def test_a_file_that_appears_during_the_download_is_not_replaced(tmp_path: Path) -> None:
+    """The check before the download is repeated by the move, which links each file
+    into place (never replacing): a file the caller wrote meanwhile stays."""
+    from asynccp._dest import make_tmp, move_into_place
+
+    dest, tmp = make_tmp(str(tmp_path / "dest"), ["w.bin"], 1)
+    (tmp / "w.bin").write_bytes(b"checkpoint")
+    (dest / "w.bin").write_bytes(b"written meanwhile")
+    with pytest.raises(DestinationExistsError, match="overwrite=True"):
+        move_into_place(tmp, dest, ["w.bin"], 1)
+    assert (dest / "w.bin").read_bytes() == b"written meanwhile"
 
 
 @pytest.mark.parametrize("conflict", ["file-for-folder", "folder-for-file"])

@@ -32,6 +32,7 @@ PUBLIC = [
     "CommitUnknownError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
+    "DestinationExistsError",
     "FileInfo",
     "FlushTimeoutError",
     "InvalidNameError",

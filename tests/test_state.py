@@ -137,6 +137,34 @@ async def test_numpy_state_round_trips(any_site: Site) -> None:
     assert doc["tree"]["dict"]["epoch"] == 3 and doc["tree"]["dict"]["name"] == "run-42 ✓"
 
 
+@needs_safetensors
+async def test_every_numpy_scalar_reads_back_as_a_0d_array_of_its_dtype(tmp_path: Path) -> None:
+    """np.float64 subclasses float, and once came back as the Python float 1.5 while
+    np.float32 and np.int64 came back as 0-d arrays: every numpy scalar keeps its dtype
+    (np.bool_ too); Python scalars stay Python scalars."""
+    scalars = {
+        "f64": np.float64(1.5),
+        "f64nan": np.float64(math.nan),
+        "f32": np.float32(1.5),
+        "f16": np.float16(1.5),
+        "i64": np.int64(-3),
+        "u8": np.uint8(200),
+        "b": np.bool_(True),
+    }
+    plain = {"f": 1.5, "i": 3, "t": True}
+    async with Checkpointer(tmp_path) as cp:
+        ckpt = await (await cp.save(0, State({**scalars, **plain})))
+        back = await ckpt.read_state()
+    for key, saved in scalars.items():
+        got = back[key]
+        assert isinstance(got, np.ndarray) and got.shape == (), key
+        assert got.dtype == saved.dtype, (key, got.dtype)
+        np.testing.assert_array_equal(got, np.asarray(saved), err_msg=key)
+    assert back["f"] == 1.5 and type(back["f"]) is float
+    assert back["i"] == 3 and type(back["i"]) is int
+    assert back["t"] is True
+
+
 @needs_torch
 @needs_safetensors
 async def test_torch_state_dict_round_trips_into_a_model(any_site: Site) -> None:
@@ -277,6 +305,12 @@ def _bad_numpy_states() -> list[tuple[str, dict[Any, Any], type[Exception], str]
          r"key \(1, 2\) in state\['m'\] is a tuple: state keys must be str or int"),
         ("float key", {1.5: 1}, TypeError, r"key 1.5 in state is a float"),
         ("bool key", {"m": {True: 1}}, TypeError, r"key True in state\['m'\] is a bool"),
+        ("surrogate key", {"m": {"a\ud800": np.zeros(2)}}, TypeError,
+         r"key 'a\\ud800' in state\['m'\] is not valid Unicode"),
+        ("surrogate key of a scalar", {"a\udc80": 1}, TypeError,
+         r"key 'a\\udc80' in state is not valid Unicode"),
+        ("surrogate value", {"name": ["ok", "b\ud800"]}, ValueError,
+         r"state\['name'\]\[1\] \('b\\ud800'\) is not valid Unicode"),
         ("cycle", cyclic, ValueError,
          r"state\['inner'\]\['back'\] refers back to state, which contains it"),
         ("list cycle", {"l": looped}, ValueError, r"state\['l'\]\[1\] refers back to state\['l'\]"),

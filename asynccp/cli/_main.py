@@ -49,6 +49,7 @@ from asynccp.errors import (
     CheckpointError,
     CorruptCheckpointError,
     CorruptCheckpointWarning,
+    DestinationExistsError,
     StoreError,
 )
 
@@ -288,9 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Download the newest checkpoint that verifies (or --step N) into DEST, verified; files "
         "appear in DEST only once all of them verified. Exits 1 if there is none. A step "
         "written by many processes is downloaded whole (part R into DEST/shard-R/) unless "
-        "--shard R asks for one part (every part of the step is verified first).",
+        "--shard R asks for one part (every part of the step is verified first). A file "
+        "already in DEST where the checkpoint's files go is an error (exit 1, nothing "
+        "written) unless --force.",
     )
     p.add_argument("dest", metavar="DEST", help="destination folder (created if needed)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files already in DEST that the checkpoint also holds",
+    )
     p.add_argument("--step", type=_step, help="restore this step (no fallback)")
     p.add_argument(
         "--shard",
@@ -644,7 +652,14 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"DEST {dest} exists and is not a directory")
     created = _first_missing(dest)
     try:
-        c, path = await _restore(loc, dest, args.step, args.shard)
+        c, path = await _restore(loc, dest, args.step, args.shard, args.force)
+    except DestinationExistsError as e:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise Failure(
+            f"restoring would overwrite {e.filename}, which exists: nothing restored; "
+            "pass --force to replace it"
+        ) from None
     except BaseException:
         # Nothing was restored: leave no empty destination behind, but only remove
         # what this command created (a DEST that existed before stays as it was).
@@ -670,18 +685,19 @@ async def cmd_restore(args: argparse.Namespace) -> int:
 
 
 async def _restore(
-    loc: Location, dest: Path, step: int | None, shard: int | None
+    loc: Location, dest: Path, step: int | None, shard: int | None, force: bool
 ) -> tuple[Checkpoint, Path]:
     """Download ``step`` (or the newest checkpoint that verifies) into ``dest``: the
-    whole of it, or part ``shard`` (of a step whose every part verifies)."""
+    whole of it, or part ``shard`` (of a step whose every part verifies). Files in
+    ``dest`` are replaced only when ``force``."""
 
     async def one(c: Checkpoint) -> tuple[Checkpoint, Path]:
         if shard is None:
-            return c, await c.download(dest)
+            return c, await c.download(dest, overwrite=force)
         part = c.shard(shard)  # a clear error if it has no such part
         if c.shards > 1:
             await c.verify()  # every part, as a resuming shard would judge the step
-        return part, await part.download(dest)
+        return part, await part.download(dest, overwrite=force)
 
     if step is not None:
         c = await _load(loc, step)
