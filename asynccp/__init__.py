@@ -12,6 +12,7 @@ from ._autosave import Autosave, AutosaveStats, ServiceState, autosave, lifespan
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._manifest import FileInfo
+from ._options import CheckpointerOptions, Limits, Retention, Sharding, StoreOptions
 from ._state import State
 from ._supervise import DEFAULT_GRACE, Backoff, RetryEvent, checkpointed, current, supervise
 from ._types import BackoffSpec, LocationLike, OnRetry, Payload, Policy, Recoverable
@@ -53,6 +54,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "Checkpointer",
+    "CheckpointerOptions",
     "CommitUnknownError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
@@ -60,6 +62,7 @@ __all__ = [
     "FileInfo",
     "FlushTimeoutError",
     "InvalidNameError",
+    "Limits",
     "LocationLike",
     "OnRetry",
     "Payload",
@@ -67,17 +70,20 @@ __all__ = [
     "Preempted",
     "Recoverable",
     "RecoverableError",
+    "Retention",
     "RetriesExhausted",
     "RetryEvent",
     "SaveHandle",
     "ServiceState",
     "ShardConflictError",
     "ShardMismatchError",
+    "Sharding",
     "State",
     "Stats",
     "StepAlreadyCommittedError",
     "StepOrderError",
     "StoreError",
+    "StoreOptions",
     "SupersededError",
     "UploadError",
     "autosave",

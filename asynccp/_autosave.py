@@ -74,6 +74,7 @@ from ._checkpointer import Checkpointer
 from ._checks import check_seconds, is_int
 from ._groups import first_leaf
 from ._manifest import check_metadata
+from ._options import CheckpointerOptions, Unpack, keywords, options_of
 from .errors import (
     AutosaveError,
     CheckpointClosedError,
@@ -386,7 +387,9 @@ class Autosave:
         self._cp = cp
         self._state = state
         self._final_timeout = (
-            cp.flush_timeout if self._opts.final_timeout is None else self._opts.final_timeout
+            cp.options.flush_timeout
+            if self._opts.final_timeout is None
+            else self._opts.final_timeout
         )
         self._telemetry = _Telemetry(cp.location, meter_provider, tracer_provider)
         self._phase = "new"
@@ -892,6 +895,24 @@ class ServiceState(Generic[T]):
         self.autosave.changed(n)
 
 
+#: The keyword arguments of :func:`lifespan` itself (for "did you mean ...?").
+_LIFESPAN_NAMES = frozenset(
+    {
+        "restore",
+        "initial",
+        "dump",
+        "every",
+        "every_changes",
+        "skip",
+        "max_failures",
+        "final_timeout",
+        "metadata",
+        "meter_provider",
+        "tracer_provider",
+    }
+)
+
+
 class Lifespan(Generic[T]):
     """The async context manager :func:`lifespan` returns."""
 
@@ -903,7 +924,7 @@ class Lifespan(Generic[T]):
         initial: Callable[[], T | Awaitable[T]],
         dump: Callable[[T], StatePayload | Awaitable[StatePayload]],
         options: _Options,
-        checkpointer_options: dict[str, Any],
+        checkpointer_options: CheckpointerOptions,
     ) -> None:
         for name, fn in (("restore", restore), ("initial", initial), ("dump", dump)):
             if not callable(fn):
@@ -916,9 +937,13 @@ class Lifespan(Generic[T]):
                 )
             self._cp, self._own = location, False
         else:
-            checkpointer_options.setdefault("policy", "latest")
-            checkpointer_options.setdefault("keep", 3)
-            self._cp, self._own = Checkpointer(location, **checkpointer_options), True
+            # A service's defaults, where neither the shortcut nor its value says else.
+            if "policy" not in checkpointer_options and "limits" not in checkpointer_options:
+                checkpointer_options["policy"] = "latest"
+            if "keep" not in checkpointer_options and "retention" not in checkpointer_options:
+                checkpointer_options["keep"] = 3
+            opts = options_of("lifespan()", checkpointer_options, also=_LIFESPAN_NAMES)
+            self._cp, self._own = Checkpointer(location, **keywords(opts)), True
         self._restore = restore
         self._initial = initial
         self._dump = dump
@@ -1023,12 +1048,13 @@ def lifespan(
     metadata: Mapping[str, Any] | None = None,
     meter_provider: Any = None,
     tracer_provider: Any = None,
-    **checkpointer_options: Any,
+    **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> Lifespan[T]:
     """A service's state: restored at startup, autosaved until shutdown.
 
-    On entry it opens a :class:`~asynccp.Checkpointer` on ``location`` (with
-    ``policy="latest"`` and ``keep=3`` unless ``checkpointer_options`` say otherwise; or
+    On entry it opens a :class:`~asynccp.Checkpointer` on ``location`` with the
+    keyword arguments a Checkpointer takes (``policy="latest"`` unless ``policy`` or
+    ``limits`` is given, ``keep=3`` unless ``keep`` or ``retention`` is; or
     uses an open ``Checkpointer`` passed as ``location``), restores the newest checkpoint
     that ``restore`` loads — falling back past corrupt ones, as ``load_latest`` does —
     or calls ``initial()`` when there is none, and starts an :func:`autosave` of
@@ -1068,5 +1094,5 @@ def lifespan(
         initial=initial,
         dump=dump,
         options=options,
-        checkpointer_options=dict(checkpointer_options),
+        checkpointer_options=CheckpointerOptions(**checkpointer_options),
     )

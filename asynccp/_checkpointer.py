@@ -41,7 +41,7 @@ from anyio.abc import TaskGroup
 
 from . import _catalog as catalog
 from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
-from ._checks import check_int, check_step
+from ._checks import check_bool, check_int, check_step
 from ._groups import add_note
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata

@@ -25,9 +25,9 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ import anyio.to_thread
 
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
-from ._store import Store, local_root, resolve
+from ._store import Store, StoreOptions, local_root, resolve
 from ._types import Payload
 from ._write import SaveHandle
 from .errors import (
@@ -129,11 +129,11 @@ class AttemptRecord:
         return cls(doc["prefix"], previous, resume_from, doc["writer"], created_at)
 
 
-def _record_location(prefix: str, store_options: Mapping[str, Any]) -> Store:
-    return resolve(prefix, **store_options)
+def _record_location(prefix: str, store_options: StoreOptions) -> Store:
+    return resolve(prefix, store_options)
 
 
-async def read_record(prefix: str, store_options: Mapping[str, Any]) -> AttemptRecord | None:
+async def read_record(prefix: str, store_options: StoreOptions) -> AttemptRecord | None:
     """The attempt record at ``prefix``, or None when there is none.
 
     Raises :class:`CorruptCheckpointError` for a record that does not parse and
@@ -155,7 +155,7 @@ async def read_record(prefix: str, store_options: Mapping[str, Any]) -> AttemptR
     return None if raw is None else AttemptRecord.decode(raw, f"{prefix}/{RECORD_NAME}")
 
 
-async def write_record(record: AttemptRecord, store_options: Mapping[str, Any]) -> None:
+async def write_record(record: AttemptRecord, store_options: StoreOptions) -> None:
     """Write ``record`` at the root of its prefix (overwriting an earlier one there)."""
     loc = _record_location(record.prefix, store_options)
     try:
@@ -241,7 +241,7 @@ class Lineage:
         own: Checkpointer,
         own_prefix: str,
         previous: str | None,
-        store_options: Mapping[str, Any],
+        store_options: StoreOptions,
         stack: AsyncExitStack,
     ) -> Lineage:
         """Follow the attempt records back from ``previous``; readers live on ``stack``."""
@@ -339,17 +339,17 @@ class Lineage:
 
 
 async def _reader(
-    prefix: str, store_options: Mapping[str, Any], stack: AsyncExitStack
+    prefix: str, store_options: StoreOptions, stack: AsyncExitStack
 ) -> Checkpointer | None:
     """An open, read-only Checkpointer on an earlier attempt's prefix, or None.
 
     None for a local path that is not a directory: nothing asynccp wrote is there (a
     file is what another tool, such as ``flyte.Checkpoint``, writes at the prefix).
     """
-    local = local_root(resolve(prefix, **store_options))
+    local = local_root(resolve(prefix, store_options))
     if local is not None and not await anyio.to_thread.run_sync(Path(local).is_dir):
         return None
-    reader = Checkpointer(prefix, durable=False, **store_options)
+    reader = Checkpointer(prefix, store=replace(store_options, durable=False))
     try:
         await stack.enter_async_context(reader)
     except CheckpointError as e:

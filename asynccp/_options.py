@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, TypedDict
 
-from ._checks import check_int, check_seconds
+from ._checks import check_int, check_seconds, unknown_keyword
 from ._shard_records import ShardSpec, sharding
 from ._store import StoreOptions
 from ._types import Policy
 
 if sys.version_info >= (3, 11):
-    from typing import NotRequired
+    from typing import Unpack
 else:  # pragma: no cover - 3.10 only
-    from typing_extensions import NotRequired
+    from typing_extensions import Unpack
 
 __all__ = [
     "CheckpointerOptions",
@@ -36,8 +37,11 @@ __all__ = [
     "Retention",
     "Sharding",
     "StoreOptions",
+    "Unpack",
+    "OPTION_NAMES",
     "keywords",
     "options",
+    "options_of",
 ]
 
 
@@ -144,14 +148,14 @@ class CheckpointerOptions(TypedDict, total=False):
     """The keyword arguments every entry point that opens a checkpointer takes (see
     :class:`~asynccp.Checkpointer` for each)."""
 
-    keep: NotRequired[int | None]
-    policy: NotRequired[Policy | None]
-    limits: NotRequired[Limits | None]
-    retention: NotRequired[Retention | None]
-    store: NotRequired[StoreOptions | None]
-    sharding: NotRequired[Sharding | None]
-    flush_timeout: NotRequired[float | timedelta]
-    staging_dir: NotRequired[str | os.PathLike[str] | None]
+    keep: int | None
+    policy: Policy | None
+    limits: Limits | None
+    retention: Retention | None
+    store: StoreOptions | None
+    sharding: Sharding | None
+    flush_timeout: float | timedelta
+    staging_dir: str | os.PathLike[str] | None
 
 
 def options(
@@ -194,6 +198,20 @@ def options(
             raise TypeError(f"staging_dir must be a path, got {type(staging_dir).__name__}")
         staging_dir = os.fspath(staging_dir)
     return Options(limits, retention, store, sharding, seconds, staging_dir)
+
+
+#: The keyword arguments of :class:`CheckpointerOptions`.
+OPTION_NAMES = frozenset(CheckpointerOptions.__annotations__)
+
+
+def options_of(caller: str, given: Mapping[str, Any], *, also: Collection[str] = ()) -> Options:
+    """:func:`options` for an entry point that takes the checkpointer's keyword arguments
+    as ``**given``: one that is none of them is a ``TypeError`` naming ``caller`` and
+    the closest known name (its own ``also`` included): ``kep=3`` -> ``keep``."""
+    for key in given:
+        if key not in OPTION_NAMES:
+            raise unknown_keyword(caller, key, OPTION_NAMES | set(also))
+    return options(**given)
 
 
 def keywords(o: Options) -> CheckpointerOptions:

@@ -16,11 +16,10 @@ orchestrator retries; several in a local run, where the supervisor retries):
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -33,8 +32,9 @@ from ._checkpointer import Checkpointer
 from ._checks import check_seconds
 from ._context import use_current
 from ._lineage import AttemptCheckpointer, AttemptRecord, Lineage, write_record
+from ._options import CheckpointerOptions, Options, StoreOptions, Unpack, keywords, options_of
 from ._supervise import DEFAULT_GRACE, supervise
-from ._supervise._retry_policy import DEFAULT_BACKOFF, classifier
+from ._supervise._retry_policy import DEFAULT_BACKOFF, backoff_function, callbacks, classifier
 from ._types import BackoffSpec, OnRetry, Recoverable
 
 __all__ = ["Attempt", "PluginOptions", "run_task"]
@@ -42,22 +42,15 @@ __all__ = ["Attempt", "PluginOptions", "run_task"]
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
 
-#: Checkpointer options the plugins set themselves.
-_RESERVED = frozenset({"location", "prefix", "attempt"})
-_CHECKPOINTER_OPTIONS = frozenset(inspect.signature(Checkpointer.__init__).parameters) - {
-    "self",
-    "store_options",
-    *_RESERVED,
-}
-
 
 @dataclass(frozen=True)
 class PluginOptions:
     """A plugin's options, checked when the task is declared (no I/O).
 
-    ``checkpointer`` goes to each attempt's :class:`Checkpointer` (``keep``,
-    ``max_pending``, ``policy``...); ``store`` to the store of every prefix (obstore
-    options for ``s3://`` and the like); the rest to :func:`asynccp.supervise`.
+    ``checkpointer`` is what each attempt's :class:`Checkpointer` is opened with (the
+    same values a Checkpointer takes: ``keep``, ``limits``, ``store``...; its store
+    options reach every prefix of the lineage too); the rest goes to
+    :func:`asynccp.supervise`.
     """
 
     recoverable: Recoverable = ()
@@ -65,8 +58,7 @@ class PluginOptions:
     on_retry: OnRetry = None
     grace: float = DEFAULT_GRACE
     handle_signals: bool = True
-    checkpointer: Mapping[str, Any] = field(default_factory=dict)
-    store: Mapping[str, Any] = field(default_factory=dict)
+    checkpointer: Options = field(default_factory=Options)
 
     @classmethod
     def check(
@@ -77,25 +69,40 @@ class PluginOptions:
         on_retry: OnRetry = None,
         grace: float | timedelta = DEFAULT_GRACE,
         handle_signals: bool = True,
-        **options: Any,
+        **checkpointer: Unpack[CheckpointerOptions],
     ) -> PluginOptions:
-        """Validate and sort the options (unknown keywords are store options)."""
-        reserved = sorted(_RESERVED & options.keys())
-        if reserved:
-            raise TypeError(f"{reserved} are set by the plugin from the task's checkpoint paths")
-        checkpointer = {k: v for k, v in options.items() if k in _CHECKPOINTER_OPTIONS}
-        store = {k: v for k, v in options.items() if k not in _CHECKPOINTER_OPTIONS}
-        Checkpointer("memory://asynccp-options-check", **checkpointer)  # checks, no I/O
+        """Validate the options (the Checkpointer's as values: no checkpointer made)."""
+        opts = options_of(
+            "the plugin",
+            checkpointer,
+            also=("recoverable", "backoff", "on_retry", "grace", "handle_signals"),
+        )
+        if opts.store.prefix is not None:
+            raise TypeError(
+                "StoreOptions(prefix=...) is set by the plugin from the task's checkpoint paths"
+            )
         # The supervisor checks the rest; asking it now fails at declaration, not at run.
         classifier(recoverable)
+        backoff_function(backoff)
+        callbacks(on_retry)
         if not isinstance(handle_signals, bool):
             raise TypeError(f"handle_signals must be a bool, got {type(handle_signals).__name__}")
         seconds = check_seconds("grace", grace, finite=True, positive=True)
-        return cls(recoverable, backoff, on_retry, seconds, handle_signals, checkpointer, store)
+        return cls(recoverable, backoff, on_retry, seconds, handle_signals, opts)
+
+    @property
+    def store(self) -> StoreOptions:
+        """How every prefix of the lineage is reached."""
+        return self.checkpointer.store
 
     def describe(self) -> str:
-        """The options as keyword arguments, for a repr."""
-        parts = [f"{k}={v!r}" for k, v in {**self.checkpointer, **self.store}.items()]
+        """The options that differ from the defaults, as keyword arguments, for a repr."""
+        default = Options()
+        parts = [
+            f"{f.name}={getattr(self.checkpointer, f.name)!r}"
+            for f in fields(Options)
+            if getattr(self.checkpointer, f.name) != getattr(default, f.name)
+        ]
         if self.recoverable != ():
             parts.append(f"recoverable={self.recoverable!r}")
         if self.backoff is not DEFAULT_BACKOFF:
@@ -160,8 +167,7 @@ async def run_task(
         on_retry=options.on_retry,
         grace=options.grace,
         handle_signals=options.handle_signals,
-        **options.checkpointer,
-        **options.store,
+        **keywords(options.checkpointer),
     )
 
 
@@ -197,9 +203,9 @@ async def _attempt(
         bridge = SyncBridge(
             view,
             portal,
-            latest=cp.policy == "latest",
-            max_items=cp.max_pending,
-            max_bytes=cp.max_pending_bytes,
+            latest=cp.options.limits.policy == "latest",
+            max_items=cp.options.limits.max_pending,
+            max_bytes=cp.options.limits.max_pending_bytes,
             grace=options.grace,
         )
         error: Exception | None = None

@@ -61,6 +61,7 @@ except ImportError as _e:  # pragma: no cover - exercised without the extra
 
 from ._bridge import SyncBridge, run_blocking, run_in_thread
 from ._checkpoint import Checkpoint
+from ._options import CheckpointerOptions, Unpack
 from ._plugin import Attempt, PluginOptions, run_task
 from ._supervise import DEFAULT_GRACE
 from .errors import RetriesExhausted
@@ -202,7 +203,7 @@ def checkpointed(
     *,
     grace: float | timedelta = DEFAULT_GRACE,
     handle_signals: bool = True,
-    **checkpointer_options: Any,
+    **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> Callable[[F], F]: ...
 def checkpointed(
     task: F | None = None,
@@ -210,17 +211,16 @@ def checkpointed(
     *,
     grace: float | timedelta = DEFAULT_GRACE,
     handle_signals: bool = True,
-    **checkpointer_options: Any,
+    **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> F | Callable[[F], F]:
     """Give a Flyte 2 task asynccp checkpoints; stack it over ``@env.task(...)``.
 
     ``@asynccp.flyte.checkpointed`` or ``@asynccp.flyte.checkpointed(keep=3, ...)``:
-    keyword arguments are :class:`~asynccp.Checkpointer` options (``keep``,
-    ``keep_every``, ``max_pending``, ``max_pending_bytes``, ``policy``, ``durable``,
-    ``flush_timeout``...), ``grace`` and ``handle_signals`` (as for
-    :func:`asynccp.supervise`); any other keyword goes to the object store of the
-    checkpoint prefixes (obstore options). Retries are the task's own: Flyte runs them,
-    locally too. Returns the task itself, its function wrapped.
+    keyword arguments are the values a :class:`~asynccp.Checkpointer` takes (``keep``,
+    ``policy``, ``limits``, ``retention``, ``store`` — its obstore options reach every
+    checkpoint prefix —, ``flush_timeout``, ``staging_dir``), ``grace`` and
+    ``handle_signals`` (as for :func:`asynccp.supervise`). Retries are the task's own:
+    Flyte runs them, locally too. Returns the task itself, its function wrapped.
     """
     options = PluginOptions.check(
         grace=grace, handle_signals=handle_signals, **checkpointer_options

@@ -65,6 +65,7 @@ except ImportError as _e:  # pragma: no cover - exercised without the extra
 
 from ._bridge import SyncBridge, run_blocking, run_in_thread
 from ._checkpoint import Checkpoint
+from ._options import CheckpointerOptions, Unpack
 from ._plugin import Attempt, PluginOptions, run_task
 from ._supervise import DEFAULT_GRACE
 from ._supervise._retry_policy import DEFAULT_BACKOFF
@@ -78,11 +79,10 @@ class Checkpointing:
     """The ``task_config`` that runs a flytekit task with asynccp checkpoints.
 
     Keyword arguments are those of :func:`asynccp.supervise` that fit a task
-    (``recoverable``, ``backoff``, ``on_retry``, ``grace``, ``handle_signals``) and of
-    :class:`~asynccp.Checkpointer` (``keep``, ``keep_every``, ``max_pending``,
-    ``max_pending_bytes``, ``policy``, ``durable``, ``flush_timeout``...); any other
-    keyword goes to the object store of the checkpoint prefixes (obstore options such as
-    ``region`` or ``client_options``). All are checked here, when the task is declared.
+    (``recoverable``, ``backoff``, ``on_retry``, ``grace``, ``handle_signals``) and the
+    values a :class:`~asynccp.Checkpointer` takes (``keep``, ``policy``, ``limits``,
+    ``retention``, ``store`` — its obstore options reach every checkpoint prefix —,
+    ``flush_timeout``, ``staging_dir``). All are checked here, when the task is declared.
     The number of retries is the task's own ``retries``.
     """
 
@@ -94,7 +94,7 @@ class Checkpointing:
         on_retry: OnRetry = None,
         grace: float | timedelta = DEFAULT_GRACE,
         handle_signals: bool = True,
-        **checkpointer_options: Any,
+        **checkpointer_options: Unpack[CheckpointerOptions],
     ) -> None:
         self.options = PluginOptions.check(
             recoverable=recoverable,

@@ -54,7 +54,9 @@ async def asynccp_round(
     """``saves`` saves back to back; stall per save, throughput to the last commit, a read."""
     r = Round(nbytes=saves * size)
     async with asynccp.Checkpointer(
-        where, durable=durable, max_pending=max(4, saves), max_pending_bytes=max(1 << 30, r.nbytes)
+        where,
+        store=asynccp.StoreOptions(durable=durable),
+        limits=asynccp.Limits(max(4, saves), max(1 << 30, r.nbytes)),
     ) as cp:
         handles = []
         t0 = time.perf_counter()

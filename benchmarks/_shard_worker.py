@@ -26,9 +26,9 @@ import asynccp
 
 async def main(location: str, size: int, shard: int | None, shards: int | None) -> None:
     payload = os.urandom(size)  # bytes: kept as is, zero-copy
-    options = {} if shard is None else {"shard": shard, "shards": shards}
+    sharding = None if shard is None or shards is None else asynccp.Sharding(shard, shards)
     async with asynccp.Checkpointer(
-        location, max_pending=8, max_pending_bytes=1 << 31, **options
+        location, limits=asynccp.Limits(8, 1 << 31), sharding=sharding
     ) as cp:
         print("ready", flush=True)
         while True:

@@ -9,8 +9,8 @@ Every writer is its own process (``benchmarks/_shard_worker.py``), started befor
 timed. For each store and round, in an order that rotates each round:
 
 - **single**: one ``Checkpointer(location)`` saves steps of ``--total-mib``;
-- **n shards** (n in ``--shards``): n processes, ``Checkpointer(location, shard=r,
-  shards=n)``, each saving ``total / n`` bytes of every step.
+- **n shards** (n in ``--shards``): n processes, ``Checkpointer(location,
+  sharding=Sharding(r, n))``, each saving ``total / n`` bytes of every step.
 
 Figures:
 

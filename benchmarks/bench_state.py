@@ -354,7 +354,7 @@ async def s3_reads(endpoint: str, sizes: list[int], rounds: int) -> list[dict[st
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
         create_bucket(endpoint, bucket)
         store = make_s3_store(endpoint, bucket)
-        async with asynccp.Checkpointer(store, prefix="run") as cp:
+        async with asynccp.Checkpointer(store, store=asynccp.StoreOptions(prefix="run")) as cp:
             if what == "read()":
                 ckpt = await (await cp.save(0, os.urandom(size)))
                 key = f"run/{data_dir(ckpt.step, ckpt.writer)}/data"
@@ -417,7 +417,9 @@ async def small_durable(
             for who in ("asynccp", "raw") if r % 2 == 0 else ("raw", "asynccp"):
                 where = root / f"small-{who}-{saves}-{spaced}-{r}"
                 if who == "asynccp":
-                    async with asynccp.Checkpointer(where, max_pending=4) as cp:
+                    async with asynccp.Checkpointer(
+                        where, limits=asynccp.Limits(max_pending=4)
+                    ) as cp:
                         t0 = time.perf_counter()
                         handles = []
                         for i in range(saves):

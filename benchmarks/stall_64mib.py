@@ -37,7 +37,7 @@ async def main(rounds: int, mib: int, root: Path) -> None:
     mutable = bytearray(payload)
     times: dict[str, list[float]] = {k: [] for k in ("sync", "copy", "bytes", "bytearray")}
     async with asynccp.Checkpointer(
-        root / "ckpt", max_pending=2, max_pending_bytes=4 * size, keep=2
+        root / "ckpt", limits=asynccp.Limits(2, 4 * size), keep=2
     ) as cp:
         step = 0
         for r in range(rounds):

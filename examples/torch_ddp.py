@@ -7,7 +7,7 @@
 Four processes train replicas of a small MLP data-parallel (torch.distributed, gloo,
 CPU), each on its own batches, gradients averaged by an all-reduce. Every ``--every``
 steps each rank saves *its part* of the state with ``asynccp.Checkpointer(location,
-shard=rank, shards=world)``: its slice of the parameters and of the optimizer's momentum
+sharding=asynccp.Sharding(rank, world))``: its slice of the parameters and of the optimizer's momentum
 (parameter ``i`` belongs to rank ``i % world``: the replicated state is stored once,
 spread over the ranks) and its own RNG state (dropout differs per rank). ``save()``
 returns at once; the step becomes a checkpoint when the last rank's part lands. No rank
@@ -146,7 +146,10 @@ async def train(args: argparse.Namespace) -> None:
     trainer = Trainer(args.seed, args.lr)
     rank, world = trainer.rank, trainer.world
     async with asynccp.Checkpointer(
-        args.location, shard=rank, shards=world, keep=args.keep, max_pending=2
+        args.location,
+        sharding=asynccp.Sharding(shard=rank, shards=world),
+        keep=args.keep,
+        limits=asynccp.Limits(max_pending=2),
     ) as cp:
         print(f"rank {rank} pid {os.getpid()} generation {cp.generation}", flush=True)
 

@@ -21,7 +21,7 @@ import asynccp
 
 
 async def train(location: str, steps: int, crash_at: int | None) -> None:
-    async with asynccp.Checkpointer(location, keep=3, max_pending=2) as cp:
+    async with asynccp.Checkpointer(location, keep=3, limits=asynccp.Limits(max_pending=2)) as cp:
 
         async def load(ckpt: asynccp.Checkpoint) -> np.ndarray:
             return np.frombuffer(await ckpt.read("weights"), dtype=np.float32).copy()

@@ -33,9 +33,9 @@ from obstore.store import MemoryStore
 from .._checkpointer import Checkpointer, continue_from, flush_within
 from .._checks import check_bool, check_int, check_seconds
 from .._context import CURRENT, current
-from .._options import CheckpointerOptions, keywords, options
-from .._store import resolve
 from .._groups import add_note
+from .._options import CheckpointerOptions, Unpack, keywords, options_of
+from .._store import resolve
 from .._types import BackoffSpec, LocationLike, OnRetry, Recoverable
 from .._write import FlushResult
 from ..errors import (
@@ -134,7 +134,7 @@ class _Supervisor:
             raise TypeError("attempt= is set by the supervisor (0, 1, 2... per attempt)")
         # Every Checkpointer option is checked now, before anything runs (no I/O): the
         # options as values, and the location with its store options.
-        self.options = options(**checkpointer_options)
+        self.options = options_of(caller, checkpointer_options, also=_OWN_NAMES)
         resolve(location, self.options.store)
         self.description = (
             os.fspath(location) if isinstance(location, (str, os.PathLike)) else repr(location)

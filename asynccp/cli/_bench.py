@@ -55,8 +55,9 @@ import anyio.lowlevel
 import obstore
 from obstore.store import LocalStore
 
-from asynccp import Checkpointer
+from asynccp import Checkpointer, Limits, StoreOptions
 from asynccp._store import ObjectStore, local_root, resolve
+from asynccp._types import Policy
 from asynccp.errors import CheckpointError, SupersededError
 
 from ._format import fmt_size, one_line
@@ -116,7 +117,7 @@ class Options:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     saves: int = 4
     rounds: int = 3
-    policy: str = "block"
+    policy: Policy = "block"
     max_pending: int = 4
     max_pending_bytes: int = 256 * MiB
     small_saves: int = 10_000
@@ -165,7 +166,7 @@ class Target:
             url = str(self.tmp)
         self.durable = opts.durable
         try:
-            base = resolve(url, **opts.store_options)
+            base = resolve(url, StoreOptions(obstore=opts.store_options))
         except (TypeError, ValueError) as e:
             raise BenchError(f"bad location {url!r}: {e}") from e
         except Exception as e:
@@ -200,11 +201,13 @@ class Target:
         except Exception as e:
             raise BenchError(f"cannot reach {self.description}: {one_line(e, limit=300)}") from e
 
-    def checkpointer(self, sub: str, **kwargs: Any) -> Checkpointer:
+    def checkpointer(self, sub: str, limits: Limits, keep: int | None = None) -> Checkpointer:
         """An asynccp Checkpointer on sub-folder ``sub``, with the run's durability."""
         if self.root is not None:
-            return Checkpointer(self.root / sub, durable=self.durable, **kwargs)
-        return Checkpointer(self.store, prefix=self.prefix + sub, **kwargs)
+            store = StoreOptions(durable=self.durable)
+            return Checkpointer(self.root / sub, limits=limits, keep=keep, store=store)
+        store = StoreOptions(prefix=self.prefix + sub)
+        return Checkpointer(self.store, limits=limits, keep=keep, store=store)
 
     def key(self, rel: str) -> str:
         """The store key of ``rel`` (a path inside the target)."""
@@ -386,9 +389,8 @@ class Engine:
         o = self.opts
         r = Round()
         sub = self._sub("asynccp")
-        cp = self.target.checkpointer(
-            sub, policy=o.policy, max_pending=o.max_pending, max_pending_bytes=o.max_pending_bytes
-        )
+        limits = Limits(o.max_pending, o.max_pending_bytes, o.policy)
+        cp = self.target.checkpointer(sub, limits)
         async with cp, ticking(ticker):
             handles = []
             t0 = time.perf_counter()
@@ -521,9 +523,8 @@ class Engine:
                 self.progress(f"small saves: round {i + 1}/{o.rounds}, {who}")
                 if who == "asynccp":
                     sub = self._sub("small-asynccp")
-                    cp = self.target.checkpointer(
-                        sub, policy="latest", max_pending=o.max_pending, keep=3
-                    )
+                    limits = Limits(max_pending=o.max_pending, policy="latest")
+                    cp = self.target.checkpointer(sub, limits, keep=3)
                     async with cp:
                         t0 = time.perf_counter()
                         for n in range(per_round):
@@ -646,19 +647,15 @@ def _memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     buf = bytearray(random.Random(1).randbytes(size))
     if spec["root"] is not None:
         location: Any = spec["root"]
-        kwargs: dict[str, Any] = {"durable": spec["durable"]}
+        store = StoreOptions(durable=spec["durable"])
     else:
-        base = resolve(spec["url"], **spec["store_options"])
+        base = resolve(spec["url"], StoreOptions(obstore=spec["store_options"]))
         assert isinstance(base, ObjectStore)
-        location, kwargs = base.store, {"prefix": base.prefix + spec["prefix"]}
+        location, store = base.store, StoreOptions(prefix=base.prefix + spec["prefix"])
 
     async def main() -> None:
-        async with Checkpointer(
-            location,
-            max_pending=spec["max_pending"],
-            max_pending_bytes=spec["max_pending_bytes"],
-            **kwargs,
-        ) as cp:
+        limits = Limits(spec["max_pending"], spec["max_pending_bytes"])
+        async with Checkpointer(location, limits=limits, store=store) as cp:
             for i in range(count):
                 buf[:8] = i.to_bytes(8, "little")
                 await cp.save(i, buf)

@@ -43,7 +43,7 @@ from asynccp._checkpoint import Checkpoint
 from asynccp._layout import MAX_STEP, PARTS
 from asynccp._retention import apply_retention, collect_orphans, purge_quarantine, remove_invalid
 from asynccp._shards import PartGroup, uncommitted
-from asynccp._store import CLIENT_KEYS, local_root, resolve
+from asynccp._store import CLIENT_KEYS, StoreOptions, local_root, resolve
 from asynccp._store import Store as Location
 from asynccp.errors import (
     CheckpointError,
@@ -394,7 +394,7 @@ def _open(args: argparse.Namespace) -> Location:
     """The location of a read/maintenance command; a local one must already exist."""
     url: str = args.url
     try:
-        loc = resolve(url, **_store_options(args, url))
+        loc = resolve(url, StoreOptions(obstore=_store_options(args, url)))
     except (TypeError, ValueError) as e:
         raise UsageError(f"bad location {url!r}: {e}") from None
     except Exception as e:  # obstore's own parsing/configuration errors

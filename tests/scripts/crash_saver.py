@@ -44,7 +44,11 @@ async def report(handle: asynccp.SaveHandle) -> None:
 
 async def main(location: str, steps: int | None) -> None:
     # keep= and orphan_grace=0 make retention and orphan collection run under the kills too
-    async with asynccp.Checkpointer(location, max_pending=2, keep=4, orphan_grace=0) as cp:
+    async with asynccp.Checkpointer(
+        location,
+        limits=asynccp.Limits(max_pending=2),
+        retention=asynccp.Retention(keep=4, orphan_grace=0),
+    ) as cp:
         prev = await cp.latest()
         start = prev.step + 1 if prev is not None else 0
         print(f"start {start}", flush=True)

@@ -40,7 +40,10 @@ async def report(handle: asynccp.SaveHandle) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     async with asynccp.Checkpointer(
-        args.location, shard=args.shard, shards=args.shards, max_pending=3, orphan_grace=0
+        args.location,
+        sharding=asynccp.Sharding(args.shard, args.shards),
+        limits=asynccp.Limits(max_pending=3),
+        retention=asynccp.Retention(orphan_grace=0),
     ) as cp:
         prev = await cp.latest()
         start = prev.step + 1 if prev is not None else 0
