@@ -7,7 +7,8 @@
 Four processes train replicas of a small MLP data-parallel (torch.distributed, gloo,
 CPU), each on its own batches, gradients averaged by an all-reduce. Every ``--every``
 steps each rank saves *its part* of the state with ``asynccp.Checkpointer(location,
-sharding=asynccp.Sharding(rank, world))``: its slice of the parameters and of the optimizer's momentum
+sharding=asynccp.Sharding(rank, world))``: its slice of the parameters and of the
+optimizer's momentum
 (parameter ``i`` belongs to rank ``i % world``: the replicated state is stored once,
 spread over the ranks) and its own RNG state (dropout differs per rank). ``save()``
 returns at once; the step becomes a checkpoint when the last rank's part lands. No rank
