@@ -8,7 +8,7 @@ This module holds the public names only; ``docs/architecture.md`` maps the modul
 behind them.
 """
 
-from ._autosave import Autosave, AutosaveStats, ServiceState, autosave, lifespan
+from ._autosave import Autosave, AutosaveStats, Lifespan, ServiceState, autosave, lifespan
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._manifest import FileInfo
@@ -62,6 +62,7 @@ __all__ = [
     "FileInfo",
     "FlushTimeoutError",
     "InvalidNameError",
+    "Lifespan",
     "Limits",
     "LocationLike",
     "OnRetry",

@@ -8,7 +8,7 @@
 - the read path: the catalog (:mod:`asynccp._catalog`);
 - what both know about steps: a :class:`~asynccp._write.StepOrder`.
 
-Its lifecycle is a state (:class:`State`) and one ``AsyncExitStack``: opening enters
+Its lifecycle is a phase (:class:`Phase`) and one ``AsyncExitStack``: opening enters
 the task group and registers, in order, what the exit undoes — the staging folder, the
 report of flush errors onto an exception passing through, the task group, the flush.
 Leaving the ``async with`` block flushes: every staged checkpoint commits (or its error
@@ -55,7 +55,7 @@ from ._write._commit import RecordHook
 from ._write._shards import commit_part
 from .errors import CheckpointClosedError, ShardMismatchError
 
-__all__ = ["Checkpointer", "State", "Stats", "continue_from", "flush_within"]
+__all__ = ["Checkpointer", "Phase", "Stats", "continue_from", "flush_within"]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class _Tasks:
         return False  # (trio's nursery answers True for "no error": that is no suppression)
 
 
-class State(enum.Enum):
+class Phase(enum.Enum):
     """Where a Checkpointer is in its life; it is used for one ``async with`` only."""
 
     NEW = "new"
@@ -164,7 +164,7 @@ class Checkpointer:
         #: Writer ids of this shard's earlier attempts (set by the supervisor): the parts
         #: they recorded are this shard's own.
         self._predecessors: tuple[str, ...] = ()
-        self._state = State.NEW
+        self._state = Phase.NEW
         self._order = StepOrder(self._store.description)
         self._housekeeping = Housekeeping(
             self._store,
@@ -239,9 +239,9 @@ class Checkpointer:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Checkpointer:
-        if self._state is not State.NEW:
+        if self._state is not Phase.NEW:
             raise CheckpointClosedError("a Checkpointer can be used in one `async with` block only")
-        self._state = State.OPENING
+        self._state = Phase.OPENING
         try:
             async with AsyncExitStack() as stack:
                 await call(self._store, self._store.open, action="preparing the location")
@@ -259,9 +259,9 @@ class Checkpointer:
                 await self._lease.written.wait()
                 self._stack = stack.pop_all()
         except BaseException:
-            self._state = State.CLOSED
+            self._state = Phase.CLOSED
             raise
-        self._state = State.OPEN
+        self._state = Phase.OPEN
         return self
 
     async def __aexit__(
@@ -270,11 +270,11 @@ class Checkpointer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._state = State.CLOSING
+        self._state = Phase.CLOSING
         try:
             return bool(await self._stack.__aexit__(exc_type, exc, tb))
         finally:
-            self._state = State.CLOSED
+            self._state = Phase.CLOSED
 
     async def _discover(self) -> None:
         """Find the location's newest valid step: the floor for new saves.
@@ -327,7 +327,7 @@ class Checkpointer:
         return False
 
     def _check_open(self) -> None:
-        if self._state is not State.OPEN:
+        if self._state is not Phase.OPEN:
             raise CheckpointClosedError(
                 f"the Checkpointer is {self._state.value}; "
                 "use it inside `async with Checkpointer(...) as cp`"
@@ -335,7 +335,7 @@ class Checkpointer:
 
     def _check_readable(self) -> None:
         """Reads need the checkpointer entered once (they keep working after its exit)."""
-        if self._state in (State.NEW, State.OPENING):
+        if self._state in (Phase.NEW, Phase.OPENING):
             raise CheckpointClosedError(
                 f"the Checkpointer is {self._state.value}: read from it inside "
                 "`async with Checkpointer(...) as cp`"
@@ -426,6 +426,10 @@ class Checkpointer:
         self, loader: Callable[[Checkpoint], Awaitable[T]]
     ) -> tuple[Checkpoint, T] | None:
         """Resume: run ``await loader(ckpt)`` on the newest checkpoint that loads.
+
+        ``loader`` is an async function: it reads the checkpoint, and reads are
+        awaited. (``autosave`` and ``on_retry`` take plain functions too, since theirs
+        need not read anything.)
 
         Starts with the newest valid checkpoint; when ``loader`` raises
         :class:`CorruptCheckpointError` (any read of the checkpoint that fails
