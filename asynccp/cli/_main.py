@@ -14,7 +14,8 @@ Everything said on stderr (errors, warnings, the library's log records) is one l
 that starts with a single ``asynccp:``; warnings read ``asynccp: warning: ...``.
 
 Exit codes: 0 success, 1 failure (a checkpoint failed verification, nothing to
-restore, a store error), 2 bad usage, 130 interrupted. ``bench`` exits 0 when a
+restore, a store error), 2 bad usage, 130 interrupted, 141 the reader of stdout went
+away (``asynccp ls | head``: quietly, as a Unix tool). ``bench`` exits 0 when a
 target is missed unless ``--fail-on-miss`` is given (its last line says which).
 
 The bench engine (and with it rich and matplotlib) is imported only by ``bench``.
@@ -924,8 +925,45 @@ def _messages(debug: bool) -> Iterator[None]:
         root.setLevel(level)
 
 
+#: The exit code when stdout's reader went away (``asynccp ls | head``): 128 + SIGPIPE,
+#: what ``cat`` or ``git`` in the same pipeline report, so ``set -o pipefail`` treats
+#: them alike.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (the console script exits with it)."""
+    """Run the command line; return the exit code (the console script exits with it).
+
+    A reader of stdout that stops early (``asynccp ls --json | head``) ends the command
+    quietly, as it ends a Unix tool: exit code :data:`EXIT_BROKEN_PIPE`, nothing on
+    stderr. stdout is flushed here, so that output still buffered meets a closed pipe
+    inside this function and not in the interpreter's exit ("Exception ignored ...").
+    """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: what is still buffered (and the
+    interpreter's final flush) goes nowhere instead of raising BrokenPipeError again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a host (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """:func:`main` without the broken-pipe handling: parse, run, map errors to codes."""
     debug = bool(os.environ.get("ASYNCCP_DEBUG"))
     with _messages(debug):
         try:
@@ -937,6 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("interrupted")
             return 130
+        except BrokenPipeError:
+            raise  # the reader went away: main() ends quietly
         except UsageError as e:
             _fail(str(e), debug)
             return 2
