@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -33,6 +34,50 @@ def test_train_loop_crashes_then_resumes(tmp_path: Path) -> None:
     assert "done: 40 steps" in second.stdout
     third = run("--location", loc, "--steps", "40")
     assert "resuming from step 39" in third.stdout
+
+
+@pytest.mark.slow
+def test_train_loop_on_a_location_already_past_the_requested_steps(tmp_path: Path) -> None:
+    """Run twice with ``--steps 5``: the second run finds step 4 committed, has nothing
+    to do, says so in one line and exits 0 (it once died of an UnboundLocalError)."""
+    loc = str(tmp_path / "ckpts")
+    first = run("--location", loc, "--steps", "5")
+    assert first.returncode == 0, first.stderr
+    assert "done: 5 steps" in first.stdout
+    second = run("--location", loc, "--steps", "5")
+    assert second.returncode == 0, second.stderr
+    assert second.stderr == ""
+    assert "resuming from step 4" in second.stdout
+    past = f"{loc} is already past the requested 5 steps (step 4 is committed): nothing to do"
+    assert past in second.stdout
+    assert "done" not in second.stdout
+
+
+@pytest.mark.slow
+def test_torch_ddp_on_a_location_already_past_the_requested_steps(tmp_path: Path) -> None:
+    """The torchrun example, 2 ranks, run twice with ``--steps 2``: the second launch
+    resumes past step 1, says there is nothing to do, and ends with the same state."""
+    pytest.importorskip("torch")
+    example = EXAMPLE.with_name("torch_ddp.py")
+    loc = str(tmp_path / "ddp")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch += ["--nproc-per-node", "2"]
+    outs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [*launch, str(example), "--location", loc, "--steps", "2", "--every", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outs.append(proc.stdout)
+    assert "already past" not in outs[0]
+    past = f"{loc} is already past the requested 2 steps (step 1 is committed): nothing to do"
+    assert past in outs[1]
+    finals = [re.findall(r"^final step 1 loss \S+ state [0-9a-f]{64}$", o, re.M) for o in outs]
+    assert len(finals[0]) == 1 and finals[0] == finals[1]
 
 
 README = Path(__file__).parent.parent / "README.md"
