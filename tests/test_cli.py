@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -499,6 +500,19 @@ def test_bench_figure_without_samples_prints_na() -> None:
     line, code = _bench_report.verdict(doc, fail_on_miss=True)
     assert "without samples" in line and code == 1
     json.dumps(doc, allow_nan=False)  # None, never NaN or Infinity, in the JSON document
+
+
+def test_bench_plot_without_matplotlib_says_how_to_install_it(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """asynccp is not on a registry: the hint is ``pip install matplotlib`` or, from a
+    clone, ``pip install -e '.[bench]'`` (``'asynccp[bench]'`` could not be installed)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    r = cli("bench", "-q", "--plot", str(tmp_path / "out.png"))
+    line = assert_one_line_error(r, code=2, contains="--plot needs matplotlib")
+    assert "pip install matplotlib" in line and "pip install -e '.[bench]'" in line
+    assert "asynccp[" not in line
+    assert not (tmp_path / "out.png").exists()
 
 
 @pytest.mark.parametrize(

@@ -782,7 +782,8 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError(
-                "bench: --plot needs matplotlib: pip install 'asynccp[bench]'"
+                "bench: --plot needs matplotlib: pip install matplotlib (or, in a clone of "
+                "asynccp, pip install -e '.[bench]')"
             ) from None
     if args.url is not None and _scheme(args.url) == "memory":
         _say(MEMORY_BENCH_WARNING, "warning")
