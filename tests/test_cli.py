@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import sys
+import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,71 @@ def test_show(cli: Cli, ckpts: Path) -> None:
     assert_one_line_error(cli("show", str(ckpts), "99"), code=1, contains="no checkpoint")
     assert_one_line_error(cli("show", str(ckpts), "-3"), code=2, contains=">= 0")
     assert_one_line_error(cli("show", str(ckpts), "three"), code=2, contains=">= 0")
+
+
+def display_width(text: str) -> int:
+    """Terminal cells: wide East Asian characters and emoji take 2, combining marks 0."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def test_ls_and_show_print_characters_and_align_wide_ones(cli: Cli, tmp_path: Path) -> None:
+    """Metadata prints as written (``✓``, not ``\\u2713``), in the text and in ``--json``
+    (still valid JSON); a file name of wide characters keeps the columns after it aligned
+    on a terminal (by display width, not by code points)."""
+    loc = tmp_path / "ckpts"
+    meta = {"note": "✓ 完了 🎉", "loss": 0.5}
+
+    async def save() -> None:
+        async with asynccp.Checkpointer(loc) as cp:
+            files = {
+                "data": b"12345",
+                "模型/权重.bin": b"1",
+                "😀.txt": b"123",
+                "e\u0301.txt": b"12",
+            }
+            await cp.save(0, files, metadata=meta)
+
+    asyncio.run(save())
+    ls = cli("ls", str(loc))
+    assert ls.code == 0, ls.err
+    assert '"note":"✓ 完了 🎉"' in ls.out and "\\u" not in ls.out
+    show = cli("show", str(loc), "0")
+    assert show.code == 0, show.err
+    assert '"note": "✓ 完了 🎉"' in show.out and "\\u" not in show.out
+    rows = show.out[show.out.index("FILE") :].splitlines()
+    assert len(rows) == 5
+    # the BYTES column (right-aligned) ends in the same terminal cell on every row
+    ends = {display_width(row[: row.index(row.split()[1]) + len(row.split()[1])]) for row in rows}
+    assert len(ends) == 1, rows
+    for args in (["ls", str(loc), "--json"], ["show", str(loc), "0", "--json"]):
+        r = cli(*args)
+        assert "✓ 完了 🎉" in r.out and "\\u" not in r.out
+        doc = json.loads(r.out)
+        got = doc["checkpoints"][0]["metadata"] if args[0] == "ls" else doc["metadata"]
+        assert got == meta
+
+
+def test_metadata_stdout_cannot_print_is_escaped_not_fatal(cli: Cli, tmp_path: Path) -> None:
+    """A lone surrogate is valid JSON metadata but no UTF-8 stdout can print it: that
+    output falls back to JSON escapes (the same document) instead of failing."""
+    loc = tmp_path / "ckpts"
+    meta = {"raw": "\ud800 ✓"}
+
+    async def save() -> None:
+        async with asynccp.Checkpointer(loc) as cp:
+            await cp.save(0, b"x", metadata=meta)
+
+    asyncio.run(save())
+    for args in (["ls", str(loc)], ["show", str(loc), "0"]):
+        r = cli(*args)
+        assert r.code == 0 and r.err == "", r.err
+        assert "\\ud800" in r.out
+    for args in (["ls", str(loc), "--json"], ["show", str(loc), "0", "--json"]):
+        doc = json.loads(cli(*args).out)
+        assert (doc["checkpoints"][0] if args[0] == "ls" else doc)["metadata"] == meta
 
 
 # -- verify ----------------------------------------------------------------------------

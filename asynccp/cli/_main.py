@@ -48,7 +48,7 @@ from asynccp._store import CLIENT_KEYS, resolve
 from asynccp._store import Store as Location
 from asynccp.errors import CheckpointError, CorruptCheckpointError, StoreError
 
-from ._format import fmt_size, one_line, parse_size, table
+from ._format import clip, fmt_size, one_line, parse_size, table
 
 __all__ = ["build_parser", "main"]
 
@@ -451,13 +451,27 @@ def _when(c: Checkpoint) -> str:
     return c.created_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _json(doc: Any, **options: Any) -> str:
+    """``doc`` as JSON with its characters as written (``✓``, not ``\\u2713``).
+
+    Escaped (``ensure_ascii``, still the same JSON) only where stdout could not print
+    them: a lone surrogate in a manifest's metadata, an ASCII-only stdout.
+    """
+    text = json.dumps(doc, ensure_ascii=False, **options)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(doc, **options)
+    return text
+
+
 def _emit(args: argparse.Namespace, doc: Any, text: Callable[[], str]) -> None:
-    print(json.dumps(doc, indent=2) if args.json else text())
+    print(_json(doc, indent=2) if args.json else text())
 
 
 def _meta(meta: Any, width: int = 48) -> str:
-    s = json.dumps(dict(meta), separators=(",", ":")) if meta else ""
-    return s if len(s) <= width else s[: width - 1] + "…"
+    """The METADATA column: compact JSON, cut to ``width`` terminal cells."""
+    return clip(_json(dict(meta), separators=(",", ":")), width) if meta else ""
 
 
 # -- commands --------------------------------------------------------------------------
@@ -478,8 +492,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         for e in steps:
             c = e.checkpoint
             if c is None:
-                why = " ".join((e.problem or "").split())
-                why = why if len(why) <= 100 else why[:99] + "…"
+                why = clip(" ".join((e.problem or "").split()), 100)
                 rows.append([str(e.record.step), "INVALID", "", "", "", "", "", why])
                 continue
             rows.append(
@@ -540,7 +553,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"attempt     {c.attempt}",
             f"writer      {c.writer}",
             f"size        {fmt_size(c.size)} ({c.size} bytes) in {len(c.files)} file(s)",
-            f"metadata    {json.dumps(dict(c.metadata), indent=None)}",
+            f"metadata    {_json(dict(c.metadata))}",
             "",
         ]
         if c.generation is not None:
