@@ -581,6 +581,41 @@ def test_bench_plot_without_matplotlib_says_how_to_install_it(
     assert not (tmp_path / "out.png").exists()
 
 
+def test_bench_plot_ticks_read_as_plain_numbers() -> None:
+    """The figure's log axes are labelled ``0.1``, ``0.2``, ``0.5``, ``1``: plain numbers,
+    not matplotlib's default ``10^-1`` / ``2x10^-1`` mathtext."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    opts = _bench.Options(url="memory://", sizes=[64 << 10, 256 << 10, 1 << 20], kinds=["bytes"],
+                          saves=1, rounds=1, small_saves=0, memory=False)  # fmt: skip
+    doc = asyncio.run(_bench.run(opts))
+    fig = _bench_report.figure(doc)
+    try:
+        fig.canvas.draw()
+        stall, throughput = fig.axes
+        shown: dict[str, list[str]] = {}
+        for name, axis in (("size", stall.xaxis), ("stall", stall.yaxis),
+                           ("size 2", throughput.xaxis)):  # fmt: skip
+            low, high = sorted(axis.get_view_interval())
+            shown[name] = [
+                t.get_text()
+                for t in axis.get_ticklabels(which="both")
+                if t.get_text() and low <= t.get_position()[name == "stall"] <= high
+            ]
+            assert shown[name], name
+            for text in shown[name]:
+                assert float(text) > 0, (name, text)  # "2", "0.5": no mathtext, no "10^"
+    finally:
+        plt.close(fig)
+    # 64 KiB to 1 MiB: the decades, and 2 and 5 between them
+    assert {"0.1", "0.2", "0.5", "1"} <= set(shown["size"]), shown["size"]
+    assert shown["size"] == shown["size 2"]
+
+
 @pytest.mark.parametrize(
     ("args", "contains"),
     [
