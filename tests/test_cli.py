@@ -398,6 +398,20 @@ def test_ls_shows_invalid_checkpoints_and_quarantine_and_gc_removes_them(
     assert "quarantine/ holds 1 record(s)" in cli("ls", str(ckpts)).out
 
 
+def test_warnings_are_reported_even_where_the_host_makes_them_errors(
+    cli: Cli, ckpts: Path, tmp_path: Path
+) -> None:
+    """Under ``-W error`` (or ``filterwarnings = error``) a corrupt newest checkpoint is
+    still a warning line and a fallback, not a failed command."""
+    payload_file(ckpts, 4).write_bytes(b"STATE 4")  # same size, other bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = cli("restore", str(ckpts), str(tmp_path / "out"))
+    assert r.code == 0, r.err
+    assert "restored step 3" in r.out
+    assert len(r.err_lines) == 1 and r.err_lines[0].startswith("asynccp: warning: "), r.err
+
+
 def test_main_leaves_logging_and_warnings_as_it_found_them(cli: Cli, ckpts: Path) -> None:
     root = logging.getLogger()
     handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning

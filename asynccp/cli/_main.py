@@ -932,6 +932,9 @@ def _messages(debug: bool) -> Iterator[None]:
 
     try:
         with warnings.catch_warnings():
+            # Shown, whatever the host's filters say: a command reports a skipped
+            # checkpoint and goes on (under `-W error` it would fail instead).
+            warnings.simplefilter("default")
             warnings.showwarning = show
             yield
     finally:
