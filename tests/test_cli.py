@@ -190,15 +190,18 @@ def test_ls_and_show_print_characters_and_align_wide_ones(cli: Cli, tmp_path: Pa
 
 def test_metadata_stdout_cannot_print_is_escaped_not_fatal(cli: Cli, tmp_path: Path) -> None:
     """A lone surrogate is valid JSON metadata but no UTF-8 stdout can print it: that
-    output falls back to JSON escapes (the same document) instead of failing."""
+    output falls back to JSON escapes (the same document) instead of failing. (save()
+    refuses such metadata; a record written by other means may hold it.)"""
     loc = tmp_path / "ckpts"
     meta = {"raw": "\ud800 ✓"}
 
     async def save() -> None:
         async with asynccp.Checkpointer(loc) as cp:
-            await cp.save(0, b"x", metadata=meta)
+            await cp.save(0, b"x", metadata={"raw": "SURROGATE ✓"})
 
     asyncio.run(save())
+    record = loc / "manifests" / f"{0:020d}.json"
+    record.write_bytes(record.read_bytes().replace(b"SURROGATE", b"\\ud800"))
     for args in (["ls", str(loc)], ["show", str(loc), "0"]):
         r = cli(*args)
         assert r.code == 0 and r.err == "", r.err

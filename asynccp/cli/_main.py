@@ -982,12 +982,10 @@ def _messages(debug: bool) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             # Shown, whatever the host's filters say: a command reports a skipped
-            # checkpoint and goes on (under `-W error` it would fail instead).
+            # checkpoint (every one) and goes on (under `-W error` it would fail instead).
             warnings.simplefilter("default")
-            warnings.showwarning = show
-            # The command reports every checkpoint it skips, whatever filter the host
-            # process set (an in-process caller running with warnings as errors too).
             warnings.simplefilter("always", CorruptCheckpointWarning)
+            warnings.showwarning = show
             yield
     finally:
         root.removeHandler(handler)
