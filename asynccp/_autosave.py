@@ -502,11 +502,18 @@ class Autosave:
                 try:
                     # Staged at once: if the commits in flight outlast final_timeout, the
                     # checkpointer's exit flush still commits the newest state.
+                    held = self._baseline()  # what a skip compares with (and updates)
                     final_error = await self._attempt(final=True)
                     await self._drain()
-                    if self._final_handle is None and final_error is None:
-                        # Skipped: an autosave in flight held this state. If that one
-                        # failed, the state is saved now (else this skips again).
+                    if (
+                        self._final_handle is None
+                        and final_error is None
+                        and self._baseline() != held
+                    ):
+                        # Skipped for an autosave in flight that then failed: what is
+                        # committed is older, so the state is saved now. (Skipped for a
+                        # state already committed, or that committed since: done, one
+                        # skip logged and counted.)
                         final_error = await self._attempt(final=True)
                         await self._drain()
                 except Exception as e:  # a payload that can never be saved, a closed checkpointer

@@ -132,11 +132,14 @@ class AsyncCheckpoint(flyte.Checkpoint):
         """A checkpoint ``flyte.Checkpoint`` wrote at ``prefix`` (one object), restored
         as Flyte restores it; None when there is none."""
         legacy = flyte.Checkpoint(self.remote_destination, prefix)
-        got = await legacy.load()
-        if got is None:
-            return None
-        await anyio.to_thread.run_sync(_move_children, legacy.path, self.path)
-        return self.path / _PAYLOAD if got != legacy.path else self.path
+        try:
+            got = await legacy.load()
+            if got is None:
+                return None
+            await anyio.to_thread.run_sync(_move_children, legacy.path, self.path)
+            return self.path / _PAYLOAD if got != legacy.path else self.path
+        finally:
+            await _remove_folder(legacy)
 
     async def save(self, data: Path | str | bytes) -> None:
         """Save bytes, a file, or a directory (its whole tree) as the next checkpoint.
@@ -187,6 +190,17 @@ def _clear(folder: Path) -> None:
 def _move_children(src: Path, dest: Path) -> None:
     for child in src.iterdir():
         shutil.move(child, dest / child.name)
+
+
+async def _remove_folder(checkpoint: flyte.Checkpoint) -> None:
+    """Remove the temporary folder of ``checkpoint`` (its :attr:`path`) now, in a worker
+    thread, even when cancelled: ``flyte.Checkpoint`` removes it only when the object is
+    freed, and an object an exception's traceback keeps in a reference cycle (a failed
+    attempt's) waits for the garbage collector, with the checkpoint restored into it."""
+    folder = getattr(checkpoint, "_td", None)  # flyte's tempfile.TemporaryDirectory
+    if folder is not None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(folder.cleanup)
 
 
 # -- the decorator ----------------------------------------------------------------------
@@ -281,8 +295,12 @@ async def _run(options: PluginOptions, name: str, body: Callable[[], Any]) -> An
     own = f"{dest.rstrip('/')}/{tctx.action.name}" if tctx.mode == "local" else dest
 
     async def attempt(a: Attempt) -> Any:
-        with _checkpoint_installed(tctx, AsyncCheckpoint(a, own, src)):
-            return await body()
+        checkpoint = AsyncCheckpoint(a, own, src)
+        try:
+            with _checkpoint_installed(tctx, checkpoint):
+                return await body()
+        finally:  # the attempt is over: what it restored goes
+            await _remove_folder(checkpoint)
 
     try:
         return await run_task(options, attempt, own=own, previous=src, retries=0, name=name)

@@ -158,11 +158,11 @@ async def train(args: argparse.Namespace) -> None:
             return await ckpt.shard(rank).read("state.pt")  # this rank's part
 
         found = await cp.load_latest(load)  # every part of the step verified first
-        start = 0
+        start, loss = 0, float("nan")
         if found is not None:
             ckpt, raw = found
             await anyio.to_thread.run_sync(trainer.load, raw)
-            start = ckpt.step + 1
+            start, loss = ckpt.step + 1, float(ckpt.metadata.get("loss", loss))
             print(f"rank {rank}: resumed from step {ckpt.step}", flush=True)
         else:
             print(f"rank {rank}: no checkpoint in {cp.location}, starting from scratch")
@@ -170,6 +170,12 @@ async def train(args: argparse.Namespace) -> None:
         dist.all_gather_object(starts, start)  # asynccp promises agreement; show it
         if len(set(starts)) != 1:
             raise RuntimeError(f"the ranks would resume from different steps: {starts}")
+        if start >= args.steps and rank == 0:
+            print(
+                f"{cp.location} is already past the requested {args.steps} steps "
+                f"(step {start - 1} is committed): nothing to do",
+                flush=True,
+            )
         async with anyio.create_task_group() as tg:
             for step in range(start, args.steps):
                 # compute and collectives off the event loop: uploads keep moving meanwhile
@@ -181,7 +187,8 @@ async def train(args: argparse.Namespace) -> None:
     # leaving the block flushed this rank's parts
     digest = trainer.digest()
     if rank == 0:
-        print(f"final step {args.steps - 1} loss {loss:.6f} state {digest}", flush=True)
+        last = max(start, args.steps) - 1
+        print(f"final step {last} loss {loss:.6f} state {digest}", flush=True)
 
 
 def main() -> None:

@@ -36,6 +36,12 @@ async def train(location: str, steps: int, crash_at: int | None) -> None:
             prev, weights = found
             start = prev.step + 1
             print(f"resuming from step {prev.step} (loss {prev.metadata['loss']:.4f})")
+        if start >= steps:
+            print(
+                f"{cp.location} is already past the requested {steps} steps "
+                f"(step {start - 1} is committed): nothing to do"
+            )
+            return
         for step in range(start, steps):
             weights += 0.01 * (1.0 - weights)  # a "gradient step"
             loss = float(np.mean((1.0 - weights) ** 2))

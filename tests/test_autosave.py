@@ -118,6 +118,34 @@ async def test_unchanged_state_is_skipped_also_after_a_restart(tmp_path: Path) -
     assert saver.stats.saves == 0 and saver.stats.skips >= 4  # the exit skipped too
 
 
+async def test_an_unchanged_state_at_exit_is_skipped_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exit of a run that changed nothing: one skip, one "skipped ... (on exit)" line
+    (it once logged and counted two, the second from a try meant for a failed save)."""
+    caplog.set_level(logging.DEBUG, logger="asynccp")
+    svc = Counter()
+    svc.bump()
+    async with (
+        Checkpointer(tmp_path) as cp,
+        asynccp.autosave(cp, svc.state, every=3600) as saver,
+    ):
+        pass  # the exit saves the state: step 0
+    assert saver.stats.saves == 1
+    caplog.clear()
+    async with (
+        Checkpointer(tmp_path) as cp,
+        asynccp.autosave(cp, svc.state, every=3600) as saver,
+    ):
+        pass  # restarted, unchanged: the exit skips
+    skips = [r for r in caplog.records if getattr(r, "event", None) == "autosave.skip"]
+    assert [r.getMessage() for r in skips] == [
+        f"asynccp: autosave to {cp.location} skipped: the state has not changed (on exit)"
+    ]
+    assert (saver.stats.saves, saver.stats.skips) == (0, 1)
+    assert [s for s, _ in await committed(tmp_path)] == [0]
+
+
 async def test_skip_changes_reads_the_state_only_after_a_reported_change(tmp_path: Path) -> None:
     svc = Counter()
     async with Checkpointer(tmp_path) as cp:
@@ -307,6 +335,43 @@ async def test_the_store_down_for_a_while(
     assert any(getattr(r, "event", None) == "autosave.failure" for r in caplog.records)
     latest = (await committed(make_s3_store(fault_proxy.url, s3_bucket)))[-1]
     assert json.loads(latest[1]) == {"k": final}
+
+
+async def test_an_autosave_that_fails_after_the_exit_skipped_its_state_is_saved_again(
+    fault_proxy: FaultProxy, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exit skips the state an autosave in flight holds; that autosave's commit then
+    fails: the exit saves the state after all (and logs the skip once)."""
+    caplog.set_level(logging.DEBUG, logger="asynccp")
+    store = make_s3_store(fault_proxy.url, s3_bucket)
+    svc = Counter()
+    svc.bump()
+
+    def exit_skipped() -> bool:
+        return any(getattr(r, "event", None) == "autosave.skip" for r in caplog.records)
+
+    async def fail_the_commit_in_flight(saver: asynccp.Autosave) -> None:
+        await poll(exit_skipped)  # the exit compared with the autosave in flight
+        fault_proxy.set_mode("503")  # cuts the held commit; its retries get 503s
+        fault_proxy.release()
+        await poll(lambda: saver.stats.failures >= 1)
+        fault_proxy.set_mode("pass")
+
+    with anyio.fail_after(BOUND):
+        async with (
+            Checkpointer(store, flush_timeout=30) as cp,
+            anyio.create_task_group() as tg,
+            asynccp.autosave(cp, svc.state, every=3600, every_changes=1) as saver,
+        ):
+            fault_proxy.hold_requests(rb"^PUT \S*/manifests/")
+            saver.changed()  # an autosave now, its commit held at the store
+            await anyio.to_thread.run_sync(fault_proxy.wait_held)
+            tg.start_soon(fail_the_commit_in_flight, saver)
+    skips = [r for r in caplog.records if getattr(r, "event", None) == "autosave.skip"]
+    assert len(skips) == 1 and skips[0].getMessage().endswith("(on exit)")
+    assert (saver.stats.failures, saver.stats.saves) == (1, 1)
+    latest = (await committed(make_s3_store(fault_proxy.url, s3_bucket)))[-1]
+    assert json.loads(latest[1]) == {"k": 1}
 
 
 @pytest.mark.slow

@@ -11,10 +11,13 @@ No timing assertions: ``bench`` is smoke-tested at tiny sizes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sys
+import unicodedata
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,17 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
         return Result(code, out, err)
 
     return run
+
+
+@contextlib.contextmanager
+def skips_shown() -> Iterator[None]:
+    """Around a command that skips a corrupt checkpoint: its CorruptCheckpointWarning
+    goes where a process running the command sends it (Python's default filter shows
+    it), to stderr as an ``asynccp: warning:`` line the test asserts, instead of being
+    raised by the suite's filter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", asynccp.CorruptCheckpointWarning)
+        yield
 
 
 def assert_one_line_error(r: Result, *, code: int | None = None, contains: str = "") -> str:
@@ -141,6 +155,74 @@ def test_show(cli: Cli, ckpts: Path) -> None:
     assert_one_line_error(cli("show", str(ckpts), "three"), code=2, contains=">= 0")
 
 
+def display_width(text: str) -> int:
+    """Terminal cells: wide East Asian characters and emoji take 2, combining marks 0."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def test_ls_and_show_print_characters_and_align_wide_ones(cli: Cli, tmp_path: Path) -> None:
+    """Metadata prints as written (``✓``, not ``\\u2713``), in the text and in ``--json``
+    (still valid JSON); a file name of wide characters keeps the columns after it aligned
+    on a terminal (by display width, not by code points)."""
+    loc = tmp_path / "ckpts"
+    meta = {"note": "✓ 完了 🎉", "loss": 0.5}
+
+    async def save() -> None:
+        async with asynccp.Checkpointer(loc) as cp:
+            files = {
+                "data": b"12345",
+                "模型/权重.bin": b"1",
+                "😀.txt": b"123",
+                "e\u0301.txt": b"12",
+            }
+            await cp.save(0, files, metadata=meta)
+
+    asyncio.run(save())
+    ls = cli("ls", str(loc))
+    assert ls.code == 0, ls.err
+    assert '"note":"✓ 完了 🎉"' in ls.out and "\\u" not in ls.out
+    show = cli("show", str(loc), "0")
+    assert show.code == 0, show.err
+    assert '"note": "✓ 完了 🎉"' in show.out and "\\u" not in show.out
+    rows = show.out[show.out.index("FILE") :].splitlines()
+    assert len(rows) == 5
+    # the BYTES column (right-aligned) ends in the same terminal cell on every row
+    ends = {display_width(row[: row.index(row.split()[1]) + len(row.split()[1])]) for row in rows}
+    assert len(ends) == 1, rows
+    for args in (["ls", str(loc), "--json"], ["show", str(loc), "0", "--json"]):
+        r = cli(*args)
+        assert "✓ 完了 🎉" in r.out and "\\u" not in r.out
+        doc = json.loads(r.out)
+        got = doc["checkpoints"][0]["metadata"] if args[0] == "ls" else doc["metadata"]
+        assert got == meta
+
+
+def test_metadata_stdout_cannot_print_is_escaped_not_fatal(cli: Cli, tmp_path: Path) -> None:
+    """A lone surrogate is valid JSON metadata but no UTF-8 stdout can print it: that
+    output falls back to JSON escapes (the same document) instead of failing. (save()
+    refuses such metadata; a record written by other means may hold it.)"""
+    loc = tmp_path / "ckpts"
+    meta = {"raw": "\ud800 ✓"}
+
+    async def save() -> None:
+        async with asynccp.Checkpointer(loc) as cp:
+            await cp.save(0, b"x", metadata={"raw": "SURROGATE ✓"})
+
+    asyncio.run(save())
+    record = loc / "manifests" / f"{0:020d}.json"
+    record.write_bytes(record.read_bytes().replace(b"SURROGATE", b"\\ud800"))
+    for args in (["ls", str(loc)], ["show", str(loc), "0"]):
+        r = cli(*args)
+        assert r.code == 0 and r.err == "", r.err
+        assert "\\ud800" in r.out
+    for args in (["ls", str(loc), "--json"], ["show", str(loc), "0", "--json"]):
+        doc = json.loads(cli(*args).out)
+        assert (doc["checkpoints"][0] if args[0] == "ls" else doc)["metadata"] == meta
+
+
 # -- verify ----------------------------------------------------------------------------
 
 
@@ -193,7 +275,8 @@ def test_restore_newest_step_and_fallback(cli: Cli, ckpts: Path, tmp_path: Path)
     # The newest fails its checksum: restore warns (one line) and falls back to step 3.
     payload_file(ckpts, 4).write_bytes(b"STATE 4")
     dest_fb = tmp_path / "fallback"
-    r = cli("restore", str(ckpts), str(dest_fb))
+    with skips_shown():
+        r = cli("restore", str(ckpts), str(dest_fb))
     assert r.code == 0, r.err
     assert "restored step 3" in r.out
     assert len(r.err_lines) == 1 and r.err_lines[0].startswith("asynccp: warning: checkpoint 4")
@@ -219,7 +302,8 @@ def test_failed_restore_leaves_no_destination_behind(cli: Cli, ckpts: Path, tmp_
     for step in range(4):
         payload_file(ckpts, step).write_bytes(b"x" * len(f"state {step}"))
     nothing = tmp_path / "nothing"
-    r = cli("restore", str(ckpts), str(nothing))
+    with skips_shown():
+        r = cli("restore", str(ckpts), str(nothing))
     assert r.code == 1 and "nothing restored" in r.err_lines[-1]
     assert len(r.err_lines) == 6  # a warning per skipped checkpoint, then the error
     assert not nothing.exists()
@@ -317,8 +401,10 @@ def test_every_message_has_one_prefix_and_warnings_one_casing(
     """Errors, warnings (Python's and the library's log records) all read the same way."""
     (ckpts / "manifests" / f"{1:020d}.json").write_text("{not json")  # gc logs its move
     payload_file(ckpts, 4).write_bytes(b"STATE 4")  # restore warns, then falls back
+    with skips_shown():
+        warned = cli("restore", str(ckpts), str(tmp_path / "out"))
     results = {
-        "warning": cli("restore", str(ckpts), str(tmp_path / "out")),
+        "warning": warned,
         "usage": cli("gc", str(ckpts), "--keep", "0"),
         "failure": cli("show", str(ckpts), "99"),
         "store": cli("ls", str(tmp_path / "missing")),
@@ -359,6 +445,20 @@ def test_ls_shows_invalid_checkpoints_and_quarantine_and_gc_removes_them(
     assert [c["step"] for c in doc["checkpoints"]] == [4] and doc["invalid"] == []
     assert len(doc["quarantine"]) == 1 and doc["quarantine"][0].startswith("quarantine/")
     assert "quarantine/ holds 1 record(s)" in cli("ls", str(ckpts)).out
+
+
+def test_warnings_are_reported_even_where_the_host_makes_them_errors(
+    cli: Cli, ckpts: Path, tmp_path: Path
+) -> None:
+    """Under ``-W error`` (or ``filterwarnings = error``) a corrupt newest checkpoint is
+    still a warning line and a fallback, not a failed command."""
+    payload_file(ckpts, 4).write_bytes(b"STATE 4")  # same size, other bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = cli("restore", str(ckpts), str(tmp_path / "out"))
+    assert r.code == 0, r.err
+    assert "restored step 3" in r.out
+    assert len(r.err_lines) == 1 and r.err_lines[0].startswith("asynccp: warning: "), r.err
 
 
 def test_main_leaves_logging_and_warnings_as_it_found_them(cli: Cli, ckpts: Path) -> None:
@@ -529,6 +629,54 @@ def test_bench_figure_without_samples_prints_na() -> None:
     line, code = _bench_report.verdict(doc, fail_on_miss=True)
     assert "without samples" in line and code == 1
     json.dumps(doc, allow_nan=False)  # None, never NaN or Infinity, in the JSON document
+
+
+def test_bench_plot_without_matplotlib_says_how_to_install_it(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """asynccp is not on a registry: the hint is ``pip install matplotlib`` or, from a
+    clone, ``pip install -e '.[bench]'`` (``'asynccp[bench]'`` could not be installed)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    r = cli("bench", "-q", "--plot", str(tmp_path / "out.png"))
+    line = assert_one_line_error(r, code=2, contains="--plot needs matplotlib")
+    assert "pip install matplotlib" in line and "pip install -e '.[bench]'" in line
+    assert "asynccp[" not in line
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_bench_plot_ticks_read_as_plain_numbers() -> None:
+    """The figure's log axes are labelled ``0.1``, ``0.2``, ``0.5``, ``1``: plain numbers,
+    not matplotlib's default ``10^-1`` / ``2x10^-1`` mathtext."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    opts = _bench.Options(url="memory://", sizes=[64 << 10, 256 << 10, 1 << 20], kinds=["bytes"],
+                          saves=1, rounds=1, small_saves=0, memory=False)  # fmt: skip
+    doc = asyncio.run(_bench.run(opts))
+    fig = _bench_report.figure(doc)
+    try:
+        fig.canvas.draw()
+        stall, throughput = fig.axes
+        shown: dict[str, list[str]] = {}
+        for name, axis in (("size", stall.xaxis), ("stall", stall.yaxis),
+                           ("size 2", throughput.xaxis)):  # fmt: skip
+            low, high = sorted(axis.get_view_interval())
+            shown[name] = [
+                t.get_text()
+                for t in axis.get_ticklabels(which="both")
+                if t.get_text() and low <= t.get_position()[name == "stall"] <= high
+            ]
+            assert shown[name], name
+            for text in shown[name]:
+                assert float(text) > 0, (name, text)  # "2", "0.5": no mathtext, no "10^"
+    finally:
+        plt.close(fig)
+    # 64 KiB to 1 MiB: the decades, and 2 and 5 between them
+    assert {"0.1", "0.2", "0.5", "1"} <= set(shown["size"]), shown["size"]
+    assert shown["size"] == shown["size 2"]
 
 
 @pytest.mark.parametrize(

@@ -372,13 +372,16 @@ async def test_latest_skips_incomplete_payload(site: Site, damage: str) -> None:
         site.raw.delete(key)
     else:
         site.raw.put(key, payloads[2] + b"tail")
-    async with Checkpointer(site.make_location()) as cp:
-        latest = await cp.latest()
-        assert latest is not None and latest.step == 1
-        assert await latest.read() == payloads[1]
-        assert [c.step for c in await cp.list()] == [1, 2]  # still committed, just incomplete
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            assert await cp.read() == payloads[1]
+    incomplete = r"checkpoint 2\b.*payload objects .* missing or truncated"
+    with pytest.warns(CorruptCheckpointWarning, match=incomplete):  # opening: the floor
+        async with Checkpointer(site.make_location()) as cp:
+            with pytest.warns(CorruptCheckpointWarning, match=incomplete):
+                latest = await cp.latest()
+            assert latest is not None and latest.step == 1
+            assert await latest.read() == payloads[1]
+            assert [c.step for c in await cp.list()] == [1, 2]  # still committed, incomplete
+            with pytest.warns(CorruptCheckpointWarning, match=incomplete):
+                assert await cp.read() == payloads[1]
 
 
 async def test_flipped_byte_is_detected_and_restore_falls_back(site: Site, tmp_path: Path) -> None:
@@ -475,16 +478,20 @@ async def test_manifest_naming_escape_is_refused(tmp_path: Path, bad_name: str) 
     path.write_text(json.dumps(doc))
     plant_escaped_object(store_root, doc["data"], bad_name, p2)
     before = snapshot_tree(tmp_path, skip=(store_root, dest))
-    async with Checkpointer(store_root) as cp:
-        with pytest.raises(CorruptCheckpointError, match="invalid manifest"):
-            await cp.get(2)
-        latest = await cp.latest()
-        assert latest is not None and latest.step == 1
-        assert [c.step for c in await cp.list()] == [1]
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            out = await cp.restore(dest)
-        # a later step can still be saved after the bad one
-        await (await cp.save(3, b"after"))
+    invalid = r"checkpoint 2\b.*invalid manifest"
+    with pytest.warns(CorruptCheckpointWarning, match=invalid):  # opening: the floor
+        async with Checkpointer(store_root) as cp:
+            with pytest.raises(CorruptCheckpointError, match="invalid manifest"):
+                await cp.get(2)
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                latest = await cp.latest()
+            assert latest is not None and latest.step == 1
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                assert [c.step for c in await cp.list()] == [1]
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                out = await cp.restore(dest)
+            # a later step can still be saved after the bad one
+            await (await cp.save(3, b"after"))
     assert out == dest
     assert snapshot_tree(dest, skip=()) == {"data": p1}
     assert snapshot_tree(tmp_path, skip=(store_root, dest)) == before, "wrote outside dest"
@@ -542,17 +549,21 @@ async def test_malformed_manifest_is_an_error_not_a_crash(tmp_path: Path, edit: 
     await save_steps(root, {1: p1, 2: p2})
     path = root / manifest_key(2)
     path.write_bytes(BAD_MANIFESTS[edit](path.read_bytes()))
-    async with Checkpointer(root) as cp:
-        latest = await cp.latest()
-        assert latest is not None and latest.step == 1
-        with pytest.raises(CorruptCheckpointError):
-            await cp.get(2)
-        assert [c.step for c in await cp.list()] == [1]
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            assert await cp.read() == p1
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            out = await cp.restore(tmp_path / "dest")
-        assert out is not None and (out / "data").read_bytes() == p1
+    invalid = r"checkpoint 2\b.*invalid manifest"
+    with pytest.warns(CorruptCheckpointWarning, match=invalid):  # opening: the floor
+        async with Checkpointer(root) as cp:
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                latest = await cp.latest()
+            assert latest is not None and latest.step == 1
+            with pytest.raises(CorruptCheckpointError):
+                await cp.get(2)
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                assert [c.step for c in await cp.list()] == [1]
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                assert await cp.read() == p1
+            with pytest.warns(CorruptCheckpointWarning, match=invalid):
+                out = await cp.restore(tmp_path / "dest")
+            assert out is not None and (out / "data").read_bytes() == p1
 
 
 # -- 6. two writers, one winner --------------------------------------------------------

@@ -213,14 +213,17 @@ async def test_manifest_naming_lone_surrogate_is_skipped(any_site: Site, tmp_pat
     await commit(any_site.make_location(), {1: b"one", 2: b"two"})
     raw = any_site.raw.get(manifest_key(2))
     any_site.raw.put(manifest_key(2), raw.replace(b'"data": {', b'"\\ud800": {'))
-    async with Checkpointer(any_site.make_location()) as cp:
-        latest = await cp.latest()
-        assert latest is not None and latest.step == 1
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            assert await cp.read() == b"one"
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            out = await cp.restore(tmp_path / "dest")
-        assert out is not None and tree(out) == {"data": b"one"}
+    surrogate = r"checkpoint 2\b.*is not valid UTF-8"
+    with pytest.warns(CorruptCheckpointWarning, match=surrogate):  # opening: the floor
+        async with Checkpointer(any_site.make_location()) as cp:
+            with pytest.warns(CorruptCheckpointWarning, match=surrogate):
+                latest = await cp.latest()
+            assert latest is not None and latest.step == 1
+            with pytest.warns(CorruptCheckpointWarning, match=surrogate):
+                assert await cp.read() == b"one"
+            with pytest.warns(CorruptCheckpointWarning, match=surrogate):
+                out = await cp.restore(tmp_path / "dest")
+            assert out is not None and tree(out) == {"data": b"one"}
     if any_site.kind == "local":
         root = str(any_site.make_location())
         show = await anyio.to_thread.run_sync(cli, "show", root, "2")
@@ -309,11 +312,14 @@ async def test_manifest_naming_a_300_byte_segment_is_skipped(
     any_site.raw.put(manifest_key(2), raw.replace(b'"w": {', f'"{long}": {{'.encode()))
     with pytest.raises(CorruptCheckpointError, match="255 bytes"):
         Manifest.decode(any_site.raw.get(manifest_key(2)), key=manifest_key(2))
-    async with Checkpointer(any_site.make_location()) as cp:
-        latest = await cp.latest()
-        assert latest is not None and latest.step == 1
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            out = await cp.restore(tmp_path / "dest")
+    too_long = r"checkpoint 2\b.*longer than 255 bytes"
+    with pytest.warns(CorruptCheckpointWarning, match=too_long):  # opening: the floor
+        async with Checkpointer(any_site.make_location()) as cp:
+            with pytest.warns(CorruptCheckpointWarning, match=too_long):
+                latest = await cp.latest()
+            assert latest is not None and latest.step == 1
+            with pytest.warns(CorruptCheckpointWarning, match=too_long):
+                out = await cp.restore(tmp_path / "dest")
     assert out is not None and tree(out) == {"w": b"one"}
 
 
@@ -349,23 +355,26 @@ async def test_folder_in_place_of_a_payload_file_is_corruption(
         folder = data_dir(2, (await cp.get(2)).writer)
     any_site.raw.delete(f"{folder}/weights")
     any_site.raw.put(f"{folder}/weights/shard", b"two")  # "weights" is now a folder (a key prefix)
-    async with Checkpointer(any_site.make_location()) as cp:
-        two = await cp.get(2)
-        missing = "is a folder, not a file" if any_site.kind == "local" else "is missing"
-        with pytest.raises(CorruptCheckpointError, match=f"weights {missing}"):
-            await two.read("weights")
-        with pytest.raises(CorruptCheckpointError, match="weights"):
-            await two.read_all()
-        with pytest.raises(CorruptCheckpointError, match="weights"):
-            await two.verify()
-        with pytest.raises(CorruptCheckpointError, match="weights"):
-            await two.download(tmp_path / "dest2")
-        latest = await cp.latest()
-        assert latest is not None and latest.step == 1
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            assert await cp.read() == b"one"
-        with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-            out = await cp.restore(tmp_path / "dest")
+    incomplete = r"checkpoint 2\b.*payload objects .* missing or truncated"
+    with pytest.warns(CorruptCheckpointWarning, match=incomplete):  # opening: the floor
+        async with Checkpointer(any_site.make_location()) as cp:
+            two = await cp.get(2)
+            missing = "is a folder, not a file" if any_site.kind == "local" else "is missing"
+            with pytest.raises(CorruptCheckpointError, match=f"weights {missing}"):
+                await two.read("weights")
+            with pytest.raises(CorruptCheckpointError, match="weights"):
+                await two.read_all()
+            with pytest.raises(CorruptCheckpointError, match="weights"):
+                await two.verify()
+            with pytest.raises(CorruptCheckpointError, match="weights"):
+                await two.download(tmp_path / "dest2")
+            with pytest.warns(CorruptCheckpointWarning, match=incomplete):
+                latest = await cp.latest()
+            assert latest is not None and latest.step == 1
+            with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
+                assert await cp.read() == b"one"
+            with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
+                out = await cp.restore(tmp_path / "dest")
     assert out is not None and tree(out) == {"weights": b"one"}
     # A folder in place of a manifest is no manifest, as on an object store.
     any_site.raw.delete(manifest_key(2))

@@ -12,7 +12,9 @@ Two ways attempts run here, both Flyte's own:
 from __future__ import annotations
 
 import asyncio
+import gc
 import tarfile
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,26 @@ def test_local_corrupt_newest_checkpoint_is_skipped(counter_task: Any, tmp_path:
     with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 4 .* skipped"):
         assert run_local(counter_task, tmp_path, 10, "5,corrupt") == 4
     assert [start for _, start, _ in SEEN] == [0, 4]
+
+
+@COUNTERS
+def test_an_attempt_removes_its_folder_when_it_ends(
+    counter_task: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder of each attempt's ``flyte.ctx().checkpoint`` (its ``path``, where the
+    attempt restored the checkpoint it resumed from) goes when the attempt ends, a failed
+    attempt's too: not when the garbage collector frees what the failure's traceback
+    keeps in a reference cycle (here, with the collector off: never)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where flyte.Checkpoint makes it
+    gc.disable()
+    try:
+        assert run_local(counter_task, tmp_path / "run", 10, "5,-") == 5
+    finally:
+        gc.enable()
+    assert [start for _, start, _ in SEEN] == [0, 5]  # the second attempt restored step 4
+    assert sorted(p.name for p in temp.iterdir() if p.name.startswith("flyte-cp-")) == []
 
 
 def test_local_retries_run_out_with_the_tasks_error(tmp_path: Path) -> None:

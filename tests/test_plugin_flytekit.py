@@ -368,7 +368,8 @@ class Pod:
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -390,9 +391,14 @@ class Pod:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
+        """Kill the process if it still runs; close its pipes once the reader is done."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(60)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_sigterm_in_a_pod_flushes_and_exits_75(tmp_path: Path) -> None:

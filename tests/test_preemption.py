@@ -100,9 +100,14 @@ class Worker:
         return self.proc.stderr.read() if self.proc.poll() is not None else ""
 
     def kill(self) -> None:
+        """Kill the process if it still runs; close its pipes once the reader is done."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(60)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def steps(lines: list[str], word: str) -> list[int]:

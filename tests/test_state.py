@@ -9,6 +9,7 @@ also checked in a fresh interpreter where ``import torch`` fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -411,11 +412,15 @@ async def test_damaged_state_file_falls_back_to_the_previous_checkpoint(
     else:
         del body[-100:]
     any_site.raw.put(key, bytes(body))
-    async with Checkpointer(any_site.make_location()) as cp:
-        with pytest.raises(asynccp.CorruptCheckpointError, match=r"state\.safetensors"):
-            await bad.read_state()
-        with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 1"):
-            found = await cp.load_latest(lambda c: c.read_state())
+    # a truncated file is seen by opening (it finds the floor: sizes only), a flip is not
+    truncated = r"checkpoint 1\b.*payload objects .* missing or truncated"
+    opening = pytest.warns(asynccp.CorruptCheckpointWarning, match=truncated)
+    with opening if damage == "truncate" else contextlib.nullcontext():
+        async with Checkpointer(any_site.make_location()) as cp:
+            with pytest.raises(asynccp.CorruptCheckpointError, match=r"state\.safetensors"):
+                await bad.read_state()
+            with pytest.warns(asynccp.CorruptCheckpointWarning, match=r"checkpoint 1\b"):
+                found = await cp.load_latest(lambda c: c.read_state())
     assert found is not None and found[0].step == good.step == 0
     assert found[1]["epoch"] == 0 and (found[1]["w"] == 1.0).all()
 

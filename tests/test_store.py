@@ -56,14 +56,20 @@ async def test_a_local_object_that_cannot_be_read_is_a_store_error_naming_it(
     (root / key).unlink()
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(root / key))
-        async with Checkpointer(root) as cp:
-            loaded = await cp.get(1)
-            for read in (loaded.read, loaded.verify, lambda: loaded.download(tmp_path / "out")):
-                with pytest.raises(StoreError) as ei:
-                    await read()
-                assert not isinstance(ei.value, asynccp.CorruptCheckpointError)
-                assert key in str(ei.value) and str(root) in str(ei.value)
-                assert isinstance(ei.value.__cause__, OSError)
+        # opening finds the floor from sizes: the socket is no payload object of its size
+        with pytest.warns(asynccp.CorruptCheckpointWarning, match=r"checkpoint 1\b.*missing"):
+            async with Checkpointer(root) as cp:
+                loaded = await cp.get(1)
+                for read in (
+                    loaded.read,
+                    loaded.verify,
+                    lambda: loaded.download(tmp_path / "out"),
+                ):
+                    with pytest.raises(StoreError) as ei:
+                        await read()
+                    assert not isinstance(ei.value, asynccp.CorruptCheckpointError)
+                    assert key in str(ei.value) and str(root) in str(ei.value)
+                    assert isinstance(ei.value.__cause__, OSError)
     short.cleanup()
 
 

@@ -515,6 +515,39 @@ async def test_on_retry_sync_and_async_callbacks_and_logging(
     assert "from step 1" in retries[0].message and "3 retries left" in retries[0].message
 
 
+async def test_the_log_names_a_lambda_by_where_it_is_and_a_nested_function_by_its_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``supervise(lambda cp: ...)`` once logged ``<lambda>.<locals>.<lambda>``: a lambda
+    is named by its file and line, a function defined in a function by its own name."""
+    caplog.set_level(logging.WARNING, logger="asynccp")
+
+    async def train(cp: Checkpointer) -> str:
+        if cp.attempt == 0:
+            raise Flaky("lost the GPU")
+        return "done"
+
+    make = lambda: lambda cp: train(cp)  # noqa: E731 - the README's nested lambdas
+    job = make()
+    assert job.__qualname__.endswith("<lambda>.<locals>.<lambda>")
+    line = job.__code__.co_firstlineno
+    for fn, name in ((job, f"<lambda> ({Path(__file__).name}:{line})"), (train, "train")):
+        caplog.clear()
+        assert await asynccp.supervise(fn, tmp_path, recoverable=Flaky, backoff=0) == "done"
+        (retry,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+        assert retry.startswith(f"asynccp: {name} attempt 0 failed with Flaky: lost the GPU")
+        assert "<locals>" not in retry
+
+
+async def test_a_lambda_returning_no_awaitable_is_named_readably(tmp_path: Path) -> None:
+    job = lambda cp: 7  # noqa: E731
+    where = f"<lambda> ({Path(__file__).name}:{job.__code__.co_firstlineno})"
+    with pytest.raises(TypeError) as info:
+        await asynccp.supervise(job, tmp_path)
+    assert str(info.value).startswith(f"{where}, called with cp, returned int, not an awaitable")
+    assert "`async def job(cp, ...)`" in str(info.value)
+
+
 async def test_on_retry_error_stops_the_job(tmp_path: Path) -> None:
     calls = 0
 

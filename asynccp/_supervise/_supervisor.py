@@ -68,10 +68,23 @@ P = ParamSpec("P")
 
 
 def _name(fn: Callable[..., Any]) -> str:
-    """The job's name for messages and logs (through ``functools.partial`` wrappers)."""
+    """The job's name for messages and logs (through ``functools.partial`` wrappers).
+
+    What a reader can find in their code: a function by its name, a method as
+    ``Class.method``, without the ``outer.<locals>.`` path of a function defined inside
+    another; a lambda, which has no name, by where it is: ``<lambda> (train.py:12)``
+    (not ``<lambda>.<locals>.<lambda>``); a callable object by its class.
+    """
     while isinstance(fn, functools.partial):
         fn = fn.func
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if not isinstance(name, str) or not name:
+        return type(fn).__qualname__
+    name = name.rpartition("<locals>.")[2]
+    code = getattr(fn, "__code__", None)
+    if name == "<lambda>" and code is not None:
+        return f"<lambda> ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+    return name
 
 
 # -- outcomes ---------------------------------------------------------------------------
@@ -326,9 +339,12 @@ async def _call(
     result = fn(cp, *args, **kwargs)
     if not inspect.isawaitable(result):
         name = _name(fn)
+        plain = all(part.isidentifier() for part in name.split("."))
+        called = f"{name}(cp)" if plain else f"{name}, called with cp,"
+        define = name.rpartition(".")[2] if plain else "job"
         raise NotAwaitableError(
-            f"{name}(cp) returned {type(result).__name__}, not an awaitable: the job must be "
-            f"an async function (`async def {name}(cp, ...)`)"
+            f"{called} returned {type(result).__name__}, not an awaitable: the job must be "
+            f"an async function (`async def {define}(cp, ...)`)"
         )
     return await result
 

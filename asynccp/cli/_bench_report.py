@@ -13,13 +13,14 @@ prints ``n/a``, never ``0.0 ms``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from ._bench import KINDS, MiB
 from ._format import NA, fmt_ms, fmt_num, fmt_size, table
 
-__all__ = ["RATIO_NOTE", "plot", "render_rich", "render_text", "verdict"]
+__all__ = ["RATIO_NOTE", "figure", "plot", "render_rich", "render_text", "verdict"]
 
 
 #: The columns of the main table (:func:`_rows`).
@@ -215,10 +216,20 @@ _LINES: tuple[tuple[int, str, str, str, float | None, str], ...] = (
 
 
 def plot(doc: dict[str, Any], path: str) -> None:
-    """Stall and throughput against payload size, asynccp beside its baselines."""
+    """Stall and throughput against payload size, asynccp beside its baselines, saved
+    to ``path`` (PNG, or whatever its suffix names)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(doc)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(doc: dict[str, Any]) -> Any:
+    """The matplotlib figure :func:`plot` saves (the caller closes it)."""
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -251,10 +262,43 @@ def plot(doc: dict[str, Any], path: str) -> None:
         ylabel="MiB/s",
         title="committed write throughput",
     )
+    for axis in (ax1.xaxis, ax1.yaxis, ax2.xaxis):
+        _plain_log_ticks(axis)
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"asynccp bench — {doc['location']['kind']}, {doc['machine']['cpus']} CPUs")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def _plain(value: float) -> str:
+    """A tick value as people write it: ``2``, ``0.05``, ``1000`` (not ``2 x 10^0``)."""
+    text = f"{value:.10f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "0", "-0") else f"{value:g}"
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Label a log axis with plain numbers: every power of ten, and in between 2 and 5
+    (or every minor tick when the view spans less than a decade) unless the view spans
+    more than two decades, where the in-between labels would crowd.
+
+    matplotlib's default log formatter writes ``10^0`` and, on short axes, ``2 x 10^0``.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    def major(value: float, _pos: int | None) -> str:
+        return _plain(value)
+
+    def minor(value: float, _pos: int | None) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if value <= 0 or low <= 0:
+            return ""
+        decades = math.log10(high / low)
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+        if decades <= 1 or (decades <= 2 and mantissa in (2, 5)):
+            return _plain(value)
+        return ""
+
+    axis.set_major_formatter(FuncFormatter(major))
+    axis.set_minor_formatter(FuncFormatter(minor))

@@ -7,9 +7,20 @@ and a table read the same in ``asynccp ls`` as in ``asynccp bench``.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Collection, Sequence
 
-__all__ = ["NA", "fmt_ms", "fmt_num", "fmt_size", "one_line", "parse_size", "table"]
+__all__ = [
+    "NA",
+    "clip",
+    "display_width",
+    "fmt_ms",
+    "fmt_num",
+    "fmt_size",
+    "one_line",
+    "parse_size",
+    "table",
+]
 
 #: How a figure without samples (or without a finite value) is shown.
 NA = "n/a"
@@ -90,6 +101,33 @@ def one_line(e: BaseException, limit: int = 400) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
+def _cells(ch: str) -> int:
+    """Terminal cells one character takes: 2 for wide East Asian characters and most
+    emoji (``W``, ``F``), 0 for combining marks and invisible format characters, else 1."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """How many terminal cells ``text`` takes (``len`` counts code points: ``"模型"`` is 2
+    code points and 4 cells). Sequences joined by ZWJ are counted per character."""
+    return sum(_cells(ch) for ch in text)
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` terminal cells, ``…`` marking the cut."""
+    if display_width(text) <= width:
+        return text
+    out, used = [], 1  # the ellipsis takes one cell
+    for ch in text:
+        used += _cells(ch)
+        if used > width:
+            break
+        out.append(ch)
+    return "".join(out) + "…"
+
+
 def table(
     head: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -99,17 +137,20 @@ def table(
 ) -> str:
     """Columns padded to their widest cell, two spaces apart, without trailing blanks.
 
+    Widths are display widths (:func:`display_width`), so a cell of wide characters (a
+    file name in Chinese, an emoji) keeps the columns after it aligned on a terminal.
+
     Args:
         right: indices of the columns aligned right (numbers); the others align left.
         rule: underline the head with dashes.
     """
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    widths = [max(display_width(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
 
     def fmt(row: Sequence[str]) -> str:
-        cells = [
-            str(c).rjust(w) if i in right else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
+        cells = []
+        for i, (c, w) in enumerate(zip(row, widths, strict=True)):
+            pad = " " * (w - display_width(str(c)))
+            cells.append(pad + str(c) if i in right else str(c) + pad)
         return "  ".join(cells).rstrip()
 
     lines = [fmt(head)]

@@ -14,7 +14,8 @@ Everything said on stderr (errors, warnings, the library's log records) is one l
 that starts with a single ``asynccp:``; warnings read ``asynccp: warning: ...``.
 
 Exit codes: 0 success, 1 failure (a checkpoint failed verification, nothing to
-restore, a store error), 2 bad usage, 130 interrupted. ``bench`` exits 0 when a
+restore, a store error), 2 bad usage, 130 interrupted, 141 the reader of stdout went
+away (``asynccp ls | head``: quietly, as a Unix tool). ``bench`` exits 0 when a
 target is missed unless ``--fail-on-miss`` is given (its last line says which).
 
 The bench engine (and with it rich and matplotlib) is imported only by ``bench``.
@@ -53,7 +54,7 @@ from asynccp.errors import (
     StoreError,
 )
 
-from ._format import fmt_size, one_line, parse_size, table
+from ._format import clip, fmt_size, one_line, parse_size, table
 
 __all__ = ["build_parser", "main"]
 
@@ -475,13 +476,27 @@ def _when(c: Checkpoint) -> str:
     return c.created_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _json(doc: Any, **options: Any) -> str:
+    """``doc`` as JSON with its characters as written (``✓``, not ``\\u2713``).
+
+    Escaped (``ensure_ascii``, still the same JSON) only where stdout could not print
+    them: a lone surrogate in a manifest's metadata, an ASCII-only stdout.
+    """
+    text = json.dumps(doc, ensure_ascii=False, **options)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(doc, **options)
+    return text
+
+
 def _emit(args: argparse.Namespace, doc: Any, text: Callable[[], str]) -> None:
-    print(json.dumps(doc, indent=2) if args.json else text())
+    print(_json(doc, indent=2) if args.json else text())
 
 
 def _meta(meta: Any, width: int = 48) -> str:
-    s = json.dumps(dict(meta), separators=(",", ":")) if meta else ""
-    return s if len(s) <= width else s[: width - 1] + "…"
+    """The METADATA column: compact JSON, cut to ``width`` terminal cells."""
+    return clip(_json(dict(meta), separators=(",", ":")), width) if meta else ""
 
 
 # -- commands --------------------------------------------------------------------------
@@ -502,8 +517,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         for e in steps:
             c = e.checkpoint
             if c is None:
-                why = " ".join((e.problem or "").split())
-                why = why if len(why) <= 100 else why[:99] + "…"
+                why = clip(" ".join((e.problem or "").split()), 100)
                 rows.append([str(e.record.step), "INVALID", "", "", "", "", "", why])
                 continue
             rows.append(
@@ -564,7 +578,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"attempt     {c.attempt}",
             f"writer      {c.writer}",
             f"size        {fmt_size(c.size)} ({c.size} bytes) in {len(c.files)} file(s)",
-            f"metadata    {json.dumps(dict(c.metadata), indent=None)}",
+            f"metadata    {_json(dict(c.metadata))}",
             "",
         ]
         if c.generation is not None:
@@ -830,7 +844,8 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError(
-                "bench: --plot needs matplotlib: pip install 'asynccp[bench]'"
+                "bench: --plot needs matplotlib: pip install matplotlib (or, in a clone of "
+                "asynccp, pip install -e '.[bench]')"
             ) from None
     if args.url is not None and _scheme(args.url) == "memory":
         _say(MEMORY_BENCH_WARNING, "warning")
@@ -966,18 +981,56 @@ def _messages(debug: bool) -> Iterator[None]:
 
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = show
-            # The command reports every checkpoint it skips, whatever filter the host
-            # process set (an in-process caller running with warnings as errors too).
+            # Shown, whatever the host's filters say: a command reports a skipped
+            # checkpoint (every one) and goes on (under `-W error` it would fail instead).
+            warnings.simplefilter("default")
             warnings.simplefilter("always", CorruptCheckpointWarning)
+            warnings.showwarning = show
             yield
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
 
 
+#: The exit code when stdout's reader went away (``asynccp ls | head``): 128 + SIGPIPE,
+#: what ``cat`` or ``git`` in the same pipeline report, so ``set -o pipefail`` treats
+#: them alike.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (the console script exits with it)."""
+    """Run the command line; return the exit code (the console script exits with it).
+
+    A reader of stdout that stops early (``asynccp ls --json | head``) ends the command
+    quietly, as it ends a Unix tool: exit code :data:`EXIT_BROKEN_PIPE`, nothing on
+    stderr. stdout is flushed here, so that output still buffered meets a closed pipe
+    inside this function and not in the interpreter's exit ("Exception ignored ...").
+    """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: what is still buffered (and the
+    interpreter's final flush) goes nowhere instead of raising BrokenPipeError again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a host (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """:func:`main` without the broken-pipe handling: parse, run, map errors to codes."""
     debug = bool(os.environ.get("ASYNCCP_DEBUG"))
     with _messages(debug):
         try:
@@ -989,6 +1042,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("interrupted")
             return 130
+        except BrokenPipeError:
+            raise  # the reader went away: main() ends quietly
         except UsageError as e:
             _fail(str(e), debug)
             return 2
