@@ -45,7 +45,7 @@ from ._checks import check_bool, check_int, check_step
 from ._groups import add_note
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
-from ._options import Limits, Options, Retention, Sharding, StoreOptions, options
+from ._options import Limits, Options, Retention, Sharding, StoreOptions, check_keywords, options
 from ._retention import Housekeeping
 from ._shard_records import ShardSpec
 from ._store import call, resolve
@@ -98,6 +98,12 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+_C = TypeVar("_C", bound="Checkpointer")
+
+#: The keyword arguments of :class:`Checkpointer` (set below the class).
+_INIT_NAMES: frozenset[str] = frozenset()
+
+
 class Checkpointer:
     """Save checkpoints without stalling, commit them atomically, restore the latest.
 
@@ -130,6 +136,14 @@ class Checkpointer:
         TypeError: an argument of the wrong type.
         ValueError: an argument with a bad value.
     """
+
+    def __new__(cls: type[_C], *args: Any, **kwargs: Any) -> _C:
+        # Before Python binds the arguments: a keyword Checkpointer does not take gets an
+        # error that helps (the closest name, or the value that holds it now), not
+        # Python's bare "unexpected keyword argument".
+        if cls is Checkpointer:
+            check_keywords("Checkpointer()", kwargs, _INIT_NAMES)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -588,3 +602,6 @@ def continue_from(cp: Checkpointer, writers: tuple[str, ...]) -> None:
     :class:`ShardConflictError`. Unsharded checkpointers ignore it.
     """
     cp._predecessors = tuple(writers)
+
+
+_INIT_NAMES = frozenset(inspect.signature(Checkpointer.__init__).parameters) - {"self", "location"}

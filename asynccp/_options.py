@@ -38,7 +38,9 @@ __all__ = [
     "Sharding",
     "StoreOptions",
     "Unpack",
+    "MOVED",
     "OPTION_NAMES",
+    "check_keywords",
     "keywords",
     "options",
     "options_of",
@@ -204,13 +206,38 @@ def options(
 OPTION_NAMES = frozenset(CheckpointerOptions.__annotations__)
 
 
+#: Keyword arguments of earlier releases, and the value that holds each now.
+MOVED = {
+    **{k: f"limits=asynccp.Limits({k}=...)" for k in ("max_pending", "max_pending_bytes")},
+    "max_concurrency": "limits=asynccp.Limits(max_concurrency=...)",
+    **{k: f"retention=asynccp.Retention({k}=...)" for k in ("keep_every", "orphan_grace")},
+    **{
+        k: f"store=asynccp.StoreOptions({k}=...)"
+        for k in ("prefix", "durable", "chunk_size", "part_concurrency", "io_attempts")
+    },
+    **{k: f"sharding=asynccp.Sharding({k}=...)" for k in ("shard", "shards", "generation")},
+}
+
+
+def check_keywords(caller: str, given: Collection[str], known: Collection[str]) -> None:
+    """A ``TypeError`` for the first of ``given`` that ``caller`` does not take, naming
+    the closest known name (``kep=3`` -> ``keep``), or the value that holds a keyword of
+    an earlier release (``max_pending=`` -> ``limits=asynccp.Limits(max_pending=...)``);
+    any other keyword may have been meant for obstore."""
+    for key in sorted(given):
+        if key in known:
+            continue
+        if key in MOVED:
+            raise TypeError(f"{caller} takes no {key}= any more: pass {MOVED[key]}")
+        hint = "obstore's settings go in store=asynccp.StoreOptions(obstore={...})"
+        raise unknown_keyword(caller, key, known, hint=hint)
+
+
 def options_of(caller: str, given: Mapping[str, Any], *, also: Collection[str] = ()) -> Options:
     """:func:`options` for an entry point that takes the checkpointer's keyword arguments
-    as ``**given``: one that is none of them is a ``TypeError`` naming ``caller`` and
-    the closest known name (its own ``also`` included): ``kep=3`` -> ``keep``."""
-    for key in given:
-        if key not in OPTION_NAMES:
-            raise unknown_keyword(caller, key, OPTION_NAMES | set(also))
+    as ``**given`` (see :func:`check_keywords` for the error on any other; ``also`` are
+    the entry point's own keyword arguments)."""
+    check_keywords(caller, given, OPTION_NAMES | set(also))
     return options(**given)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -96,13 +96,8 @@ class PluginOptions:
         return self.checkpointer.store
 
     def describe(self) -> str:
-        """The options that differ from the defaults, as keyword arguments, for a repr."""
-        default = Options()
-        parts = [
-            f"{f.name}={getattr(self.checkpointer, f.name)!r}"
-            for f in fields(Options)
-            if getattr(self.checkpointer, f.name) != getattr(default, f.name)
-        ]
+        """The options that differ from the defaults, as they would be written."""
+        parts = _written(self.checkpointer)
         if self.recoverable != ():
             parts.append(f"recoverable={self.recoverable!r}")
         if self.backoff is not DEFAULT_BACKOFF:
@@ -112,6 +107,31 @@ class PluginOptions:
         if not self.handle_signals:
             parts.append("handle_signals=False")
         return ", ".join(parts)
+
+
+def _written(opts: Options) -> list[str]:
+    """``opts`` as keyword arguments, defaults left out: ``keep=3``, not a whole
+    ``Retention(...)`` whose other fields are the defaults."""
+    parts = []
+    for f in fields(Options):
+        value, default = getattr(opts, f.name), getattr(Options(), f.name)
+        if value == default:
+            continue
+        if not is_dataclass(value):
+            parts.append(f"{f.name}={value!r}")
+            continue
+        changed = {
+            g.name: getattr(value, g.name)
+            for g in fields(value)
+            if default is None or getattr(value, g.name) != getattr(default, g.name)
+        }
+        shortcut = {"retention": "keep", "limits": "policy"}.get(f.name)
+        if shortcut is not None and set(changed) == {shortcut}:
+            parts.append(f"{shortcut}={changed[shortcut]!r}")
+        else:
+            inner = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+            parts.append(f"{f.name}={type(value).__name__}({inner})")
+    return parts
 
 
 @dataclass(frozen=True)

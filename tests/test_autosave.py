@@ -424,7 +424,7 @@ async def test_a_save_waiting_for_room_is_replaced_by_the_newer_state(
     fault_proxy.hold_requests(rb"^PUT \S*/manifests/")
     with anyio.fail_after(BOUND):
         async with (
-            Checkpointer(store, max_pending=1) as cp,
+            Checkpointer(store, limits=asynccp.Limits(max_pending=1)) as cp,
             asynccp.autosave(cp, lambda: value, every=EVERY) as saver,
         ):
             await anyio.to_thread.run_sync(fault_proxy.wait_held)  # v0 is committing
@@ -483,7 +483,12 @@ def test_a_non_callable_state_or_no_checkpointer_fails_at_construction(tmp_path:
         asynccp.lifespan(cp, restore=_restore, initial=dict, dump=_dump, every=1, keep=2)
     with pytest.raises(ValueError, match="max_pending"):  # the Checkpointer's own checks
         asynccp.lifespan(
-            tmp_path, restore=_restore, initial=dict, dump=_dump, every=1, max_pending=0
+            tmp_path,
+            limits=asynccp.Limits(max_pending=0),
+            restore=_restore,
+            initial=dict,
+            dump=_dump,
+            every=1,
         )
     with pytest.raises(ValueError, match="changed"):
         asynccp.autosave(cp, lambda: b"", every=1).changed(0)

@@ -453,7 +453,9 @@ async def test_retention_racing_readers(site: Site, tmp_path: Path) -> None:
                     steps_read.append(step)
                     await progress.tick()
 
-        async with Checkpointer(site.make_location(), keep=keep, max_pending=2) as writer:
+        async with Checkpointer(
+            site.make_location(), limits=asynccp.Limits(max_pending=2), keep=keep
+        ) as writer:
             await (await writer.save(0, content(seed, 0)))
             async with anyio.create_task_group() as tg:
                 for i, kind in enumerate(["read", "restore", "load_latest"]):
@@ -538,7 +540,7 @@ async def test_lost_answers_campaign(
                 store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=FAIL_FAST)
                 failure: UploadError | None = None
                 try:
-                    async with Checkpointer(store, io_attempts=2) as cp:
+                    async with Checkpointer(store, store=asynccp.StoreOptions(io_attempts=2)) as cp:
                         found = await cp.load_latest(lambda c: c.read())
                         newest = max(visible, default=None)
                         assert (found[0].step if found else None) == newest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> N
     f = tmp_path / "f.bin"
     f.write_bytes(b"before")
     store = MemoryStore()
-    async with Checkpointer(store, max_pending=10) as cp:
+    async with Checkpointer(store, limits=asynccp.Limits(max_pending=10)) as cp:
         h = await cp.save(0, {"buf": buf, "arr": arr, "big": big, "frozen": frozen, "file": f})
         buf[:] = b"Z" * 1000
         arr[:] = 7
@@ -106,7 +107,9 @@ async def test_snapshot_lets_caller_reuse_buffers_and_files(tmp_path: Path) -> N
 async def test_reused_staging_buffers_never_mix_checkpoints(tmp_path: Path) -> None:
     """Same-sized saves reuse staging memory; each checkpoint still holds its own bytes."""
     state = bytearray(5 << 20)
-    async with Checkpointer(tmp_path, max_pending=2, max_pending_bytes=16 << 20) as cp:
+    async with Checkpointer(
+        tmp_path, limits=asynccp.Limits(max_pending=2, max_pending_bytes=16 << 20)
+    ) as cp:
         handles = []
         for step in range(8):
             state[:] = bytes([step]) * len(state)
@@ -215,22 +218,56 @@ async def test_bad_payloads_are_rejected(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"max_pending": 0}, ValueError),
-        ({"max_pending": "4"}, TypeError),
-        ({"max_pending_bytes": -1}, ValueError),
+        ({"limits": asynccp.Limits}, TypeError),  # the class, not a value
+        ({"limits": {"max_pending": 4}}, TypeError),
         ({"policy": "newest"}, ValueError),
         ({"keep": -1}, ValueError),
         ({"keep": 0}, ValueError),
-        ({"keep_every": 0}, ValueError),
+        ({"keep": 2, "retention": asynccp.Retention(keep=3)}, ValueError),  # they disagree
+        ({"policy": "block", "limits": asynccp.Limits(policy="latest")}, ValueError),
         ({"flush_timeout": -1}, ValueError),
-        ({"durable": "yes"}, TypeError),
-        ({"chunk_size": 1024}, ValueError),
-        ({"prefix": "x"}, TypeError),  # prefix only applies to store objects
+        ({"store": asynccp.StoreOptions(prefix="x")}, TypeError),  # store objects only
+        ({"sharding": (0, 2)}, TypeError),
+        ({"attempt": -1}, ValueError),
     ],
 )
 def test_bad_options_are_rejected(tmp_path: Path, kwargs: dict[str, Any], error: type) -> None:
     with pytest.raises(error):
         Checkpointer(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: asynccp.Limits(max_pending=0), ValueError, "max_pending"),
+        (lambda: asynccp.Limits(max_pending="4"), TypeError, "max_pending"),
+        (lambda: asynccp.Limits(max_pending_bytes=-1), ValueError, "max_pending_bytes"),
+        (lambda: asynccp.Limits(policy="newest"), ValueError, "policy"),
+        (lambda: asynccp.Retention(keep_every=0), ValueError, "keep_every"),
+        (lambda: asynccp.Retention(orphan_grace=-1), ValueError, "orphan_grace"),
+        (lambda: asynccp.StoreOptions(durable="yes"), TypeError, "durable"),
+        (lambda: asynccp.StoreOptions(chunk_size=1024), ValueError, "5 MiB"),
+        (lambda: asynccp.StoreOptions(obstore=[("region", "x")]), TypeError, "mapping"),
+        (lambda: asynccp.Sharding(shard=2, shards=2, generation="g"), ValueError, "shard"),
+    ],
+)
+def test_bad_option_values_are_rejected_when_made(
+    make: Callable[[], object], error: type[Exception], match: str
+) -> None:
+    """A setting is checked where it is written, before any checkpointer sees it."""
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_options_are_values_shared_by_every_entry_point(tmp_path: Path) -> None:
+    """One Limits made once goes to a Checkpointer, supervise and lifespan alike; the
+    shortcuts fold into the values (one code path)."""
+    limits = asynccp.Limits(max_pending=2)
+    cp = Checkpointer(tmp_path, limits=limits, keep=3, policy="latest")
+    assert cp.options.limits == asynccp.Limits(max_pending=2, policy="latest")
+    assert cp.options.retention == asynccp.Retention(keep=3)
+    with pytest.raises(TypeError, match=r"did you mean 'keep'"):
+        asynccp.lifespan(tmp_path, restore=dict, initial=dict, dump=str, every=1, kep=3)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(
@@ -252,7 +289,9 @@ def test_bad_store_options_are_clear_errors(
     options: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     with pytest.raises(error, match=match):
-        Checkpointer("s3://bucket/prefix", **options)
+        Checkpointer("s3://bucket/prefix", store=asynccp.StoreOptions(obstore=options))
+    with pytest.raises(TypeError, match="does not apply"):  # a path takes none
+        Checkpointer("relative/path", store=asynccp.StoreOptions(obstore=options))
 
 
 async def test_closed_checkpointer_refuses_work(tmp_path: Path) -> None:
@@ -289,7 +328,7 @@ async def test_reads_before_the_block_say_to_use_it_and_work_after_it(tmp_path: 
     ("kwargs", "suggestion"),
     [
         ({"kep": 3}, "keep"),
-        ({"max_pendng": 2}, "max_pending"),
+        ({"limit": asynccp.Limits()}, "limits"),
         ({"flush_timout": 1}, "flush_timeout"),
     ],
 )
@@ -311,16 +350,34 @@ def test_unknown_keyword_is_reported_with_the_closest_name(
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "value"),
+    [
+        ({"max_pending": 2}, "limits=asynccp.Limits(max_pending=...)"),
+        ({"durable": False}, "store=asynccp.StoreOptions(durable=...)"),
+        ({"orphan_grace": 0}, "retention=asynccp.Retention(orphan_grace=...)"),
+        ({"shard": 0}, "sharding=asynccp.Sharding(shard=...)"),
+    ],
+)
+def test_a_keyword_of_an_earlier_release_names_the_value_that_holds_it(
+    tmp_path: Path, kwargs: dict[str, Any], value: str
+) -> None:
+    with pytest.raises(TypeError, match="takes no") as ei:
+        Checkpointer(tmp_path, **kwargs)
+    assert value in str(ei.value)
+    with pytest.raises(TypeError, match="takes no"):
+        asynccp.lifespan(tmp_path, restore=dict, initial=dict, dump=str, every=1, **kwargs)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"max_pending": "4"}, TypeError),
-        ({"max_pending": 0}, ValueError),
-        ({"chunk_size": "8MiB"}, TypeError),
-        ({"chunk_size": 1 << 20}, ValueError),
+        ({"limits": {"max_pending": "4"}}, TypeError),
+        ({"keep": "4"}, TypeError),
+        ({"keep": 0}, ValueError),
+        ({"store": "durable"}, TypeError),
         ({"flush_timeout": "10"}, TypeError),
         ({"flush_timeout": float("nan")}, ValueError),
-        ({"orphan_grace": -1}, ValueError),
-        ({"io_attempts": True}, TypeError),
+        ({"attempt": True}, TypeError),
         ({"policy": 3}, TypeError),
         ({"staging_dir": 3}, TypeError),
     ],
@@ -334,9 +391,31 @@ def test_one_error_style_wrong_type_is_type_error_bad_value_is_value_error(
     assert next(iter(kwargs)) in str(ei.value)  # the message names the argument
 
 
+@pytest.mark.parametrize(
+    ("make", "error", "name"),
+    [
+        (lambda: asynccp.Limits(max_pending="4"), TypeError, "max_pending"),
+        (lambda: asynccp.Limits(max_pending=0), ValueError, "max_pending"),
+        (lambda: asynccp.StoreOptions(chunk_size="8MiB"), TypeError, "chunk_size"),
+        (lambda: asynccp.StoreOptions(chunk_size=1 << 20), ValueError, "chunk_size"),
+        (lambda: asynccp.Retention(orphan_grace=-1), ValueError, "orphan_grace"),
+        (lambda: asynccp.StoreOptions(io_attempts=True), TypeError, "io_attempts"),
+        (lambda: asynccp.Limits(policy=3), TypeError, "policy"),
+    ],
+)
+def test_option_values_keep_the_one_error_style(
+    make: Callable[[], object], error: type[Exception], name: str
+) -> None:
+    with pytest.raises(error) as ei:
+        make()
+    assert type(ei.value) is error and name in str(ei.value)
+
+
 async def test_block_policy_applies_backpressure_on_count_and_bytes() -> None:
     store = MemoryStore()
-    async with Checkpointer(store, max_pending=2, max_pending_bytes=1 << 20) as cp:
+    async with Checkpointer(
+        store, limits=asynccp.Limits(max_pending=2, max_pending_bytes=1 << 20)
+    ) as cp:
         for step in range(20):
             await cp.save(step, os.urandom(300_000))
             # never more staged than the bounds (one oversize save is the only exception)
@@ -346,7 +425,7 @@ async def test_block_policy_applies_backpressure_on_count_and_bytes() -> None:
 
 
 async def test_oversized_checkpoint_is_accepted_alone() -> None:
-    async with Checkpointer(MemoryStore(), max_pending_bytes=1000) as cp:
+    async with Checkpointer(MemoryStore(), limits=asynccp.Limits(max_pending_bytes=1000)) as cp:
         await cp.save(0, b"a" * 10)
         h = await cp.save(1, b"b" * 5000)  # waits for an empty queue, then goes alone
         assert cp.stats.queue_depth == 1
@@ -354,7 +433,7 @@ async def test_oversized_checkpoint_is_accepted_alone() -> None:
 
 
 async def test_latest_policy_supersedes_oldest_waiting(tmp_path: Path) -> None:
-    async with Checkpointer(tmp_path, max_pending=2, policy="latest") as cp:
+    async with Checkpointer(tmp_path, limits=asynccp.Limits(max_pending=2), policy="latest") as cp:
         handles = [await cp.save(s, s.to_bytes(16, "big")) for s in range(200)]
         assert cp.stats.queue_depth <= 2
     superseded = [h for h in handles if h.superseded]
@@ -371,7 +450,12 @@ async def test_latest_policy_supersedes_oldest_waiting(tmp_path: Path) -> None:
 
 
 async def test_retention_keeps_newest_and_milestones(location: Any) -> None:
-    async with Checkpointer(location, keep=2, keep_every=5, max_pending=1) as cp:
+    async with Checkpointer(
+        location,
+        limits=asynccp.Limits(max_pending=1),
+        retention=asynccp.Retention(keep_every=5),
+        keep=2,
+    ) as cp:
         for step in range(12):
             await (await cp.save(step, {"a": b"x" * step, "b/c": b"y"}))
     async with Checkpointer(location) as cp2:
@@ -393,7 +477,7 @@ async def test_orphaned_payload_is_collected(tmp_path: Path) -> None:
     fresh.mkdir(parents=True)
     (fresh / "data").write_bytes(b"another writer, still uploading")
     os.utime(orphan / "data", (0, 0))  # long ago
-    async with Checkpointer(loc, orphan_grace=600) as cp:
+    async with Checkpointer(loc, retention=asynccp.Retention(orphan_grace=600)) as cp:
         await (await cp.save(4, b"real"))
     assert not orphan.exists()
     assert fresh.exists()  # younger than the grace period: left alone
@@ -532,9 +616,19 @@ async def test_url_locations(tmp_path: Path, moto_server: str, s3_bucket: str) -
         "region": "us-east-1",
     }
     url = f"s3://{s3_bucket}/runs/7"
-    async with Checkpointer(url, config=opts, client_options={"allow_http": True}) as cp:
+    async with Checkpointer(
+        url,
+        store=asynccp.StoreOptions(
+            obstore={"config": opts, "client_options": {"allow_http": True}}
+        ),
+    ) as cp:
         await cp.save(3, b"s3")
-    async with Checkpointer(url, config=opts, client_options={"allow_http": True}) as cp:
+    async with Checkpointer(
+        url,
+        store=asynccp.StoreOptions(
+            obstore={"config": opts, "client_options": {"allow_http": True}}
+        ),
+    ) as cp:
         c = await cp.latest()
         assert c is not None and c.step == 3 and await c.read() == b"s3"
     # the prefix in the URL is honoured: the objects live under runs/7/
@@ -547,7 +641,7 @@ async def test_large_file_multipart_on_s3(s3_store: Any, tmp_path: Path) -> None
     big = tmp_path / "big.bin"
     data = os.urandom(12 << 20)  # > chunk_size: multipart
     big.write_bytes(data)
-    async with Checkpointer(s3_store, chunk_size=5 << 20) as cp:
+    async with Checkpointer(s3_store, store=asynccp.StoreOptions(chunk_size=5 << 20)) as cp:
         c = await (await cp.save(0, {"big": big, "buf": data}))
     assert c.files["big"].size == len(data)
     assert await c.read("big") == data
@@ -559,14 +653,14 @@ async def test_non_durable_local_writes_same_layout(tmp_path: Path) -> None:
     """durable=False skips fsyncs only: same files, same atomic create, no temp files left."""
     src = tmp_path / "f.bin"
     src.write_bytes(b"file payload")
-    async with Checkpointer(tmp_path / "loc", durable=False) as cp:
+    async with Checkpointer(tmp_path / "loc", store=asynccp.StoreOptions(durable=False)) as cp:
         await cp.save(0, {"a": b"x" * 10, "f": src, "big": bytearray(5 << 20)})
-    async with Checkpointer(tmp_path / "loc", durable=False) as cp:
+    async with Checkpointer(tmp_path / "loc", store=asynccp.StoreOptions(durable=False)) as cp:
         c = await cp.latest()
         assert c is not None and await c.read("f") == b"file payload"
         await c.verify()
     with pytest.raises(asynccp.StepOrderError):
-        async with Checkpointer(tmp_path / "loc", durable=False) as cp2:
+        async with Checkpointer(tmp_path / "loc", store=asynccp.StoreOptions(durable=False)) as cp2:
             await (await cp2.save(0, b"again"))  # step 0 is committed and valid
     assert not [p for p in (tmp_path / "loc").rglob("*") if p.name.endswith(".asynccp-tmp")]
 
@@ -579,7 +673,11 @@ async def test_orphan_collection_never_takes_the_collectors_own_uploads(
     checkpoints' payloads upload (commits are pipelined): it must leave those alone."""
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(2 << 20))
-    async with Checkpointer(tmp_path / "loc", orphan_grace=0, max_pending=8) as cp:
+    async with Checkpointer(
+        tmp_path / "loc",
+        limits=asynccp.Limits(max_pending=8),
+        retention=asynccp.Retention(orphan_grace=0),
+    ) as cp:
         handles = [
             await cp.save(step, src if kind == "file" else os.urandom(2 << 20)) for step in range(8)
         ]
@@ -611,7 +709,9 @@ async def test_superseded_file_payloads_leave_no_staged_copies(
         "retry_timeout": timedelta(seconds=60),
     }
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=patient)  # type: ignore[arg-type]
-    async with Checkpointer(store, max_pending=3, policy="latest", staging_dir=staging) as cp:
+    async with Checkpointer(
+        store, limits=asynccp.Limits(max_pending=3), policy="latest", staging_dir=staging
+    ) as cp:
         await cp.latest()
         fault_proxy.set_mode("503")  # the first upload is held in obstore's retries
         handles = [await cp.save(step, src) for step in range(10)]
@@ -627,7 +727,7 @@ async def test_flush_within_a_deadline_returns_what_happened(
 ) -> None:
     """The supervisor's flush: typed, bounded, and the exit after it keeps the deadline."""
     store = make_s3_store(fault_proxy.url, s3_bucket)
-    async with Checkpointer(store, max_pending=8, flush_timeout=300) as cp:
+    async with Checkpointer(store, limits=asynccp.Limits(max_pending=8), flush_timeout=300) as cp:
         await (await cp.save(0, b"zero"))
         ok = await flush_within(cp, math.inf)
         assert ok == FlushResult(last_committed=0)

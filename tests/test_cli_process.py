@@ -62,7 +62,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> N
     loc = tmp_path / "ckpts"
 
     async def save() -> None:
-        async with asynccp.Checkpointer(loc, durable=False) as cp:
+        async with asynccp.Checkpointer(loc, store=asynccp.StoreOptions(durable=False)) as cp:
             for step in range(8):  # 8 x 512 files: ~400 KiB of JSON, >> a 64 KiB pipe
                 files = {f"shard/{i:04d}.bin": b"x" for i in range(512)}
                 await cp.save(step, files)

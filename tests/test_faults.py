@@ -188,7 +188,9 @@ async def test_failures_are_reported_earliest_step_first(
         retry_config={"max_retries": 0},
     )
     with pytest.raises(UploadError) as at_exit:
-        async with Checkpointer(store, max_pending=8, io_attempts=1) as cp:
+        async with Checkpointer(
+            store, limits=asynccp.Limits(max_pending=8), store=asynccp.StoreOptions(io_attempts=1)
+        ) as cp:
             fault_proxy.hold_requests(rb"^PUT \S*/data/" + f"{1:020d}".encode())
             one = await cp.save(1, b"one")
             await anyio.to_thread.run_sync(fault_proxy.wait_held)
@@ -230,7 +232,7 @@ async def test_a_full_disk_reports_the_earliest_failed_step_first(small_disk: Pa
     step that failed, every later failure a note on it, in step order."""
     payloads = {step: bytes([step]) * 300_000 for step in range(1, 12)}
     with pytest.raises(UploadError) as at_exit:
-        async with Checkpointer(small_disk / "loc", max_pending=16) as cp:
+        async with Checkpointer(small_disk / "loc", limits=asynccp.Limits(max_pending=16)) as cp:
             handles = [await cp.save(step, data) for step, data in payloads.items()]
     failed = [h.step for h in handles if h.exception() is not None]
     assert len(failed) >= 2, "premise: several checkpoints failed"
@@ -316,7 +318,9 @@ async def test_body_exception_flushes_pending_then_propagates_unchanged(
     boom = BodyError("the job failed")
     handles = []
     with pytest.raises(BodyError) as ei:
-        async with Checkpointer(store, max_pending=64, max_pending_bytes=1 << 31) as cp:
+        async with Checkpointer(
+            store, limits=asynccp.Limits(max_pending=64, max_pending_bytes=1 << 31)
+        ) as cp:
             for step in steps:
                 handles.append(await cp.save(step, blob(step, 3 * MiB), metadata={"s": step}))
             # premise: the uploads are still going when the body raises
@@ -653,7 +657,7 @@ async def test_cancelling_the_holder_flushes_what_was_staged(
 
     async def holder() -> None:
         with holder_scope:
-            async with Checkpointer(store, max_pending=16) as cp:
+            async with Checkpointer(store, limits=asynccp.Limits(max_pending=16)) as cp:
                 opened.append(cp)
                 for step in steps:
                     handles.append(await cp.save(step, blob(step, 2 * MiB)))
@@ -680,7 +684,7 @@ async def test_cancel_during_blocked_save_commits_exactly_the_staged_steps(
 
     async def holder() -> None:
         with holder_scope:
-            async with Checkpointer(store, max_pending=1) as cp:
+            async with Checkpointer(store, limits=asynccp.Limits(max_pending=1)) as cp:
                 for step in itertools.count():  # saves block: one slot, slow uploads
                     returned.append(await cp.save(step, blob(step, MiB)))
                     if len(returned) == 3:
@@ -716,7 +720,9 @@ async def test_flush_timeout_abandons_pending_and_reports(
     with HoldingProxy(moto_server, match + step1) as proxy:
         store = make_s3_store(proxy.url, s3_bucket)
         with pytest.raises(asynccp.CheckpointError) as ei:
-            async with Checkpointer(store, max_pending=16, flush_timeout=0.2) as cp:
+            async with Checkpointer(
+                store, limits=asynccp.Limits(max_pending=16), flush_timeout=0.2
+            ) as cp:
                 first = await (await cp.save(0, blob(0, 1000)))
                 handles = [await cp.save(step, blob(step, 1000)) for step in range(1, 6)]
         assert proxy.held.is_set(), "premise: step 1's request was held during the flush"
@@ -812,7 +818,9 @@ async def test_exit_is_bounded_when_the_store_hangs_after_a_commit(
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=patient)  # type: ignore[arg-type]
     with anyio.fail_after(5):
         with pytest.raises(FlushTimeoutError):
-            async with Checkpointer(store, keep=1, flush_timeout=0.5, orphan_grace=0) as cp:
+            async with Checkpointer(
+                store, retention=asynccp.Retention(orphan_grace=0), keep=1, flush_timeout=0.5
+            ) as cp:
                 await (await cp.save(0, b"committed"))
                 fault_proxy.set_mode("503")  # housekeeping after that commit may meet it too
                 stuck = await cp.save(1, b"never")

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+import asynccp
 from asynccp import Checkpointer
 from asynccp._layout import manifest_key
 from asynccp._store import LocalDir
@@ -125,7 +126,12 @@ async def test_saves_that_queue_up_commit_in_groups(
 
     monkeypatch.setattr(_pipeline, "commit_group", counted)
     root = tmp_path / "loc"
-    async with Checkpointer(root, durable=durable, max_pending=8, keep=5) as cp:
+    async with Checkpointer(
+        root,
+        limits=asynccp.Limits(max_pending=8),
+        store=asynccp.StoreOptions(durable=durable),
+        keep=5,
+    ) as cp:
         handles = [await cp.save(s, body(s)) for s in range(40)]
         done = [await h for h in handles]
     assert [c.step for c in done] == list(range(40))
@@ -142,7 +148,9 @@ async def test_mixed_sizes_keep_their_order(tmp_path: Path) -> None:
     order, each with its own bytes."""
     root = tmp_path / "loc"
     payloads = {s: os.urandom(5 << 20 if s % 5 == 0 else 3000) for s in range(20)}
-    async with Checkpointer(root, max_pending=6, max_pending_bytes=64 << 20) as cp:
+    async with Checkpointer(
+        root, limits=asynccp.Limits(max_pending=6, max_pending_bytes=64 << 20)
+    ) as cp:
         handles = [await cp.save(s, payloads[s]) for s in range(20)]
         done = [await h for h in handles]
         assert [c.step for c in done] == list(range(20))

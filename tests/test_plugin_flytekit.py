@@ -310,17 +310,19 @@ def test_save_a_file_from_the_event_loop(tmp_path: Path) -> None:
 
 def test_the_chain_on_s3(moto_server: str, s3_bucket: str, tmp_path: Path) -> None:
     """The same chain with each attempt's prefix in a bucket (records are objects)."""
-    store = {
-        "config": {
-            "endpoint": moto_server,
-            "access_key_id": "testing",
-            "secret_access_key": "testing",
-            "region": "us-east-1",
-        },
-        "client_options": {"allow_http": True},
-    }
+    store = asynccp.StoreOptions(
+        obstore={
+            "config": {
+                "endpoint": moto_server,
+                "access_key_id": "testing",
+                "secret_access_key": "testing",
+                "region": "us-east-1",
+            },
+            "client_options": {"allow_http": True},
+        }
+    )
 
-    @task(task_config=Checkpointing(keep=2, **store))
+    @task(task_config=Checkpointing(keep=2, store=store))
     def on_s3(n: int, fail_at: int, fail_on_start: bool) -> int:
         return counter.task_function(n=n, fail_at=fail_at, fail_on_start=fail_on_start)  # type: ignore[no-any-return]
 
@@ -429,10 +431,14 @@ def test_bad_options_fail_when_the_task_is_declared() -> None:
     with pytest.raises(ValueError, match="policy"):
         Checkpointing(policy="newest")
     with pytest.raises(TypeError, match="set by the plugin"):
-        Checkpointing(prefix="x")
+        Checkpointing(store=asynccp.StoreOptions(prefix="x"))
     with pytest.raises(TypeError, match="recoverable"):
         Checkpointing(recoverable="yes")
     assert repr(Checkpointing(keep=3)) == "Checkpointing(keep=3)"
+    assert (
+        repr(Checkpointing(keep=3, limits=asynccp.Limits(max_pending=2)))
+        == "Checkpointing(limits=Limits(max_pending=2), keep=3)"
+    )
 
 
 def test_import_asynccp_imports_no_framework() -> None:

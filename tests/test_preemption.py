@@ -298,7 +298,7 @@ async def test_the_preemption_message_names_every_abandoned_step_once(
 
     try:
         with pytest.raises(asynccp.Preempted) as ei:
-            await asynccp.supervise(job, store, grace=0.5, max_pending=8)
+            await asynccp.supervise(job, store, limits=asynccp.Limits(max_pending=8), grace=0.5)
     finally:
         fault_proxy.release()
     assert in_flight == [1, 2, 3, 4], "premise: the signal came with steps 1-4 pending"

@@ -234,7 +234,9 @@ async def test_a_reader_racing_rotation_never_reports_corruption(any_site: Site)
     """A writer with keep=1 deletes each checkpoint as the next commits; a reader reading
     all the while must never get None or a corruption warning: it lists again."""
     reads = 0
-    async with Checkpointer(any_site.make_location(), keep=1, max_pending=2) as writer:
+    async with Checkpointer(
+        any_site.make_location(), limits=asynccp.Limits(max_pending=2), keep=1
+    ) as writer:
         await (await writer.save(0, payload(0)))
         done = anyio.Event()
 
@@ -269,7 +271,7 @@ async def test_a_lost_answer_to_the_commit_is_looked_up(
     """Every answer to a manifest PUT is lost (obstore's retries and asynccp's included):
     the manifest did land, so the save succeeded, and the handle says so."""
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=FAIL_FAST)
-    async with Checkpointer(store, io_attempts=2) as cp:
+    async with Checkpointer(store, store=asynccp.StoreOptions(io_attempts=2)) as cp:
         await cp.latest()
         fault_proxy.lose_answers(rb"^PUT \S*/manifests/")
         ckpt = await (await cp.save(0, b"zero"))
@@ -287,7 +289,7 @@ async def test_a_commit_that_cannot_be_looked_up_is_reported_unknown(
     is unknown, and the handle says that (not "nothing of it is committed")."""
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=FAIL_FAST)
     with pytest.raises(asynccp.CommitUnknownError, match="may or may not be committed"):
-        async with Checkpointer(store, io_attempts=2) as cp:
+        async with Checkpointer(store, store=asynccp.StoreOptions(io_attempts=2)) as cp:
             await cp.latest()
             fault_proxy.lose_answers(rb"^(PUT|GET) \S*manifests")
             h = await cp.save(0, b"zero")
@@ -313,7 +315,7 @@ async def test_collection_never_takes_a_live_writers_payload(
     async with Checkpointer(make_s3_store(fault_proxy.url, s3_bucket)) as a:
         h = await a.save(0, b"a" * 1000)
         await anyio.to_thread.run_sync(fault_proxy.wait_held)  # A's commit is held
-        async with Checkpointer(direct, orphan_grace=0) as b:
+        async with Checkpointer(direct, retention=asynccp.Retention(orphan_grace=0)) as b:
             await (await b.save(1, b"b"))  # B's housekeeping collects after its commit
         folder = f"data/{0:020d}-{a.writer_id}/data"
         from _sites import Raw

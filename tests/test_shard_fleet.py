@@ -168,7 +168,7 @@ def stored(store: S3Store, n: int) -> Stored:
             records.setdefault((part.manifest.step, part.generation), {})[part.shard] = part
 
     async def read() -> dict[int, asynccp.Checkpoint]:
-        async with asynccp.Checkpointer(store, prefix=PREFIX) as cp:
+        async with asynccp.Checkpointer(store, store=asynccp.StoreOptions(prefix=PREFIX)) as cp:
             return {c.step: c for c in await cp.list()}
 
     return Stored(anyio.run(read), records)
@@ -256,7 +256,7 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
 
     # the parts the killed launches left are orphans: collected now that they are gone
     async def collect() -> None:
-        async with asynccp.Checkpointer(store, prefix=PREFIX) as cp:
+        async with asynccp.Checkpointer(store, store=asynccp.StoreOptions(prefix=PREFIX)) as cp:
             await collect_orphans(cp._store, timedelta(0))
 
     deadline = time.monotonic() + 60

@@ -74,7 +74,11 @@ async def launch(
     async with AsyncExitStack() as stack:
         cps = []
         for r in only if only is not None else range(shards):
-            cp = Checkpointer(make(), shard=r, shards=shards, generation=generation, **opts)
+            cp = Checkpointer(
+                make(),
+                sharding=asynccp.Sharding(shard=r, shards=shards, generation=generation),
+                **opts,
+            )
             cps.append(await stack.enter_async_context(cp))
         yield cps
 
@@ -101,11 +105,8 @@ async def read_own(cp: Checkpointer) -> Callable[[Checkpoint], Any]:
         ({"shard": -1, "shards": 4}, ValueError, "got -1"),
         ({"shard": 0, "shards": 0}, ValueError, "shards must be between 1"),
         ({"shard": 0, "shards": -2}, ValueError, "shards must be between 1"),
-        ({"shard": 0}, TypeError, "pass both shard="),
-        ({"shards": 2}, TypeError, "pass both shard="),
         ({"shard": True, "shards": 2}, TypeError, "shard must be an int"),
         ({"shard": 0, "shards": 2.0}, TypeError, "shards must be an int"),
-        ({"generation": "g"}, TypeError, "only applies to a sharded"),
         ({"shard": 0, "shards": 2, "generation": "a/b"}, ValueError, "generation must be"),
         ({"shard": 0, "shards": 2, "generation": ""}, ValueError, "generation must be"),
         ({"shard": 0, "shards": 2}, ValueError, "needs a generation"),
@@ -121,9 +122,7 @@ def test_bad_shard_options_are_refused_at_once(
     for name in LAUNCHER_ENV:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(error, match=words.replace("(", r"\(")):
-        Checkpointer(tmp_path, **options)
-    with pytest.raises(error, match=words.replace("(", r"\(")):
-        asynccp.checkpointed(tmp_path, **options)  # the supervisor checks them as early
+        asynccp.Sharding(**options)  # checked where it is made, before any checkpointer
 
 
 def test_the_generation_comes_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,17 +145,27 @@ def test_the_generation_comes_from_the_launcher(monkeypatch: pytest.MonkeyPatch)
     assert generation_from_env() not in (hashed, None)  # a restart is a new generation
     monkeypatch.setenv("ASYNCCP_GENERATION", "launch-7")  # explicit wins over launchers
     assert generation_from_env() == "launch-7"
-    assert Checkpointer("memory://", shard=1, shards=4).generation == "launch-7"
-    assert Checkpointer("memory://", shard=1, shards=4, generation=9).generation == "9"
+    assert (
+        Checkpointer("memory://", sharding=asynccp.Sharding(shard=1, shards=4)).generation
+        == "launch-7"
+    )
+    assert (
+        Checkpointer(
+            "memory://", sharding=asynccp.Sharding(shard=1, shards=4, generation=9)
+        ).generation
+        == "9"
+    )
     monkeypatch.setenv("ASYNCCP_GENERATION", "no spaces")
     with pytest.raises(ValueError, match="ASYNCCP_GENERATION"):
-        Checkpointer("memory://", shard=0, shards=2)
+        Checkpointer("memory://", sharding=asynccp.Sharding(shard=0, shards=2))
 
 
 def test_one_shard_needs_no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in LAUNCHER_ENV:
         monkeypatch.delenv(name, raising=False)
-    a, b = (Checkpointer("memory://", shard=0, shards=1) for _ in range(2))
+    a, b = (
+        Checkpointer("memory://", sharding=asynccp.Sharding(shard=0, shards=1)) for _ in range(2)
+    )
     assert a.generation == a.writer_id and b.generation == b.writer_id  # one per open
     plain = Checkpointer("memory://")
     assert (plain.shard, plain.shards, plain.generation) == (None, None, None)
@@ -254,8 +263,12 @@ def held(proxy: FaultProxy, n: int, timeout: float = 30.0) -> None:
 async def test_two_writers_claiming_one_shard(any_site: Site) -> None:
     """Exactly one records the part; the other gets ShardConflictError (its handle, its
     exit) and its payload is deleted."""
-    a = Checkpointer(any_site.make_location(), shard=1, shards=2, generation="g")
-    b = Checkpointer(any_site.make_location(), shard=1, shards=2, generation="g")
+    a = Checkpointer(
+        any_site.make_location(), sharding=asynccp.Sharding(shard=1, shards=2, generation="g")
+    )
+    b = Checkpointer(
+        any_site.make_location(), sharding=asynccp.Sharding(shard=1, shards=2, generation="g")
+    )
     outcomes: list[BaseException | Checkpoint] = []
     with pytest.raises(ShardConflictError, match="already recorded") as raised:
         async with a, b:
@@ -285,8 +298,14 @@ async def test_a_store_failing_for_one_shard(
     healthy = make_s3_store(moto_server, s3_bucket)
     with pytest.raises(StoreError) as at_exit:
         async with (
-            Checkpointer(broken, shard=0, shards=2, generation="g", io_attempts=1) as cp0,
-            Checkpointer(healthy, shard=1, shards=2, generation="g") as cp1,
+            Checkpointer(
+                broken,
+                store=asynccp.StoreOptions(io_attempts=1),
+                sharding=asynccp.Sharding(shard=0, shards=2, generation="g"),
+            ) as cp0,
+            Checkpointer(
+                healthy, sharding=asynccp.Sharding(shard=1, shards=2, generation="g")
+            ) as cp1,
         ):
             h0 = await cp0.save(0, {"state": part_bytes(0, 0)})
             with pytest.raises(StoreError):
@@ -300,7 +319,9 @@ async def test_a_store_failing_for_one_shard(
     assert "step 0" in str(at_exit.value)
     # the store heals: shard 0 starts again in the same launch and completes later steps
     fault_proxy.set_mode("pass")
-    async with Checkpointer(broken, shard=0, shards=2, generation="g") as cp0:
+    async with Checkpointer(
+        broken, sharding=asynccp.Sharding(shard=0, shards=2, generation="g")
+    ) as cp0:
         assert await cp0.latest() is None
         for step in (2, 3):
             await (await cp0.save(step, {"state": part_bytes(step, 0)}))
@@ -343,7 +364,9 @@ async def test_restoring_with_another_number_of_shards_is_an_error(
             await cp.load_latest(await read_own(cp))
         with pytest.raises(ShardMismatchError):
             await cp.read()
-    async with Checkpointer(any_site.make_location(), shard=0, shards=1) as cp:
+    async with Checkpointer(
+        any_site.make_location(), sharding=asynccp.Sharding(shard=0, shards=1)
+    ) as cp:
         with pytest.raises(ShardMismatchError, match="written by 2 process"):
             await cp.restore(tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
@@ -413,7 +436,7 @@ async def test_a_lost_answer_to_a_part_record_is_looked_up(
     """The record landed but its answer was lost: the store says it is this writer's,
     and the part counts as recorded (the step commits)."""
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=FAIL_FAST)
-    async with launch(lambda: store, 2, "g", io_attempts=1) as cps:
+    async with launch(lambda: store, 2, "g", store=asynccp.StoreOptions(io_attempts=1)) as cps:
         fault_proxy.lose_answers(rb"^PUT \S*/parts/", n=2)
         parts = await save_all(cps, 0)
         assert fault_proxy.lost_answers == 2
@@ -430,7 +453,9 @@ async def test_a_relaunch_never_mixes_its_parts_with_leftovers(site: Site) -> No
     async with launch(site.make_location, 3, "first") as first:
         await save_all(first, 4)
         await save_all(first[:2], 5)  # shard 2 "died" before step 5
-    async with launch(site.make_location, 3, "second", orphan_grace=0) as second:
+    async with launch(
+        site.make_location, 3, "second", retention=asynccp.Retention(orphan_grace=0)
+    ) as second:
         latest = await second[1].latest()
         assert latest is not None and latest.step == 4  # the same for every shard
         await save_all(second, 5)
@@ -483,7 +508,11 @@ async def test_retention_is_applied_by_shard_0_alone(any_site: Site) -> None:
     async with AsyncExitStack() as stack:
         cps = [
             await stack.enter_async_context(
-                Checkpointer(any_site.make_location(), shard=r, shards=2, generation="g", keep=keep)
+                Checkpointer(
+                    any_site.make_location(),
+                    sharding=asynccp.Sharding(shard=r, shards=2, generation="g"),
+                    keep=keep,
+                )
             )
             for r, keep in ((0, None), (1, 1))  # shard 1's keep is ignored: it never deletes
         ]
@@ -538,7 +567,10 @@ async def test_supervised_shards_resume_from_the_newest_complete_step(tmp_path: 
         for r in range(2):
             tg.start_soon(
                 lambda r=r: asynccp.supervise(
-                    lambda cp: job(r), root, shard=r, shards=2, generation="sup", backoff=0
+                    lambda cp: job(r),
+                    root,
+                    sharding=asynccp.Sharding(shard=r, shards=2, generation="sup"),
+                    backoff=0,
                 )
             )
     assert seen[1] == [(0, None), (1, 2)]  # attempt 1 resumed from the newest complete step
@@ -554,7 +586,9 @@ async def test_supervised_shards_resume_from_the_newest_complete_step(tmp_path: 
 
 
 async def test_one_shard_is_a_sharded_step_plain_readers_see(any_site: Site) -> None:
-    async with Checkpointer(any_site.make_location(), shard=0, shards=1) as cp:
+    async with Checkpointer(
+        any_site.make_location(), sharding=asynccp.Sharding(shard=0, shards=1)
+    ) as cp:
         part = await (await cp.save(0, b"solo"))
         assert part.part == 0 and part.shards == 1
     async with Checkpointer(any_site.make_location()) as plain:
@@ -564,7 +598,9 @@ async def test_one_shard_is_a_sharded_step_plain_readers_see(any_site: Site) -> 
         assert await plain.read() == b"solo"  # the step holds one file: shard-0/<name>
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        async with Checkpointer(any_site.make_location(), shard=0, shards=1) as again:
+        async with Checkpointer(
+            any_site.make_location(), sharding=asynccp.Sharding(shard=0, shards=1)
+        ) as again:
             assert await again.read() == b"solo"
 
 

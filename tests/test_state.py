@@ -517,7 +517,9 @@ async def test_staging_memory_stays_within_the_budget_as_sizes_change(tmp_path: 
     """Buffers are pooled for reuse, a slightly smaller state reuses a larger buffer, and
     staged plus pooled memory never exceeds ``max_pending_bytes``."""
     budget = 48 << 20
-    async with Checkpointer(tmp_path / "loc", max_pending_bytes=budget, max_pending=2) as cp:
+    async with Checkpointer(
+        tmp_path / "loc", limits=asynccp.Limits(max_pending_bytes=budget, max_pending=2)
+    ) as cp:
         stager = cp._pipeline._stager
         sizes_mib = [8, 8, 7, 16, 12, 24, 8, 20]
         for step, mib in enumerate(sizes_mib):
@@ -553,7 +555,9 @@ async def test_remote_read_returns_bytes(site: Site) -> None:
 
 async def test_prepare_gets_staging_memory_ready_within_the_budget(tmp_path: Path) -> None:
     state = {"w": np.ones(3 << 20, np.float32), "b": np.ones(10), "epoch": 1}  # 12 MiB
-    async with Checkpointer(tmp_path / "loc", max_pending_bytes=64 << 20) as cp:
+    async with Checkpointer(
+        tmp_path / "loc", limits=asynccp.Limits(max_pending_bytes=64 << 20)
+    ) as cp:
         ready = await cp.prepare(State(state))
         assert ready >= 12 << 20
         assert await cp.prepare(State(state)) == 0  # a buffer that fits is pooled already
@@ -564,7 +568,9 @@ async def test_prepare_gets_staging_memory_ready_within_the_budget(tmp_path: Pat
         assert await cp.prepare(b"x" * (8 << 20)) == 0  # bytes are kept as they are
         with pytest.raises(TypeError, match="object array"):
             await cp.prepare(State({"o": np.array([None])}))
-    async with Checkpointer(tmp_path / "loc2", max_pending_bytes=4 << 20) as cp:
+    async with Checkpointer(
+        tmp_path / "loc2", limits=asynccp.Limits(max_pending_bytes=4 << 20)
+    ) as cp:
         assert await cp.prepare(State(state)) == 0  # no room in the budget
         assert cp._pipeline._stager._free_bytes == 0
 
@@ -573,8 +579,8 @@ async def test_each_shard_saves_and_reads_its_own_state(tmp_path: Path) -> None:
     """Sharded writers save a State per process; each part reads back as it was saved."""
     loc = tmp_path / "loc"
     async with (
-        Checkpointer(loc, shard=0, shards=2, generation="g1") as first,
-        Checkpointer(loc, shard=1, shards=2, generation="g1") as second,
+        Checkpointer(loc, sharding=asynccp.Sharding(shard=0, shards=2, generation="g1")) as first,
+        Checkpointer(loc, sharding=asynccp.Sharding(shard=1, shards=2, generation="g1")) as second,
     ):
         a = await first.save(0, State({"w": np.arange(4.0), "rank": 0}))
         b = await second.save(0, State({"w": np.arange(4.0) + 10, "rank": 1}))

@@ -29,6 +29,7 @@ from asynccp._store import (
     ObjectInfo,
     ObjectStore,
     Store,
+    StoreOptions,
     call,
     local_root,
     resolve,
@@ -110,23 +111,30 @@ def test_resolve_gives_each_location_its_store(
 
 
 def test_resolve_store_objects(tmp_path: Path) -> None:
-    local = resolve(LocalStore(tmp_path), prefix="sub")
+    local = resolve(LocalStore(tmp_path), StoreOptions(prefix="sub"))
     assert isinstance(local, LocalDir) and local_root(local) == tmp_path / "sub"
-    memory = resolve(MemoryStore(), prefix="a/b")
+    memory = resolve(MemoryStore(), StoreOptions(prefix="a/b"))
     assert isinstance(memory, ObjectStore) and memory.prefix == "a/b/"
     with pytest.raises(ValueError, match=r"'\.\.'"):
-        resolve(MemoryStore(), prefix="a/../b")
+        resolve(MemoryStore(), StoreOptions(prefix="a/../b"))
+    with pytest.raises(TypeError, match="only applies when the location is an obstore store"):
+        resolve(tmp_path, StoreOptions(prefix="sub"))
 
 
-@pytest.mark.parametrize("location", ["{tmp}", "memory://", "s3://bucket"])
-def test_resolve_reports_an_unknown_keyword_as_such(tmp_path: Path, location: str) -> None:
-    with pytest.raises(TypeError, match="unexpected keyword argument 'kep'; did you mean 'keep'"):
-        resolve(location.format(tmp=tmp_path), caller="f()", known={"keep"}, kep=1)
+@pytest.mark.parametrize("location", ["{tmp}", "memory://", "file:///tmp"])
+def test_obstore_options_where_they_cannot_apply_are_refused(tmp_path: Path, location: str) -> None:
+    with pytest.raises(TypeError, match=r"'region'.*does not apply"):
+        resolve(location.format(tmp=tmp_path), StoreOptions(obstore={"region": "x"}))
+
+
+def test_obstore_options_obstore_does_not_know_are_named(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"'kep'.*does not know for s3://"):
+        resolve("s3://bucket", StoreOptions(obstore={"kep": 1}))
 
 
 def test_client_options_in_the_wrong_place_are_named(tmp_path: Any) -> None:
     with pytest.raises(TypeError, match="client_options"):
-        resolve("s3://bucket", allow_http=True)
+        resolve("s3://bucket", StoreOptions(obstore={"allow_http": True}))
 
 
 @pytest.mark.parametrize(
@@ -298,4 +306,4 @@ def test_the_local_directory_has_the_capabilities_and_an_object_store_none(
     assert local_root(memory) is None
     small = [StagedFile("a", 1, data=b"a")]
     assert groupable(local, small) and not groupable(memory, small)
-    assert not groupable(resolve(tmp_path, durable=False), small)  # nothing to batch
+    assert not groupable(resolve(tmp_path, StoreOptions(durable=False)), small)  # nothing to batch

@@ -89,7 +89,8 @@ class Calls:
         ({"on_retry": [print, "x"]}, TypeError, "on_retry must be"),
         ({"handle_signals": "yes"}, TypeError, "handle_signals must be a bool"),
         ({"attempt": 2}, TypeError, "attempt= is set by the supervisor"),
-        ({"max_pending": 0}, ValueError, "max_pending"),  # a Checkpointer option
+        ({"keep": 0}, ValueError, "keep"),  # a Checkpointer option
+        ({"max_pending": 2}, TypeError, r"limits=asynccp\.Limits\(max_pending=\.\.\.\)"),
         ({"no_such_option": 1}, TypeError, "no_such_option"),
         ({"kep": 3}, TypeError, "unexpected keyword argument 'kep'; did you mean 'keep'"),
         ({"retrys": 3}, TypeError, "unexpected keyword argument 'retrys'; did you mean 'retries'"),
@@ -347,11 +348,18 @@ async def test_failed_attempt_with_queued_s3_saves_is_flushed_before_retry(
         return prev.step
 
     result = await asynccp.supervise(
-        job, store, prefix="job", recoverable=Flaky, backoff=0, handle_signals=False
+        job,
+        store,
+        store=asynccp.StoreOptions(prefix="job"),
+        recoverable=Flaky,
+        backoff=0,
+        handle_signals=False,
     )
     assert result == 3
     assert fault_proxy.failures == 3, "the 503s were not hit"
-    assert await committed_steps(make_s3_store(moto_server, s3_bucket), prefix="job") == [
+    assert await committed_steps(
+        make_s3_store(moto_server, s3_bucket), store=asynccp.StoreOptions(prefix="job")
+    ) == [
         0,
         1,
         2,
@@ -420,18 +428,24 @@ async def test_store_object_with_prefix(tmp_path: Path) -> None:
             raise RecoverableError("again")
         return step
 
-    assert await asynccp.supervise(job, store, prefix="p/q", backoff=0) == 1
-    assert await committed_steps(store, prefix="p/q") == [0, 1]
-    assert await committed_steps(store, prefix="other") == []
+    assert (
+        await asynccp.supervise(job, store, store=asynccp.StoreOptions(prefix="p/q"), backoff=0)
+        == 1
+    )
+    assert await committed_steps(store, store=asynccp.StoreOptions(prefix="p/q")) == [0, 1]
+    assert await committed_steps(store, store=asynccp.StoreOptions(prefix="other")) == []
 
 
 async def test_checkpointer_options_pass_through(tmp_path: Path) -> None:
     async def job(cp: Checkpointer) -> tuple[int, int | None, float]:
         for step in range(await resume(cp), 6):
             await cp.save(step, b"x")
-        return cp.max_pending, cp.keep, cp.flush_timeout
+        o = cp.options
+        return o.limits.max_pending, o.retention.keep, o.flush_timeout
 
-    result = await asynccp.supervise(job, tmp_path, max_pending=2, keep=2, flush_timeout=123)
+    result = await asynccp.supervise(
+        job, tmp_path, limits=asynccp.Limits(max_pending=2), keep=2, flush_timeout=123
+    )
     assert result == (2, 2, 123.0)
     assert await committed_steps(tmp_path) == [4, 5]
 

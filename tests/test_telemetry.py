@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent(
     import asynccp
 
     async def main(location):
-        async with asynccp.Checkpointer(location, max_pending=3, policy="latest") as cp:
+        limits = asynccp.Limits(max_pending=3, policy="latest")
+        async with asynccp.Checkpointer(location, limits=limits) as cp:
             # two uploading (the pipeline), the third waiting: the saves after it
             # supersede the one waiting
             handles = [await cp.save(step, b"x" * 1000) for step in range(6)]

@@ -25,6 +25,7 @@ import pytest
 import sniffio
 from anyio.from_thread import BlockingPortal
 
+import asynccp
 from asynccp import Checkpointer
 from asynccp._bridge import SyncBridge, run_blocking, run_in_thread
 from asynccp._lineage import AttemptCheckpointer, Lineage
@@ -215,7 +216,10 @@ async def bridged(
 ) -> tuple[SyncBridge, Checkpointer, list[int]]:
     """Run ``body`` beside a running bridge (like ``_plugin._attempt``), close it, let it
     drain; return the bridge, the (closed) Checkpointer and the steps committed."""
-    async with Checkpointer(root, durable=False) as cp, AsyncExitStack() as stack:
+    async with (
+        Checkpointer(root, store=asynccp.StoreOptions(durable=False)) as cp,
+        AsyncExitStack() as stack,
+    ):
         view: Any = (
             GatedView(cp) if gated else AttemptCheckpointer(cp, Lineage(cp, str(root), []), 0)
         )
@@ -489,7 +493,10 @@ async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) ->
     """A caller waiting for room learns that the attempt ended instead of waiting forever."""
     outcome: list[BaseException] = []
     calling = threading.Event()
-    async with Checkpointer(tmp_path, durable=False) as cp, AsyncExitStack() as stack:
+    async with (
+        Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
+        AsyncExitStack() as stack,
+    ):
         view = GatedView(cp)
         view.gates[0] = anyio.Event()  # never opened: step 0 stays in its save
         view.saving[0] = saving = anyio.Event()
@@ -517,7 +524,10 @@ async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) ->
 
 
 async def test_pre_empted_the_newest_waiting_checkpoint_is_still_saved(tmp_path: Path) -> None:
-    async with Checkpointer(tmp_path, durable=False) as cp, AsyncExitStack() as stack:
+    async with (
+        Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
+        AsyncExitStack() as stack,
+    ):
         view = AttemptCheckpointer(cp, Lineage(cp, str(tmp_path), []), 0)
         portal = await stack.enter_async_context(BlockingPortal())
         bridge = SyncBridge(view, portal, latest=False, max_items=8, max_bytes=1 << 20, grace=30)

@@ -17,7 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynccp import Checkpoint, Checkpointer
+import asynccp
+from asynccp import Checkpoint, Checkpointer, StoreOptions
 from asynccp._layout import data_dir
 from asynccp._lineage import (
     RECORD_NAME,
@@ -58,8 +59,8 @@ async def earlier_attempt(
     prefix: Path, previous: Path | None, steps: dict[int, bytes] | None = None
 ) -> str:
     """An earlier attempt: its record, then its checkpoints; returns its writer id."""
-    async with Checkpointer(prefix, durable=False) as cp:
-        await write_record(record(prefix, previous, writer=cp.writer_id), {})
+    async with Checkpointer(prefix, store=asynccp.StoreOptions(durable=False)) as cp:
+        await write_record(record(prefix, previous, writer=cp.writer_id), StoreOptions())
         for step, data in (steps or {}).items():
             await cp.save(step, data)
     return cp.writer_id
@@ -129,33 +130,33 @@ def test_record_decode_refuses_what_is_no_record(raw: bytes) -> None:
 
 async def test_write_and_read_a_record(tmp_path: Path) -> None:
     prefix = tmp_path / "attempt-1"
-    assert await read_record(str(prefix), {}) is None  # no folder at all
+    assert await read_record(str(prefix), StoreOptions()) is None  # no folder at all
     prefix.mkdir()
-    assert await read_record(str(prefix), {}) is None  # a folder without a record
+    assert await read_record(str(prefix), StoreOptions()) is None  # a folder without a record
     first = record(prefix, None)
-    await write_record(first, {})
+    await write_record(first, StoreOptions())
     assert (prefix / RECORD_NAME).is_file()
-    assert await read_record(str(prefix), {}) == first
+    assert await read_record(str(prefix), StoreOptions()) == first
     second = record(prefix, tmp_path / "attempt-0", resume_from=(str(tmp_path / "x"), 2))
-    await write_record(second, {})  # overwrites
-    assert await read_record(str(prefix), {}) == second
+    await write_record(second, StoreOptions())  # overwrites
+    assert await read_record(str(prefix), StoreOptions()) == second
 
 
 async def test_read_record_where_another_tool_wrote_a_file(tmp_path: Path) -> None:
     blob = tmp_path / "checkpoint"  # e.g. flyte.Checkpoint writes a file at the prefix
     blob.write_bytes(b"not asynccp")
-    assert await read_record(str(blob), {}) is None
+    assert await read_record(str(blob), StoreOptions()) is None
 
 
 async def test_read_record_that_does_not_parse(tmp_path: Path) -> None:
     (tmp_path / RECORD_NAME).write_bytes(b"{garbage")
     with pytest.raises(CorruptCheckpointError, match=f"{tmp_path}/{RECORD_NAME} is not valid"):
-        await read_record(str(tmp_path), {})
+        await read_record(str(tmp_path), StoreOptions())
 
 
 async def test_a_memory_prefix_holds_no_record(tmp_path: Path) -> None:
     """A memory:// prefix is a store of its own each time it is resolved: nothing there."""
-    assert await read_record("memory://attempt-1", {}) is None
+    assert await read_record("memory://attempt-1", StoreOptions()) is None
 
 
 # -- the chain of prefixes ----------------------------------------------------------------
@@ -164,9 +165,11 @@ async def test_a_memory_prefix_holds_no_record(tmp_path: Path) -> None:
 async def open_lineage(
     stack: AsyncExitStack, own: Path, previous: Path | str | None
 ) -> tuple[Checkpointer, Lineage]:
-    cp = await stack.enter_async_context(Checkpointer(own, durable=False))
+    cp = await stack.enter_async_context(
+        Checkpointer(own, store=asynccp.StoreOptions(durable=False))
+    )
     prev = None if previous is None else str(previous)
-    return cp, await Lineage.open(cp, str(own), prev, {}, stack)
+    return cp, await Lineage.open(cp, str(own), prev, StoreOptions(), stack)
 
 
 async def test_the_chain_is_followed_through_attempts_that_saved_nothing(tmp_path: Path) -> None:
@@ -196,7 +199,9 @@ async def test_no_previous_prefix_is_a_lineage_of_one(tmp_path: Path) -> None:
 async def test_a_prefix_without_a_record_ends_the_chain(tmp_path: Path) -> None:
     a, b, own = tmp_path / "a", tmp_path / "b", tmp_path / "own"
     await earlier_attempt(a, None, {1: b"a1"})
-    async with Checkpointer(b, durable=False) as cp:  # saved, wrote no record (older tool)
+    async with Checkpointer(
+        b, store=asynccp.StoreOptions(durable=False)
+    ) as cp:  # saved, wrote no record (older tool)
         await cp.save(5, b"b5")
     async with AsyncExitStack() as stack:
         _, lineage = await open_lineage(stack, own, b)
@@ -340,9 +345,9 @@ async def test_load_latest_falls_back_per_earlier_prefix_in_order(tmp_path: Path
 
 
 async def test_load_latest_excluding_a_writer(tmp_path: Path) -> None:
-    async with Checkpointer(tmp_path, durable=False) as first:
+    async with Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as first:
         await first.save(1, b"first-1")
-    async with Checkpointer(tmp_path, durable=False) as second:
+    async with Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as second:
         await (await second.save(2, b"second-2")).wait()
         await (await second.save(3, b"second-3")).wait()
         found = await load_latest(second, read_data, exclude_writer=second.writer_id)
@@ -354,11 +359,11 @@ async def test_load_latest_excluding_a_writer(tmp_path: Path) -> None:
 
 
 async def test_load_latest_excluding_a_writer_skips_damage_and_warns(tmp_path: Path) -> None:
-    async with Checkpointer(tmp_path, durable=False) as first:
+    async with Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as first:
         for step in (1, 2, 3):
             await first.save(step, b"v%d" % step)
     damage(tmp_path, 3, first.writer_id)
-    async with Checkpointer(tmp_path, durable=False) as reader:
+    async with Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as reader:
         with pytest.warns(CorruptCheckpointWarning, match="checkpoint 3 .* was skipped"):
             found = await load_latest(reader, read_data, exclude_writer="someone-else")
     assert found is not None and (found[0].step, found[1]) == (2, b"v2")
