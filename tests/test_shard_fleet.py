@@ -144,6 +144,18 @@ class Launch:
                 )
                 assert p.lines[-1] == "done", p.lines[-3:]
 
+    def close(self) -> None:
+        """Kill the processes still running; close their pipes once the readers are done."""
+        for p in self.procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+            p.popen.wait()
+            if p.reader is not None:
+                p.reader.join(timeout=10)
+            for pipe in (p.popen.stdout, p.popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+
     def start(self) -> int:
         starts = {p.lines[0] for p in self.procs if p.lines}
         assert len(starts) == 1, f"the shards resumed from different steps: {starts}"
@@ -242,9 +254,7 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
                 killed_any |= any(p.killed for p in launch.procs)
             launch.wait(timeout=LAUNCH_TIMEOUT)
         finally:
-            for p in launch.procs:
-                if p.popen.poll() is None:
-                    p.popen.kill()
+            launch.close()
         start = launch.start()
         assert start == newest + 1, f"seed {seed}: launch {k} resumed at {start}, not {newest + 1}"
         now = stored(store, n)
