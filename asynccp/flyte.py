@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -68,6 +69,7 @@ from .errors import RetriesExhausted
 
 __all__ = ["AsyncCheckpoint", "checkpointed"]
 
+log = logging.getLogger("asynccp")
 T = TypeVar("T")
 
 #: Metadata key telling how a checkpoint was saved through :class:`AsyncCheckpoint`.
@@ -198,9 +200,13 @@ async def _remove_folder(checkpoint: flyte.Checkpoint) -> None:
     freed, and an object an exception's traceback keeps in a reference cycle (a failed
     attempt's) waits for the garbage collector, with the checkpoint restored into it."""
     folder = getattr(checkpoint, "_td", None)  # flyte's tempfile.TemporaryDirectory
-    if folder is not None:
+    if folder is None:
+        return
+    try:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(folder.cleanup)
+    except OSError as e:  # logged: never in place of the attempt's own outcome
+        log.warning("asynccp: could not remove the temporary folder %s: %s", folder.name, e)
 
 
 # -- the decorator ----------------------------------------------------------------------

@@ -144,6 +144,18 @@ class Launch:
                 )
                 assert p.lines[-1] == "done", p.lines[-3:]
 
+    def close(self) -> None:
+        """Kill the processes still running; close their pipes once the readers are done."""
+        for p in self.procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+            p.popen.wait()
+            if p.reader is not None:
+                p.reader.join(timeout=10)
+            for pipe in (p.popen.stdout, p.popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+
     def start(self) -> int:
         starts = {p.lines[0] for p in self.procs if p.lines}
         assert len(starts) == 1, f"the shards resumed from different steps: {starts}"
@@ -236,15 +248,16 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
         launch = Launch(env, n, f"launch{k}", steps, seed)
         try:
             if k < LAUNCHES - 1:
-                launch.wait_reported(rng.randint(1, 3 * n), timeout=LAUNCH_TIMEOUT)
+                # kill within the first half of what is left: a kill after every
+                # process ended (a launch with few steps left) kills nobody
+                left = n * (steps - newest - 1)
+                launch.wait_reported(rng.randint(1, min(3 * n, max(1, left // 2))), LAUNCH_TIMEOUT)
                 victims = rng.sample(range(n), rng.randint(1, n - 1))
                 launch.kill(victims)
                 killed_any |= any(p.killed for p in launch.procs)
             launch.wait(timeout=LAUNCH_TIMEOUT)
         finally:
-            for p in launch.procs:
-                if p.popen.poll() is None:
-                    p.popen.kill()
+            launch.close()
         start = launch.start()
         assert start == newest + 1, f"seed {seed}: launch {k} resumed at {start}, not {newest + 1}"
         now = stored(store, n)

@@ -86,6 +86,8 @@ def run_and_kill(location: Path) -> tuple[list[str], int]:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
     assert killed_after >= 0, "\n".join(lines[-30:])
     assert proc.returncode != 0  # torchrun reports the failed worker
     assert not any(line.startswith("final ") for line in lines)  # it died mid-run

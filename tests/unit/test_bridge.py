@@ -351,19 +351,27 @@ async def test_after_close_put_and_call_raise_closed(tmp_path: Path) -> None:
 
 
 async def test_a_background_failure_is_raised_by_the_next_put_once(tmp_path: Path) -> None:
+    staged: list[bool] = []
+
     async def body(bridge: SyncBridge, cp: Checkpointer) -> None:
         def sync_body() -> None:
             bridge.put({"../escape": b"x"})  # refused by the Checkpointer, on the loop
-            bridge.put_path(tmp_path / "ok.bin")  # staged after it: it was tried by now
-            with pytest.raises(InvalidNameError, match="escape"):
-                bridge.put(b"next")
-            assert bridge.put(b"again") == 2  # reported once (the refused put took no step)
+            try:  # reports it already when the loop has tried it by now (a busy machine)
+                bridge.put_path(tmp_path / "ok.bin")
+                staged.append(True)
+            except InvalidNameError:
+                staged.append(False)
+            if staged[0]:  # staged after it: it was tried by now, and is reported next
+                with pytest.raises(InvalidNameError, match="escape"):
+                    bridge.put(b"next")
+            # reported once (the refused put took no step; neither did a refused put_path)
+            assert bridge.put(b"again") == (2 if staged[0] else 1)
 
         (tmp_path / "ok.bin").write_bytes(b"ok")
         await anyio.to_thread.run_sync(sync_body)
 
     bridge, _, committed = await bridged(tmp_path / "cp", body)
-    assert committed == [1, 2]
+    assert committed == ([1, 2] if staged[0] else [1])
     bridge.raise_errors()  # nothing left to report
 
 
