@@ -853,8 +853,10 @@ def autosave(
         final_timeout: seconds the exit may wait for the final save to commit (default:
             the checkpointer's ``flush_timeout``).
         metadata: JSON metadata recorded with every autosave.
-        meter_provider, tracer_provider: OpenTelemetry providers (default: the global
-            ones); ignored when the OpenTelemetry API is not installed.
+        meter_provider: an OpenTelemetry meter provider (default: the global one);
+            ignored when the OpenTelemetry API is not installed.
+        tracer_provider: an OpenTelemetry tracer provider (default: the global one);
+            ignored likewise.
 
     Raises at once: TypeError / ValueError for bad arguments. See the module docstring
     for steps, skipping, coalescing, failures and the exit.

@@ -78,8 +78,8 @@ class Limits:
 class Retention:
     """Which committed checkpoints stay, and when uncommitted payload is collected.
 
-    Retention never trades a checkpoint that verifies for one that does not (see the
-    README's "Resuming" section).
+    Retention never trades a checkpoint that verifies for one that does not (see
+    ``docs/resuming.md``).
 
     Args:
         keep: keep the newest ``keep`` checkpoints (None keeps all).

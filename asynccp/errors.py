@@ -66,11 +66,11 @@ __all__ = [
     "UploadError",
 ]
 
-#: Exit code of a process stopped by SIGTERM/SIGINT after flushing its checkpoints.
-#: 75 is ``EX_TEMPFAIL`` in sysexits.h ("temporary failure, try again later"): distinct
-#: from 0/1/2, from the shell's 126/127, and from the 128+N of a process killed by a
-#: signal (143 for SIGTERM, 137 for SIGKILL, 130 for Ctrl-C, 134 for an abort).
 PREEMPTED_EXIT_CODE = 75
+"""Exit code of a process stopped by SIGTERM/SIGINT after flushing its checkpoints.
+75 is ``EX_TEMPFAIL`` in sysexits.h ("temporary failure, try again later"): distinct
+from 0/1/2, from the shell's 126/127, and from the 128+N of a process killed by a
+signal (143 for SIGTERM, 137 for SIGKILL, 130 for Ctrl-C, 134 for an abort)."""
 
 
 class CheckpointError(Exception):

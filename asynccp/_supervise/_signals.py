@@ -35,9 +35,9 @@ __all__ = ["DEFAULT_GRACE", "SignalWatcher"]
 
 log = logging.getLogger("asynccp")
 
-#: Seconds a pre-empted attempt may spend flushing: well under Kubernetes' default
-#: ``terminationGracePeriodSeconds`` of 30, leaving time to exit before SIGKILL.
 DEFAULT_GRACE = 20.0
+"""Seconds a pre-empted attempt may spend flushing: well under Kubernetes' default
+``terminationGracePeriodSeconds`` of 30, leaving time to exit before SIGKILL."""
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
 
