@@ -15,6 +15,8 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
     │   ├── InvalidNameError (ValueError)      a file name that cannot be stored safely
     │   ├── StepOrderError (ValueError)        a step not above the previous / newest one
     │   ├── StepAlreadyCommittedError          another writer committed the step
+    │   │   └── ShardConflictError             another writer recorded this shard's part
+    │   ├── ShardMismatchError (ValueError)    a sharded step read with another shards=
     │   ├── StoreError                         the store failed (after retries)
     │   │   └── UploadError                    a checkpoint did not commit
     │   │       └── CommitUnknownError         ... or may have: its answer was lost
@@ -24,6 +26,7 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
     │   ├── SupersededError                    dropped for a newer one (policy="latest")
     │   ├── FlushTimeoutError                  abandoned after flush_timeout / grace
     │   ├── CheckpointClosedError (RuntimeError)   used outside ``async with``
+    │   ├── AutosaveError                      autosave() failed max_failures times in a row
     │   └── RetriesExhausted                   supervise(): every attempt failed
     ├── RecoverableError                       raise it in a supervised job to retry
     └── ObjectExists                           internal: a create-if-absent found the key

@@ -141,3 +141,13 @@ def test_the_storage_layout_is_named_in_one_module() -> None:
             ):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{lineno}: {text!r}")
     assert offenders == []
+
+
+def test_the_errors_tree_names_every_exception() -> None:
+    """errors.py draws its hierarchy in its docstring: every class defined there is in it."""
+    tree = asynccp.errors.__doc__ or ""
+    source = Path(asynccp.errors.__file__).read_text()
+    classes = [n.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef)]
+    assert len(classes) > 15
+    missing = [name for name in classes if f"── {name}" not in tree]
+    assert not missing, f"errors.py's tree does not show {missing}"
