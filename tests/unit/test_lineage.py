@@ -426,7 +426,7 @@ async def test_attempt_checkpointer_refuses_misuse(tmp_path: Path) -> None:
         assert "reading" not in repr(cp)
 
 
-def test_reserve_step_is_thread_safe(tmp_path: Path) -> None:
+def test_lineage_reader_hands_out_steps_thread_safely(tmp_path: Path) -> None:
     reader = LineageReader(None, 7)  # type: ignore[arg-type]
     got: list[int] = []
     lock = threading.Lock()
