@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -46,11 +46,9 @@ import sniffio
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
 
+from ._checkpointer import Checkpointer
 from ._groups import add_note
 from .errors import CheckpointClosedError
-
-if TYPE_CHECKING:
-    from ._lineage import AttemptCheckpointer
 
 __all__ = ["SyncBridge", "run_blocking", "run_in_thread"]
 
@@ -164,19 +162,23 @@ class SyncBridge:
 
     Created on the event loop's thread, inside the attempt; :meth:`run` (the loop side)
     runs in the attempt's task group until :meth:`close` and the queue is empty.
+    ``steps()`` hands out each save's step on the caller's thread (thread-safe: the
+    attempt's ``LineageReader.next_step``).
     """
 
     def __init__(
         self,
-        view: AttemptCheckpointer,
+        checkpointer: Checkpointer,
         portal: BlockingPortal,
         *,
+        steps: Callable[[], int],
         latest: bool,
         max_items: int,
         max_bytes: int,
         grace: float,
     ) -> None:
-        self._view = view
+        self._cp = checkpointer
+        self._steps = steps
         self._portal = portal
         self._latest = latest
         self._max_items = max_items
@@ -262,7 +264,7 @@ class SyncBridge:
                     self._raise_errors()
             if self._closed:
                 raise self._closed_error()
-            item = _Item(self._view.reserve_step(), payload, metadata, size, staged, cleanup)
+            item = _Item(self._steps(), payload, metadata, size, staged, cleanup)
             self._items.append(item)
             self._count += 1
             self._bytes += size
@@ -356,7 +358,7 @@ class SyncBridge:
         error: Exception | None = None
         saved = False
         try:
-            await self._view.save(item.step, item.payload, metadata=item.metadata)
+            await self._cp.save(item.step, item.payload, metadata=item.metadata)
             saved = True
         except Exception as e:  # the Checkpointer's errors, or a payload it refused
             error = e

@@ -5,7 +5,9 @@
 - the write path: a :class:`~asynccp._write.Pipeline` (bounded queue, stager, the worker
   that commits in order), the writer's lease (:class:`~asynccp._leases.LeaseKeeper`) and
   housekeeping (:class:`~asynccp._retention.Housekeeping`);
-- the read path: the catalog (:mod:`asynccp._catalog`);
+- the read path: a :class:`~asynccp._reader.Reader`, by default the catalog of its own
+  location (:class:`~asynccp._reader.CatalogReader`); a framework plugin gives an
+  attempt's checkpointer a reader along the earlier attempts (:meth:`_read_through`);
 - what both know about steps: a :class:`~asynccp._write.StepOrder`.
 
 Its lifecycle is a phase (:class:`Phase`) and one ``AsyncExitStack``: opening enters
@@ -13,10 +15,15 @@ the task group and registers, in order, what the exit undoes — the staging fol
 report of flush errors onto an exception passing through, the task group, the flush.
 Leaving the ``async with`` block flushes: every staged checkpoint commits (or its error
 is raised) before the block is left, even when the body raised or was cancelled, within
-``flush_timeout`` (or the deadline of :func:`flush_within`).
+``flush_timeout`` (or the deadline of :meth:`Checkpointer._flush_within`).
 
 Reads work once the block is entered, and after it is left (a supervisor reads the
 newest step after an attempt closed); before, they say to use ``async with``.
+
+The supervisor and the plugins talk to a checkpointer through its public methods and
+three package-internal ones (underscored: not the user's API): :meth:`_flush_within`,
+:meth:`_continue_from` and :meth:`_read_through` (with :meth:`_own_reader`). Nothing
+outside this module sets its attributes.
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -39,13 +46,13 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from . import _catalog as catalog
 from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
 from ._checks import check_bool, check_int, check_step
 from ._groups import add_note
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
 from ._options import Limits, Options, Retention, Sharding, StoreOptions, check_keywords, options
+from ._reader import CatalogReader, Reader
 from ._retention import Housekeeping
 from ._shard_records import ShardSpec
 from ._store import call, resolve
@@ -55,7 +62,7 @@ from ._write._commit import RecordHook
 from ._write._shards import commit_part
 from .errors import CheckpointClosedError, ShardMismatchError
 
-__all__ = ["Checkpointer", "Phase", "Stats", "continue_from", "flush_within"]
+__all__ = ["Checkpointer", "Phase", "Stats"]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
@@ -175,11 +182,14 @@ class Checkpointer:
         self._sharding: ShardSpec | None = (
             None if opts.sharding is None else opts.sharding.spec(self._writer)
         )
-        #: Writer ids of this shard's earlier attempts (set by the supervisor): the parts
+        #: Writer ids of this shard's earlier attempts (:meth:`_continue_from`): the parts
         #: they recorded are this shard's own.
         self._predecessors: tuple[str, ...] = ()
         self._state = Phase.NEW
         self._order = StepOrder(self._store.description)
+        self._catalog_reader = CatalogReader(self._store, self._order)
+        #: What the reads go through (:meth:`_read_through` changes it for a block).
+        self._reader: Reader = self._catalog_reader
         self._housekeeping = Housekeeping(
             self._store,
             keep=opts.retention.keep,
@@ -203,7 +213,7 @@ class Checkpointer:
         self._lease = LeaseKeeper(self._store, self._writer, self.generation)
         self._stack = AsyncExitStack()
         #: An absolute time (anyio's clock) by which the exit must be over, once
-        #: :func:`flush_within` set one.
+        #: :meth:`_flush_within` set one.
         self._deadline = math.inf
         #: What the exit flush found (for the exit's report).
         self._exit_result = FlushResult()
@@ -211,7 +221,10 @@ class Checkpointer:
     def __repr__(self) -> str:
         spec = self._sharding
         part = "" if spec is None else f" shard={spec.shard}/{spec.shards} gen={spec.generation}"
-        return f"<Checkpointer {self.location} writer={self._writer}{part} {self._state.value}>"
+        reads = "" if self._reader is self._catalog_reader else f" reading {self._reader!r}"
+        return (
+            f"<Checkpointer {self.location} writer={self._writer}{part} {self._state.value}{reads}>"
+        )
 
     @property
     def shard(self) -> int | None:
@@ -253,6 +266,11 @@ class Checkpointer:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Checkpointer:
+        if self._state is Phase.OPEN:
+            raise CheckpointClosedError(
+                "the Checkpointer is already open (asynccp.current() is, for its attempt): "
+                "use it directly, not in `async with`"
+            )
         if self._state is not Phase.NEW:
             raise CheckpointClosedError("a Checkpointer can be used in one `async with` block only")
         self._state = Phase.OPENING
@@ -297,12 +315,9 @@ class Checkpointer:
         and a step committed meanwhile is still caught by the create-if-absent commit.
         """
         try:
-            found = await catalog.latest(self._store, skip=self._order.bad)
+            await self._catalog_reader.latest()  # what it finds raises the floor
         except Exception as e:  # best effort (a warning turned into an error, too)
             log.warning("asynccp: could not read %s at open: %s", self.location, e)
-        else:
-            if found is not None:
-                self._order.raise_floor(found.step)
 
     async def _drain(
         self,
@@ -390,7 +405,9 @@ class Checkpointer:
         self._check_open()
         step = check_step(step)
         meta = check_metadata(metadata)
-        return await self._pipeline.save(step, payload, meta)
+        handle = await self._pipeline.save(step, payload, meta)
+        self._reader.saved(step)
+        return handle
 
     async def prepare(self, payload: Payload) -> int:
         """Get staging memory ready for saves of ``payload``'s shape, before the first.
@@ -409,11 +426,12 @@ class Checkpointer:
         return await self._pipeline.prepare(payload)
 
     async def write(self, data: bytes) -> SaveHandle:
-        """Flyte-style: save ``data`` as the next step (latest committed + 1)."""
+        """Flyte-style: save ``data`` as the next step (after the newest one saved or
+        found)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes, got {type(data).__name__}")
         self._check_open()
-        return await self.save(self._order.next_step(), data)
+        return await self.save(self._reader.next_step(), data)
 
     async def flush(self) -> None:
         """Wait until every staged checkpoint has committed; raise unreported failures."""
@@ -431,10 +449,7 @@ class Checkpointer:
         none. Checkpoints this checkpointer found not to verify are skipped.
         """
         self._check_readable()
-        ckpt = await catalog.latest(self._store, skip=self._order.bad)
-        if ckpt is not None:
-            self._order.raise_floor(ckpt.step)
-        return ckpt
+        return await self._reader.latest()
 
     async def load_latest(
         self, loader: Callable[[Checkpoint], Awaitable[T]]
@@ -511,26 +526,21 @@ class Checkpointer:
     async def _newest(
         self, action: Callable[[Checkpoint], Awaitable[T]]
     ) -> tuple[Checkpoint, T] | None:
-        """``action`` on the newest checkpoint for which it verifies; the ones skipped
-        are remembered as bad, and the floor is the one found."""
+        """``action`` on the newest checkpoint for which it verifies (the reader's)."""
         self._check_readable()
         with self._pipeline.telemetry.span("asynccp.restore"):
-            found = await catalog.newest(
-                self._store, action, skip=self._order.bad, on_skipped=self._order.skip
-            )
-        self._order.found_newest(None if found is None else found[0].step)
-        return found
+            return await self._reader.newest(action)
 
     async def list(self) -> list[Checkpoint]:
         """Every committed checkpoint with a valid manifest, oldest first."""
         self._check_readable()
-        return await catalog.list_checkpoints(self._store)
+        return await self._reader.list()
 
     async def get(self, step: int) -> Checkpoint:
         """The checkpoint committed at ``step``; CheckpointNotFoundError if there is none."""
         step = check_step(step)
         self._check_readable()
-        return await catalog.load(self._store, step)
+        return await self._reader.get(step)
 
     async def read(self) -> bytes | None:
         """The payload of the newest checkpoint that verifies (it must hold one file).
@@ -574,34 +584,58 @@ class Checkpointer:
         """Counts, bytes, queue depth, caller stall and upload time so far."""
         return self._pipeline.stats()
 
+    # -- for the supervisor and the plugins (package-internal) ---------------------------
 
-async def flush_within(cp: Checkpointer, seconds: float) -> FlushResult:
-    """Flush ``cp`` within ``seconds`` (``math.inf``: no limit) and say what happened.
+    async def _flush_within(self, seconds: float) -> FlushResult:
+        """Flush within ``seconds`` (``math.inf``: no limit) and say what happened.
 
-    Waits until every staged checkpoint has committed or failed and housekeeping is
-    done; past ``seconds``, abandons what is left (its handles fail with
-    :class:`FlushTimeoutError`). Raises nothing: the failures not reported before are
-    in the result. The exit of ``cp``'s block keeps to the same deadline.
+        Waits until every staged checkpoint has committed or failed and housekeeping is
+        done; past ``seconds``, abandons what is left (its handles fail with
+        :class:`FlushTimeoutError`). Raises nothing: the failures not reported before
+        are in the result. The exit of the block keeps to the same deadline.
 
-    For the supervisor: a pre-empted attempt's flush gets ``grace`` seconds, whatever
-    its ``flush_timeout``.
-    """
-    cp._check_open()
-    if not math.isinf(seconds):
-        cp._deadline = min(cp._deadline, anyio.current_time() + seconds)
-    return await cp._pipeline.flush_within(seconds)
+        For the supervisor: a pre-empted attempt's flush gets ``grace`` seconds,
+        whatever its ``flush_timeout``.
+        """
+        self._check_open()
+        if not math.isinf(seconds):
+            self._deadline = min(self._deadline, anyio.current_time() + seconds)
+        return await self._pipeline.flush_within(seconds)
 
+    def _continue_from(self, writers: Iterable[str]) -> None:
+        """Take the writer ids of the earlier attempts of the same supervisor (before
+        the checkpointer opens).
 
-def continue_from(cp: Checkpointer, writers: tuple[str, ...]) -> None:
-    """Tell a supervised attempt's ``cp`` (not yet open) the writer ids of the earlier
-    attempts of the same supervisor.
+        For the supervisor: a sharded attempt resumes from the newest *complete* step,
+        which may lie behind parts its predecessors recorded; those parts are this
+        shard's own, so recording them again keeps the earlier part instead of failing
+        with :class:`ShardConflictError`. An unsharded checkpointer ignores them.
+        """
+        if self._state is not Phase.NEW:
+            raise CheckpointClosedError(
+                f"the Checkpointer is {self._state.value}: the earlier attempts' writers "
+                "are given before it opens"
+            )
+        self._predecessors = tuple(writers)
 
-    For the supervisor: a sharded attempt resumes from the newest *complete* step, which
-    may lie behind parts its predecessors recorded; those parts are this shard's own,
-    so recording them again keeps the earlier part instead of failing with
-    :class:`ShardConflictError`. Unsharded checkpointers ignore it.
-    """
-    cp._predecessors = tuple(writers)
+    def _own_reader(self) -> CatalogReader:
+        """The reader of this checkpointer's own location (its default reader, whatever
+        it reads through now): what another reader reads the own location with."""
+        return self._catalog_reader
+
+    @contextmanager
+    def _read_through(self, reader: Reader) -> Iterator[Checkpointer]:
+        """Read through ``reader`` inside the block; saves are unchanged.
+
+        For a framework plugin: the attempt's checkpointer reads along the earlier
+        attempts' prefixes (``LineageReader``) while the task body runs, and its own
+        location again after (what the supervisor reads between attempts).
+        """
+        previous, self._reader = self._reader, reader
+        try:
+            yield self
+        finally:
+            self._reader = previous
 
 
 _INIT_NAMES = frozenset(inspect.signature(Checkpointer.__init__).parameters) - {"self", "location"}

@@ -1,14 +1,13 @@
 """Which Checkpointer :func:`asynccp.current` returns: the attempt's, for a block of code.
 
-The supervisor sets it for each attempt. A framework plugin runs its attempt inside
-the supervisor, then narrows it to a view of the same Checkpointer that also reads the
-earlier attempts' checkpoints; :func:`use_current` is the one way either does so.
+The supervisor sets :data:`CURRENT` for each attempt. A framework plugin runs its
+attempt inside the supervisor and leaves it as it is: it has the same Checkpointer read
+along the earlier attempts' checkpoints for the task body
+(``Checkpointer._read_through``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from .errors import CheckpointClosedError
 if TYPE_CHECKING:
     from ._checkpointer import Checkpointer
 
-__all__ = ["CURRENT", "current", "use_current"]
+__all__ = ["CURRENT", "current"]
 
 #: The checkpointer of the supervised attempt running this code (None: none).
 CURRENT: ContextVar[Checkpointer | None] = ContextVar("asynccp_current", default=None)
@@ -40,14 +39,3 @@ def current() -> Checkpointer:
             "code run by asynccp.supervise() or an @asynccp.checkpointed function"
         )
     return cp
-
-
-@contextmanager
-def use_current(cp: Checkpointer) -> Iterator[Checkpointer]:
-    """Make ``asynccp.current()`` return ``cp`` inside the block (and in tasks and worker
-    threads started from it, which inherit the context); the previous value after it."""
-    token = CURRENT.set(cp)
-    try:
-        yield cp
-    finally:
-        CURRENT.reset(token)

@@ -12,17 +12,16 @@ Resume order: this attempt's own prefix, then the previous attempt's, then the o
 before it, and so on; within one prefix, the newest step first. The first checkpoint
 that verifies wins; corrupt ones are skipped with a :class:`CorruptCheckpointWarning`.
 
-:class:`AttemptCheckpointer` is the attempt's :class:`Checkpointer` as a framework
-plugin hands it to the task (``asynccp.current()``): it writes to the attempt's own
-prefix, and its reads (``latest``, ``read``, ``restore``, ``load_latest``...) follow
-the records back.
+:class:`LineageReader` is the :class:`~asynccp._reader.Reader` a framework plugin gives
+the attempt's :class:`Checkpointer` (``asynccp.current()``) for the task body: the
+checkpointer still writes to the attempt's own prefix, and its reads (``latest``,
+``read``, ``restore``, ``load_latest``...) follow the records back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Awaitable, Callable
@@ -30,18 +29,16 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
+from ._reader import CatalogReader
 from ._store import Store, StoreOptions, local_root, resolve
-from ._types import Payload
-from ._write import SaveHandle
 from .errors import (
-    CheckpointClosedError,
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -51,9 +48,9 @@ from .errors import (
 
 __all__ = [
     "RECORD_NAME",
-    "AttemptCheckpointer",
     "AttemptRecord",
     "Lineage",
+    "LineageReader",
     "load_latest",
     "read_record",
     "write_record",
@@ -168,23 +165,23 @@ async def write_record(record: AttemptRecord, store_options: StoreOptions) -> No
 
 
 async def load_latest(
-    cp: Checkpointer,
+    reader: CatalogReader,
     loader: Callable[[Checkpoint], Awaitable[T]],
     *,
     exclude_writer: str | None = None,
 ) -> tuple[Checkpoint, T] | None:
-    """``await loader(ckpt)`` on the newest valid checkpoint at ``cp``'s location whose
-    loader does not raise :class:`CorruptCheckpointError`; None when none does.
+    """``await loader(ckpt)`` on the newest valid checkpoint at ``reader``'s location
+    whose loader does not raise :class:`CorruptCheckpointError`; None when none does.
 
     Each one skipped is reported with a :class:`CorruptCheckpointWarning`. Checkpoints
     written by ``exclude_writer`` (a writer id) are passed over: an attempt resuming
     from what came before it ignores what it has saved itself.
     """
     if exclude_writer is None:
-        return await cp.load_latest(loader)
+        return await reader.newest(loader)
     # The newest valid one first (cheap: a listing, no manifest reads of older ones);
     # the full list only when it is passed over or does not verify.
-    newest = await cp.latest()
+    newest = await reader.latest()
     if newest is None:
         return None
     candidates: list[Checkpoint] = [newest]
@@ -196,17 +193,17 @@ async def load_latest(
                 return ckpt, await loader(ckpt)
             except CheckpointNotFoundError:
                 # deleted by retention since the listing: not corruption; the next older one
-                log.debug("asynccp: checkpoint %d in %s went away", ckpt.step, cp.location)
+                log.debug("asynccp: checkpoint %d in %s went away", ckpt.step, reader.location)
             except CorruptCheckpointError as e:
                 warnings.warn(
-                    f"asynccp: checkpoint {ckpt.step} in {cp.location} failed verification "
+                    f"asynccp: checkpoint {ckpt.step} in {reader.location} failed verification "
                     f"and was skipped: {e}",
                     CorruptCheckpointWarning,
                     stacklevel=2,
                 )
         if not candidates and not listed:
             listed = True
-            candidates = [c for c in reversed(await cp.list()) if c.step < newest.step]
+            candidates = [c for c in reversed(await reader.list()) if c.step < newest.step]
     return None
 
 
@@ -215,7 +212,7 @@ class _Source:
     """One earlier attempt's prefix, and a reader on it (None: no asynccp data there)."""
 
     prefix: str
-    reader: Checkpointer | None
+    reader: CatalogReader | None
 
 
 def _same(a: str, b: str) -> bool:
@@ -223,10 +220,14 @@ def _same(a: str, b: str) -> bool:
 
 
 class Lineage:
-    """This attempt's Checkpointer and the earlier attempts' prefixes, newest first."""
+    """This attempt's prefix and the earlier attempts' prefixes, newest first, each
+    with a reader: the attempt's Checkpointer's own (:meth:`Checkpointer._own_reader`),
+    and one on each earlier prefix that can hold asynccp checkpoints."""
 
     def __init__(self, own: Checkpointer, own_prefix: str, earlier: list[_Source]) -> None:
-        self.own = own
+        #: The own prefix's reader: the catalog of the attempt's Checkpointer, not the
+        #: Checkpointer (which reads along this lineage while the task body runs).
+        self.own = own._own_reader()
         self.own_prefix = own_prefix
         self.earlier = earlier
 
@@ -262,15 +263,15 @@ class Lineage:
             prefix = None if record is None else record.previous
         return cls(own, own_prefix, earlier)
 
-    def sources(self) -> list[tuple[str, Checkpointer]]:
+    def sources(self) -> list[tuple[str, CatalogReader]]:
         """``(prefix, reader)`` of every prefix that can hold asynccp checkpoints, own first."""
         return [
             (self.own_prefix, self.own),
             *((s.prefix, s.reader) for s in self.earlier if s.reader is not None),
         ]
 
-    def readers(self) -> list[Checkpointer]:
-        """A Checkpointer on every prefix that can hold asynccp checkpoints, own first."""
+    def readers(self) -> list[CatalogReader]:
+        """A reader on every prefix that can hold asynccp checkpoints, own first."""
         return [reader for _, reader in self.sources()]
 
     async def newest_valid(self) -> tuple[str, Checkpoint] | None:
@@ -340,8 +341,9 @@ class Lineage:
 
 async def _reader(
     prefix: str, store_options: StoreOptions, stack: AsyncExitStack
-) -> Checkpointer | None:
-    """An open, read-only Checkpointer on an earlier attempt's prefix, or None.
+) -> CatalogReader | None:
+    """The reader of an open, read-only Checkpointer on an earlier attempt's prefix, or
+    None.
 
     None for a local path that is not a directory: nothing asynccp wrote is there (a
     file is what another tool, such as ``flyte.Checkpoint``, writes at the prefix).
@@ -354,89 +356,48 @@ async def _reader(
         await stack.enter_async_context(reader)
     except CheckpointError as e:
         raise StoreError(f"cannot read the earlier attempt's checkpoints in {prefix}: {e}") from e
-    return reader
+    return reader._own_reader()
 
 
-# -- the attempt's Checkpointer -----------------------------------------------------------
+# -- the attempt's reader ------------------------------------------------------------------
 
 
-class AttemptCheckpointer(Checkpointer):
-    """The attempt's :class:`Checkpointer`, whose reads also see the earlier attempts.
+class LineageReader:
+    """The :class:`~asynccp._reader.Reader` of an attempt's Checkpointer inside a plugin.
 
-    What ``asynccp.current()`` returns inside a task run by a framework plugin. Saves
-    go to this attempt's own prefix, through the Checkpointer the supervisor opened
-    for the attempt (same queue, same flush, same stats). ``latest``, ``list``,
-    ``get``, ``read``, ``restore``, ``prev_exists`` and ``load_latest`` look along the
-    lineage (own prefix first, then the earlier attempts'); ``write`` numbers steps
-    after the newest one found anywhere on it. Every other attribute is the underlying
-    Checkpointer's.
+    A plugin gives it to the attempt's Checkpointer for the task body
+    (``cp._read_through(reader)``): the Checkpointer saves to this attempt's own
+    prefix as always, while ``latest``, ``list``, ``get``, ``read``, ``restore``,
+    ``prev_exists`` and ``load_latest`` look along the lineage (own prefix first, then
+    the earlier attempts'), and ``write`` numbers steps after the newest one found
+    anywhere on it.
     """
 
-    _inner: Checkpointer
-    _lineage: Lineage
-    _next_step: int
-    _step_lock: threading.Lock
-
-    def __init__(self, inner: Checkpointer, lineage: Lineage, next_step: int) -> None:
-        # A view of ``inner``: nothing of Checkpointer's own state is set up here.
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_lineage", lineage)
-        object.__setattr__(self, "_next_step", next_step)
-        object.__setattr__(self, "_step_lock", threading.Lock())
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in _VIEW_NAMES or (name.startswith("__") and name.endswith("__")):
-            return object.__getattribute__(self, name)
-        return getattr(object.__getattribute__(self, "_inner"), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _VIEW_NAMES:
-            raise AttributeError(f"{name} cannot be set")
-        setattr(self._inner, name, value)
+    def __init__(self, lineage: Lineage, next_step: int) -> None:
+        self._lineage = lineage
+        self._next_step = next_step
+        self._step_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        earlier = len(self._lineage.earlier)
-        return f"<AttemptCheckpointer {self._inner!r}, reading {earlier} earlier prefix(es)>"
-
-    async def __aenter__(self) -> Checkpointer:
-        raise CheckpointClosedError(
-            "asynccp.current() is already open for this attempt: use it directly, "
-            "not in `async with`"
-        )
-
-    @property
-    def inner(self) -> Checkpointer:
-        """The supervisor's Checkpointer for this attempt (its own prefix only)."""
-        return self._inner
+        return f"<LineageReader of {len(self._lineage.earlier)} earlier prefix(es)>"
 
     @property
     def lineage(self) -> Lineage:
         """This attempt's prefix and the earlier attempts' prefixes."""
         return self._lineage
 
-    def reserve_step(self) -> int:
-        """The next step number for an automatically numbered save (thread-safe)."""
+    def next_step(self) -> int:
+        """The next step for an automatically numbered save, reserved (thread-safe: a
+        plugin's bridge hands steps out on the caller's thread)."""
         with self._step_lock:
             step = self._next_step
-            object.__setattr__(self, "_next_step", step + 1)
+            self._next_step = step + 1
             return step
 
-    def _saw(self, step: int) -> None:
+    def saved(self, step: int) -> None:
+        """A save of ``step``: automatic numbering continues after it."""
         with self._step_lock:
-            if step >= self._next_step:
-                object.__setattr__(self, "_next_step", step + 1)
-
-    async def save(self, step: int, payload: Payload, *, metadata: Any = None) -> SaveHandle:
-        """:meth:`Checkpointer.save` on this attempt's prefix."""
-        handle = await self._inner.save(step, payload, metadata=metadata)
-        self._saw(step)
-        return handle
-
-    async def write(self, data: bytes) -> SaveHandle:
-        """Save ``data`` as the next step: after the newest one along the lineage."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"write() takes bytes, got {type(data).__name__}")
-        return await self._inner.save(self.reserve_step(), data)
+            self._next_step = max(self._next_step, step + 1)
 
     async def latest(self) -> Checkpoint | None:
         """The newest valid checkpoint: this attempt's, else the earlier attempts'."""
@@ -450,37 +411,11 @@ class AttemptCheckpointer(Checkpointer):
         """The checkpoint at ``step``, from the newest attempt that committed one."""
         return await self._lineage.get(step)
 
-    async def load_latest(
-        self, loader: Callable[[Checkpoint], Awaitable[T]]
+    async def newest(
+        self, action: Callable[[Checkpoint], Awaitable[T]]
     ) -> tuple[Checkpoint, T] | None:
-        """``await loader(ckpt)`` on the newest checkpoint along the lineage that verifies."""
-        found = await self._lineage.load_latest(loader)
+        """``await action(ckpt)`` on the newest checkpoint along the lineage that verifies."""
+        found = await self._lineage.load_latest(action)
         if found is None or found[0] is None:
             return None
         return found[0], found[1]
-
-    async def read(self) -> bytes | None:
-        """The payload of the newest checkpoint along the lineage that verifies."""
-        found = await self.load_latest(lambda c: c.read())
-        return None if found is None else found[1]
-
-    async def restore(
-        self, dest_dir: str | os.PathLike[str], *, overwrite: bool = False
-    ) -> Path | None:
-        """Download the newest checkpoint along the lineage that verifies into
-        ``dest_dir`` (existing files replaced only with ``overwrite=True``)."""
-        if not isinstance(dest_dir, (str, os.PathLike)):
-            raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
-        found = await self.load_latest(lambda c: c.download(dest_dir, overwrite=overwrite))
-        return None if found is None else found[1]
-
-    async def prev_exists(self) -> bool:
-        """Whether a valid checkpoint exists along the lineage."""
-        return await self.latest() is not None
-
-
-#: Names the view answers itself (what its class defines, and its own fields);
-#: everything else is the attempt's Checkpointer's.
-_VIEW_NAMES = frozenset(AttemptCheckpointer.__dict__) | frozenset(
-    AttemptCheckpointer.__annotations__
-)

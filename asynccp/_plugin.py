@@ -6,9 +6,9 @@ orchestrator retries; several in a local run, where the supervisor retries):
 
 1. follows the attempt records back from the previous attempt's prefix (the lineage);
 2. writes its own record (previous prefix, the newest valid checkpoint found);
-3. makes ``asynccp.current()`` an :class:`AttemptCheckpointer` (the supervisor's
-   Checkpointer, reading along the lineage) and starts a :class:`SyncBridge` for
-   synchronous saves;
+3. gives the supervisor's Checkpointer (``asynccp.current()``) a
+   :class:`LineageReader` for the task body (it reads along the lineage, and saves to
+   its own prefix as always) and starts a :class:`SyncBridge` for synchronous saves;
 4. runs the task body; whether it returns or raises, every checkpoint the body handed
    over reaches the Checkpointer before the attempt ends, and the supervisor then
    flushes it — before the body's error goes on to the framework.
@@ -30,8 +30,7 @@ from ._bridge import SyncBridge
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._checks import check_seconds
-from ._context import use_current
-from ._lineage import AttemptCheckpointer, AttemptRecord, Lineage, write_record
+from ._lineage import AttemptRecord, Lineage, LineageReader, write_record
 from ._options import CheckpointerOptions, Options, StoreOptions, Unpack, keywords, options_of
 from ._supervise import DEFAULT_GRACE, supervise
 from ._supervise._retry_policy import DEFAULT_BACKOFF, backoff_function, callbacks, classifier
@@ -138,8 +137,11 @@ def _written(opts: Options) -> list[str]:
 class Attempt:
     """One attempt of a checkpointed task, as the plugin's task body sees it."""
 
-    #: ``asynccp.current()``: the attempt's Checkpointer, reading along the lineage.
-    checkpointer: AttemptCheckpointer
+    #: ``asynccp.current()``: the attempt's Checkpointer, reading along the lineage
+    #: (through ``reader``) while the body runs.
+    checkpointer: Checkpointer
+    #: What the checkpointer reads through: the lineage, and the steps of numbered saves.
+    reader: LineageReader
     #: Synchronous saves and reads.
     bridge: SyncBridge
     #: The newest valid checkpoint when the attempt started (what it resumes from,
@@ -218,11 +220,12 @@ async def _attempt(
             log.info("asynccp: attempt in %s starts from scratch", own)
         else:
             log.info("asynccp: attempt in %s resumes from step %d in %s", own, *found_at(record))
-        view = AttemptCheckpointer(cp, lineage, 0 if newest is None else newest + 1)
+        reader = LineageReader(lineage, 0 if newest is None else newest + 1)
         portal = await stack.enter_async_context(BlockingPortal())
         bridge = SyncBridge(
-            view,
+            cp,
             portal,
+            steps=reader.next_step,
             latest=cp.options.limits.policy == "latest",
             max_items=cp.options.limits.max_pending,
             max_bytes=cp.options.limits.max_pending_bytes,
@@ -230,11 +233,11 @@ async def _attempt(
         )
         error: Exception | None = None
         value: Any = None
-        with use_current(view):
+        with cp._read_through(reader):
             async with anyio.create_task_group() as tg:
                 await tg.start(bridge.run)
                 try:
-                    value = await body(Attempt(view, bridge, resume))
+                    value = await body(Attempt(cp, reader, bridge, resume))
                 except Exception as exc:  # the body's error, raised below once handed over
                     error = exc
                 finally:

@@ -110,10 +110,12 @@ class AsyncCheckpoint(flyte.Checkpoint):
         """
         if self._loaded:
             return self._load_result
-        view = self._attempt.checkpointer
+        attempt = self._attempt
         await anyio.to_thread.run_sync(_clear, self.path)
-        found = await view.lineage.load_latest(
-            self._download, exclude_writer=view.writer_id, fallback=self._load_flyte
+        found = await attempt.reader.lineage.load_latest(
+            self._download,
+            exclude_writer=attempt.checkpointer.writer_id,
+            fallback=self._load_flyte,
         )
         self._load_result = None if found is None else found[1]
         self._loaded = True
@@ -148,9 +150,9 @@ class AsyncCheckpoint(flyte.Checkpoint):
 
         Returns once the data is staged (copied), before it is uploaded.
         """
-        view = self._attempt.checkpointer
+        attempt = self._attempt
         payload, kind = _payload(data)
-        await view.save(view.reserve_step(), payload, metadata={_KIND: kind})
+        await attempt.checkpointer.save(attempt.reader.next_step(), payload, metadata={_KIND: kind})
 
     def save_sync(self, data: Path | str | bytes) -> None:
         """:meth:`save`, from synchronous task code: bytes return at once (queued), a

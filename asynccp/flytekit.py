@@ -171,8 +171,10 @@ class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
         newest one before this attempt that verifies (corrupt ones are skipped)."""
         if self._resumed is not None:
             return await loader(self._resumed)
-        view = self._attempt.checkpointer
-        found = await view.lineage.load_latest(loader, exclude_writer=view.writer_id)
+        attempt = self._attempt
+        found = await attempt.reader.lineage.load_latest(
+            loader, exclude_writer=attempt.checkpointer.writer_id
+        )
         if found is None or found[0] is None:
             return None
         self._resumed = found[0]

@@ -18,7 +18,6 @@ from obstore.store import MemoryStore
 
 import asynccp
 from asynccp import Checkpointer
-from asynccp._checkpointer import flush_within
 from asynccp._write import FlushResult
 
 
@@ -729,11 +728,11 @@ async def test_flush_within_a_deadline_returns_what_happened(
     store = make_s3_store(fault_proxy.url, s3_bucket)
     async with Checkpointer(store, limits=asynccp.Limits(max_pending=8), flush_timeout=300) as cp:
         await (await cp.save(0, b"zero"))
-        ok = await flush_within(cp, math.inf)
+        ok = await cp._flush_within(math.inf)
         assert ok == FlushResult(last_committed=0)
         fault_proxy.hold_requests(rb"^PUT \S*/data/")
         handles = [await cp.save(step, b"held") for step in (1, 2, 3)]
-        result = await flush_within(cp, 0.3)
+        result = await cp._flush_within(0.3)
         assert result.timed_out and result.last_committed == 0
         # steps 1 and 2 were in flight (small ones upload two at once), 3 staged: all
         # three are abandoned, each named once

@@ -68,6 +68,7 @@ def counter(n: int, fail_at: int, fail_on_start: bool) -> int:
 async def acounter(n: int, fail_at: int, fail_on_start: bool) -> int:
     """The same with asynccp's own API, in an ``async def`` task."""
     cp = asynccp.current()
+    assert isinstance(cp, asynccp.Checkpointer)  # the attempt's own, reading the lineage
     prev = await cp.read()
     start = int(prev) if prev else 0
     SEEN.append(("async def", start, cp.location))

@@ -30,7 +30,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 import anyio
 from obstore.store import MemoryStore
 
-from .._checkpointer import Checkpointer, continue_from, flush_within
+from .._checkpointer import Checkpointer
 from .._checks import check_bool, check_int, check_seconds
 from .._context import CURRENT, current
 from .._groups import add_note
@@ -203,7 +203,7 @@ class _Supervisor:
             cp = self.checkpointer(attempt)
             # A sharded attempt resumes from the newest *complete* step, which may lie
             # behind parts its predecessors recorded: those parts are its own.
-            continue_from(cp, writers)
+            cp._continue_from(writers)
             writers = (*writers, cp.writer_id)
             outcome = await self._attempt(fn, args, kwargs, cp, signals)
             if isinstance(outcome, _Done):
@@ -283,7 +283,7 @@ class _Supervisor:
                         failure = exc
                     # Flush here, not only on exit: the next attempt must see what this
                     # one committed, and a failure's flush errors belong on it.
-                    flushed = await flush_within(cp, math.inf)
+                    flushed = await cp._flush_within(math.inf)
                     if failure is not None:
                         _note_flush(failure, flushed)
                         outcome = _Failed(failure)
@@ -292,7 +292,7 @@ class _Supervisor:
                         outcome = _Done(value) if error is None else _Failed(error)
                 if outcome is None:  # only a signal cancels that scope
                     assert signals.pending is not None
-                    flushed = await flush_within(cp, signals.grace)
+                    flushed = await cp._flush_within(signals.grace)
                     outcome = _Stopped(signals.pending, flushed)
         except Exception as exc:  # the checkpointer could not open (or its exit failed)
             return _Failed(exc)

@@ -28,7 +28,7 @@ from anyio.from_thread import BlockingPortal
 import asynccp
 from asynccp import Checkpointer
 from asynccp._bridge import SyncBridge, run_blocking, run_in_thread
-from asynccp._lineage import AttemptCheckpointer, Lineage
+from asynccp._lineage import Lineage, LineageReader
 from asynccp.errors import CheckpointClosedError, InvalidNameError
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
@@ -185,7 +185,7 @@ def test_run_in_thread_cancelled_abandons_the_body() -> None:
 
 
 class GatedView:
-    """What the bridge needs of an AttemptCheckpointer (``reserve_step``, ``save``),
+    """What the bridge needs (a Checkpointer's ``save``, and steps: ``reserve_step``),
     saving to a real Checkpointer; the save of a step in ``gates`` waits for its event."""
 
     def __init__(self, cp: Checkpointer) -> None:
@@ -220,12 +220,19 @@ async def bridged(
         Checkpointer(root, store=asynccp.StoreOptions(durable=False)) as cp,
         AsyncExitStack() as stack,
     ):
-        view: Any = (
-            GatedView(cp) if gated else AttemptCheckpointer(cp, Lineage(cp, str(root), []), 0)
+        target: Any = GatedView(cp) if gated else cp
+        steps = (
+            target.reserve_step if gated else LineageReader(Lineage(cp, str(root), []), 0).next_step
         )
         portal = await stack.enter_async_context(BlockingPortal())
         bridge = SyncBridge(
-            view, portal, latest=latest, max_items=max_items, max_bytes=max_bytes, grace=10
+            target,
+            portal,
+            steps=steps,
+            latest=latest,
+            max_items=max_items,
+            max_bytes=max_bytes,
+            grace=10,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(bridge.run)
@@ -448,7 +455,7 @@ async def test_block_from_a_thread_waits_for_room(tmp_path: Path) -> None:
     calling = threading.Event()
 
     async def body(bridge: SyncBridge, cp: Checkpointer) -> None:
-        view: GatedView = bridge._view  # type: ignore[assignment]
+        view: GatedView = bridge._cp  # type: ignore[assignment]
         view.gates[0] = gate = anyio.Event()
         view.saving[0] = saving = anyio.Event()
 
@@ -474,7 +481,7 @@ async def test_block_counts_bytes_too(tmp_path: Path) -> None:
     events: list[str] = []
 
     async def body(bridge: SyncBridge, cp: Checkpointer) -> None:
-        view: GatedView = bridge._view  # type: ignore[assignment]
+        view: GatedView = bridge._cp  # type: ignore[assignment]
         view.gates[0] = gate = anyio.Event()
         view.saving[0] = saving = anyio.Event()
         calling = threading.Event()
@@ -509,7 +516,15 @@ async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) ->
         view.gates[0] = anyio.Event()  # never opened: step 0 stays in its save
         view.saving[0] = saving = anyio.Event()
         portal = await stack.enter_async_context(BlockingPortal())
-        bridge = SyncBridge(view, portal, latest=False, max_items=1, max_bytes=1 << 20, grace=30)
+        bridge = SyncBridge(
+            view,  # type: ignore[arg-type]
+            portal,
+            steps=view.reserve_step,
+            latest=False,
+            max_items=1,
+            max_bytes=1 << 20,
+            grace=30,
+        )
 
         def sync_body() -> None:
             bridge.put(b"zero")
@@ -536,9 +551,17 @@ async def test_pre_empted_the_newest_waiting_checkpoint_is_still_saved(tmp_path:
         Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
         AsyncExitStack() as stack,
     ):
-        view = AttemptCheckpointer(cp, Lineage(cp, str(tmp_path), []), 0)
+        reader = LineageReader(Lineage(cp, str(tmp_path), []), 0)
         portal = await stack.enter_async_context(BlockingPortal())
-        bridge = SyncBridge(view, portal, latest=False, max_items=8, max_bytes=1 << 20, grace=30)
+        bridge = SyncBridge(
+            cp,
+            portal,
+            steps=reader.next_step,
+            latest=False,
+            max_items=8,
+            max_bytes=1 << 20,
+            grace=30,
+        )
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 await tg.start(bridge.run)

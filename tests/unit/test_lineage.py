@@ -22,9 +22,9 @@ from asynccp import Checkpoint, Checkpointer, StoreOptions
 from asynccp._layout import data_dir
 from asynccp._lineage import (
     RECORD_NAME,
-    AttemptCheckpointer,
     AttemptRecord,
     Lineage,
+    LineageReader,
     load_latest,
     read_record,
     write_record,
@@ -181,7 +181,7 @@ async def test_the_chain_is_followed_through_attempts_that_saved_nothing(tmp_pat
         cp, lineage = await open_lineage(stack, own, c)
         assert lineage.prefixes == [str(own), str(c), str(b), str(a)]
         assert [p for p, _ in lineage.sources()] == lineage.prefixes
-        assert lineage.readers()[0] is cp
+        assert lineage.readers()[0] is cp._own_reader()
         found = await lineage.newest_valid()
         assert found is not None and found[0] == str(a) and found[1].step == 2
         assert await lineage.newest_step() == 2
@@ -248,7 +248,7 @@ async def test_a_file_at_an_earlier_prefix_has_no_reader(tmp_path: Path) -> None
     async with AsyncExitStack() as stack:
         cp, lineage = await open_lineage(stack, own, blob)
         assert lineage.prefixes == [str(own), str(blob)]  # searched (a fallback may read it)
-        assert lineage.readers() == [cp]  # but no asynccp reader on it
+        assert lineage.readers() == [cp._own_reader()]  # but no asynccp reader on it
 
 
 # -- reading along the lineage ------------------------------------------------------------
@@ -350,11 +350,12 @@ async def test_load_latest_excluding_a_writer(tmp_path: Path) -> None:
     async with Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as second:
         await (await second.save(2, b"second-2")).wait()
         await (await second.save(3, b"second-3")).wait()
-        found = await load_latest(second, read_data, exclude_writer=second.writer_id)
+        reader = second._own_reader()
+        found = await load_latest(reader, read_data, exclude_writer=second.writer_id)
         assert found is not None and (found[0].step, found[1]) == (1, b"first-1")
-        found = await load_latest(second, read_data)
+        found = await load_latest(reader, read_data)
         assert found is not None and found[1] == b"second-3"
-        other = await load_latest(second, read_data, exclude_writer=first.writer_id)
+        other = await load_latest(reader, read_data, exclude_writer=first.writer_id)
         assert other is not None and (other[0].step, other[1]) == (3, b"second-3")
 
 
@@ -365,11 +366,13 @@ async def test_load_latest_excluding_a_writer_skips_damage_and_warns(tmp_path: P
     damage(tmp_path, 3, first.writer_id)
     async with Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as reader:
         with pytest.warns(CorruptCheckpointWarning, match="checkpoint 3 .* was skipped"):
-            found = await load_latest(reader, read_data, exclude_writer="someone-else")
+            found = await load_latest(
+                reader._own_reader(), read_data, exclude_writer="someone-else"
+            )
     assert found is not None and (found[0].step, found[1]) == (2, b"v2")
 
 
-# -- the attempt's Checkpointer ---------------------------------------------------------------
+# -- the attempt's Checkpointer, reading through a LineageReader -----------------------------
 
 
 async def test_attempt_checkpointer_reads_along_the_lineage_and_writes_after_it(
@@ -379,52 +382,57 @@ async def test_attempt_checkpointer_reads_along_the_lineage_and_writes_after_it(
     await earlier_attempt(a, None, {4: b"a4"})
     async with AsyncExitStack() as stack:
         cp, lineage = await open_lineage(stack, own, a)
-        view = AttemptCheckpointer(cp, lineage, (await lineage.newest_step() or -1) + 1)
-        assert view.inner is cp and view.lineage is lineage
-        assert view.location == cp.location  # everything else is the Checkpointer's
-        assert await view.prev_exists()
-        assert await view.read() == b"a4"
-        assert (await view.latest()).step == 4  # type: ignore[union-attr]
-        handle = await view.write(b"own5")
-        await handle.wait()
-        assert handle.step == 5
-        assert [c.step for c in await cp.list()] == [5]  # written to its own prefix only
-        assert await view.read() == b"own5"
-        assert [c.step for c in await view.list()] == [4, 5]
-        await view.save(9, b"own9")  # a save with its own step moves the numbering on
-        assert view.reserve_step() == 10
-        dest = tmp_path / "restored"
-        await view.flush()
-        restored = await view.restore(dest)
-        assert restored is not None and (await (await view.get(9)).read()) == b"own9"
-        assert (await view.get(4)).step == 4
+        reader = LineageReader(lineage, (await lineage.newest_step() or -1) + 1)
+        assert reader.lineage is lineage
+        with cp._read_through(reader) as view:
+            assert view is cp and isinstance(view, Checkpointer)  # the same Checkpointer
+            assert await view.prev_exists()
+            assert await view.read() == b"a4"
+            assert (await view.latest()).step == 4  # type: ignore[union-attr]
+            handle = await view.write(b"own5")
+            await handle.wait()
+            assert handle.step == 5
+            assert [c.step for c in await cp._own_reader().list()] == [5]  # its own prefix
+            assert await view.read() == b"own5"
+            assert [c.step for c in await view.list()] == [4, 5]
+            await view.save(9, b"own9")  # a save with its own step moves the numbering on
+            assert reader.next_step() == 10
+            dest = tmp_path / "restored"
+            await view.flush()
+            restored = await view.restore(dest)
+            assert restored is not None and (await (await view.get(9)).read()) == b"own9"
+            assert (await view.get(4)).step == 4
+        # after the block it reads its own location again
+        assert [c.step for c in await cp.list()] == [5, 9]
+        assert (await cp.load_latest(read_data)) is not None
+        with pytest.raises(CheckpointNotFoundError):
+            await cp.get(4)
 
 
 async def test_attempt_checkpointer_refuses_misuse(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         cp, lineage = await open_lineage(stack, tmp_path / "own", None)
-        view = AttemptCheckpointer(cp, lineage, 0)
-        with pytest.raises(CheckpointClosedError, match="already open for this attempt"):
-            async with view:
-                pass
-        with pytest.raises(TypeError, match="write\\(\\) takes bytes, got str"):
-            await view.write("text")  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="dest_dir must be a path, got int"):
-            await view.restore(3)  # type: ignore[arg-type]
-        with pytest.raises(AttributeError, match="_lineage cannot be set"):
-            view._lineage = lineage  # type: ignore[misc]
-        assert "reading 0 earlier prefix(es)" in repr(view)
-        assert not await view.prev_exists()
-        assert await view.read() is None
+        with cp._read_through(LineageReader(lineage, 0)) as view:
+            with pytest.raises(CheckpointClosedError, match="already open"):
+                async with view:
+                    pass
+            with pytest.raises(TypeError, match="write\\(\\) takes bytes, got str"):
+                await view.write("text")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="dest_dir must be a path, got int"):
+                await view.restore(3)  # type: ignore[arg-type]
+            assert "reading <LineageReader of 0 earlier prefix(es)>" in repr(view)
+            assert not await view.prev_exists()
+            assert await view.read() is None
+        assert "reading" not in repr(cp)
 
 
-def test_reserve_step_is_thread_safe(tmp_path: Path) -> None:
-    view = AttemptCheckpointer(None, None, 7)  # type: ignore[arg-type]
+def test_lineage_reader_hands_out_steps_thread_safely(tmp_path: Path) -> None:
+    reader = LineageReader(None, 7)  # type: ignore[arg-type]
     got: list[int] = []
     lock = threading.Lock()
 
     def take() -> None:
-        mine = [view.reserve_step() for _ in range(500)]
+        mine = [reader.next_step() for _ in range(500)]
         with lock:
             got.extend(mine)
 
