@@ -78,7 +78,8 @@ _KIND = "flyte_checkpoint"
 _PAYLOAD = "payload"
 
 
-class AsyncCheckpoint(flyte.Checkpoint):
+# flyte.Checkpoint is typed where flyte 2 is installed, Any where it is not (mypy runs both).
+class AsyncCheckpoint(flyte.Checkpoint):  # type: ignore[misc, unused-ignore]
     """``flyte.ctx().checkpoint`` on asynccp, for one attempt of a task.
 
     A ``flyte.Checkpoint`` (so ``flyte.BaseCheckpoint``) with its layout on load: a
@@ -130,7 +131,8 @@ class AsyncCheckpoint(flyte.Checkpoint):
         # load() first: an earlier fallback's files in it are replaced.
         await ckpt.download(self.path, overwrite=True)
         blob = ckpt.metadata.get(_KIND) == "blob" or set(ckpt.files) == {_PAYLOAD}
-        return self.path / _PAYLOAD if blob else self.path
+        folder: Path = self.path
+        return folder / _PAYLOAD if blob else folder
 
     async def _load_flyte(self, prefix: str) -> Path | None:
         """A checkpoint ``flyte.Checkpoint`` wrote at ``prefix`` (one object), restored
@@ -140,8 +142,9 @@ class AsyncCheckpoint(flyte.Checkpoint):
             got = await legacy.load()
             if got is None:
                 return None
-            await anyio.to_thread.run_sync(_move_children, legacy.path, self.path)
-            return self.path / _PAYLOAD if got != legacy.path else self.path
+            folder: Path = self.path
+            await anyio.to_thread.run_sync(_move_children, legacy.path, folder)
+            return folder / _PAYLOAD if got != legacy.path else folder
         finally:
             await _remove_folder(legacy)
 
@@ -213,7 +216,7 @@ async def _remove_folder(checkpoint: flyte.Checkpoint) -> None:
 
 # -- the decorator ----------------------------------------------------------------------
 
-F = TypeVar("F", bound=AsyncFunctionTaskTemplate)  # type: ignore[type-arg]
+F = TypeVar("F", bound="AsyncFunctionTaskTemplate[..., Any, Any]")
 
 
 @overload

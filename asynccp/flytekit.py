@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Any, Union
 
 try:
-    from flytekit.core.checkpointer import Checkpoint as _FlytekitCheckpoint  # type: ignore[import-untyped]
-    from flytekit.core.context_manager import ExecutionParameters, FlyteContextManager  # type: ignore[import-untyped]
-    from flytekit.core.python_function_task import AsyncPythonFunctionTask, PythonFunctionTask  # type: ignore[import-untyped]
-    from flytekit.core.task import TaskPlugins  # type: ignore[import-untyped]
-    from flytekit.exceptions.user import FlyteRecoverableException  # type: ignore[import-untyped]
+    from flytekit.core.checkpointer import Checkpoint as _FlytekitCheckpoint
+    from flytekit.core.context_manager import ExecutionParameters, FlyteContextManager
+    from flytekit.core.python_function_task import AsyncPythonFunctionTask, PythonFunctionTask
+    from flytekit.core.task import TaskPlugins
+    from flytekit.exceptions.user import FlyteRecoverableException
 except ImportError as _e:  # pragma: no cover - exercised without the extra
     raise ImportError(
         f"asynccp.flytekit needs flytekit: pip install 'asynccp[flytekit]' ({_e})"

@@ -27,8 +27,9 @@ import pytest
 from _moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, make_s3_store
 
 import asynccp
-from asynccp.cli import _bench, _bench_report, main
-from asynccp.cli._main import MEMORY_BENCH_WARNING
+from asynccp.cli import _bench, _bench_report, _bench_stats, _bench_targets, main
+from asynccp.cli._bench_command import MEMORY_BENCH_WARNING
+from asynccp.cli._bench_options import Options as BenchOptions
 
 TINY_BENCH = [
     "bench", "--sizes", "64KiB,128KiB", "--saves", "2", "--rounds", "1", "--small-saves", "30",
@@ -606,15 +607,15 @@ def test_bench_on_memory_warns_and_fail_on_miss_sets_the_exit_code(cli: Cli) -> 
 
 def test_bench_figure_without_samples_prints_na() -> None:
     """A loop-lag ticker that never ticked: ``n/a`` in the table and the targets, not 0."""
-    opts = _bench.Options(url="memory://", sizes=[64 << 10], kinds=["bytes"], saves=1, rounds=1,
-                          small_saves=0, memory=False)  # fmt: skip
+    opts = BenchOptions(url="memory://", sizes=[64 << 10], kinds=["bytes"], saves=1, rounds=1,
+                        small_saves=0, memory=False)  # fmt: skip
     doc = asyncio.run(_bench.run(opts))
     case = doc["cases"][0]
-    case["loop_lag_ms"]["asynccp"] = _bench._lag_summary([])  # what a run without ticks gives
-    case["restore_mib_s"]["asynccp"] = _bench._mib_s(0, 0.0)  # and a time too short to measure
+    case["loop_lag_ms"]["asynccp"] = _bench_stats.lag_summary([])  # what a run without ticks gives
+    case["restore_mib_s"]["asynccp"] = _bench_stats.mib_s(0, 0.0)  # and a time too short to measure
     assert case["loop_lag_ms"]["asynccp"]["p99"] is None
     assert case["restore_mib_s"]["asynccp"] is None
-    doc["targets"] = _bench.targets(doc)
+    doc["targets"] = _bench_targets.targets(doc)
     lag = next(t for t in doc["targets"] if t["target"].startswith("loop lag"))
     assert lag["value"] is None and lag["met"] is False
 
@@ -653,8 +654,8 @@ def test_bench_plot_ticks_read_as_plain_numbers() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    opts = _bench.Options(url="memory://", sizes=[64 << 10, 256 << 10, 1 << 20], kinds=["bytes"],
-                          saves=1, rounds=1, small_saves=0, memory=False)  # fmt: skip
+    opts = BenchOptions(url="memory://", sizes=[64 << 10, 256 << 10, 1 << 20], kinds=["bytes"],
+                        saves=1, rounds=1, small_saves=0, memory=False)  # fmt: skip
     doc = asyncio.run(_bench.run(opts))
     fig = _bench_report.figure(doc)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import asynccp
-from asynccp.cli._main import build_parser
+from asynccp.cli._parser import build_parser
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"

@@ -13,7 +13,12 @@ from pathlib import Path
 
 #: What neither ``import asynccp`` nor ``asynccp ls`` may import.
 HEAVY = ("rich", "matplotlib", "numpy")
-CLI_MODULES = ("asynccp.cli", "asynccp.cli._bench", "asynccp.cli._bench_report")
+CLI_MODULES = (
+    "asynccp.cli",
+    "asynccp.cli._bench",
+    "asynccp.cli._bench_engine",
+    "asynccp.cli._bench_report",
+)
 
 
 def imported_after(code: str) -> list[str]:

@@ -178,7 +178,8 @@ def _scheduler() -> Callable[..., Any]:
         pass
     import trio  # anyio runs on asyncio or trio
 
-    return trio.lowlevel.current_trio_token().run_sync_soon
+    run_sync_soon: Callable[..., Any] = trio.lowlevel.current_trio_token().run_sync_soon
+    return run_sync_soon
 
 
 def _deliver(signum: int) -> None:

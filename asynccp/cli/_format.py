@@ -1,25 +1,32 @@
-"""Text for people: byte sizes, figures, one-line error messages, plain-text tables.
+"""Text for people: byte sizes, figures, step lists, one-line error messages, plain-text
+tables; and a command's output on stdout, for people or as one JSON document.
 
-Shared by the ``asynccp`` command and the benchmark report, so that a size, an error
+Shared by the ``asynccp`` commands and the benchmark report, so that a size, an error
 and a table read the same in ``asynccp ls`` as in ``asynccp bench``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 __all__ = [
     "NA",
     "clip",
     "display_width",
+    "emit",
     "fmt_ms",
     "fmt_num",
     "fmt_size",
+    "fmt_steps",
     "one_line",
     "parse_size",
     "table",
+    "to_json",
 ]
 
 #: How a figure without samples (or without a finite value) is shown.
@@ -90,6 +97,12 @@ def fmt_ms(value: float | None, unit: str = " ms") -> str:
     return f"{value:.4f}{unit}"
 
 
+def fmt_steps(steps: list[int], n: int = 12) -> str:
+    """The first ``n`` of ``steps``, comma-separated, and how many more there are."""
+    s = ", ".join(map(str, steps[:n]))
+    return s + (f", … ({len(steps) - n} more)" if len(steps) > n else "")
+
+
 def one_line(e: BaseException, limit: int = 400) -> str:
     """The first non-blank line of an error's message (its type when there is none).
 
@@ -157,3 +170,22 @@ def table(
     if rule:
         lines.append(fmt(["-" * w for w in widths]))
     return "\n".join([*lines, *map(fmt, rows)])
+
+
+def to_json(doc: Any, **options: Any) -> str:
+    """``doc`` as JSON with its characters as written (``✓``, not ``\\u2713``).
+
+    Escaped (``ensure_ascii``, still the same JSON) only where stdout could not print
+    them: a lone surrogate in a manifest's metadata, an ASCII-only stdout.
+    """
+    text = json.dumps(doc, ensure_ascii=False, **options)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(doc, **options)
+    return text
+
+
+def emit(as_json: bool, doc: Any, text: Callable[[], str]) -> None:
+    """A command's result on stdout: ``doc`` as JSON, or ``text()`` for people."""
+    print(to_json(doc, indent=2) if as_json else text())
