@@ -36,7 +36,7 @@ class Autosave:
         state: Callable[[], StatePayload | Awaitable[StatePayload]],
         **options: Unpack[AutosaveKeywords],
     ) -> None:
-        self._engine = Engine(cp, state, _checked(cp, state, "autosave()", options))
+        self._engine = Engine(cp, state, _checked(cp, state, "Autosave()", options))
         self._tasks = AsyncExitStack()
 
     @classmethod
@@ -46,7 +46,7 @@ class Autosave:
         state: Callable[[], StatePayload | Awaitable[StatePayload]],
         options: AutosaveOptions,
     ) -> Autosave:
-        """An autosave with settings already checked (:func:`~asynccp.lifespan`'s)."""
+        """An autosave with settings checked already (by :func:`autosave`, :func:`lifespan`)."""
         self = cls.__new__(cls)
         self._engine = Engine(cp, state, options)
         self._tasks = AsyncExitStack()
@@ -149,23 +149,27 @@ def autosave(
         state: returns the payload to save (``bytes``, ``str``, a buffer, or a mapping
             of file names to those); sync or async. It runs on the event loop: move a
             slow serialisation to a thread inside it.
-        every: seconds between autosaves (a ``timedelta`` works too).
-        every_changes: also autosave as soon as this many changes were reported with
-            :meth:`Autosave.changed` since the last one.
-        skip: how unchanged state is recognised — ``"digest"`` (the default: size and
-            CRC32C of each file against the newest checkpoint), ``"changes"`` (no change
-            reported: the state is not even read), or ``"never"``.
-        max_failures: failures in a row before :class:`AutosaveError` reaches the owner
-            (default 10; None: never give up; failures are still logged and counted).
-        final_timeout: seconds the exit may wait for the final save to commit (default:
-            the checkpointer's ``flush_timeout``).
-        metadata: JSON metadata recorded with every autosave.
-        meter_provider: an OpenTelemetry meter provider (default: the global one);
-            ignored when the OpenTelemetry API is not installed.
-        tracer_provider: an OpenTelemetry tracer provider (default: the global one);
-            ignored likewise.
+
+    Keyword Args:
+        every (float | timedelta): seconds between autosaves (a ``timedelta`` works
+            too).
+        every_changes (int): also autosave as soon as this many changes were reported
+            with :meth:`Autosave.changed` since the last one.
+        skip (str): how unchanged state is recognised — ``"digest"`` (the default: size
+            and CRC32C of each file against the newest checkpoint), ``"changes"`` (no
+            change reported: the state is not even read), or ``"never"``.
+        max_failures (int | None): failures in a row before :class:`AutosaveError`
+            reaches the owner (default 10; None: never give up; failures are still
+            logged and counted).
+        final_timeout (float | timedelta): seconds the exit may wait for the final save
+            to commit (default: the checkpointer's ``flush_timeout``).
+        metadata (Mapping[str, Any]): JSON metadata recorded with every autosave.
+        meter_provider (MeterProvider): an OpenTelemetry meter provider (default: the
+            global one); ignored when the OpenTelemetry API is not installed.
+        tracer_provider (TracerProvider): an OpenTelemetry tracer provider (default:
+            the global one); ignored likewise.
 
     Raises at once: TypeError / ValueError for bad arguments. See the package docstring
     for steps, skipping, coalescing, failures and the exit.
     """
-    return Autosave(cp, state, **options)
+    return Autosave._of(cp, state, _checked(cp, state, "autosave()", options))
