@@ -1,8 +1,8 @@
-"""What a checkpointer does, as OpenTelemetry metrics and spans (when the API is there).
+"""What asynccp does, as OpenTelemetry metrics and spans (when the API is there).
 
 asynccp talks to the OpenTelemetry *API* only, imported lazily: with it installed and a
 meter or tracer provider configured by the application (the SDK, an exporter: the
-application's choice, never forced), every checkpointer records
+application's choice, never forced), every checkpointer records (:class:`Telemetry`)
 
 - counters ``asynccp.saves``, ``asynccp.commits``, ``asynccp.failures``,
   ``asynccp.superseded`` (checkpoints) and ``asynccp.bytes.saved``,
@@ -14,62 +14,158 @@ application's choice, never forced), every checkpointer records
 - spans ``asynccp.commit`` (one checkpoint's upload and commit) and ``asynccp.restore``
   (``load_latest``, ``read``, ``restore``),
 
-each with the attributes ``asynccp.location`` and ``asynccp.writer``. Without the API
-nothing is recorded and nothing else changes; with the API but no SDK configured, the
-API's own no-op providers make every call free.
+each with the attributes ``asynccp.location`` and ``asynccp.writer``; and every autosave
+(:class:`AutosaveTelemetry`, through the providers it was given or the global ones)
+
+- counters ``asynccp.autosave.saves``, ``.skips``, ``.failures``, ``.replaced``;
+- a histogram ``asynccp.autosave.duration`` (seconds from reading the state to the
+  commit);
+- spans ``asynccp.autosave.save`` and ``asynccp.autosave.restore``,
+
+each with the attribute ``asynccp.location``. Without the API nothing is recorded and
+nothing else changes; with the API but no SDK configured, the API's own no-op
+providers make every call free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
-__all__ = ["Telemetry"]
+__all__ = ["AutosaveTelemetry", "EndSpan", "Instruments", "Telemetry"]
 
 #: The queue depth of every live checkpointer, read by the one observable gauge.
 _depths: weakref.WeakSet[Telemetry] = weakref.WeakSet()
 _gauge_registered = False
 
+_CHECKPOINT = "{checkpoint}"
 
-class Telemetry:
-    """One checkpointer's instruments, or no-ops when the OpenTelemetry API is missing."""
 
-    def __init__(self, location: str, writer: str, depth: Callable[[], int]) -> None:
-        self.attributes: dict[str, str] = {"asynccp.location": location, "asynccp.writer": writer}
-        self._depth = depth
+class EndSpan(Protocol):
+    """Ends a span :meth:`Instruments.open_span` started: with the error, if there was
+    one, and attributes learnt meanwhile."""
+
+    def __call__(self, error: BaseException | None = None, /, **attributes: Any) -> None: ...
+
+
+class Instruments:
+    """Counters, histograms (in seconds) and a tracer of the ``asynccp`` scope, each point
+    carrying ``attributes``; no-ops when the OpenTelemetry API is missing.
+
+    ``counters`` are ``(name, unit, description)``, ``histograms`` ``(name,
+    description)``; an instrument is called ``prefix + name``. The providers default to
+    the global ones.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        attributes: dict[str, str],
+        counters: Iterable[tuple[str, str, str]],
+        histograms: Iterable[tuple[str, str]],
+        *,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
+    ) -> None:
+        self.attributes = attributes
         self._counters: dict[str, Any] = {}
         self._histograms: dict[str, Any] = {}
         self._tracer: Any = None
+        #: The meter (None without the API).
+        self.meter: Any = None
         try:
             from opentelemetry import metrics, trace
         except ImportError:
             return
         from . import __version__
 
-        meter = metrics.get_meter("asynccp", __version__)
-        for name, unit, what in (
-            ("saves", "{checkpoint}", "Checkpoints staged by save()"),
-            ("commits", "{checkpoint}", "Checkpoints committed"),
-            ("failures", "{checkpoint}", "Checkpoints that failed to upload or commit"),
-            ("superseded", "{checkpoint}", "Checkpoints dropped for a newer one before upload"),
-            ("bytes.saved", "By", "Bytes staged by save()"),
-            ("bytes.committed", "By", "Bytes committed"),
-        ):
+        meter = metrics.get_meter("asynccp", __version__, meter_provider=meter_provider)
+        for name, unit, what in counters:
             self._counters[name] = meter.create_counter(
-                f"asynccp.{name}", unit=unit, description=what
+                f"{prefix}{name}", unit=unit, description=what
             )
-        for name, what in (
-            ("save.stall", "Seconds save() held its caller"),
-            ("commit.duration", "Seconds from a checkpoint's upload start to its commit"),
-        ):
+        for name, what in histograms:
             self._histograms[name] = meter.create_histogram(
-                f"asynccp.{name}", unit="s", description=what
+                f"{prefix}{name}", unit="s", description=what
             )
-        _register_gauge(meter)
-        _depths.add(self)
-        self._tracer = trace.get_tracer("asynccp", __version__)
+        self._tracer = trace.get_tracer("asynccp", __version__, tracer_provider=tracer_provider)
+        self.meter = meter
+
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: Any) -> Iterator[None]:
+        """A span around the block (an error in it is recorded on the span)."""
+        if self._tracer is None:
+            yield
+            return
+        with self._tracer.start_as_current_span(name, attributes=self._attrs(attributes)):
+            yield
+
+    def open_span(self, name: str, *, start_ns: int | None = None, **attributes: Any) -> EndSpan:
+        """Start a span that is not the current one (several side by side: a group of
+        checkpoints committed together; or one that began at ``start_ns``, before it
+        was known to be worth one); call what this returns to end it."""
+        if self._tracer is None:
+            return _no_span
+        span = self._tracer.start_span(
+            name, start_time=start_ns, attributes=self._attrs(attributes)
+        )
+
+        def end(error: BaseException | None = None, /, **attributes: Any) -> None:
+            for key, value in attributes.items():
+                span.set_attribute(f"asynccp.{key}", value)
+            if error is not None:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            span.end()
+
+        return end
+
+    def _attrs(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        return {**self.attributes, **{f"asynccp.{k}": v for k, v in attributes.items()}}
+
+    def _add(self, name: str, value: int) -> None:
+        counter = self._counters.get(name)
+        if counter is not None:
+            counter.add(value, self.attributes)
+
+    def _record(self, name: str, value: float) -> None:
+        histogram = self._histograms.get(name)
+        if histogram is not None:
+            histogram.record(value, self.attributes)
+
+
+def _no_span(error: BaseException | None = None, /, **attributes: Any) -> None:
+    """What ends a span when there is no tracer: nothing."""
+
+
+class Telemetry(Instruments):
+    """One checkpointer's instruments."""
+
+    def __init__(self, location: str, writer: str, depth: Callable[[], int]) -> None:
+        super().__init__(
+            "asynccp.",
+            {"asynccp.location": location, "asynccp.writer": writer},
+            (
+                ("saves", _CHECKPOINT, "Checkpoints staged by save()"),
+                ("commits", _CHECKPOINT, "Checkpoints committed"),
+                ("failures", _CHECKPOINT, "Checkpoints that failed to upload or commit"),
+                ("superseded", _CHECKPOINT, "Checkpoints dropped for a newer one before upload"),
+                ("bytes.saved", "By", "Bytes staged by save()"),
+                ("bytes.committed", "By", "Bytes committed"),
+            ),
+            (
+                ("save.stall", "Seconds save() held its caller"),
+                ("commit.duration", "Seconds from a checkpoint's upload start to its commit"),
+            ),
+        )
+        self._depth = depth
+        if self.meter is not None:
+            _register_gauge(self.meter)
+            _depths.add(self)
 
     def saved(self, size: int, stall: float) -> None:
         """``save()`` staged ``size`` bytes, holding its caller ``stall`` seconds."""
@@ -91,44 +187,45 @@ class Telemetry:
         """A checkpoint was dropped for a newer one before its upload."""
         self._add("superseded", 1)
 
-    @contextlib.contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[None]:
-        """A span around the block (an error in it is recorded on the span)."""
-        if self._tracer is None:
-            yield
-            return
-        attrs = {**self.attributes, **{f"asynccp.{k}": v for k, v in attributes.items()}}
-        with self._tracer.start_as_current_span(name, attributes=attrs):
-            yield
 
-    def open_span(self, name: str, **attributes: Any) -> Callable[[BaseException | None], None]:
-        """Start a span that is not the current one (several side by side: a group of
-        checkpoints committed together); call what this returns, with the error if
-        there was one, to end it."""
-        if self._tracer is None:
-            return lambda error: None
-        attrs = {**self.attributes, **{f"asynccp.{k}": v for k, v in attributes.items()}}
-        span = self._tracer.start_span(name, attributes=attrs)
+class AutosaveTelemetry(Instruments):
+    """One autosave's instruments (and its lifespan's restore span)."""
 
-        def end(error: BaseException | None) -> None:
-            if error is not None:
-                from opentelemetry.trace import Status, StatusCode
+    def __init__(self, location: str, meter_provider: Any, tracer_provider: Any) -> None:
+        super().__init__(
+            "asynccp.autosave.",
+            {"asynccp.location": location},
+            (
+                ("saves", _CHECKPOINT, "Autosaves committed"),
+                ("skips", _CHECKPOINT, "Autosaves skipped: the state had not changed"),
+                ("failures", _CHECKPOINT, "Autosaves that failed (state callable, save or upload)"),
+                (
+                    "replaced",
+                    _CHECKPOINT,
+                    "Autosaves replaced by a newer state before they were uploaded",
+                ),
+            ),
+            (("duration", "Time from reading the state to the commit of an autosave"),),
+            meter_provider=meter_provider,
+            tracer_provider=tracer_provider,
+        )
 
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-            span.end()
+    def committed(self, seconds: float) -> None:
+        """An autosave committed, ``seconds`` after its state was read."""
+        self._add("saves", 1)
+        self._record("duration", seconds)
 
-        return end
+    def skipped(self) -> None:
+        """The state had not changed: not saved."""
+        self._add("skips", 1)
 
-    def _add(self, name: str, value: int) -> None:
-        counter = self._counters.get(name)
-        if counter is not None:
-            counter.add(value, self.attributes)
+    def failed(self) -> None:
+        """An autosave failed (the state callable, the save or the upload)."""
+        self._add("failures", 1)
 
-    def _record(self, name: str, value: float) -> None:
-        histogram = self._histograms.get(name)
-        if histogram is not None:
-            histogram.record(value, self.attributes)
+    def replaced(self) -> None:
+        """An autosave was replaced by a newer state before its upload."""
+        self._add("replaced", 1)
 
 
 def _register_gauge(meter: Any) -> None:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import crc32c
@@ -32,14 +32,16 @@ from .._state import STATE_NAME, State, plan_state
 from .._types import Payload
 from ._staging import StagingFolder
 
-__all__ = ["DEFAULT_NAME", "Part", "StagedFile", "Stager"]
+__all__ = ["DEFAULT_NAME", "OFFLOAD_BYTES", "Part", "StagedFile", "Stager", "maybe_offload"]
 
 #: The name a single-buffer payload gets inside its checkpoint.
 DEFAULT_NAME = "data"
 
+T = TypeVar("T")
+
 #: Copies at least this large go to a worker thread instead of running on the loop
 #: (smaller ones take well under a millisecond: less than the trip to a thread).
-_OFFLOAD_BYTES = 4 << 20
+OFFLOAD_BYTES = 4 << 20
 _COPY_CHUNK = 8 << 20
 #: A pooled buffer is reused for a smaller file when it wastes at most this much.
 _POOL_SLACK = 8 << 20
@@ -159,7 +161,7 @@ class Stager:
     async def _stage_buffer(self, name: str, value: bytes | memoryview) -> StagedFile:
         if isinstance(value, bytes):
             return StagedFile(name, len(value), data=value)
-        if value.nbytes < _OFFLOAD_BYTES:
+        if value.nbytes < OFFLOAD_BYTES:
             return StagedFile(name, value.nbytes, data=value.tobytes())
         return await self._stage_gather(name, Gather(value.nbytes, sources=[(0, value)]))
 
@@ -168,7 +170,7 @@ class Stager:
         if g.allocate is not None:  # memory of the gather's own choosing (pinned)
             owner, data = await anyio.to_thread.run_sync(g.fill_own)
             return StagedFile(name, g.size, data=data, owner=owner)
-        if g.size < _OFFLOAD_BYTES:  # small: on the loop, quicker than a thread trip
+        if g.size < OFFLOAD_BYTES:  # small: on the loop, quicker than a thread trip
             out = bytearray(g.size)
             g.fill(out, threads=1)
             return StagedFile(name, g.size, data=memoryview(out))
@@ -297,8 +299,8 @@ def _buffer_size(part: Part) -> int | None:
     """The size of the pooled buffer a snapshot of ``part`` takes; None if it takes none."""
     value = part.value
     if isinstance(value, Gather):
-        return None if value.allocate is not None or value.size < _OFFLOAD_BYTES else value.size
-    if isinstance(value, memoryview) and value.nbytes >= _OFFLOAD_BYTES:
+        return None if value.allocate is not None or value.size < OFFLOAD_BYTES else value.size
+    if isinstance(value, memoryview) and value.nbytes >= OFFLOAD_BYTES:
         return value.nbytes
     return None
 
@@ -321,7 +323,7 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
     if isinstance(value, bytes):
         return [Part(name or DEFAULT_NAME, len(value), value)]
     if isinstance(value, str):
-        data = await _maybe_offload(value.encode, len(value))
+        data = await maybe_offload(value.encode, len(value))
         return [Part(name or DEFAULT_NAME, len(data), data)]
     if isinstance(value, os.PathLike):
         return await anyio.to_thread.run_sync(_plan_path, Path(os.fspath(value)), name)
@@ -347,8 +349,10 @@ async def _plan_one(value: object, name: str | None) -> list[Part]:
     return [Part(name or DEFAULT_NAME, flat.nbytes, flat)]
 
 
-async def _maybe_offload(fn: Callable[[], bytes], size: int) -> bytes:
-    if size >= _OFFLOAD_BYTES:
+async def maybe_offload(fn: Callable[[], T], size: int) -> T:
+    """``fn()``: in a worker thread when it works on ``size`` >= :data:`OFFLOAD_BYTES`
+    bytes, else on the loop."""
+    if size >= OFFLOAD_BYTES:
         return await anyio.to_thread.run_sync(fn)
     return fn()
 
