@@ -192,9 +192,7 @@ class Checkpointer:
         self._reader: Reader = self._catalog_reader
         self._housekeeping = Housekeeping(
             self._store,
-            keep=opts.retention.keep,
-            keep_every=opts.retention.keep_every,
-            orphan_grace=opts.retention.orphan_grace,
+            retention=opts.retention,
             writer=self._writer,
             bad=self._order.bad,
             shard=self.shard,

@@ -43,6 +43,7 @@ from ._layout import (
     step_of_quarantine_key,
 )
 from ._leases import drop, read_leases
+from ._options import Retention
 from ._shard_records import AnyManifest, ShardedManifest, decode_record, folders_of, owned_prefixes
 from ._shards import sweep_parts
 from ._store import ObjectInfo, Store, call
@@ -484,9 +485,7 @@ class Housekeeping:
         self,
         store: Store,
         *,
-        keep: int | None,
-        keep_every: int | None,
-        orphan_grace: float,
+        retention: Retention,
         writer: str,
         bad: set[Bad],
         shard: int | None = None,
@@ -496,9 +495,9 @@ class Housekeeping:
         #: Of a sharded launch only shard 0 does housekeeping: one process deletes.
         self.active = shard in (None, 0)
         self.generation = generation
-        self.keep = keep
-        self.keep_every = keep_every
-        self.orphan_grace = timedelta(seconds=orphan_grace)
+        self.keep = retention.keep
+        self.keep_every = retention.keep_every
+        self.orphan_grace = timedelta(seconds=retention.orphan_grace)
         self.writer = writer
         #: What retention knows of the records (``bad`` is the step order's own set).
         self.trust = Trust(bad=bad)
