@@ -206,6 +206,9 @@ def main() -> None:
     dist.init_process_group("gloo")
     try:
         anyio.run(train, args)
+        # every rank leaves together: a rank tearing gloo down while another still
+        # talks to it can abort the process at exit
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
