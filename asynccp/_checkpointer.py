@@ -44,23 +44,23 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from anyio.abc import TaskGroup
 
 from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
 from ._checks import check_bool, check_int, check_step
-from ._groups import add_note
+from ._groups import TaskGroupEntry, add_note
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
 from ._options import Limits, Options, Retention, Sharding, StoreOptions, check_keywords, options
 from ._reader import CatalogReader, Reader
 from ._retention import Housekeeping
 from ._shard_records import ShardSpec
+from ._shards import whole_step
 from ._store import call, resolve
 from ._types import LocationLike, Payload, Policy
 from ._write import Committed, FlushResult, Pipeline, SaveHandle, Stats, StepOrder, open_staging
 from ._write._commit import RecordHook
 from ._write._shards import commit_part
-from .errors import CheckpointClosedError, ShardMismatchError
+from .errors import CheckpointClosedError
 
 __all__ = ["Checkpointer", "Phase", "Stats"]
 
@@ -69,30 +69,6 @@ T = TypeVar("T")
 
 #: Seconds the exit spends, at most, deleting this writer's lease.
 _LEASE_RELEASE_SECONDS = 10.0
-
-
-class _Tasks:
-    """The checkpointer's task group, as one entry of its exit stack.
-
-    Its exit never takes in the exception leaving the ``async with`` block: by then
-    every task in it is over (the flush ran first and stopped the lease), and anyio
-    would wrap that exception in an ``ExceptionGroup`` the caller does not expect.
-    """
-
-    def __init__(self) -> None:
-        self._tg = anyio.create_task_group()
-
-    async def __aenter__(self) -> TaskGroup:
-        return await self._tg.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        await self._tg.__aexit__(None, None, None)
-        return False  # (trio's nursery answers True for "no error": that is no suppression)
 
 
 class Phase(enum.Enum):
@@ -278,7 +254,7 @@ class Checkpointer:
                 staging = await anyio.to_thread.run_sync(open_staging, self._options.staging_dir)
                 stack.push_async_callback(self._pipeline.release)  # last: the staging folder
                 stack.push_async_exit(self._report)  # after the task group (see there)
-                tg = await stack.enter_async_context(_Tasks())
+                tg = await stack.enter_async_context(TaskGroupEntry())
                 stack.callback(self._lease.stop)  # before the task group waits for it
                 tg.start_soon(self._lease.run)
                 await self._pipeline.start(tg, staging, ready=self._lease.written)
@@ -491,35 +467,7 @@ class Checkpointer:
                 )
             return await result
 
-        return await self._newest(self._restoring(run))
-
-    def _restoring(
-        self, action: Callable[[Checkpoint], Awaitable[T]]
-    ) -> Callable[[Checkpoint], Awaitable[T]]:
-        """``action``, for a sharded checkpointer checked first: the checkpoint has as
-        many parts as this launch has shards, and every part verifies.
-
-        Every part, not only this shard's: each shard must reach the same verdict on a
-        step without talking to the others, so a corrupt part makes every shard fall
-        back past its step alike.
-        """
-        spec = self._sharding
-        if spec is None:
-            return action
-
-        async def checked(ckpt: Checkpoint) -> T:
-            if ckpt.shards != spec.shards:
-                raise ShardMismatchError(
-                    f"checkpoint {ckpt.step} in {self.location} was written by "
-                    f"{ckpt.shards} process(es), and this Checkpointer is shard {spec.shard} "
-                    f"of {spec.shards}: restore it with shards={ckpt.shards}, or read every "
-                    "part (`ckpt.shard(r)` for r in range(ckpt.shards)) from a Checkpointer "
-                    "without shard= and reshard it yourself"
-                )
-            await ckpt.verify()
-            return await action(ckpt)
-
-        return checked
+        return await self._newest(self._whole_step(run))
 
     async def _newest(
         self, action: Callable[[Checkpoint], Awaitable[T]]
@@ -547,7 +495,7 @@ class Checkpointer:
         None when no checkpoint verifies. A sharded checkpointer reads its own part (of
         the newest step whose every part verifies).
         """
-        found = await self._newest(self._restoring(lambda c: self._own(c).read()))
+        found = await self._newest(self._whole_step(lambda c: self._own(c).read()))
         return None if found is None else found[1]
 
     async def restore(
@@ -565,9 +513,16 @@ class Checkpointer:
             raise TypeError(f"dest_dir must be a path, got {type(dest_dir).__name__}")
         check_bool("overwrite", overwrite)
         found = await self._newest(
-            self._restoring(lambda c: self._own(c).download(dest_dir, overwrite=overwrite))
+            self._whole_step(lambda c: self._own(c).download(dest_dir, overwrite=overwrite))
         )
         return None if found is None else found[1]
+
+    def _whole_step(
+        self, action: Callable[[Checkpoint], Awaitable[T]]
+    ) -> Callable[[Checkpoint], Awaitable[T]]:
+        """``action``; for a sharded checkpointer, on a step found whole first."""
+        spec = self._sharding
+        return action if spec is None else whole_step(spec, self.location, action)
 
     def _own(self, ckpt: Checkpoint) -> Checkpoint:
         """This shard's part of ``ckpt`` (``ckpt`` itself for an unsharded checkpointer)."""

@@ -2,27 +2,58 @@
 
 The protocol that writes them is :mod:`asynccp._write._shards` (the design and why it is
 safe: ``docs/sharding.md``); the format is :mod:`asynccp._shard_records`. This module
-groups the records of ``parts/`` by step and generation (the command line shows them)
-and collects those a dead launch left behind without completing their step.
+groups the records of ``parts/`` by step and generation (the command line shows them),
+collects those a dead launch left behind without completing their step, and checks a
+step whole before one shard of a launch resumes from it (:func:`whole_step`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from . import _catalog as catalog
+from ._checkpoint import Checkpoint
 from ._layout import PARTS, parse_part_key, parts_dir
 from ._leases import Leases
-from ._shard_records import Part, ShardedManifest, decode_record
+from ._shard_records import Part, ShardedManifest, ShardSpec, decode_record
 from ._store import ObjectInfo, Store, call
-from .errors import CorruptCheckpointError
+from .errors import CorruptCheckpointError, ShardMismatchError
 
-__all__ = ["PartGroup", "part_groups", "read_part", "sweep_parts", "uncommitted"]
+__all__ = ["PartGroup", "part_groups", "read_part", "sweep_parts", "uncommitted", "whole_step"]
 
 log = logging.getLogger("asynccp")
+T = TypeVar("T")
+
+
+def whole_step(
+    spec: ShardSpec, location: str, action: Callable[[Checkpoint], Awaitable[T]]
+) -> Callable[[Checkpoint], Awaitable[T]]:
+    """``action``, run by one shard of a launch once the checkpoint is checked whole:
+    it has as many parts as the launch has shards, and every part verifies.
+
+    Every part, not only this shard's: each shard must reach the same verdict on a
+    step without talking to the others, so a corrupt part makes every shard fall back
+    past its step alike. Another number of parts is a :class:`ShardMismatchError`.
+    """
+
+    async def checked(ckpt: Checkpoint) -> T:
+        if ckpt.shards != spec.shards:
+            raise ShardMismatchError(
+                f"checkpoint {ckpt.step} in {location} was written by "
+                f"{ckpt.shards} process(es), and this Checkpointer is shard {spec.shard} "
+                f"of {spec.shards}: restore it with shards={ckpt.shards}, or read every "
+                "part (`ckpt.shard(r)` for r in range(ckpt.shards)) from a Checkpointer "
+                "without shard= and reshard it yourself"
+            )
+        await ckpt.verify()
+        return await action(ckpt)
+
+    return checked
 
 
 async def read_part(store: Store, key: str) -> Part | None:
