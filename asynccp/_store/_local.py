@@ -141,13 +141,7 @@ class LocalDir:
         done: list[str] = []
         try:
             for prepared, key in links:
-                dest = self.root / key
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(prepared, dest)
-                except FileExistsError:
-                    raise ObjectExists(key) from None
-                prepared.unlink()
+                self._link(prepared, key)
                 done.append(key)
         except Exception:
             if not done:
@@ -198,6 +192,11 @@ class LocalDir:
     def link_prepared(self, prepared: Path, key: str) -> None:
         """Create ``key`` as a hard link to the prepared file (ObjectExists when there
         is one), make it durable, and remove the prepared name."""
+        fsync_dir(self._link(prepared, key).parent)
+
+    def _link(self, prepared: Path, key: str) -> Path:
+        """Hard-link ``key`` to the prepared file (ObjectExists when there is one) and
+        remove the prepared name; return the key's path (not yet durable)."""
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -205,7 +204,7 @@ class LocalDir:
         except FileExistsError:
             raise ObjectExists(key) from None
         prepared.unlink()
-        fsync_dir(dest.parent)
+        return dest
 
     def make_durable(self, keys: Sequence[str]) -> None:
         """fsync the folders holding ``keys``, deepest first, up to (not including) the
