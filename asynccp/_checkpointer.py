@@ -36,6 +36,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack, contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -56,6 +57,7 @@ from ._retention import Housekeeping
 from ._shard_records import ShardSpec
 from ._shards import whole_step
 from ._store import call, resolve
+from ._tiers import Tiers
 from ._types import LocationLike, Payload, Policy
 from ._write import Committed, FlushResult, Pipeline, SaveHandle, Stats, StepOrder, open_staging
 from ._write._commit import RecordHook
@@ -112,6 +114,11 @@ class Checkpointer:
             (:class:`~asynccp.Sharding`; ``docs/sharding.md``).
         flush_timeout: seconds the exit flush may take before pending work is
             abandoned and reported with ``FlushTimeoutError``.
+        local: a local directory to commit to first: a handle resolves once the
+            checkpoint is durable there, and it is replicated to ``location`` (the remote
+            tier) in the background; reads see both tiers (``docs/tiers.md``).
+        local_keep: checkpoints the local tier keeps (default 2; never one the remote
+            tier does not hold yet); ``keep`` is the remote tier's.
         staging_dir: where file payloads are copied while they wait (a temp dir).
         attempt: recorded in each manifest; set by the supervisor.
 
@@ -141,6 +148,8 @@ class Checkpointer:
         flush_timeout: float | timedelta = 300.0,
         staging_dir: str | os.PathLike[str] | None = None,
         attempt: int = 0,
+        local: str | os.PathLike[str] | None = None,
+        local_keep: int | None = None,
     ) -> None:
         self._options = opts = options(
             keep=keep,
@@ -151,10 +160,18 @@ class Checkpointer:
             sharding=sharding,
             flush_timeout=flush_timeout,
             staging_dir=staging_dir,
+            local=local,
+            local_keep=local_keep,
         )
         self._attempt = check_int("attempt", attempt, minimum=0)
         self._store = resolve(location, opts.store)
+        self._location = self._store.description
         self._writer = secrets.token_hex(6)
+        #: With ``local=``: the remote tier (``location``) behind the local directory the
+        #: write path commits to (see :mod:`asynccp._tiers`).
+        self._tiers = None if opts.local is None else Tiers(self._store, opts, writer=self._writer)
+        if self._tiers is not None:
+            self._store = self._tiers.local
         self._sharding: ShardSpec | None = (
             None if opts.sharding is None else opts.sharding.spec(self._writer)
         )
@@ -162,10 +179,10 @@ class Checkpointer:
         #: they recorded are this shard's own.
         self._predecessors: tuple[str, ...] = ()
         self._state = Phase.NEW
-        self._order = StepOrder(self._store.description)
+        self._order = StepOrder(self._location) if self._tiers is None else self._tiers.order
         self._catalog_reader = CatalogReader(self._store, self._order)
         #: What the reads go through (:meth:`_read_through` changes it for a block).
-        self._reader: Reader = self._catalog_reader
+        self._reader: Reader = self._catalog_reader if self._tiers is None else self._tiers.reader
         self._housekeeping = Housekeeping(
             self._store,
             retention=opts.retention,
@@ -219,8 +236,8 @@ class Checkpointer:
 
     @property
     def location(self) -> str:
-        """Where the checkpoints go, as a readable string."""
-        return self._store.description
+        """Where the checkpoints go (with ``local=``: the remote tier), as a string."""
+        return self._location
 
     @property
     def writer_id(self) -> str:
@@ -258,6 +275,9 @@ class Checkpointer:
                 stack.callback(self._lease.stop)  # before the task group waits for it
                 tg.start_soon(self._lease.run)
                 await self._pipeline.start(tg, staging, ready=self._lease.written)
+                if self._tiers is not None:
+                    stack.callback(self._tiers.stop)
+                    await self._tiers.start(tg)
                 stack.push_async_exit(self._drain)  # first: the flush
                 # The location is read while the lease is first written, and the open
                 # returns with the lease held: the first upload need not wait for it.
@@ -288,8 +308,8 @@ class Checkpointer:
         A store that cannot be read now is logged, not fatal: the floor is then unknown,
         and a step committed meanwhile is still caught by the create-if-absent commit.
         """
-        try:
-            await self._catalog_reader.latest()  # what it finds raises the floor
+        try:  # what it finds raises the floor
+            await (self._catalog_reader.latest() if self._tiers is None else self._tiers.discover())
         except Exception as e:  # best effort (a warning turned into an error, too)
             log.warning("asynccp: could not read %s at open: %s", self.location, e)
 
@@ -300,8 +320,12 @@ class Checkpointer:
         tb: TracebackType | None,
     ) -> bool:
         """The exit flush; raise its first error when the body raised none."""
-        seconds = max(0.0, min(self._options.flush_timeout, self._deadline - anyio.current_time()))
+        start = anyio.current_time()
+        seconds = max(0.0, min(self._options.flush_timeout, self._deadline - start))
         result = self._exit_result = await self._pipeline.close(seconds)
+        if self._tiers is not None:  # the remote tier, within what is left
+            left = max(0.0, seconds - (anyio.current_time() - start))
+            result = self._exit_result = await self._tiers.close(result, left)
         self._lease.stop()
         if not result.timed_out:
             left = self._deadline - anyio.current_time()
@@ -352,6 +376,8 @@ class Checkpointer:
         return checkpoint_from(committed.manifest, self._store)
 
     async def _after_commit(self, committed: Committed, idle: bool) -> None:
+        if self._tiers is not None:  # replicated; local retention
+            return await self._tiers.committed_locally(committed, idle)
         # A sharded writer's commit is its part, not the step: retention finds the step.
         manifest = None if committed.part is not None else committed.manifest
         await self._housekeeping.after_commit(committed.key, manifest, idle=idle)
@@ -412,6 +438,8 @@ class Checkpointer:
         self._check_open()
         await self._pipeline.wait_idle()
         self._pipeline.raise_failures()
+        if self._tiers is not None:  # and the remote tier holds them
+            await self._tiers.flush()
 
     # -- the read path ------------------------------------------------------------------
 
@@ -534,8 +562,10 @@ class Checkpointer:
 
     @property
     def stats(self) -> Stats:
-        """Counts, bytes, queue depth, caller stall and upload time so far."""
-        return self._pipeline.stats()
+        """Counts, bytes, queue depth, caller stall and upload time so far (and the
+        remote tier's lag, with ``local=``)."""
+        stats = self._pipeline.stats()
+        return stats if self._tiers is None else replace(stats, replication=self._tiers.stats())
 
     # -- for the supervisor and the plugins (package-internal) ---------------------------
 
@@ -551,9 +581,13 @@ class Checkpointer:
         whatever its ``flush_timeout``.
         """
         self._check_open()
+        start = anyio.current_time()
         if not math.isinf(seconds):
-            self._deadline = min(self._deadline, anyio.current_time() + seconds)
-        return await self._pipeline.flush_within(seconds)
+            self._deadline = min(self._deadline, start + seconds)
+        result = await self._pipeline.flush_within(seconds)
+        if self._tiers is None:
+            return result
+        return await self._tiers.flush_within(result, seconds - (anyio.current_time() - start))
 
     def _continue_from(self, writers: Iterable[str]) -> None:
         """Take the writer ids of the earlier attempts of the same supervisor (before

@@ -32,6 +32,7 @@ else:  # pragma: no cover - 3.10 only
 
 __all__ = [
     "CheckpointerOptions",
+    "DEFAULT_LOCAL_KEEP",
     "Limits",
     "Options",
     "Retention",
@@ -144,6 +145,10 @@ class Options:
     sharding: Sharding | None = None
     flush_timeout: float = 300.0
     staging_dir: str | None = None
+    #: The local tier's directory (None: one tier, the location); ``docs/tiers.md``.
+    local: str | None = None
+    #: Checkpoints kept in the local tier (with ``local`` only).
+    local_keep: int | None = None
 
 
 class CheckpointerOptions(TypedDict, total=False):
@@ -158,6 +163,8 @@ class CheckpointerOptions(TypedDict, total=False):
     sharding: Sharding | None
     flush_timeout: float | timedelta
     staging_dir: str | os.PathLike[str] | None
+    local: str | os.PathLike[str] | None
+    local_keep: int | None
 
 
 def options(
@@ -170,6 +177,8 @@ def options(
     sharding: Sharding | None = None,
     flush_timeout: float | timedelta = 300.0,
     staging_dir: str | os.PathLike[str] | None = None,
+    local: str | os.PathLike[str] | None = None,
+    local_keep: int | None = None,
 ) -> Options:
     """Check a checkpointer's keyword arguments and make them one :class:`Options`.
 
@@ -199,7 +208,40 @@ def options(
         if not isinstance(staging_dir, (str, os.PathLike)):
             raise TypeError(f"staging_dir must be a path, got {type(staging_dir).__name__}")
         staging_dir = os.fspath(staging_dir)
-    return Options(limits, retention, store, sharding, seconds, staging_dir)
+    local, local_keep = _tier(local, local_keep, sharding)
+    return Options(limits, retention, store, sharding, seconds, staging_dir, local, local_keep)
+
+
+#: Checkpoints the local tier keeps unless ``local_keep=`` says otherwise.
+DEFAULT_LOCAL_KEEP = 2
+
+
+def _tier(
+    local: str | os.PathLike[str] | None, local_keep: int | None, sharding: Sharding | None
+) -> tuple[str | None, int | None]:
+    """``local=`` and ``local_keep=`` checked (``local_keep`` defaults to 2 with a
+    ``local``, and is an error without one)."""
+    if local is None:
+        if local_keep is not None:
+            raise ValueError("local_keep= applies to the local tier: pass local=<directory> too")
+        return None, None
+    if not isinstance(local, (str, os.PathLike)):
+        raise TypeError(f"local must be a local directory path, got {type(local).__name__}")
+    path = os.fspath(local)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"local must be a local directory path, got {local!r}")
+    if "://" in path:
+        if not path.lower().startswith("file://"):
+            raise ValueError(
+                f"local must be a local directory (a path or a file:// URL), got {path!r}: "
+                "the remote tier is the location"
+            )
+        path = path[len("file://") :]
+    if sharding is not None:
+        raise ValueError("local= (a local tier) is not supported with sharding= yet")
+    if local_keep is None:
+        return path, DEFAULT_LOCAL_KEEP
+    return path, check_int("local_keep", local_keep, minimum=1)
 
 
 #: The keyword arguments of :class:`CheckpointerOptions`.
@@ -250,6 +292,8 @@ def keywords(o: Options) -> CheckpointerOptions:
         sharding=o.sharding,
         flush_timeout=o.flush_timeout,
         staging_dir=o.staging_dir,
+        local=o.local,
+        local_keep=o.local_keep,
     )
 
 

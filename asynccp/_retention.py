@@ -152,6 +152,7 @@ async def apply_retention(
     trust: Trust | None = None,
     trusted: Callable[[AnyManifest], bool] | None = None,
     dry_run: bool = False,
+    hold: Callable[[], Collection[int]] = tuple,
 ) -> Retained:
     """Delete the valid checkpoints retention does not keep, never trading a checkpoint
     that verifies for one that does not.
@@ -168,6 +169,8 @@ async def apply_retention(
 
     A store error while checking propagates (the caller retries later): nothing is
     deleted on a guess. With ``dry_run`` the checks are made, nothing is deleted.
+    ``hold()`` gives the steps that stay whatever ``keep`` says (a local tier's
+    checkpoints not yet committed to the remote one), asked after the listing.
     """
     if keep is None:
         return Retained([], [], [], [])
@@ -197,7 +200,12 @@ async def apply_retention(
         if anchor is None:
             return Retained([], kept, verified, not_verifying, held=_HELD)
         assert isinstance(anchor, int)
-        going = [(r, m) for r, m in counted if r.step in doomed and r.step < anchor]
+        held = hold()
+        going = [
+            (r, m)
+            for r, m in counted
+            if r.step in doomed and r.step < anchor and r.step not in held
+        ]
         kept = [r.step for r, _ in counted if r.step not in {r.step for r, _ in going}]
         if not dry_run:
             for record, _ in going:
@@ -490,8 +498,11 @@ class Housekeeping:
         bad: set[Bad],
         shard: int | None = None,
         generation: str | None = None,
+        hold: Callable[[], Collection[int]] = tuple,
     ) -> None:
         self.store = store
+        #: The steps retention must leave now (see :func:`apply_retention`).
+        self.hold = hold
         #: Of a sharded launch only shard 0 does housekeeping: one process deletes.
         self.active = shard in (None, 0)
         self.generation = generation
@@ -531,6 +542,7 @@ class Housekeeping:
                     self.keep_every,
                     trust=self.trust,
                     trusted=self._this_launch if self.generation is not None else None,
+                    hold=self.hold,
                 )
             if not self._orphans_collected and idle:
                 self._orphans_collected = True

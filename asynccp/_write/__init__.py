@@ -6,12 +6,13 @@ orders them (:mod:`._pipeline`), the step order (:mod:`._order`) and the handle
 from ._commit import Committed
 from ._handle import SaveHandle
 from ._order import StepOrder
-from ._pipeline import FlushResult, Pipeline, Stats
+from ._pipeline import FlushResult, Pipeline, Replication, Stats
 from ._staging import open_staging
 
 __all__ = [
     "Committed",
     "FlushResult",
+    "Replication",
     "Pipeline",
     "SaveHandle",
     "Stats",

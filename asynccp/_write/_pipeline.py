@@ -46,7 +46,7 @@ from ._staging import StagingFolder
 if TYPE_CHECKING:
     from .._checkpoint import Checkpoint
 
-__all__ = ["FlushResult", "Pipeline", "Stats"]
+__all__ = ["FlushResult", "Pipeline", "Replication", "Stats"]
 
 log = logging.getLogger("asynccp")
 
@@ -63,8 +63,35 @@ GROUP_MAX = 8
 
 
 @dataclass(frozen=True)
+class Replication:
+    """A tiered checkpointer's remote tier (``cp.stats.replication``; ``docs/tiers.md``).
+
+    Attributes:
+        remote: the remote location, as a readable string.
+        steps_behind: checkpoints committed locally, not yet in the remote tier (None
+            until the remote tier has been read).
+        bytes_behind: their payload bytes.
+        seconds_behind: how long ago the oldest of them was saved (0.0: none).
+        replicated: checkpoints this checkpointer committed in the remote tier.
+        bytes_replicated: their payload bytes.
+        failed: checkpoints that cannot be replicated (reported by ``flush()``).
+        last_replicated_step: the newest step it committed there, or None.
+    """
+
+    remote: str
+    steps_behind: int | None
+    bytes_behind: int
+    seconds_behind: float
+    replicated: int
+    bytes_replicated: int
+    failed: int
+    last_replicated_step: int | None
+
+
+@dataclass(frozen=True)
 class Stats:
-    """A snapshot of what a :class:`~asynccp.Checkpointer` has done so far."""
+    """A snapshot of what a :class:`~asynccp.Checkpointer` has done so far
+    (``replication``: a tiered checkpointer's remote tier, else None)."""
 
     saves: int
     committed: int
@@ -78,6 +105,7 @@ class Stats:
     max_stall_seconds: float
     upload_seconds: float
     last_committed_step: int | None
+    replication: Replication | None = None
 
 
 @dataclass(frozen=True)
