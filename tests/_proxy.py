@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Literal, get_args
@@ -54,6 +56,11 @@ class FaultProxy:
 
     ``hold_requests(pattern)`` holds matching requests (not forwarded) until
     ``release()``: a commit kept waiting, as a slow or stalled store would.
+
+    ``throttle(bytes_per_second)`` limits what crosses the proxy to that rate in each
+    direction, summed over every connection (a link of that bandwidth; None: no limit).
+    ``fail_fraction(p, seed=...)`` answers 503 to a fraction ``p`` of new connections,
+    drawn from a seeded generator (the others follow the mode).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1") -> None:
@@ -78,6 +85,10 @@ class FaultProxy:
         self._lose_pattern: re.Pattern[bytes] | None = None
         self._lose_budget = 0
         self._lost = 0
+        self._up_link = _Link()  # client -> server
+        self._down_link = _Link()  # server -> client
+        self._fraction = 0.0
+        self._random = random.Random(0)
         self._transports: set[asyncio.WriteTransport] = set()  # loop thread only
         self._handlers: set[asyncio.Task[None]] = set()  # loop thread only
 
@@ -137,6 +148,20 @@ class FaultProxy:
         with self._lock:
             self._lose_pattern = re.compile(pattern, re.MULTILINE)
             self._lose_budget = n
+
+    def throttle(self, bytes_per_second: float | None) -> None:
+        """Carry at most ``bytes_per_second`` each way, over all connections (None: no limit)."""
+        if bytes_per_second is not None and bytes_per_second <= 0:
+            raise ValueError(f"bad rate {bytes_per_second!r}")
+        self._up_link.rate = self._down_link.rate = bytes_per_second
+
+    def fail_fraction(self, p: float, *, seed: int = 0) -> None:
+        """Answer 503 to a fraction ``p`` of new connections (seeded)."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"bad fraction {p!r}")
+        with self._lock:
+            self._fraction = p
+            self._random = random.Random(seed)
 
     def hold_requests(self, pattern: bytes) -> None:
         """Hold requests matching ``pattern`` until :meth:`release` (see class doc)."""
@@ -278,6 +303,9 @@ class FaultProxy:
                 self._fail_budget -= 1
                 self._failures += 1
                 return self._fail_mode
+            if self._fraction and self._random.random() < self._fraction:
+                self._failures += 1
+                return "503"
             if self._mode != "pass":
                 self._failures += 1
             return self._mode
@@ -328,8 +356,10 @@ class FaultProxy:
                 return True
 
             await asyncio.gather(
-                _pump(reader, up_writer, both, inspect=inspect, hold=self._hold),
-                _pump(up_reader, writer, both, gate=answer),
+                _pump(
+                    reader, up_writer, both, inspect=inspect, hold=self._hold, link=self._up_link
+                ),
+                _pump(up_reader, writer, both, gate=answer, link=self._down_link),
             )
         finally:
             self._transports.discard(up_writer.transport)
@@ -344,6 +374,7 @@ async def _pump(
     inspect: Callable[[bytes], None] | None = None,
     gate: Callable[[bytes], bool] | None = None,
     hold: Callable[[bytes], Awaitable[None]] | None = None,
+    link: _Link | None = None,
 ) -> None:
     """Copy ``src`` to ``dst``, forwarding EOF; on an error abort both sides.
 
@@ -360,6 +391,8 @@ async def _pump(
                 for t in both:
                     t.abort()
                 return
+            if link is not None:
+                await link.take(len(data))
             dst.write(data)
             await dst.drain()
         if dst.can_write_eof() and not dst.transport.is_closing():
@@ -367,6 +400,25 @@ async def _pump(
     except OSError:
         for t in both:
             t.abort()
+
+
+class _Link:
+    """A bandwidth shared by every connection one way (the proxy's loop thread only):
+    each chunk waits until the link has carried the ones before it at ``rate``."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._free_at = 0.0  # when the link is done with what was sent so far
+
+    async def take(self, n: int) -> None:
+        rate = self.rate
+        if rate is None:
+            return
+        now = time.monotonic()
+        start = max(now, self._free_at)
+        self._free_at = start + n / rate
+        if self._free_at > now:
+            await asyncio.sleep(self._free_at - now)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -67,23 +67,25 @@ RETRY_BACKOFF = Backoff(initial=0.5, max=30.0, jitter=0.25)
 
 
 class _Held(Collection[int]):
-    """The steps local retention must leave: ``behind``, and every step above ``seen``
-    (committed locally, the replicator not told yet: the pipeline tells it after the
-    commit, and a retention round may list the record in between)."""
+    """The steps local retention must leave: every step except those known to be in the
+    remote tier (at or below ``floor``, the remote's newest when the replicator started,
+    or replicated since). A step committed locally that the replicator has not been told
+    of yet is held too: the pipeline tells it after each commit, not in step order."""
 
-    def __init__(self, behind: Collection[int], seen: int) -> None:
-        self._behind = frozenset(behind)
-        self._seen = seen
+    def __init__(self, floor: int, replicated: Collection[int]) -> None:
+        self._floor = floor
+        self._replicated = frozenset(replicated)
 
     def __contains__(self, step: object) -> bool:
-        return step in self._behind or (isinstance(step, int) and step > self._seen)
+        if not isinstance(step, int):
+            return False
+        return step > self._floor and step not in self._replicated
 
     def __iter__(self) -> Iterator[int]:
-        yield from sorted(self._behind)
-        yield from range(self._seen + 1, MAX_STEP + 1)
+        return (s for s in range(self._floor + 1, MAX_STEP + 1) if s not in self._replicated)
 
     def __len__(self) -> int:
-        return len(self._behind - set(range(self._seen + 1, MAX_STEP + 1))) + MAX_STEP - self._seen
+        return MAX_STEP - self._floor - sum(1 for s in self._replicated if s > self._floor)
 
 
 class Replicator:
@@ -117,8 +119,8 @@ class Replicator:
         self._behind: dict[int, Manifest] = {}
         self._known = False
         self._tidying = False
-        #: The newest local step it was told of (or found): newer ones are held too.
-        self._seen = -1
+        #: The steps it committed in the remote tier (local retention may take them).
+        self._done: set[int] = set()
         #: The remote tier's newest step, when the checkpointer's open read it.
         self._remote_newest: int | None = None
         self._remote_read = False
@@ -143,13 +145,14 @@ class Replicator:
     def add(self, manifest: Manifest) -> None:
         """A checkpoint committed locally: replicate it."""
         self._behind[manifest.step] = manifest
-        self._seen = max(self._seen, manifest.step)
         self._wake()
 
     def hold(self) -> Collection[int]:
         """The local steps local retention must keep: those not yet in the remote tier
         (every step, while that is not known)."""
-        return _Held(self._behind, self._seen if self._known else -1)
+        if not self._known:
+            return _Held(-1, ())
+        return _Held(-1 if self._remote_newest is None else self._remote_newest, self._done)
 
     def take_failures(self) -> list[CheckpointError]:
         """The failures not reported yet (each is reported once)."""
@@ -233,6 +236,7 @@ class Replicator:
             self._tidying = True  # not caught up before its housekeeping is done
             try:
                 del self._behind[step]
+                self._done.add(step)
                 self.replicated += 1
                 self.bytes_replicated += sum(info.size for info in manifest.files.values())
                 self.last_replicated = step
@@ -274,7 +278,6 @@ class Replicator:
                         continue  # never valid here: nothing to replicate
                     if isinstance(manifest, Manifest):
                         self._behind[record.step] = manifest
-                        self._seen = max(self._seen, record.step)
             except StoreError as e:
                 retry += 1
                 wait = RETRY_BACKOFF.delay(retry)
