@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from _azurite import Azurite, azurite_executable
 from _moto import MotoServer, create_bucket, make_s3_store
 from _proxy import FaultProxy
 from _sites import Site, make_site
@@ -77,6 +78,25 @@ def moto_server() -> Iterator[str]:
     """Endpoint URL of one moto S3 server subprocess shared by the whole session."""
     with MotoServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One Azurite blob server (tests/_azurite.py) for the session; skipped, with the
+    reason, only on a machine without Node.js."""
+    executable = azurite_executable()
+    if executable is None:
+        pytest.skip("Azure tests need Node.js and npm (Azurite, the Azure Storage emulator)")
+    with Azurite(executable) as server:
+        yield server
+
+
+@pytest.fixture
+def azure_container(azurite: Azurite) -> str:
+    """A fresh, empty container in Azurite."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    azurite.create_container(name)
+    return name
 
 
 @pytest.fixture

@@ -64,6 +64,8 @@ class SignalWatcher:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.pending: signal.Signals | None = None
+        #: What sent ``pending`` when it was not a signal (a cloud's notice).
+        self.cause: str | None = None
         self._scope: anyio.CancelScope | None = None
         self._turn = anyio.Event()  # set when this one is to own the receiver
 
@@ -79,13 +81,18 @@ class SignalWatcher:
             finally:
                 self._scope = None
 
-    def receive(self, signum: signal.Signals) -> None:
-        """Take one signal: cancel what runs (the supervisor then flushes within grace)."""
-        name = signal.Signals(signum).name
+    def receive(self, signum: signal.Signals, cause: str | None = None) -> None:
+        """Take one signal: cancel what runs (the supervisor then flushes within grace).
+
+        ``cause``: what stands for the signal (a cloud's pre-emption notice,
+        :mod:`._notices`, arrives as SIGTERM with the notice as its cause).
+        """
+        name = cause or signal.Signals(signum).name
         if self.pending is not None:
             log.warning("asynccp: %s received while already stopping; still flushing", name)
             return
         self.pending = signal.Signals(signum)
+        self.cause = cause
         log.warning(
             "asynccp: %s received: stopping, flushing staged checkpoints (at most %g s)",
             name,

@@ -44,6 +44,7 @@ from ..errors import (
     Preempted,
     RetriesExhausted,
 )
+from ._notices import Notice, NoticeWatcher, check_notices
 from ._retry_policy import (
     DEFAULT_BACKOFF,
     RetryEvent,
@@ -58,7 +59,17 @@ __all__ = ["checkpointed", "current", "supervise"]
 
 #: The keyword arguments of :func:`supervise` itself (for "did you mean ...?").
 _OWN_NAMES = frozenset(
-    {"retries", "recoverable", "backoff", "on_retry", "handle_signals", "grace", "preemptions"}
+    {
+        "retries",
+        "recoverable",
+        "backoff",
+        "on_retry",
+        "handle_signals",
+        "grace",
+        "preemptions",
+        "notices",
+        "notice_endpoint",
+    }
 )
 
 log = logging.getLogger("asynccp")
@@ -110,6 +121,7 @@ class _Stopped:
 
     signal: signal.Signals
     flushed: FlushResult
+    cause: str | None = None  # a cloud's notice, when that stopped it
 
     @property
     def errors(self) -> tuple[str, ...]:
@@ -135,6 +147,8 @@ class _Supervisor:
         grace: float | timedelta,
         preemptions: int,
         checkpointer_options: CheckpointerOptions,
+        notices: str | None = None,
+        notice_endpoint: str | None = None,
     ) -> None:
         self.retries = check_int("retries", retries)
         self.preemptions = check_int("preemptions", preemptions)
@@ -143,6 +157,7 @@ class _Supervisor:
         self.callbacks = callbacks(on_retry)
         self.handle_signals = check_bool("handle_signals", handle_signals)
         self.grace = check_seconds("grace", grace, finite=True, positive=True)
+        self.notices, self.notice_endpoint = check_notices(notices, notice_endpoint)
         if "attempt" in checkpointer_options:
             raise TypeError("attempt= is set by the supervisor (0, 1, 2... per attempt)")
         # Every Checkpointer option is checked now, before anything runs (no I/O): the
@@ -173,6 +188,12 @@ class _Supervisor:
         async with anyio.create_task_group() as tg:
             if self.handle_signals and not nested:
                 await tg.start(signals.watch)
+            if self.notices is not None and not nested:  # a notice is a SIGTERM
+
+                def notice(n: Notice) -> None:
+                    signals.receive(signal.SIGTERM, cause=str(n))
+
+                tg.start_soon(NoticeWatcher(self.notices, self.notice_endpoint, notice).watch)
             try:
                 outcome = _Done(await self._attempts(fn, args, kwargs, signals))
             except anyio.get_cancelled_exc_class():
@@ -293,7 +314,7 @@ class _Supervisor:
                 if outcome is None:  # only a signal cancels that scope
                     assert signals.pending is not None
                     flushed = await cp._flush_within(signals.grace)
-                    outcome = _Stopped(signals.pending, flushed)
+                    outcome = _Stopped(signals.pending, flushed, signals.cause)
         except Exception as exc:  # the checkpointer could not open (or its exit failed)
             return _Failed(exc)
         finally:
@@ -315,7 +336,8 @@ class _Supervisor:
             else f"flushing failed: {'; '.join(errors)}"
         )
         message = (
-            f"{name} was pre-empted by {stopped.signal.name} during attempt {attempt}: "
+            f"{name} was pre-empted by {stopped.cause or stopped.signal.name} during attempt "
+            f"{attempt}: "
             f"{outcome}; {saved}. Exiting with code {PREEMPTED_EXIT_CODE}: run it again "
             f"on {self.description} to resume."
         )
@@ -407,6 +429,8 @@ async def supervise(
     handle_signals: bool = True,
     grace: float | timedelta = DEFAULT_GRACE,
     preemptions: int = 0,
+    notices: str | None = None,
+    notice_endpoint: str | None = None,
     **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> T:
     """Run ``await fn(cp)``, retrying recoverable failures; each attempt resumes.
@@ -443,6 +467,13 @@ async def supervise(
             restart the attempt (at once, from the newest checkpoint) instead of
             exiting; they do not count against ``retries``. Default 0: a signal means
             the machine is going away, so flush and exit.
+        notices: watch the cloud's pre-emption notices and treat one like SIGTERM
+            (flush within ``grace`` — a tiered checkpointer's local tier first —, then
+            :class:`Preempted`): ``"aws"``, ``"gcp"``, ``"azure"``, ``"auto"`` (the cloud
+            whose metadata server answers within 2 s; none: nothing is watched) or None
+            (the default). See ``docs/tiers.md``.
+        notice_endpoint: the metadata server to ask (default
+            ``http://169.254.169.254``): ``http://HOST:PORT``.
 
     Returns:
         What ``fn`` returned on the attempt that succeeded.
@@ -467,6 +498,8 @@ async def supervise(
         grace=grace,
         preemptions=preemptions,
         checkpointer_options=checkpointer_options,
+        notices=notices,
+        notice_endpoint=notice_endpoint,
     )
     return await supervisor.run(fn, (), {})
 
@@ -481,6 +514,8 @@ def checkpointed(
     handle_signals: bool = True,
     grace: float | timedelta = DEFAULT_GRACE,
     preemptions: int = 0,
+    notices: str | None = None,
+    notice_endpoint: str | None = None,
     **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> Callable[
     [Callable[Concatenate[Checkpointer, P], Awaitable[T]]],
@@ -505,6 +540,8 @@ def checkpointed(
         grace=grace,
         preemptions=preemptions,
         checkpointer_options=checkpointer_options,
+        notices=notices,
+        notice_endpoint=notice_endpoint,
     )
 
     def decorate(
