@@ -243,3 +243,38 @@ async def test_supervise_takes_the_tier_options(site: Site, tmp_path: Path) -> N
     assert seen == [None, 1]
     assert steps_in(site.raw) == [0, 1, 2, 3]
     assert steps_in(Raw(root=local)) == [3]
+
+
+def test_ls_shows_the_tiers_and_the_replication_lag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from asynccp.cli import main
+
+    remote, local = tmp_path / "remote", tmp_path / "local"
+
+    async def write() -> None:
+        async with asynccp.Checkpointer(remote, local=local, local_keep=2) as cp:
+            for step in range(4):
+                await cp.save(step, payload(step))
+        async with asynccp.Checkpointer(local) as only_local:  # not replicated (yet)
+            await only_local.save(4, payload(4))
+
+    anyio.run(write)
+    capsys.readouterr()
+    assert main(["ls", str(remote), "--local", str(local), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tiers"] == {
+        "0": "remote",
+        "1": "remote",
+        "2": "local+remote",
+        "3": "local+remote",
+        "4": "local",
+    }
+    assert doc["replication_lag"]["steps"] == 1
+    assert doc["replication_lag"]["bytes"] == len(payload(4))
+    assert main(["ls", str(remote), "--local", str(local)]) == 0
+    out = capsys.readouterr().out
+    assert "TIERS" in out and "local+remote" in out
+    assert "replication lag 1 step(s)" in out

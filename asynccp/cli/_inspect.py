@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 from asynccp._catalog import list_steps, load, quarantined, survey
 from asynccp._checkpoint import Checkpoint
 from asynccp._shards import PartGroup, uncommitted
+from asynccp._store import resolve
 from asynccp.errors import CheckpointError, StoreError
 
 from ._format import clip, emit, fmt_size, one_line, table, to_json
@@ -100,16 +102,24 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     pending = await uncommitted(loc)
     ckpts = [e.checkpoint for e in steps if e.checkpoint is not None]
     invalid = [e for e in steps if e.checkpoint is None]
+    local, lag = await _local_tier(args.local, ckpts)
+    tiers = {c.step: "local+remote" if c.step in local else "remote" for c in ckpts}
+    tiers.update({s: "local" for s in local if s not in tiers})
+    # (step, the tiers, the checkpoint or None, why not), oldest first
+    shown = [(e.record.step, "remote", e.checkpoint, e.problem) for e in steps]
+    shown += [(s, "local", local[s], None) for s in tiers if tiers[s] == "local"]
+    shown.sort(key=lambda entry: entry[0])
 
     def text() -> str:
-        if not steps and not quarantine and not pending:
+        if not shown and not quarantine and not pending:
             return f"no checkpoints in {loc.description}"
         rows = []
-        for e in steps:
-            c = e.checkpoint
+        for step, where, c, problem in shown:
             if c is None:
-                why = clip(" ".join((e.problem or "").split()), 100)
-                rows.append([str(e.record.step), "INVALID", "", "", "", "", "", why])
+                why = clip(" ".join((problem or "").split()), 100)
+                rows.append([str(step), "INVALID", "", "", "", "", "", why])
+                if lag is not None:
+                    rows[-1].insert(1, where)
                 continue
             rows.append(
                 [
@@ -123,9 +133,15 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                     _meta(c.metadata),
                 ]
             )
+            if lag is not None:
+                rows[-1].insert(1, tiers[c.step])
         head = ["STEP", "CREATED (UTC)", "SHARDS", "FILES", "SIZE", "ATTEMPT", "WRITER", "METADATA"]
+        right = {0, 2, 3, 4, 5}
+        if lag is not None:
+            head.insert(1, "TIERS")
+            right = {0, 3, 4, 5, 6}
         total = sum(c.size for c in ckpts)
-        out = table(head, rows, right={0, 2, 3, 4, 5}) if rows else ""
+        out = table(head, rows, right=right) if rows else ""
         summary = f"{len(ckpts)} valid checkpoint(s), {fmt_size(total)}"
         summary += f", newest valid step {ckpts[-1].step}" if ckpts else ""
         if invalid:
@@ -143,9 +159,14 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 "`gc` collects the parts of launches that are gone):"
             )
             out += "".join(f"\n  {_pending(g)}" for g in pending)
+        if lag is not None:
+            out += (
+                f"\nlocal tier {args.local}: {len(local)} checkpoint(s); replication lag "
+                f"{lag['steps']} step(s), {fmt_size(lag['bytes'])}, {lag['seconds']:.1f} s"
+            )
         return out
 
-    doc = {
+    doc: dict[str, Any] = {
         "location": loc.description,
         "checkpoints": [_ckpt_doc(c) for c in ckpts],
         "invalid": [
@@ -154,8 +175,33 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         "quarantine": quarantine,
         "uncommitted_parts": [_pending_doc(g) for g in pending],
     }
+    if lag is not None:
+        doc["local"] = args.local
+        doc["tiers"] = {str(s): tiers[s] for s in sorted(tiers)}
+        doc["local_checkpoints"] = [_ckpt_doc(local[s]) for s in sorted(local)]
+        doc["replication_lag"] = lag
     emit(args.json, doc, text)
     return 0
+
+
+async def _local_tier(
+    path: str | None, remote: list[Checkpoint]
+) -> tuple[dict[int, Checkpoint], dict[str, Any] | None]:
+    """The local tier's valid checkpoints by step, and how far the remote tier is behind
+    it (the local steps newer than the remote's newest: steps, bytes, seconds)."""
+    if path is None:
+        return {}, None
+    found = await survey(resolve(path))  # (a directory that is gone: nothing)
+    local = {e.checkpoint.step: e.checkpoint for e in found if e.checkpoint is not None}
+    newest = remote[-1].step if remote else -1
+    behind = [c for s, c in local.items() if s > newest]
+    oldest = min((c.created_at for c in behind), default=None)
+    seconds = 0.0 if oldest is None else (datetime.now(timezone.utc) - oldest).total_seconds()
+    return local, {
+        "steps": len(behind),
+        "bytes": sum(c.size for c in behind),
+        "seconds": round(max(0.0, seconds), 3),
+    }
 
 
 async def cmd_show(args: argparse.Namespace) -> int:

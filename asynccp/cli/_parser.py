@@ -217,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         "them; `gc --invalid` removes them), and the records kept in quarantine/. A step "
         "written by many processes shows its number of SHARDS and its generation; steps "
         "whose parts are not all in yet (or disagree on the number of shards) are listed "
-        "after the table.",
+        "after the table. With --local, URL is a tiered checkpointer's remote tier: a TIERS "
+        "column says which tiers hold each step, and the replication lag is shown.",
+    )
+    p.add_argument(
+        "--local",
+        metavar="PATH",
+        help="the local tier of a checkpointer made with local=PATH (docs/tiers.md)",
     )
     _json_and_store_args(p)
 
