@@ -303,11 +303,9 @@ class Checkpointer:
             self._state = Phase.CLOSED
 
     async def _discover(self) -> None:
-        """Find the location's newest valid step: the floor for new saves.
-
-        A store that cannot be read now is logged, not fatal: the floor is then unknown,
-        and a step committed meanwhile is still caught by the create-if-absent commit.
-        """
+        """Find the location's newest valid step: the floor for new saves (a store that
+        cannot be read now is logged: the create-if-absent commit still catches a step
+        committed meanwhile)."""
         try:  # what it finds raises the floor
             await (self._catalog_reader.latest() if self._tiers is None else self._tiers.discover())
         except Exception as e:  # best effort (a warning turned into an error, too)
@@ -342,11 +340,9 @@ class Checkpointer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        """Put the exit flush's errors, as notes, on the exception leaving the block.
-
-        Registered outside the task group: on asyncio a pending cancellation comes out
-        of the task group as a new exception, and that is the one the caller sees.
-        """
+        """Put the exit flush's errors, as notes, on the exception leaving the block
+        (registered outside the task group: on asyncio a pending cancellation comes out
+        of it as a new exception, the one the caller sees)."""
         errors = self._exit_result.errors
         if exc is not None and errors and exc is not errors[0]:
             for err in errors:
@@ -412,15 +408,11 @@ class Checkpointer:
     async def prepare(self, payload: Payload) -> int:
         """Get staging memory ready for saves of ``payload``'s shape, before the first.
 
-        A save copies mutable buffers and training state into staging memory. Memory
-        reused from an earlier save is copied into at memory speed; fresh memory pays a
-        page fault per page on first touch, which made a first save of 128 MiB several
-        times slower than the next ones here (far more in a VM whose host backs guest
-        memory lazily). ``prepare`` plans ``payload`` like ``save`` (validating it,
-        copying nothing) and makes that memory now, in worker threads, within
-        ``max_pending_bytes``: call it once after opening, with the state you will
-        save. Returns the bytes made ready (0 when the budget has no room, or when
-        the payload needs no staging memory: ``bytes`` and files).
+        Fresh memory pays a page fault per page on first touch (a first save of 128 MiB
+        was several times slower than the next ones here). ``prepare`` plans
+        ``payload`` like ``save`` (validating it, copying nothing) and makes that memory
+        now, in worker threads, within ``max_pending_bytes``: call it once after
+        opening. Returns the bytes made ready (0: no room, or nothing to stage).
         """
         self._check_open()
         return await self._pipeline.prepare(payload)
@@ -517,12 +509,9 @@ class Checkpointer:
         return await self._reader.get(step)
 
     async def read(self) -> bytes | None:
-        """The payload of the newest checkpoint that verifies (it must hold one file).
-
-        Falls back past corrupt checkpoints with a ``CorruptCheckpointWarning``.
-        None when no checkpoint verifies. A sharded checkpointer reads its own part (of
-        the newest step whose every part verifies).
-        """
+        """The payload of the newest checkpoint that verifies (it must hold one file),
+        past corrupt ones (a ``CorruptCheckpointWarning`` each); None when none does. A
+        sharded checkpointer reads its own part (of the newest step wholly verified)."""
         found = await self._newest(self._whole_step(lambda c: self._own(c).read()))
         return None if found is None else found[1]
 
@@ -572,13 +561,11 @@ class Checkpointer:
     async def _flush_within(self, seconds: float) -> FlushResult:
         """Flush within ``seconds`` (``math.inf``: no limit) and say what happened.
 
-        Waits until every staged checkpoint has committed or failed and housekeeping is
-        done; past ``seconds``, abandons what is left (its handles fail with
-        :class:`FlushTimeoutError`). Raises nothing: the failures not reported before
-        are in the result. The exit of the block keeps to the same deadline.
-
-        For the supervisor: a pre-empted attempt's flush gets ``grace`` seconds,
-        whatever its ``flush_timeout``.
+        Waits for every staged checkpoint and housekeeping (with ``local=``: the local
+        tier, then the remote one); past ``seconds``, abandons what is left (handles fail
+        with :class:`FlushTimeoutError`). Raises nothing: the failures are in the
+        result, and the exit keeps to the same deadline. For the supervisor: a
+        pre-empted attempt's flush gets ``grace`` seconds, whatever its ``flush_timeout``.
         """
         self._check_open()
         start = anyio.current_time()
@@ -591,13 +578,8 @@ class Checkpointer:
 
     def _continue_from(self, writers: Iterable[str]) -> None:
         """Take the writer ids of the earlier attempts of the same supervisor (before
-        the checkpointer opens).
-
-        For the supervisor: a sharded attempt resumes from the newest *complete* step,
-        which may lie behind parts its predecessors recorded; those parts are this
-        shard's own, so recording them again keeps the earlier part instead of failing
-        with :class:`ShardConflictError`. An unsharded checkpointer ignores them.
-        """
+        it opens): a sharded attempt's predecessors' parts are its own (recording them
+        again keeps them, no :class:`ShardConflictError`). Unsharded: ignored."""
         if self._state is not Phase.NEW:
             raise CheckpointClosedError(
                 f"the Checkpointer is {self._state.value}: the earlier attempts' writers "
@@ -606,18 +588,14 @@ class Checkpointer:
         self._predecessors = tuple(writers)
 
     def _own_reader(self) -> CatalogReader:
-        """The reader of this checkpointer's own location (its default reader, whatever
-        it reads through now): what another reader reads the own location with."""
+        """The reader of its own location (with ``local=``: of the local tier), whatever
+        it reads through now: what another reader reads the own location with."""
         return self._catalog_reader
 
     @contextmanager
     def _read_through(self, reader: Reader) -> Iterator[Checkpointer]:
-        """Read through ``reader`` inside the block; saves are unchanged.
-
-        For a framework plugin: the attempt's checkpointer reads along the earlier
-        attempts' prefixes (``LineageReader``) while the task body runs, and its own
-        location again after (what the supervisor reads between attempts).
-        """
+        """Read through ``reader`` inside the block; saves are unchanged (a plugin's
+        attempt reads along the earlier attempts' prefixes while the task body runs)."""
         previous, self._reader = self._reader, reader
         try:
             yield self

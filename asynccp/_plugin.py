@@ -33,6 +33,7 @@ from ._checks import check_seconds
 from ._lineage import AttemptRecord, Lineage, LineageReader, write_record
 from ._options import CheckpointerOptions, Options, StoreOptions, Unpack, keywords, options_of
 from ._supervise import DEFAULT_GRACE, supervise
+from ._supervise._notices import check_notices
 from ._supervise._retry_policy import DEFAULT_BACKOFF, backoff_function, callbacks, classifier
 from ._types import BackoffSpec, OnRetry, Recoverable
 
@@ -58,6 +59,8 @@ class PluginOptions:
     grace: float = DEFAULT_GRACE
     handle_signals: bool = True
     checkpointer: Options = field(default_factory=Options)
+    notices: str | None = None
+    notice_endpoint: str | None = None
 
     @classmethod
     def check(
@@ -68,13 +71,23 @@ class PluginOptions:
         on_retry: OnRetry = None,
         grace: float | timedelta = DEFAULT_GRACE,
         handle_signals: bool = True,
+        notices: str | None = None,
+        notice_endpoint: str | None = None,
         **checkpointer: Unpack[CheckpointerOptions],
     ) -> PluginOptions:
         """Validate the options (the Checkpointer's as values: no checkpointer made)."""
         opts = options_of(
             "the plugin",
             checkpointer,
-            also=("recoverable", "backoff", "on_retry", "grace", "handle_signals"),
+            also=(
+                "recoverable",
+                "backoff",
+                "on_retry",
+                "grace",
+                "handle_signals",
+                "notices",
+                "notice_endpoint",
+            ),
         )
         if opts.store.prefix is not None:
             raise TypeError(
@@ -87,7 +100,17 @@ class PluginOptions:
         if not isinstance(handle_signals, bool):
             raise TypeError(f"handle_signals must be a bool, got {type(handle_signals).__name__}")
         seconds = check_seconds("grace", grace, finite=True, positive=True)
-        return cls(recoverable, backoff, on_retry, seconds, handle_signals, opts)
+        kind, endpoint = check_notices(notices, notice_endpoint)
+        return cls(
+            recoverable,
+            backoff,
+            on_retry,
+            seconds,
+            handle_signals,
+            opts,
+            kind,
+            None if notice_endpoint is None else endpoint,
+        )
 
     @property
     def store(self) -> StoreOptions:
@@ -105,6 +128,8 @@ class PluginOptions:
             parts.append(f"grace={self.grace:g}")
         if not self.handle_signals:
             parts.append("handle_signals=False")
+        if self.notices is not None:
+            parts.append(f"notices={self.notices!r}")
         return ", ".join(parts)
 
 
@@ -189,6 +214,8 @@ async def run_task(
         on_retry=options.on_retry,
         grace=options.grace,
         handle_signals=options.handle_signals,
+        notices=options.notices,
+        notice_endpoint=options.notice_endpoint,
         **keywords(options.checkpointer),
     )
 

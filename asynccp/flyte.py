@@ -228,6 +228,8 @@ def checkpointed(
     *,
     grace: float | timedelta = DEFAULT_GRACE,
     handle_signals: bool = True,
+    notices: str | None = None,
+    notice_endpoint: str | None = None,
     **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> Callable[[F], F]: ...
 def checkpointed(
@@ -236,6 +238,8 @@ def checkpointed(
     *,
     grace: float | timedelta = DEFAULT_GRACE,
     handle_signals: bool = True,
+    notices: str | None = None,
+    notice_endpoint: str | None = None,
     **checkpointer_options: Unpack[CheckpointerOptions],
 ) -> F | Callable[[F], F]:
     """Give a Flyte 2 task asynccp checkpoints; stack it over ``@env.task(...)``.
@@ -244,11 +248,16 @@ def checkpointed(
     keyword arguments are the values a :class:`~asynccp.Checkpointer` takes (``keep``,
     ``policy``, ``limits``, ``retention``, ``store`` — its obstore options reach every
     checkpoint prefix —, ``flush_timeout``, ``staging_dir``), ``grace`` and
-    ``handle_signals`` (as for :func:`asynccp.supervise`). Retries are the task's own:
+    ``handle_signals``, ``notices`` and ``notice_endpoint`` (as for
+    :func:`asynccp.supervise`). Retries are the task's own:
     Flyte runs them, locally too. Returns the task itself, its function wrapped.
     """
     options = PluginOptions.check(
-        grace=grace, handle_signals=handle_signals, **checkpointer_options
+        grace=grace,
+        handle_signals=handle_signals,
+        notices=notices,
+        notice_endpoint=notice_endpoint,
+        **checkpointer_options,
     )
 
     def decorate(task: F) -> F:

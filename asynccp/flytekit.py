@@ -79,7 +79,8 @@ class Checkpointing:
     """The ``task_config`` that runs a flytekit task with asynccp checkpoints.
 
     Keyword arguments are those of :func:`asynccp.supervise` that fit a task
-    (``recoverable``, ``backoff``, ``on_retry``, ``grace``, ``handle_signals``) and the
+    (``recoverable``, ``backoff``, ``on_retry``, ``grace``, ``handle_signals``, ``notices``,
+    ``notice_endpoint``) and the
     values a :class:`~asynccp.Checkpointer` takes (``keep``, ``policy``, ``limits``,
     ``retention``, ``store`` — its obstore options reach every checkpoint prefix —,
     ``flush_timeout``, ``staging_dir``). All are checked here, when the task is declared.
@@ -94,6 +95,8 @@ class Checkpointing:
         on_retry: OnRetry = None,
         grace: float | timedelta = DEFAULT_GRACE,
         handle_signals: bool = True,
+        notices: str | None = None,
+        notice_endpoint: str | None = None,
         **checkpointer_options: Unpack[CheckpointerOptions],
     ) -> None:
         self.options = PluginOptions.check(
@@ -102,6 +105,8 @@ class Checkpointing:
             on_retry=on_retry,
             grace=grace,
             handle_signals=handle_signals,
+            notices=notices,
+            notice_endpoint=notice_endpoint,
             **checkpointer_options,
         )
 
