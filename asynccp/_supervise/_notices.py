@@ -113,8 +113,8 @@ class _Response:
     body: bytes
 
 
-class _Unanswered(Exception):
-    """The metadata server did not answer (refused, reset, timed out, not HTTP)."""
+#: The metadata server did not answer (refused, reset, timed out, not HTTP).
+_Unanswered = ConnectionError
 
 
 async def _request(

@@ -1,6 +1,6 @@
 """Two tiers: a local directory committed first, a remote location replicated behind it
 (:mod:`._tiered`: the checkpointer's side; :mod:`._replicator`: the copying;
-:mod:`._reader`: reads across both; :mod:`._lag`: what a command line sees of them)."""
+:mod:`._reader`: reads across both)."""
 
 from ._reader import TieredReader
 from ._replicator import Replicator

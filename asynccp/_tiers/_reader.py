@@ -25,7 +25,8 @@ from typing import TypeVar
 from .. import _catalog as catalog
 from .._catalog import Bad, Record
 from .._checkpoint import Checkpoint, checkpoint_from
-from .._shard_records import AnyManifest
+from .._manifest import Manifest
+from .._shard_records import AnyManifest, ShardedManifest
 from .._store import Store
 from .._write import StepOrder
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StoreError
@@ -39,8 +40,9 @@ T = TypeVar("T")
 _MAX_RELISTS = 20
 
 
-class _Vanished(Exception):
-    """The record being read was deleted since the listing (retention): list again."""
+#: What a tier's read answers when the record was deleted since the listing (retention):
+#: the tiers are listed again.
+_VANISHED = object()
 
 
 class TieredReader:
@@ -89,17 +91,21 @@ class TieredReader:
         """The newest valid checkpoint in either tier (the local copy at equal step)."""
         for _ in range(_MAX_RELISTS):
             local, remote = await self._records()
-            try:
-                for step in sorted(set(local) | set(remote), reverse=True):
-                    for (store, bad), records in zip(self._tiers(), (local, remote), strict=True):
-                        if step in records:
-                            manifest = await _valid(store, records[step], bad)
-                            if manifest is not None:
-                                self._order.raise_floor(step)
-                                return checkpoint_from(manifest, store)
-            except _Vanished:
-                continue
-            return None
+            vanished = False
+            for step in sorted(set(local) | set(remote), reverse=True):
+                for (store, bad), records in zip(self._tiers(), (local, remote), strict=True):
+                    if step not in records or vanished:
+                        continue
+                    manifest = await _valid(store, records[step], bad)
+                    if manifest is _VANISHED:
+                        vanished = True
+                    elif isinstance(manifest, (Manifest, ShardedManifest)):
+                        self._order.raise_floor(step)
+                        return checkpoint_from(manifest, store)
+                if vanished:
+                    break
+            if not vanished:
+                return None
         raise StoreError(_too_fast(self.location))
 
     async def list(self) -> list[Checkpoint]:
@@ -130,19 +136,22 @@ class TieredReader:
         copy, then the remote one; the copies skipped are remembered as bad."""
         for _ in range(_MAX_RELISTS):
             local, remote = await self._records()
-            try:
-                for step in sorted(set(local) | set(remote), reverse=True):
-                    for (store, bad), records in zip(self._tiers(), (local, remote), strict=True):
-                        if step not in records:
-                            continue
-                        found = await _attempt(store, records[step], action, bad)
-                        if found is not None:
-                            self._order.found_newest(step)
-                            return found
-            except _Vanished:
-                continue
-            self._order.found_newest(None)
-            return None
+            vanished = False
+            for step in sorted(set(local) | set(remote), reverse=True):
+                for (store, bad), records in zip(self._tiers(), (local, remote), strict=True):
+                    if step not in records or vanished:
+                        continue
+                    found = await _attempt(store, records[step], action, bad)
+                    if found is _VANISHED:
+                        vanished = True
+                    elif isinstance(found, tuple):
+                        self._order.found_newest(step)
+                        return found
+                if vanished:
+                    break
+            if not vanished:
+                self._order.found_newest(None)
+                return None
         raise StoreError(_too_fast(self.location))
 
     def next_step(self) -> int:
@@ -153,16 +162,16 @@ class TieredReader:
         """Nothing to do: the step order records every save itself."""
 
 
-async def _valid(store: Store, record: Record, bad: set[Bad]) -> AnyManifest | None:
+async def _valid(store: Store, record: Record, bad: set[Bad]) -> AnyManifest | object | None:
     """The record's manifest if its checkpoint is valid and not known bad; None (warned
-    about when invalid) otherwise. Raises :class:`_Vanished` when it was deleted."""
+    about when invalid) otherwise; :data:`_VANISHED` when it was deleted."""
     try:
         manifest = await catalog.validate(store, record)
     except CheckpointNotFoundError:
-        raise _Vanished from None
+        return _VANISHED
     except CorruptCheckpointError as e:
         if not await catalog.still_committed(store, record.key):
-            raise _Vanished from None
+            return _VANISHED
         catalog.warn_skipped(store, record.step, e)
         return None
     return None if (manifest.step, manifest.writer) in bad else manifest
@@ -170,9 +179,9 @@ async def _valid(store: Store, record: Record, bad: set[Bad]) -> AnyManifest | N
 
 async def _attempt(
     store: Store, record: Record, action: Callable[[Checkpoint], Awaitable[T]], bad: set[Bad]
-) -> tuple[Checkpoint, T] | None:
+) -> tuple[Checkpoint, T] | object | None:
     """``action`` on one tier's copy of a step; None when it is invalid or does not
-    verify (warned about; one that does not verify joins ``bad``)."""
+    verify (warned about; one that does not verify joins ``bad``); :data:`_VANISHED`."""
     manifest: AnyManifest | None = None
     try:
         manifest = await catalog.validate(store, record)
@@ -183,10 +192,10 @@ async def _attempt(
     except CheckpointNotFoundError:
         if manifest is not None:
             raise  # the action's own (a file name the checkpoint does not have)
-        raise _Vanished from None
+        return _VANISHED
     except CorruptCheckpointError as e:
         if not await catalog.still_committed(store, record.key):
-            raise _Vanished from None
+            return _VANISHED
         catalog.warn_skipped(store, record.step, e)
         if manifest is not None:
             bad.add((manifest.step, manifest.writer))
