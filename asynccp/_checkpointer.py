@@ -28,7 +28,6 @@ outside this module sets its attributes.
 
 from __future__ import annotations
 
-import enum
 import inspect
 import logging
 import math
@@ -48,10 +47,11 @@ import anyio.to_thread
 
 from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
 from ._checks import check_bool, check_int, check_step
-from ._groups import TaskGroupEntry, add_note
+from ._groups import TaskGroupEntry
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
 from ._options import Limits, Options, Retention, Sharding, StoreOptions, check_keywords, options
+from ._phase import Phase
 from ._reader import CatalogReader, Reader
 from ._retention import Housekeeping
 from ._shard_records import ShardSpec
@@ -71,16 +71,6 @@ T = TypeVar("T")
 
 #: Seconds the exit spends, at most, deleting this writer's lease.
 _LEASE_RELEASE_SECONDS = 10.0
-
-
-class Phase(enum.Enum):
-    """Where a Checkpointer is in its life; it is used for one ``async with`` only."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 _C = TypeVar("_C", bound="Checkpointer")
@@ -342,27 +332,10 @@ class Checkpointer:
     ) -> bool:
         """Put the exit flush's errors, as notes, on the exception leaving the block
         (registered outside the task group: on asyncio a pending cancellation comes out
-        of it as a new exception, the one the caller sees)."""
-        errors = self._exit_result.errors
-        if exc is not None and errors and exc is not errors[0]:
-            for err in errors:
-                add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
+        of the task group as a new exception, and that is the one the caller sees)."""
+        if exc is not None:
+            self._exit_result.note_on(exc)
         return False
-
-    def _check_open(self) -> None:
-        if self._state is not Phase.OPEN:
-            raise CheckpointClosedError(
-                f"the Checkpointer is {self._state.value}; "
-                "use it inside `async with Checkpointer(...) as cp`"
-            )
-
-    def _check_readable(self) -> None:
-        """Reads need the checkpointer entered once (they keep working after its exit)."""
-        if self._state in (Phase.NEW, Phase.OPENING):
-            raise CheckpointClosedError(
-                f"the Checkpointer is {self._state.value}: read from it inside "
-                "`async with Checkpointer(...) as cp`"
-            )
 
     # -- the write path -----------------------------------------------------------------
 
@@ -398,7 +371,7 @@ class Checkpointer:
         :func:`~asynccp._manifest.check_metadata` for how they are recorded and read
         back).
         """
-        self._check_open()
+        self._state.check_open()
         step = check_step(step)
         meta = check_metadata(metadata)
         handle = await self._pipeline.save(step, payload, meta)
@@ -414,7 +387,7 @@ class Checkpointer:
         now, in worker threads, within ``max_pending_bytes``: call it once after
         opening. Returns the bytes made ready (0: no room, or nothing to stage).
         """
-        self._check_open()
+        self._state.check_open()
         return await self._pipeline.prepare(payload)
 
     async def write(self, data: bytes) -> SaveHandle:
@@ -422,12 +395,12 @@ class Checkpointer:
         found)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes, got {type(data).__name__}")
-        self._check_open()
+        self._state.check_open()
         return await self.save(self._reader.next_step(), data)
 
     async def flush(self) -> None:
         """Wait until every staged checkpoint has committed; raise unreported failures."""
-        self._check_open()
+        self._state.check_open()
         await self._pipeline.wait_idle()
         self._pipeline.raise_failures()
         if self._tiers is not None:  # and the remote tier holds them
@@ -442,7 +415,7 @@ class Checkpointer:
         verification when read: :meth:`load_latest` handles that). None when there is
         none. Checkpoints this checkpointer found not to verify are skipped.
         """
-        self._check_readable()
+        self._state.check_readable()
         return await self._reader.latest()
 
     async def load_latest(
@@ -493,19 +466,19 @@ class Checkpointer:
         self, action: Callable[[Checkpoint], Awaitable[T]]
     ) -> tuple[Checkpoint, T] | None:
         """``action`` on the newest checkpoint for which it verifies (the reader's)."""
-        self._check_readable()
+        self._state.check_readable()
         with self._pipeline.telemetry.span("asynccp.restore"):
             return await self._reader.newest(action)
 
     async def list(self) -> list[Checkpoint]:
         """Every committed checkpoint with a valid manifest, oldest first."""
-        self._check_readable()
+        self._state.check_readable()
         return await self._reader.list()
 
     async def get(self, step: int) -> Checkpoint:
         """The checkpoint committed at ``step``; CheckpointNotFoundError if there is none."""
         step = check_step(step)
-        self._check_readable()
+        self._state.check_readable()
         return await self._reader.get(step)
 
     async def read(self) -> bytes | None:
@@ -567,7 +540,7 @@ class Checkpointer:
         result, and the exit keeps to the same deadline. For the supervisor: a
         pre-empted attempt's flush gets ``grace`` seconds, whatever its ``flush_timeout``.
         """
-        self._check_open()
+        self._state.check_open()
         start = anyio.current_time()
         if not math.isinf(seconds):
             self._deadline = min(self._deadline, start + seconds)

@@ -136,6 +136,13 @@ class FlushResult:
             add_note(first, f"also: {type(other).__name__}: {other}")
         return first
 
+    def note_on(self, exc: BaseException) -> None:
+        """Put the errors, as notes, on ``exc`` (an exception leaving a checkpointer's
+        block, which the first of them is not)."""
+        if self.errors and exc is not self.errors[0]:
+            for err in self.errors:
+                add_note(exc, f"asynccp: while flushing checkpoints: {type(err).__name__}: {err}")
+
 
 @dataclass(eq=False)
 class Pending:
