@@ -48,6 +48,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._checkpointer import Checkpointer
 from ._groups import add_note
+from ._supervise._signals import MainThreadLoan
 from .errors import CheckpointClosedError
 
 __all__ = ["SyncBridge", "run_blocking", "run_in_thread"]
@@ -61,7 +62,10 @@ def run_blocking(fn: Callable[[], Awaitable[T]]) -> T:
 
     On this thread when no event loop runs in it (so a supervisor started here, in the
     main thread, handles SIGTERM); otherwise in a helper thread with its own loop and a
-    copy of this thread's context, while this thread waits.
+    copy of this thread's context, while this thread waits — lending itself, when it is
+    the main thread, to the signal handling of a supervisor in the helper thread (a
+    local ``async def`` task under ``asyncio.run`` or ``pyflyte run`` exits 75 on
+    SIGTERM, flushed, as in a pod).
     """
     if _loop_runs_here():
         return _in_helper_thread(fn)
@@ -90,15 +94,20 @@ def _new_loop(fn: Callable[[], Awaitable[T]]) -> T:
 def _in_helper_thread(fn: Callable[[], Awaitable[T]]) -> T:
     context = contextvars.copy_context()
     outcome: list[Any] = []
+    loan = MainThreadLoan()
 
     def target() -> None:
         try:
             outcome.append((True, context.run(_new_loop, fn)))
         except BaseException as e:  # handed to the waiting thread
             outcome.append((False, e))
+        finally:
+            loan.finish()
 
     thread = threading.Thread(target=target, name="asynccp-blocking", daemon=True)
-    thread.start()
+    with loan:
+        thread.start()
+        loan.serve()  # the main thread installs the helper's signal handlers, and runs them
     thread.join()
     ok, value = outcome[0]
     if not ok:

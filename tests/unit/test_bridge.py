@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import signal
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -90,6 +92,49 @@ async def test_run_blocking_beside_a_running_loop_passes_the_exception() -> None
 
     with pytest.raises(Boom, match="helper"):
         run_blocking(fail)
+
+
+async def test_run_blocking_beside_a_loop_in_the_main_thread_lends_it_for_signals(
+    tmp_path: Path,
+) -> None:
+    """The main thread, waiting for the helper, installs the handlers of a supervisor
+    there (and puts the ones of before back after it), or none with
+    ``handle_signals=False``."""
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    async def job(cp: Checkpointer) -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    for handle in (True, False):
+        run_blocking(lambda: asynccp.supervise(job, tmp_path, handle_signals=handle))
+    assert seen[0] is not before and seen[1] is before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+async def test_sigterm_pre_empts_a_supervisor_run_beside_a_loop_in_the_main_thread(
+    tmp_path: Path,
+) -> None:
+    """The signal comes while the main thread waits for the helper (a local ``async def``
+    flytekit task under ``asyncio.run``): the helper's attempt is flushed and pre-empted."""
+
+    async def job(cp: Checkpointer) -> None:
+        await cp.save(0, b"x" * (8 << 20))  # still staged when the signal comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        await anyio.sleep_forever()
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(asynccp.Preempted) as caught:
+            run_blocking(lambda: asynccp.supervise(job, tmp_path))
+        # Pre-empted: the process is to exit, and further signals are ignored until then.
+        assert signal.getsignal(signal.SIGTERM) not in (before[signal.SIGTERM], None)
+    finally:  # this process goes on with other tests: their handlers back
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert caught.value.code == asynccp.PREEMPTED_EXIT_CODE
+    assert caught.value.last_step == 0
 
 
 def test_run_blocking_called_where_trio_runs_uses_a_helper_thread() -> None:
