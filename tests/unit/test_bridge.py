@@ -10,6 +10,7 @@ reported once, closing, pre-emption), against a real Checkpointer on a local fol
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import signal
@@ -108,7 +109,7 @@ async def test_run_blocking_beside_a_loop_in_the_main_thread_lends_it_for_signal
         seen.append(signal.getsignal(signal.SIGTERM))
 
     for handle in (True, False):
-        run_blocking(lambda: asynccp.supervise(job, tmp_path, handle_signals=handle))
+        run_blocking(functools.partial(asynccp.supervise, job, tmp_path, handle_signals=handle))
     assert seen[0] is not before and seen[1] is before
     assert signal.getsignal(signal.SIGTERM) is before
 
