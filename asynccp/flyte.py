@@ -29,6 +29,11 @@ Inside a task so decorated (``def`` or ``async def``):
 - The task's end flushes every checkpoint, also when the body raises, before the error
   reaches Flyte.
 
+SIGTERM: an ``async def`` task in a pod (on Flyte's event loop, in the main thread)
+flushes within ``grace`` and exits with code 75. A ``def`` task, which Flyte runs in a
+thread of its own, and any task of a local run (on Flyte's background thread) cannot
+handle signals: only the main thread can (docs/flyte.md, "Signals and pre-emption").
+
 Flyte retries the task (locally too, in ``flyte.run`` local mode), and asynccp resumes:
 an attempt reads its own prefix, the previous attempt's, and those before it, following
 the ``asynccp-attempt.json`` record each attempt writes first, so attempts that saved
