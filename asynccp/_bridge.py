@@ -48,6 +48,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._checkpointer import Checkpointer
 from ._groups import add_note
+from ._supervise._signals import MainThreadLoan
 from .errors import CheckpointClosedError
 
 __all__ = ["SyncBridge", "run_blocking", "run_in_thread"]
@@ -61,7 +62,10 @@ def run_blocking(fn: Callable[[], Awaitable[T]]) -> T:
 
     On this thread when no event loop runs in it (so a supervisor started here, in the
     main thread, handles SIGTERM); otherwise in a helper thread with its own loop and a
-    copy of this thread's context, while this thread waits.
+    copy of this thread's context, while this thread waits — lending itself, when it is
+    the main thread, to the signal handling of a supervisor in the helper thread (a
+    local ``async def`` task under ``asyncio.run`` or ``pyflyte run`` exits 75 on
+    SIGTERM, flushed, as in a pod).
     """
     if _loop_runs_here():
         return _in_helper_thread(fn)
@@ -90,15 +94,20 @@ def _new_loop(fn: Callable[[], Awaitable[T]]) -> T:
 def _in_helper_thread(fn: Callable[[], Awaitable[T]]) -> T:
     context = contextvars.copy_context()
     outcome: list[Any] = []
+    loan = MainThreadLoan()
 
     def target() -> None:
         try:
             outcome.append((True, context.run(_new_loop, fn)))
         except BaseException as e:  # handed to the waiting thread
             outcome.append((False, e))
+        finally:
+            loan.finish()
 
     thread = threading.Thread(target=target, name="asynccp-blocking", daemon=True)
-    thread.start()
+    with loan:
+        thread.start()
+        loan.serve()  # the main thread installs the helper's signal handlers, and runs them
     thread.join()
     ok, value = outcome[0]
     if not ok:
@@ -313,46 +322,63 @@ class SyncBridge:
     # -- the loop's side --------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Save what the caller hands over, in order, until closed and empty."""
+        """Save what the caller hands over, in order, until closed and empty.
+
+        Cancelled (the attempt is pre-empted), it takes no more hand-overs but goes on
+        for up to ``grace`` seconds with those it has, as it would have: the save under
+        way, then, in order, every one queued (``policy="latest"``: the newest, the
+        others being superseded). Every save that returned to the caller before the
+        signal thus reaches the Checkpointer, whose flush then commits it; a save cut
+        off here would be lost although the caller was told it was handed over.
+        """
         task_status.started()
+        handover = anyio.CancelScope(shield=True)
+        finished = False
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                if not finished:  # cancelled from outside: hand over what is here, in time
+                    handover.deadline = anyio.current_time() + self._grace
+                    self.close()
+
         try:
-            while True:
-                with self._cond:
-                    if not self._items:
-                        if self._closed:
-                            return
-                        self._idle = event = anyio.Event()
-                        item = None
-                    elif self._latest:
-                        *overtaken, item = self._items
-                        self._items.clear()
-                    else:
-                        overtaken, item = [], self._items.popleft()
-                if item is None:
-                    await event.wait()
-                    continue
-                for old in overtaken:
-                    self._supersede(old)
-                await self._save(item)
-        except anyio.get_cancelled_exc_class():
-            # Pre-empted: the newest state is what matters; hand it over within the grace.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._grace):
-                with self._cond:
-                    left = list(self._items)
-                    self._items.clear()
-                for old in left[:-1]:
-                    self._supersede(old)
-                if left:
-                    await self._save(left[-1])
-            raise
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_when_cancelled)
+                with handover:
+                    await self._hand_over()
+                finished = True
+                tg.cancel_scope.cancel()
         finally:
             with self._cond:
                 self._closed = True
                 left = list(self._items)
                 self._items.clear()
                 self._cond.notify_all()
-            for old in left:
+            for old in left:  # the grace ran out before these were handed over
                 self._release(old, self._closed_error())
+
+    async def _hand_over(self) -> None:
+        """Pass the queued items to the Checkpointer in order, until closed and empty."""
+        while True:
+            with self._cond:
+                if not self._items:
+                    if self._closed:
+                        return
+                    self._idle = event = anyio.Event()
+                    item = None
+                elif self._latest:
+                    *overtaken, item = self._items
+                    self._items.clear()
+                else:
+                    overtaken, item = [], self._items.popleft()
+            if item is None:
+                await event.wait()
+                continue
+            for old in overtaken:
+                self._supersede(old)
+            await self._save(item)
 
     async def _save(self, item: _Item) -> None:
         error: Exception | None = None

@@ -29,6 +29,11 @@ Inside a task so decorated (``def`` or ``async def``):
 - The task's end flushes every checkpoint, also when the body raises, before the error
   reaches Flyte.
 
+SIGTERM: an ``async def`` task in a pod (on Flyte's event loop, in the main thread)
+flushes within ``grace`` and exits with code 75. A ``def`` task, which Flyte runs in a
+thread of its own, and any task of a local run (on Flyte's background thread) cannot
+handle signals: only the main thread can (docs/flyte.md, "Signals and pre-emption").
+
 Flyte retries the task (locally too, in ``flyte.run`` local mode), and asynccp resumes:
 an attempt reads its own prefix, the previous attempt's, and those before it, following
 the ``asynccp-attempt.json`` record each attempt writes first, so attempts that saved
@@ -309,10 +314,7 @@ async def _run(options: PluginOptions, name: str, body: Callable[[], Any]) -> An
             "(flyte.run, or a cluster); asynccp.flyte needs it"
         )
     src = (paths.prev_checkpoint_path or "").strip() or None if paths is not None else None
-    # Locally, every task of a run shares the run's checkpoint paths, and each attempt
-    # of a task gets the same ones: a folder per action keeps tasks apart, and lets
-    # local retries resume from their own prefix.
-    own = f"{dest.rstrip('/')}/{tctx.action.name}" if tctx.mode == "local" else dest
+    own = _own_prefix(dest, tctx)
 
     async def attempt(a: Attempt) -> Any:
         checkpoint = AsyncCheckpoint(a, own, src)
@@ -329,6 +331,25 @@ async def _run(options: PluginOptions, name: str, body: Callable[[], Any]) -> An
         if isinstance(e.__cause__, Exception):
             raise e.__cause__ from None
         raise
+
+
+#: Beside a local run's checkpoint path, the folder of the plugin's tasks' prefixes.
+_LOCAL_SUFFIX = "-asynccp"
+
+
+def _own_prefix(dest: str, tctx: Any) -> str:
+    """The attempt's own prefix: on a cluster, the checkpoint path Flyte gave it.
+
+    Locally, every task of a run is given the same checkpoint path (``<raw data
+    path>/checkpoint``), and each attempt of a task too: there ``flyte.Checkpoint``
+    writes its one object, so the plugin keeps out of it, in a folder beside it with
+    one prefix per action (``<raw data path>/checkpoint-asynccp/<action>``). Tasks with
+    and without the plugin then run in one run in any order, and local retries of a
+    task resume from their own prefix.
+    """
+    if tctx.mode != "local":
+        return dest
+    return f"{dest.rstrip('/')}{_LOCAL_SUFFIX}/{tctx.action.name}"
 
 
 @contextmanager

@@ -214,6 +214,55 @@ def test_local_retries_run_out_with_the_tasks_error(tmp_path: Path) -> None:
     assert len(SEEN) == 4  # retries=3
 
 
+# -- one local run, tasks with and without the plugin ---------------------------------------
+
+
+@env.task
+async def plain_saver(x: int) -> str:
+    """Flyte's own ``flyte.Checkpoint``, no plugin: loads, then saves one blob."""
+    cp = flyte.ctx().checkpoint
+    loaded = await cp.load()
+    await cp.save(b"plain %d" % x)
+    return "" if loaded is None else loaded.read_text()
+
+
+@asynccp.flyte.checkpointed
+@env.task(retries=RETRY)
+async def plugin_saver(x: int) -> str:
+    """The plugin's checkpoint: saves, fails once, and the retry resumes from that save."""
+    cp = flyte.ctx().checkpoint
+    loaded = await cp.load()
+    await cp.save(b"plugin %d" % x)
+    if loaded is None:
+        raise asynccp.RecoverableError("the first attempt fails after saving")
+    return loaded.read_text()
+
+
+@env.task
+async def mixed(plugin_first: bool) -> list[str]:
+    """Calls both kinds of task in one run, in the order asked."""
+    if plugin_first:
+        b = await plugin_saver(2)
+        a = await plain_saver(1)
+    else:
+        a = await plain_saver(1)
+        b = await plugin_saver(2)
+    return [a, b]
+
+
+@pytest.mark.parametrize("plugin_first", [True, False], ids=["plugin_first", "plain_first"])
+def test_one_local_run_mixes_plugin_and_plain_checkpoint_tasks(
+    tmp_path: Path, plugin_first: bool
+) -> None:
+    """Locally every task of a run is given ``<raw data path>/checkpoint``, where
+    ``flyte.Checkpoint`` writes one object: the plugin's prefixes are beside it, so
+    neither kind of task finds the other's in its way, whichever runs first."""
+    assert run_local(mixed, tmp_path, plugin_first) == ["", "plugin 2"]
+    assert (tmp_path / "checkpoint").read_bytes() == b"plain 1"  # Flyte's own object
+    [prefix] = (tmp_path / "checkpoint-asynccp").iterdir()  # one action: plugin_saver
+    assert committed(prefix) == [(0, b"plugin 2"), (1, b"plugin 2")]
+
+
 # -- pod attempts: each attempt its own prefix ----------------------------------------------
 
 

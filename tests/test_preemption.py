@@ -367,10 +367,10 @@ def test_flush_cut_by_grace_is_reported_under_both_backends(tmp_path: Path, back
 
 
 async def test_concurrent_supervisors_share_the_signals(tmp_path: Path) -> None:
-    """Three jobs at once; the first (which owns the signal receiver) finishes early.
+    """Three jobs at once; the first (which installed the signal handlers) finishes early.
 
-    A SIGTERM afterwards still pre-empts both others: the receiver was handed over,
-    and each signal goes to every supervisor in the process.
+    A SIGTERM afterwards still pre-empts both others: the handlers stay while any
+    supervisor watches, and each signal goes to every supervisor in the process.
     """
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     first_running, release_first, first_done = anyio.Event(), anyio.Event(), anyio.Event()

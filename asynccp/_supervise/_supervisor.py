@@ -289,8 +289,8 @@ class _Supervisor:
         """Run one attempt in its own Checkpointer and flush it; say how it ended.
 
         A signal cancels the body (and the flush after it, if it came then); the
-        attempt's checkpoints are then flushed within ``grace``, whatever the
-        checkpointer's ``flush_timeout``, and the exit keeps to that deadline.
+        attempt's checkpoints are then flushed within ``grace`` of the signal, whatever
+        the checkpointer's ``flush_timeout``, and the exit keeps to that deadline.
         """
         token = CURRENT.set(cp)
         outcome: _Done[T] | _Failed | _Stopped | None = None
@@ -313,7 +313,9 @@ class _Supervisor:
                         outcome = _Done(value) if error is None else _Failed(error)
                 if outcome is None:  # only a signal cancels that scope
                     assert signals.pending is not None
-                    flushed = await cp._flush_within(signals.grace)
+                    # Within grace of the signal: what the body's cancellation took
+                    # (a plugin handing its last saves over) counts too.
+                    flushed = await cp._flush_within(signals.time_left())
                     outcome = _Stopped(signals.pending, flushed, signals.cause)
         except Exception as exc:  # the checkpointer could not open (or its exit failed)
             return _Failed(exc)
@@ -456,13 +458,15 @@ async def supervise(
             ``RecoverableError(retry_after=30)``) overrides it.
         on_retry: callback(s), sync or async, called with a :class:`RetryEvent` before
             each new attempt. Each retry is also logged (logger ``"asynccp"``).
-        handle_signals: handle SIGTERM and SIGINT (main thread only): cancel the
+        handle_signals: handle SIGTERM and SIGINT (in the main thread, or a thread it
+            waits for inside asynccp; see docs/retries.md): cancel the
             attempt, flush within ``grace``, then raise :class:`Preempted` (a
             ``SystemExit`` with code :data:`PREEMPTED_EXIT_CODE`). The previous handlers
             are restored when ``supervise`` returns or raises anything else; after
             ``Preempted``, further SIGTERM/SIGINT are logged and ignored until the
             process exits (a second signal must not turn exit code 75 into 143).
-        grace: seconds a pre-empted attempt may spend flushing (default 20).
+        grace: seconds from the signal a pre-empted attempt may spend flushing
+            (default 20).
         preemptions: signals absorbed in process: the first ``preemptions`` signals
             restart the attempt (at once, from the newest checkpoint) instead of
             exiting; they do not count against ``retries``. Default 0: a signal means

@@ -10,7 +10,10 @@ reported once, closing, pre-emption), against a real Checkpointer on a local fol
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
+import os
+import signal
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -90,6 +93,49 @@ async def test_run_blocking_beside_a_running_loop_passes_the_exception() -> None
 
     with pytest.raises(Boom, match="helper"):
         run_blocking(fail)
+
+
+async def test_run_blocking_beside_a_loop_in_the_main_thread_lends_it_for_signals(
+    tmp_path: Path,
+) -> None:
+    """The main thread, waiting for the helper, installs the handlers of a supervisor
+    there (and puts the ones of before back after it), or none with
+    ``handle_signals=False``."""
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    async def job(cp: Checkpointer) -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    for handle in (True, False):
+        run_blocking(functools.partial(asynccp.supervise, job, tmp_path, handle_signals=handle))
+    assert seen[0] is not before and seen[1] is before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+async def test_sigterm_pre_empts_a_supervisor_run_beside_a_loop_in_the_main_thread(
+    tmp_path: Path,
+) -> None:
+    """The signal comes while the main thread waits for the helper (a local ``async def``
+    flytekit task under ``asyncio.run``): the helper's attempt is flushed and pre-empted."""
+
+    async def job(cp: Checkpointer) -> None:
+        await cp.save(0, b"x" * (8 << 20))  # still staged when the signal comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        await anyio.sleep_forever()
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(asynccp.Preempted) as caught:
+            run_blocking(lambda: asynccp.supervise(job, tmp_path))
+        # Pre-empted: the process is to exit, and further signals are ignored until then.
+        assert signal.getsignal(signal.SIGTERM) not in (before[signal.SIGTERM], None)
+    finally:  # this process goes on with other tests: their handlers back
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert caught.value.code == asynccp.PREEMPTED_EXIT_CODE
+    assert caught.value.last_step == 0
 
 
 def test_run_blocking_called_where_trio_runs_uses_a_helper_thread() -> None:
@@ -505,7 +551,8 @@ async def test_block_counts_bytes_too(tmp_path: Path) -> None:
 
 
 async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) -> None:
-    """A caller waiting for room learns that the attempt ended instead of waiting forever."""
+    """A caller waiting for room learns that the attempt ended instead of waiting forever;
+    a save that cannot finish is given up at the end of the grace."""
     outcome: list[BaseException] = []
     calling = threading.Event()
     async with (
@@ -523,7 +570,7 @@ async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) ->
             latest=False,
             max_items=1,
             max_bytes=1 << 20,
-            grace=30,
+            grace=0.2,  # how long the pre-empted bridge waits for step 0's save
         )
 
         def sync_body() -> None:
@@ -546,7 +593,12 @@ async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) ->
     assert [c.step for c in await cp.list()] == []
 
 
-async def test_pre_empted_the_newest_waiting_checkpoint_is_still_saved(tmp_path: Path) -> None:
+@pytest.mark.parametrize("latest", [False, True], ids=["block", "latest"])
+async def test_pre_empted_what_waits_is_still_saved_as_the_policy_says(
+    tmp_path: Path, latest: bool
+) -> None:
+    """Every checkpoint handed over before the cancellation reaches the Checkpointer
+    (``latest``: the newest; the others are superseded, as they would have been)."""
     async with (
         Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
         AsyncExitStack() as stack,
@@ -557,7 +609,7 @@ async def test_pre_empted_the_newest_waiting_checkpoint_is_still_saved(tmp_path:
             cp,
             portal,
             steps=reader.next_step,
-            latest=False,
+            latest=latest,
             max_items=8,
             max_bytes=1 << 20,
             grace=30,
@@ -569,12 +621,51 @@ async def test_pre_empted_the_newest_waiting_checkpoint_is_still_saved(tmp_path:
                     bridge.put(b"v%d" % i)
                 scope.cancel()
         assert scope.cancelled_caught
-        # the older ones were superseded, or (the loop took step 0 first) cancelled mid-save
-        assert bridge.superseded in (1, 2)
+        assert bridge.superseded == (2 if latest else 0)
         with pytest.raises(CheckpointClosedError):
             bridge.put(b"after")
-    assert [c.step for c in await cp.list()] == [2]
-    assert await (await cp.get(2)).read() == b"v2"
+    saved = [2] if latest else [0, 1, 2]
+    assert [c.step for c in await cp.list()] == saved
+    assert [await (await cp.get(s)).read() for s in saved] == [b"v%d" % s for s in saved]
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["block", "latest"])
+async def test_pre_empted_the_save_under_way_is_not_cut_off(tmp_path: Path, latest: bool) -> None:
+    """The cancellation comes while step 0 is in the Checkpointer's ``save`` (a large
+    payload's is offloaded to a thread): that save goes on, and so does the newer one
+    waiting. Cut off, step 0 — a write that had returned — would be lost."""
+    async with (
+        Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
+        AsyncExitStack() as stack,
+    ):
+        view = GatedView(cp)
+        view.gates[0] = gate = anyio.Event()
+        view.saving[0] = saving = anyio.Event()
+        portal = await stack.enter_async_context(BlockingPortal())
+        bridge = SyncBridge(
+            view,  # type: ignore[arg-type]
+            portal,
+            steps=view.reserve_step,
+            latest=latest,
+            max_items=8,
+            max_bytes=1 << 20,
+            grace=30,
+        )
+
+        async def open_gate() -> None:
+            gate.set()
+
+        async with anyio.create_task_group() as outer:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(bridge.run)
+                    bridge.put(b"zero")
+                    await saving.wait()
+                    bridge.put(b"one")
+                    scope.cancel()  # pre-empted while step 0 is being saved
+                    outer.start_soon(open_gate)  # its save then finishes, shielded
+        assert scope.cancelled_caught and bridge.superseded == 0
+    assert [c.step for c in await cp.list()] == [0, 1]
 
 
 def test_the_bridge_wakes_a_trio_loop_from_a_thread(tmp_path: Path) -> None:
