@@ -581,3 +581,51 @@ def test_a_pods_error_has_no_stray_context(tmp_path: Path) -> None:
     error = info.value.value
     assert isinstance(error, KeyError)
     assert error.__context__ is None and error.__cause__ is None
+
+
+def test_on_an_object_store_an_attempt_that_saved_nothing_leaves_no_prefix(
+    moto_server: str, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why a missing previous prefix is "nothing saved" for the plugin: in a bucket it is
+    what every attempt that saved nothing leaves, and flytekit's own read() then fails
+    the next attempt (the prefix below exists only as a name)."""
+    for key, value in {
+        "FLYTE_AWS_ENDPOINT": moto_server,
+        "FLYTE_AWS_ACCESS_KEY_ID": "testing",
+        "FLYTE_AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(key, value)
+    store = asynccp.StoreOptions(
+        obstore={
+            "config": {
+                "endpoint": moto_server,
+                "access_key_id": "testing",
+                "secret_access_key": "testing",
+                "region": "us-east-1",
+            },
+            "client_options": {"allow_http": True},
+        }
+    )
+
+    @task(task_config=Checkpointing(backoff=0, store=store))
+    def on_s3(step: int) -> str:
+        return run_body()
+
+    def checks(cp: Any, scratch: Path) -> list[Any]:
+        try:
+            return [cp.prev_exists(), cp.read()]
+        except Exception as e:
+            return [type(e).__name__]
+
+    seen = {}
+    for name, kind in (("flytekit", plain), ("asynccp", on_s3)):
+        BODY[:] = [checks]
+        with setup_execution(
+            raw_output_data_prefix=str(tmp_path / "raw"),
+            checkpoint_path=f"s3://{s3_bucket}/{name}/1",
+            prev_checkpoint=f"s3://{s3_bucket}/{name}/0",  # attempt 0 saved nothing
+        ) as ctx:
+            literals = TypeEngine.dict_to_literal_map(ctx, {"step": 0}, {"step": int})
+            out = kind.dispatch_execute(ctx, literals)
+        seen[name] = json.loads(out.literals["o0"].scalar.primitive.string_value)
+    assert seen == {"flytekit": ["FlyteDataNotFoundException"], "asynccp": [False, None]}
