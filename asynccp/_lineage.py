@@ -291,13 +291,15 @@ class Lineage:
             seen.append(prefix)
             store = resolve(prefix, store_options)
             reader = await _reader(store)
-            outsider = None if foreign is None else ForeignReader(store, foreign)
-            sources.append(_Source(prefix, reader, outsider))
             try:
                 record = await read_record(prefix, store_options)
             except CorruptCheckpointError as e:
                 log.warning("asynccp: %s; not following it further back", e)
+                sources.append(_Source(prefix, reader))
                 break
+            # A prefix with a record is an asynccp attempt's: no other tool wrote there.
+            outsider = None if foreign is None or record else ForeignReader(store, foreign)
+            sources.append(_Source(prefix, reader, outsider))
             if record is not None:
                 prefix = record.previous
             elif earlier is not None and (before := earlier(prefix)) is not None:
