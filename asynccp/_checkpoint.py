@@ -467,11 +467,14 @@ def _one(
 
 
 def _check(step: int, name: str, info: FileInfo, size: int, crc: int) -> None:
+    """Raise :class:`CorruptCheckpointError` unless the bytes read match ``info`` (the
+    size alone for a file with no checksum recorded: another tool's, see
+    :mod:`asynccp._foreign`)."""
     if size != info.size:
         raise CorruptCheckpointError(
             f"checkpoint {step}: file {name!r} has {size} bytes, the manifest says {info.size}"
         )
-    if crc != info.crc32c:
+    if info.crc32c is not None and crc != info.crc32c:
         raise CorruptCheckpointError(
             f"checkpoint {step}: file {name!r} fails its checksum "
             f"(crc32c {crc:08x}, the manifest says {info.crc32c:08x}); the stored bytes changed"

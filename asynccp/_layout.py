@@ -15,6 +15,8 @@ command line cannot disagree about where things are::
     .<name>.<random>.asynccp-tmp             a local write in progress (beside its target)
     data/<step:020d>-<writer>/.manifest.<random>.asynccp-tmp
                                              a local commit's record, ready to be linked
+    asynccp-attempt.json                     a plugin attempt's record (see
+                                             :mod:`asynccp._lineage`)
 
 A step is committed when a record for it exists; its commit record is its *highest*
 revision. Revisions exist because an invalid record must never block its step, while a
@@ -30,6 +32,7 @@ import re
 from typing import TypeGuard
 
 __all__ = [
+    "ATTEMPT_RECORD",
     "DATA",
     "MANIFESTS",
     "GENERATION_RE",
@@ -40,6 +43,7 @@ __all__ = [
     "TOP_FOLDERS",
     "WRITERS",
     "data_dir",
+    "is_layout_key",
     "is_temporary",
     "lease_key",
     "manifest_key",
@@ -66,6 +70,8 @@ QUARANTINE = "quarantine/"
 WRITERS = "writers/"
 #: Part records of sharded steps.
 PARTS = "parts/"
+#: A framework plugin's attempt record, at the root of the attempt's prefix.
+ATTEMPT_RECORD = "asynccp-attempt.json"
 #: The folders a durable local location creates (and fsyncs) once, when it opens.
 TOP_FOLDERS = ("data", "manifests")
 #: The end of every temporary file name a local write uses (the orphan collector's mark).
@@ -169,3 +175,19 @@ def step_of_quarantine_key(key: str) -> int | None:
 def is_temporary(key: str) -> bool:
     """Whether ``key`` is the temporary file of a local write (finished or interrupted)."""
     return key.endswith(TMP_SUFFIX)
+
+
+def is_layout_key(key: str) -> bool:
+    """Whether ``key`` is one of asynccp's objects: a record (commit, part, quarantined,
+    attempt), a lease, a payload object in a writer's folder, or a temporary file.
+    (What another tool wrote beside them is not: see :mod:`asynccp._foreign`.)"""
+    top = key.split("/", 2)
+    return (
+        key == ATTEMPT_RECORD
+        or parse_manifest_key(key) is not None
+        or parse_part_key(key) is not None
+        or parse_lease_key(key) is not None
+        or step_of_quarantine_key(key) is not None
+        or (len(top) == 3 and parse_data_dir("/".join(top[:2])) is not None)
+        or is_temporary(key)
+    )

@@ -12,6 +12,20 @@ Resume order: this attempt's own prefix, then the previous attempt's, then the o
 before it, and so on; within one prefix, the newest step first. The first checkpoint
 that verifies wins; corrupt ones are skipped with a :class:`CorruptCheckpointWarning`.
 
+Two things a plugin may add, both read-only:
+
+- ``foreign``: the name of the framework whose own checkpoints may be at an earlier
+  prefix (flytekit's ``SyncCheckpoint`` data, for one). Such a checkpoint is read as
+  one at step -1, the oldest point of its prefix (:mod:`asynccp._foreign`).
+- ``earlier``: the orchestrator's naming scheme, ``prefix -> the previous attempt's
+  prefix`` (or None). An attempt that died before it wrote its record (a pod lost at
+  start-up, killed while importing) leaves no record to follow; the scheme goes on
+  past it (:mod:`asynccp._propeller`, for Flyte).
+
+Earlier attempts' prefixes are inputs: the lineage reads them (listings, gets) and
+never writes to them — no lease, no staging, no retention. Only the attempt's own
+prefix is written: its record, and its checkpoints.
+
 :class:`LineageReader` is the :class:`~asynccp._reader.Reader` a framework plugin gives
 the attempt's :class:`Checkpointer` (``asynccp.current()``) for the task body: the
 checkpointer still writes to the attempt's own prefix, and its reads (``latest``,
@@ -25,8 +39,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -36,10 +49,12 @@ import anyio.to_thread
 
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
+from ._foreign import ForeignReader
+from ._layout import ATTEMPT_RECORD
 from ._reader import CatalogReader
 from ._store import Store, StoreOptions, local_root, resolve
+from ._write import StepOrder
 from .errors import (
-    CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     CorruptCheckpointWarning,
@@ -60,7 +75,7 @@ log = logging.getLogger("asynccp")
 T = TypeVar("T")
 
 #: The attempt record's object name, at the root of the attempt's prefix.
-RECORD_NAME = "asynccp-attempt.json"
+RECORD_NAME = ATTEMPT_RECORD
 _RECORD_FORMAT = 1
 #: Records followed back at most (a guard against a chain that loops through copies).
 MAX_LINEAGE = 1000
@@ -75,7 +90,8 @@ class AttemptRecord:
 
     ``previous`` is the previous attempt's prefix (None for the first attempt);
     ``resume_from`` is ``(prefix, step)`` of the newest valid checkpoint the attempt
-    found when it started (the one it resumes from unless that fails verification).
+    found when it started (the one it resumes from unless that fails verification;
+    step -1: a checkpoint the framework itself wrote there, see :mod:`asynccp._foreign`).
     """
 
     prefix: str
@@ -115,7 +131,7 @@ class AttemptRecord:
             resume_from: tuple[str, int] | None = None
             if resume is not None:
                 prefix, step = resume["prefix"], resume["step"]
-                if not isinstance(prefix, str) or not isinstance(step, int) or step < 0:
+                if not isinstance(prefix, str) or not isinstance(step, int) or step < -1:
                     raise ValueError(f"bad resume_from {resume!r}")
                 resume_from = (prefix, step)
             if not isinstance(doc["prefix"], str) or not isinstance(doc["writer"], str):
@@ -164,8 +180,13 @@ async def write_record(record: AttemptRecord, store_options: StoreOptions) -> No
 # -- reading along the lineage ----------------------------------------------------------
 
 
+#: What the lineage reads one prefix with: its asynccp checkpoints (the catalog), or a
+#: checkpoint the framework itself wrote there.
+PrefixReader = CatalogReader | ForeignReader
+
+
 async def load_latest(
-    reader: CatalogReader,
+    reader: PrefixReader,
     loader: Callable[[Checkpoint], Awaitable[T]],
     *,
     exclude_writer: str | None = None,
@@ -209,10 +230,16 @@ async def load_latest(
 
 @dataclass(frozen=True)
 class _Source:
-    """One earlier attempt's prefix, and a reader on it (None: no asynccp data there)."""
+    """One earlier attempt's prefix: a reader of its asynccp checkpoints (None: none can
+    be there), and one of the framework's own checkpoint there (None: not asked for)."""
 
     prefix: str
     reader: CatalogReader | None
+    foreign: ForeignReader | None = None
+
+    def readers(self) -> list[PrefixReader]:
+        """Its readers, newest first: asynccp's steps, then the framework's (step -1)."""
+        return [r for r in (self.reader, self.foreign) if r is not None]
 
 
 def _same(a: str, b: str) -> bool:
@@ -221,8 +248,9 @@ def _same(a: str, b: str) -> bool:
 
 class Lineage:
     """This attempt's prefix and the earlier attempts' prefixes, newest first, each
-    with a reader: the attempt's Checkpointer's own (:meth:`Checkpointer._own_reader`),
-    and one on each earlier prefix that can hold asynccp checkpoints."""
+    with its readers: the attempt's Checkpointer's own (:meth:`Checkpointer._own_reader`),
+    and read-only ones on each earlier prefix (its asynccp checkpoints; the framework's
+    own checkpoint there, when the plugin asks for it)."""
 
     def __init__(self, own: Checkpointer, own_prefix: str, earlier: list[_Source]) -> None:
         #: The own prefix's reader: the catalog of the attempt's Checkpointer, not the
@@ -243,35 +271,59 @@ class Lineage:
         own_prefix: str,
         previous: str | None,
         store_options: StoreOptions,
-        stack: AsyncExitStack,
+        *,
+        foreign: str | None = None,
+        earlier: Callable[[str], str | None] | None = None,
     ) -> Lineage:
-        """Follow the attempt records back from ``previous``; readers live on ``stack``."""
-        earlier: list[_Source] = []
+        """Follow the attempt records back from ``previous`` (reads only).
+
+        ``foreign`` names the framework whose own checkpoints an earlier prefix may
+        hold (read at step -1); ``earlier(prefix)`` is the orchestrator's previous
+        attempt's prefix, followed where a prefix has no record to name it.
+        """
+        sources: list[_Source] = []
         seen = [own_prefix]
         prefix = previous
         while prefix and not any(_same(prefix, s) for s in seen):
-            if len(earlier) >= MAX_LINEAGE:
+            if len(sources) >= MAX_LINEAGE:
                 log.warning("asynccp: stopped following attempt records after %d", MAX_LINEAGE)
                 break
             seen.append(prefix)
-            earlier.append(_Source(prefix, await _reader(prefix, store_options, stack)))
+            store = resolve(prefix, store_options)
+            reader = await _reader(store)
             try:
                 record = await read_record(prefix, store_options)
             except CorruptCheckpointError as e:
                 log.warning("asynccp: %s; not following it further back", e)
+                sources.append(_Source(prefix, reader))
                 break
-            prefix = None if record is None else record.previous
-        return cls(own, own_prefix, earlier)
+            # A prefix with a record is an asynccp attempt's: no other tool wrote there.
+            outsider = None if foreign is None or record else ForeignReader(store, foreign)
+            sources.append(_Source(prefix, reader, outsider))
+            if record is not None:
+                prefix = record.previous
+            elif earlier is not None and (before := earlier(prefix)) is not None:
+                log.info(
+                    "asynccp: %s has no attempt record (its attempt never started, or ran "
+                    "without asynccp); going on to %s, the attempt before it",
+                    prefix,
+                    before,
+                )
+                prefix = before
+            else:
+                prefix = None
+        return cls(own, own_prefix, sources)
 
-    def sources(self) -> list[tuple[str, CatalogReader]]:
-        """``(prefix, reader)`` of every prefix that can hold asynccp checkpoints, own first."""
+    def sources(self) -> list[tuple[str, PrefixReader]]:
+        """``(prefix, reader)`` of every reader along the lineage, newest first: the own
+        prefix's, then each earlier prefix's asynccp checkpoints and the framework's."""
         return [
             (self.own_prefix, self.own),
-            *((s.prefix, s.reader) for s in self.earlier if s.reader is not None),
+            *((s.prefix, r) for s in self.earlier for r in s.readers()),
         ]
 
-    def readers(self) -> list[CatalogReader]:
-        """A reader on every prefix that can hold asynccp checkpoints, own first."""
+    def readers(self) -> list[PrefixReader]:
+        """Every reader along the lineage, newest first."""
         return [reader for _, reader in self.sources()]
 
     async def newest_valid(self) -> tuple[str, Checkpoint] | None:
@@ -306,7 +358,8 @@ class Lineage:
         )
 
     async def newest_step(self) -> int | None:
-        """The highest step of a valid checkpoint anywhere along the lineage, or None."""
+        """The highest step of a valid checkpoint anywhere along the lineage, or None
+        (-1 when the only one is the framework's own)."""
         steps = [c.step for reader in self.readers() if (c := await reader.latest()) is not None]
         return max(steps, default=None)
 
@@ -319,17 +372,19 @@ class Lineage:
     ) -> tuple[Checkpoint | None, T] | None:
         """``await loader(ckpt)`` on the first checkpoint along the lineage that verifies.
 
-        Prefixes in order (own first), newest step first within each; corrupt ones are
-        skipped with a warning. ``fallback(prefix)``, when given, is tried for each
-        earlier prefix once its asynccp checkpoints are exhausted (for data another
-        tool wrote there); a result other than None ends the search, with no Checkpoint.
+        Prefixes in order (own first), newest step first within each (the framework's
+        own checkpoint, at step -1, last); corrupt ones are skipped with a warning.
+        ``fallback(prefix)``, when given, is tried for each earlier prefix once its
+        checkpoints are exhausted (for data another tool wrote there in a form no
+        reader here reads); a result other than None ends the search, with no
+        Checkpoint.
         """
         found = await load_latest(self.own, loader, exclude_writer=exclude_writer)
         if found is not None:
             return found
         for source in self.earlier:
-            if source.reader is not None:
-                found = await load_latest(source.reader, loader, exclude_writer=exclude_writer)
+            for reader in source.readers():
+                found = await load_latest(reader, loader, exclude_writer=exclude_writer)
                 if found is not None:
                     return found
             if fallback is not None:
@@ -339,24 +394,19 @@ class Lineage:
         return None
 
 
-async def _reader(
-    prefix: str, store_options: StoreOptions, stack: AsyncExitStack
-) -> CatalogReader | None:
-    """The reader of an open, read-only Checkpointer on an earlier attempt's prefix, or
+async def _reader(store: Store) -> CatalogReader | None:
+    """A read-only reader of the asynccp checkpoints in an earlier attempt's prefix, or
     None.
 
-    None for a local path that is not a directory: nothing asynccp wrote is there (a
-    file is what another tool, such as ``flyte.Checkpoint``, writes at the prefix).
+    No Checkpointer is opened there: opening one writes (a lease, the location's
+    folders), and the prefix is another attempt's, maybe not writable at all. None for
+    a local path that is not a directory: nothing asynccp wrote is there (a file is
+    what another tool, such as ``flyte.Checkpoint``, writes at the prefix).
     """
-    local = local_root(resolve(prefix, store_options))
+    local = local_root(store)
     if local is not None and not await anyio.to_thread.run_sync(Path(local).is_dir):
         return None
-    reader = Checkpointer(prefix, store=replace(store_options, durable=False))
-    try:
-        await stack.enter_async_context(reader)
-    except CheckpointError as e:
-        raise StoreError(f"cannot read the earlier attempt's checkpoints in {prefix}: {e}") from e
-    return reader._own_reader()
+    return CatalogReader(store, StepOrder(store.description))
 
 
 # -- the attempt's reader ------------------------------------------------------------------

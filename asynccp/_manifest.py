@@ -55,15 +55,21 @@ _CRC_RE = re.compile(r"^[0-9a-f]{8}$")
 
 @dataclass(frozen=True)
 class FileInfo:
-    """Size and CRC32C of one file of a checkpoint."""
+    """Size and CRC32C of one file of a checkpoint.
+
+    ``crc32c`` is None only for a file another tool wrote, which a framework plugin
+    reads as a checkpoint (flytekit's own, see :mod:`asynccp._foreign`): that tool
+    recorded no checksum, so only the size is checked. A manifest always has one.
+    """
 
     size: int
-    crc32c: int
+    crc32c: int | None
 
     @property
     def checksum(self) -> str:
-        """The checksum as written in the manifest: ``"crc32c:<8 hex digits>"``."""
-        return f"crc32c:{self.crc32c:08x}"
+        """The checksum as written in the manifest: ``"crc32c:<8 hex digits>"``
+        (``"none"`` for a file with none recorded)."""
+        return "none" if self.crc32c is None else f"crc32c:{self.crc32c:08x}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class Manifest:
             "data": self.data,
             "metadata": encode_metadata(self.metadata),
             "files": {
-                name: {"size": info.size, "crc32c": f"{info.crc32c:08x}"}
+                name: {"size": info.size, "crc32c": f"{_recorded(info.crc32c):08x}"}
                 for name, info in self.files.items()
             },
         }
@@ -154,6 +160,13 @@ class Manifest:
         except InvalidNameError as e:
             raise bad(str(e)) from e
         return cls(step, writer, attempt, created_at, metadata, files)
+
+
+def _recorded(crc: int | None) -> int:
+    """A manifest's checksum (every file a writer commits has one)."""
+    if crc is None:
+        raise ValueError("a manifest records a checksum for every file")
+    return crc
 
 
 def _bad(key: str, why: str) -> CorruptCheckpointError:

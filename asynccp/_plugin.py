@@ -4,7 +4,8 @@ A task call runs under :func:`asynccp.supervise` on the attempt's own checkpoint
 prefix. Each attempt of the supervisor (one per task call on a cluster, where the
 orchestrator retries; several in a local run, where the supervisor retries):
 
-1. follows the attempt records back from the previous attempt's prefix (the lineage);
+1. follows the attempt records back from the previous attempt's prefix (the lineage;
+   reads only: earlier prefixes are never written to);
 2. writes its own record (previous prefix, the newest valid checkpoint found);
 3. gives the supervisor's Checkpointer (``asynccp.current()``) a
    :class:`LineageReader` for the task body (it reads along the lineage, and saves to
@@ -31,16 +32,35 @@ from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._checks import check_seconds
 from ._lineage import AttemptRecord, Lineage, LineageReader, write_record
-from ._options import CheckpointerOptions, Options, StoreOptions, Unpack, keywords, options_of
-from ._supervise import DEFAULT_GRACE, supervise
+from ._options import (
+    CheckpointerOptions,
+    Options,
+    Retention,
+    StoreOptions,
+    Unpack,
+    keywords,
+    options_of,
+)
+from ._supervise import DEFAULT_GRACE
 from ._supervise._notices import check_notices
 from ._supervise._retry_policy import DEFAULT_BACKOFF, backoff_function, callbacks, classifier
+from ._supervise._supervisor import _Supervisor
 from ._types import BackoffSpec, OnRetry, Recoverable
 
-__all__ = ["Attempt", "PluginOptions", "run_task"]
+__all__ = ["DEFAULT_KEEP", "Attempt", "PluginOptions", "run_task"]
 
 log = logging.getLogger("asynccp")
 T = TypeVar("T")
+
+#: The checkpoints a plugin keeps per attempt's prefix unless told otherwise (``keep=N``,
+#: ``keep=None`` for all, or ``retention=``): the frameworks' own checkpointers keep
+#: one (each write overwrites the last); a few more leave room to fall back past a
+#: corrupt one.
+DEFAULT_KEEP = 3
+
+
+def _default_options() -> Options:
+    return Options(retention=Retention(keep=DEFAULT_KEEP))
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,10 @@ class PluginOptions:
     same values a Checkpointer takes: ``keep``, ``limits``, ``store``...; its store
     options reach every prefix of the lineage too); the rest goes to
     :func:`asynccp.supervise`.
+
+    Storage is bounded by default: ``keep`` is :data:`DEFAULT_KEEP` unless ``keep`` is
+    given (``keep=None``: every checkpoint is kept) or ``retention`` is (then its
+    ``keep`` holds, whose default None keeps all).
     """
 
     recoverable: Recoverable = ()
@@ -58,7 +82,7 @@ class PluginOptions:
     on_retry: OnRetry = None
     grace: float = DEFAULT_GRACE
     handle_signals: bool = True
-    checkpointer: Options = field(default_factory=Options)
+    checkpointer: Options = field(default_factory=_default_options)
     notices: str | None = None
     notice_endpoint: str | None = None
 
@@ -76,6 +100,8 @@ class PluginOptions:
         **checkpointer: Unpack[CheckpointerOptions],
     ) -> PluginOptions:
         """Validate the options (the Checkpointer's as values: no checkpointer made)."""
+        if "keep" not in checkpointer and checkpointer.get("retention") is None:
+            checkpointer["keep"] = DEFAULT_KEEP
         opts = options_of(
             "the plugin",
             checkpointer,
@@ -134,11 +160,12 @@ class PluginOptions:
 
 
 def _written(opts: Options) -> list[str]:
-    """``opts`` as keyword arguments, defaults left out: ``keep=3``, not a whole
-    ``Retention(...)`` whose other fields are the defaults."""
+    """``opts`` as keyword arguments, the plugin's defaults left out: ``keep=5``, not a
+    whole ``Retention(...)`` whose other fields are the defaults."""
     parts = []
+    defaults = _default_options()
     for f in fields(Options):
-        value, default = getattr(opts, f.name), getattr(Options(), f.name)
+        value, default = getattr(opts, f.name), getattr(defaults, f.name)
         if value == default:
             continue
         if not is_dataclass(value):
@@ -183,6 +210,9 @@ async def run_task(
     retries: int,
     name: str,
     also_recoverable: tuple[type[Exception], ...] = (),
+    foreign: str | None = None,
+    earlier: Callable[[str], str | None] | None = None,
+    resume: str | None = None,
 ) -> T:
     """Run a task call: ``await body(attempt)`` under :func:`asynccp.supervise`.
 
@@ -190,7 +220,11 @@ async def run_task(
     (as the orchestrator gives them). ``retries`` are the supervisor's (local runs);
     0 when the orchestrator retries. ``name`` (the task's) is what logs call it.
     ``also_recoverable`` adds the framework's own
-    "retry me" errors to ``options.recoverable``.
+    "retry me" errors to ``options.recoverable``. ``foreign`` names the framework
+    whose own checkpoints an earlier prefix may hold, ``earlier`` is the orchestrator's
+    naming of the attempt before a prefix (both: see :class:`Lineage`), and ``resume``
+    says what resumes from what the task committed, in the messages of a pre-emption
+    and of retries run out (by default: running it again on ``own``).
 
     Raises:
         RetriesExhausted: a recoverable error on the last attempt (with ``retries=0``:
@@ -202,36 +236,48 @@ async def run_task(
         return isinstance(exc, also_recoverable) or user(exc)
 
     async def attempt(cp: Checkpointer) -> T:
-        return await _attempt(cp, options=options, body=body, own=own, previous=previous)
+        lineage = await Lineage.open(
+            cp, own, _not_own(previous, own), options.store, foreign=foreign, earlier=earlier
+        )
+        return await _attempt(cp, lineage, options=options, body=body)
 
     attempt.__qualname__ = attempt.__name__ = name
-    return await supervise(
-        attempt,
+    # asynccp.supervise, with the plugin's words for what resumes.
+    supervisor = _Supervisor(
         own,
+        caller="the plugin",
         retries=retries,
         recoverable=recoverable,
         backoff=options.backoff,
         on_retry=options.on_retry,
-        grace=options.grace,
         handle_signals=options.handle_signals,
+        grace=options.grace,
+        preemptions=0,
+        checkpointer_options=keywords(options.checkpointer),
         notices=options.notices,
         notice_endpoint=options.notice_endpoint,
-        **keywords(options.checkpointer),
+        resume=resume,
     )
+    return await supervisor.run(attempt, (), {})
+
+
+def _not_own(previous: str | None, own: str) -> str | None:
+    """``previous``, unless the orchestrator points the attempt at its own prefix."""
+    if previous is not None and previous.rstrip("/") == own.rstrip("/"):
+        return None
+    return previous
 
 
 async def _attempt(
     cp: Checkpointer,
+    lineage: Lineage,
     *,
     options: PluginOptions,
     body: Callable[[Attempt], Awaitable[T]],
-    own: str,
-    previous: str | None,
 ) -> T:
-    if previous is not None and previous.rstrip("/") == own.rstrip("/"):
-        previous = None  # the orchestrator points the attempt at its own prefix
+    own = lineage.own_prefix
+    previous = lineage.earlier[0].prefix if lineage.earlier else None
     async with AsyncExitStack() as stack:
-        lineage = await Lineage.open(cp, own, previous, options.store, stack)
         found = await lineage.newest_valid()
         resume = None if found is None else found[1]
         newest = await lineage.newest_step()

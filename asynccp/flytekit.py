@@ -5,7 +5,7 @@
     import asynccp.flytekit
     from flytekit import current_context, task
 
-    @task(retries=3, task_config=asynccp.flytekit.Checkpointing(keep=3))
+    @task(retries=3, task_config=asynccp.flytekit.Checkpointing())
     def train(epochs: int) -> float:
         cp = current_context().checkpoint       # asynccp-backed, flytekit's interface
         prev = cp.read()                        # newest checkpoint that verifies, or None
@@ -15,10 +15,13 @@
 Inside such a task (``def`` or ``async def``):
 
 - ``flytekit.current_context().checkpoint`` keeps flytekit's ``Checkpoint`` interface
-  (``prev_exists``, ``restore``, ``read``, ``save``, ``write``). ``write``/``save`` hand
-  the checkpoint to asynccp's queue and return (``save`` of a path once it is copied);
-  each one is a new step. ``read``/``restore``/``prev_exists`` are about the checkpoint
-  the attempt resumes from: the newest one saved before it that verifies.
+  (``prev_exists``, ``restore``, ``read``, ``save``, ``write``) and its file names
+  (``write(b)`` and ``save(reader)`` store one file, ``_dst_cp``). ``write``/``save``
+  hand the checkpoint to asynccp's queue and return (``save`` of a path once it is
+  copied); each one is a new step, and the newest three are kept unless ``keep=`` says
+  otherwise. ``read``/``restore``/``prev_exists`` are about the checkpoint the attempt
+  resumes from: the newest one saved before it that verifies — or, when an earlier
+  attempt ran without the plugin, what flytekit's own ``SyncCheckpoint`` wrote there.
 - ``asynccp.current()`` is the attempt's :class:`~asynccp.Checkpointer` on the attempt's
   checkpoint prefix, whose reads also see the earlier attempts.
 - The task's end flushes every checkpoint, also when the body raises, before the error
@@ -27,8 +30,10 @@ Inside such a task (``def`` or ``async def``):
 Resume across attempts: Flyte gives every attempt its own prefix and the previous
 attempt's. Each attempt writes ``<prefix>/asynccp-attempt.json`` first, naming the
 previous prefix; an attempt resumes from the newest checkpoint that verifies on its own
-prefix, the previous attempt's, and those before, following the records, so attempts
-that saved nothing do not lose what an earlier one saved.
+prefix, the previous attempt's, and those before, following the records — and, past an
+attempt that never started (no record), Flyte's own naming of attempt prefixes — so
+attempts that saved nothing do not lose what an earlier one saved. Earlier attempts'
+prefixes are only read.
 
 Run locally (``python wf.py``, ``pyflyte run`` without ``--remote``), the task's
 ``retries`` are real retries, run by :func:`asynccp.supervise` in the process, each
@@ -67,12 +72,20 @@ from ._bridge import SyncBridge, run_blocking, run_in_thread
 from ._checkpoint import Checkpoint
 from ._options import CheckpointerOptions, Unpack
 from ._plugin import Attempt, PluginOptions, run_task
+from ._propeller import previous_prefix
 from ._supervise import DEFAULT_GRACE
 from ._supervise._retry_policy import DEFAULT_BACKOFF
 from ._types import BackoffSpec, OnRetry, Recoverable
 from .errors import CheckpointError, RetriesExhausted
 
 __all__ = ["AsyncCheckpoint", "Checkpointing"]
+
+#: The file flytekit's ``SyncCheckpoint`` stores ``write(b)`` and ``save(reader)`` as
+#: (its ``TMP_DST_PATH``): the plugin stores them under the same name, so ``restore()``
+#: gives back the same folder either way.
+WRITE_NAME = "_dst_cp"
+#: The framework whose own checkpoints an earlier attempt's prefix may hold.
+_FOREIGN = "flytekit"
 
 
 class Checkpointing:
@@ -84,7 +97,8 @@ class Checkpointing:
     values a :class:`~asynccp.Checkpointer` takes (``keep``, ``policy``, ``limits``,
     ``retention``, ``store`` — its obstore options reach every checkpoint prefix —,
     ``flush_timeout``, ``staging_dir``). All are checked here, when the task is declared.
-    The number of retries is the task's own ``retries``.
+    The number of retries is the task's own ``retries``. ``keep`` is 3 unless given
+    (``keep=None`` keeps every checkpoint).
     """
 
     def __init__(
@@ -130,13 +144,22 @@ class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
         self._restored: Path | None = None
 
     def prev_exists(self) -> bool:
-        """Whether a checkpoint saved before this attempt exists (valid, not yet verified)."""
+        """Whether a checkpoint saved before this attempt exists (valid, not yet verified).
+
+        flytekit's own answers whether a previous prefix was given; this one whether
+        there is something to resume from (False for a given prefix that is empty or
+        missing, as a previous attempt that saved nothing leaves it).
+        """
         return self._attempt.resume is not None
 
     def restore(self, path: Union[Path, str, None] = None) -> Path | None:  # noqa: UP007
         """Download the newest checkpoint saved before this attempt that verifies into
         ``path`` (an existing directory; a temporary one by default); return the path,
         or None when there is none. Later calls return the same path without downloading.
+
+        None also when the previous attempt's prefix is missing (flytekit's own raises
+        ``FlyteDataNotFoundException``): an attempt that saved nothing leaves none, and
+        the attempts before it are searched all the same.
         """
         if self._restored is not None:
             return self._restored
@@ -164,8 +187,15 @@ class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
         async def read_one(ckpt: Checkpoint) -> bytes | None:
             if not ckpt.files:
                 return None
+            # flytekit counts what restore() puts in the folder: files and folders.
+            top = {name.split("/", 1)[0] for name in ckpt.files}
+            if len(top) > 1:
+                raise ValueError(f"Expected exactly one checkpoint - found {len(top)}")
             if len(ckpt.files) > 1:
-                raise ValueError(f"Expected exactly one checkpoint - found {len(ckpt.files)}")
+                raise ValueError(
+                    f"Expected exactly one checkpoint - found a folder of {len(ckpt.files)} "
+                    "files: restore() it"
+                )
             return await ckpt.read()
 
         data: bytes | None = self._bridge.call(self._load, read_one)
@@ -187,7 +217,9 @@ class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
 
     def save(self, cp: Union[Path, str, io.BufferedReader]) -> None:  # noqa: UP007
         """Save a file or a folder (its whole tree), or what a reader yields, as the next
-        checkpoint; returns once it is copied, before it is uploaded."""
+        checkpoint; returns once it is copied, before it is uploaded. Names as flytekit
+        stores them: a file under its name, a folder's tree, a reader's bytes as
+        ``_dst_cp``."""
         if isinstance(cp, (str, os.PathLike)):
             self._bridge.put_path(Path(cp))
             return
@@ -199,12 +231,13 @@ class AsyncCheckpoint(_FlytekitCheckpoint):  # type: ignore[misc]
         self.write(data.encode() if isinstance(data, str) else data)
 
     def write(self, b: bytes) -> None:
-        """Save ``b`` as the next checkpoint; returns at once (the upload is queued)."""
+        """Save ``b`` as the next checkpoint, one file named ``_dst_cp`` (as flytekit
+        names it); returns at once (the upload is queued)."""
         if isinstance(b, (bytearray, memoryview)):
             b = bytes(b)  # the caller may reuse its buffer
         if not isinstance(b, bytes):
             raise TypeError(f"write() takes bytes, got {type(b).__name__}")
-        self._bridge.put(b)
+        self._bridge.put({WRITE_NAME: b})
 
 
 class _CheckpointedMixin:
@@ -244,6 +277,9 @@ class _CheckpointedMixin:
                 retries=self.metadata.retries if local else 0,
                 name=self.name,
                 also_recoverable=(FlyteRecoverableException,),
+                foreign=_FOREIGN,
+                earlier=previous_prefix,
+                resume=_LOCAL_RESUME if local else _CLUSTER_RESUME,
             )
 
         try:
@@ -256,6 +292,16 @@ class _CheckpointedMixin:
             if isinstance(cause, FlyteRecoverableException):
                 raise cause from None
             raise FlyteRecoverableException(f"{type(cause).__name__}: {cause}") from cause
+
+
+#: What resumes from a local run's checkpoints, as its messages say it: nothing run later
+#: (each flytekit run gets a new sandbox), only the task's retries within the run.
+_LOCAL_RESUME = (
+    "a local run of flytekit starts in a new sandbox, so running it again starts from "
+    "scratch; within one run, only the task's own retries resume"
+)
+#: On a cluster: the next attempt, which Flyte gives this prefix as the previous one.
+_CLUSTER_RESUME = "the task's next attempt, if Flyte retries it, resumes from there"
 
 
 @contextmanager

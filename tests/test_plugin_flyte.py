@@ -67,7 +67,8 @@ def corrupt_newest(location: str) -> None:
     payload.write_bytes(bytes(b ^ 0xFF for b in payload.read_bytes()))
 
 
-@asynccp.flyte.checkpointed
+# keep=None: the tests look at every step the attempts committed (the default keeps 3).
+@asynccp.flyte.checkpointed(keep=None)
 @env.task(retries=RETRY)
 async def acounter(n: int, plan: str) -> int:
     """Counts to ``n`` through ``flyte.ctx().checkpoint``; returns where it resumed."""

@@ -48,7 +48,8 @@ def _clear_seen() -> None:
     SEEN.clear()
 
 
-@task(retries=3, task_config=Checkpointing(backoff=0))
+# keep=None: these tests look at every step the attempts committed.
+@task(retries=3, task_config=Checkpointing(backoff=0, keep=None))
 def counter(n: int, fail_at: int, fail_on_start: bool) -> int:
     """Counts to ``n`` through flytekit's checkpoint interface; returns where it resumed."""
     cp = current_context().checkpoint
@@ -64,7 +65,7 @@ def counter(n: int, fail_at: int, fail_on_start: bool) -> int:
     return start
 
 
-@task(retries=3, task_config=Checkpointing(backoff=0))
+@task(retries=3, task_config=Checkpointing(backoff=0, keep=None))
 async def acounter(n: int, fail_at: int, fail_on_start: bool) -> int:
     """The same with asynccp's own API, in an ``async def`` task."""
     cp = asynccp.current()
@@ -165,7 +166,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped(counter_task: PythonTask, tmp_pa
         attempt(counter_task, tmp_path, 0, None, n=10, fail_at=5, fail_on_start=False)
     )
     # Flip the bytes of the newest checkpoint's payload, as a bad disk or a bad copy would.
-    (payload,) = (tmp_path / "attempt-0" / "data").glob("00000000000000000004-*/data")
+    (payload,) = (tmp_path / "attempt-0" / "data").glob("00000000000000000004-*/*")
     assert payload.read_bytes() == b"5"
     payload.write_bytes(b"9")
     with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 4 .* skipped"):
@@ -435,10 +436,12 @@ def test_bad_options_fail_when_the_task_is_declared() -> None:
         Checkpointing(store=asynccp.StoreOptions(prefix="x"))
     with pytest.raises(TypeError, match="recoverable"):
         Checkpointing(recoverable="yes")
-    assert repr(Checkpointing(keep=3)) == "Checkpointing(keep=3)"
+    assert repr(Checkpointing(keep=5)) == "Checkpointing(keep=5)"
+    assert repr(Checkpointing(keep=3)) == "Checkpointing()"  # the default
+    assert repr(Checkpointing(keep=None)) == "Checkpointing(keep=None)"
     assert (
-        repr(Checkpointing(keep=3, limits=asynccp.Limits(max_pending=2)))
-        == "Checkpointing(limits=Limits(max_pending=2), keep=3)"
+        repr(Checkpointing(keep=5, limits=asynccp.Limits(max_pending=2)))
+        == "Checkpointing(limits=Limits(max_pending=2), keep=5)"
     )
 
 

@@ -21,7 +21,7 @@ __all__ = ["Digest", "StatePayload", "call", "digest", "manifest_digest", "paylo
 #: names to those (one file each).
 StatePayload = Union[bytes, bytearray, memoryview, str, Mapping[str, Any], Any]  # noqa: UP007
 #: Each file's size and CRC32C, by name.
-Digest = dict[str, tuple[int, int]]
+Digest = dict[str, tuple[int, int | None]]
 
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:

@@ -149,6 +149,7 @@ class _Supervisor:
         checkpointer_options: CheckpointerOptions,
         notices: str | None = None,
         notice_endpoint: str | None = None,
+        resume: str | None = None,
     ) -> None:
         self.retries = check_int("retries", retries)
         self.preemptions = check_int("preemptions", preemptions)
@@ -168,6 +169,9 @@ class _Supervisor:
             os.fspath(location) if isinstance(location, (str, os.PathLike)) else repr(location)
         )
         self.location = location
+        #: What resumes from what the job committed, as its messages say it (a plugin's
+        #: words for its own runs); None: running it again on the same location.
+        self.resume = resume
         if isinstance(location, str) and location.lower().startswith("memory://"):
             # One in-process store for every attempt, so each sees the others' saves.
             rest = location.split("://", 1)[1].strip("/")
@@ -238,11 +242,12 @@ class _Supervisor:
                     raise error
                 failures += 1
                 if failures > self.retries:
+                    how = self.resume or "fix the cause and run again to resume"
                     raise RetriesExhausted(
                         f"{name} failed {failures} time(s) with a recoverable error "
                         f"(retries={self.retries}), the last time with "
                         f"{type(error).__name__}: {error}. What the attempts committed is "
-                        f"kept in {self.description}: fix the cause and run again to resume.",
+                        f"kept in {self.description}: {how}.",
                         attempts=attempt + 1,
                     ) from error
                 after = retry_after(error)
@@ -337,11 +342,10 @@ class _Supervisor:
             if not errors
             else f"flushing failed: {'; '.join(errors)}"
         )
+        how = self.resume or f"run it again on {self.description} to resume"
         message = (
             f"{name} was pre-empted by {stopped.cause or stopped.signal.name} during attempt "
-            f"{attempt}: "
-            f"{outcome}; {saved}. Exiting with code {PREEMPTED_EXIT_CODE}: run it again "
-            f"on {self.description} to resume."
+            f"{attempt}: {outcome}; {saved}. Exiting with code {PREEMPTED_EXIT_CODE}: {how}."
         )
         (log.error if errors else log.warning)("asynccp: %s", message)
         return Preempted(

@@ -81,6 +81,8 @@ def test_record_round_trips() -> None:
     for rec in (
         record("/a", None),
         record("s3://b/attempt-2", "s3://b/attempt-1", resume_from=("s3://b/attempt-1", 7)),
+        # step -1: the framework's own checkpoint at that prefix (asynccp._foreign)
+        record("s3://b/attempt-2", "s3://b/attempt-1", resume_from=("s3://b/attempt-1", -1)),
     ):
         assert AttemptRecord.decode(rec.encode(), "here") == rec
 
@@ -96,7 +98,7 @@ def valid_doc() -> dict[str, object]:
         ({"format": None}, "unknown format None"),
         ({"previous": ""}, "previous must be a prefix or null"),
         ({"previous": 5}, "previous must be a prefix or null"),
-        ({"resume_from": {"prefix": "/q", "step": -1}}, "bad resume_from"),
+        ({"resume_from": {"prefix": "/q", "step": -2}}, "bad resume_from"),
         ({"resume_from": {"prefix": "/q", "step": "3"}}, "bad resume_from"),
         ({"resume_from": {"prefix": 1, "step": 3}}, "bad resume_from"),
         ({"resume_from": {"step": 3}}, "'prefix'"),
@@ -169,7 +171,7 @@ async def open_lineage(
         Checkpointer(own, store=asynccp.StoreOptions(durable=False))
     )
     prev = None if previous is None else str(previous)
-    return cp, await Lineage.open(cp, str(own), prev, StoreOptions(), stack)
+    return cp, await Lineage.open(cp, str(own), prev, StoreOptions())
 
 
 async def test_the_chain_is_followed_through_attempts_that_saved_nothing(tmp_path: Path) -> None:
