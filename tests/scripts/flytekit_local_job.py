@@ -25,6 +25,8 @@ import asynccp
 import asynccp.flytekit
 
 WRITES = 10
+# keep=None: the test checks every write that returned committed (the plugin keeps 3
+# by default, and retention would take the older ones).
 
 
 def payload(n: int, mib: int) -> bytes:
@@ -32,7 +34,7 @@ def payload(n: int, mib: int) -> bytes:
     return n.to_bytes(8, "big") * (mib << 17)
 
 
-@task(task_config=asynccp.flytekit.Checkpointing(policy="block"))
+@task(task_config=asynccp.flytekit.Checkpointing(policy="block", keep=None))
 async def async_block(mib: int) -> int:
     cp = current_context().checkpoint
     print(f"location {asynccp.current().location}", flush=True)
@@ -44,7 +46,7 @@ async def async_block(mib: int) -> int:
     return WRITES
 
 
-@task(task_config=asynccp.flytekit.Checkpointing(policy="latest"))
+@task(task_config=asynccp.flytekit.Checkpointing(policy="latest", keep=None))
 async def async_latest(mib: int) -> int:
     cp = current_context().checkpoint
     print(f"location {asynccp.current().location}", flush=True)
@@ -56,7 +58,7 @@ async def async_latest(mib: int) -> int:
     return WRITES
 
 
-@task(task_config=asynccp.flytekit.Checkpointing(policy="block"))
+@task(task_config=asynccp.flytekit.Checkpointing(policy="block", keep=None))
 def def_block(mib: int) -> int:
     cp = current_context().checkpoint
     print(f"location {asynccp.current().location}", flush=True)
