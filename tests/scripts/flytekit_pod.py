@@ -20,10 +20,8 @@ from flytekit.core.type_engine import TypeEngine
 import asynccp.flytekit
 
 
-# keep=None: the test reads the attempt's last step back. (With the default keep=3 the
-# housekeeping after each commit shifts the timing so that the save in flight when
-# SIGTERM cancels the bridge is sometimes lost: the SIGTERM work of issue 18, item 2.)
-@task(task_config=asynccp.flytekit.Checkpointing(grace=10, keep=None))
+# The plugin's default keep=3: the test reads the attempt's last three steps back.
+@task(task_config=asynccp.flytekit.Checkpointing(grace=10))
 def long_job(saves: int) -> int:
     cp = current_context().checkpoint
     prev = cp.read()
