@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .. import _catalog as catalog
 from .._catalog import Bad, Record
@@ -89,24 +89,19 @@ class TieredReader:
 
     async def latest(self) -> Checkpoint | None:
         """The newest valid checkpoint in either tier (the local copy at equal step)."""
-        for _ in range(_MAX_RELISTS):
-            local, remote = await self._records()
-            vanished = False
-            for step in sorted(set(local) | set(remote), reverse=True):
-                for (store, bad), records in zip(self._tiers(), (local, remote), strict=True):
-                    if step not in records or vanished:
-                        continue
-                    manifest = await _valid(store, records[step], bad)
-                    if manifest is _VANISHED:
-                        vanished = True
-                    elif isinstance(manifest, (Manifest, ShardedManifest)):
-                        self._order.raise_floor(step)
-                        return checkpoint_from(manifest, store)
-                if vanished:
-                    break
-            if not vanished:
-                return None
-        raise StoreError(_too_fast(self.location))
+
+        async def valid(store: Store, record: Record, bad: set[Bad]) -> object:
+            manifest = await _valid(store, record, bad)
+            if isinstance(manifest, (Manifest, ShardedManifest)):
+                return checkpoint_from(manifest, store)
+            return manifest  # None or _VANISHED
+
+        found = await self._first(valid)
+        if found is None:
+            return None
+        self._order.raise_floor(found[0])
+        ckpt: Checkpoint = found[1]
+        return ckpt
 
     async def list(self) -> list[Checkpoint]:
         """Every valid checkpoint, oldest first: the local copy where there is one."""
@@ -134,23 +129,40 @@ class TieredReader:
     ) -> tuple[Checkpoint, T] | None:
         """``action`` on the newest checkpoint for which it verifies: per step, the local
         copy, then the remote one; the copies skipped are remembered as bad."""
+
+        async def attempt(store: Store, record: Record, bad: set[Bad]) -> object:
+            return await _attempt(store, record, action, bad)
+
+        found = await self._first(attempt)
+        if found is None:
+            self._order.found_newest(None)
+            return None
+        self._order.found_newest(found[0])
+        result: tuple[Checkpoint, T] = found[1]
+        return result
+
+    async def _first(
+        self, try_copy: Callable[[Store, Record, set[Bad]], Awaitable[object]]
+    ) -> tuple[int, Any] | None:
+        """``(step, what try_copy gave)`` for the newest copy it gives something for
+        (None: it skipped the copy), newest step first, the local copy first; the
+        tiers are listed again when a record vanished (:data:`_VANISHED`: retention)."""
         for _ in range(_MAX_RELISTS):
             local, remote = await self._records()
             vanished = False
             for step in sorted(set(local) | set(remote), reverse=True):
                 for (store, bad), records in zip(self._tiers(), (local, remote), strict=True):
-                    if step not in records or vanished:
+                    if step not in records:
                         continue
-                    found = await _attempt(store, records[step], action, bad)
+                    found = await try_copy(store, records[step], bad)
                     if found is _VANISHED:
                         vanished = True
-                    elif isinstance(found, tuple):
-                        self._order.found_newest(step)
-                        return found
+                        break
+                    if found is not None:
+                        return step, found
                 if vanished:
                     break
             if not vanished:
-                self._order.found_newest(None)
                 return None
         raise StoreError(_too_fast(self.location))
 
