@@ -13,7 +13,7 @@ from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._manifest import FileInfo
 from ._options import CheckpointerOptions, Limits, Retention, Sharding, StoreOptions
-from ._state import State
+from ._state import Shard, State
 from ._supervise import DEFAULT_GRACE, Backoff, RetryEvent, checkpointed, current, supervise
 from ._types import BackoffSpec, LocationLike, OnRetry, Payload, Policy, Recoverable
 from ._write import SaveHandle, Stats
@@ -77,6 +77,7 @@ __all__ = [
     "SaveHandle",
     "ServiceState",
     "ShardConflictError",
+    "Shard",
     "ShardMismatchError",
     "Sharding",
     "State",

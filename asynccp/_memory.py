@@ -386,7 +386,9 @@ class Gather:
     starts (a tensor's storage, checked then: it may have been resized meanwhile).
     ``allocate``, when set, makes the file in memory of the gather's choosing (pinned
     host memory, for GPU tensors): it returns ``(owner, writable buffer)``, and
-    ``device`` then copies what lives on a device into that buffer.
+    ``device`` then copies what lives on a device into that buffer. ``finish``, when
+    set, is called with the assembled file once every byte is in place (a training
+    state's chunk checksums are computed from the copy there).
     """
 
     size: int
@@ -395,9 +397,17 @@ class Gather:
     keep: list[Any] = field(default_factory=list)
     allocate: Callable[[int], tuple[Any, Any]] | None = None
     device: Callable[[Any], None] | None = None
+    finish: Callable[[memoryview], None] | None = None
 
     def fill(self, out: Any, *, threads: int) -> None:
         """Write the file into the writable buffer ``out`` (at least ``size`` bytes)."""
+        self._copy(out, threads)
+        if self.finish is not None and self.device is None:
+            # Views released at once: a pooled map must close later without BufferError.
+            with memoryview(out) as view, view.cast("B") as flat, flat[: self.size] as file:
+                self.finish(file)
+
+    def _copy(self, out: Any, threads: int) -> None:
         with contextlib.ExitStack() as stack:
             dst, room = stack.enter_context(address(out, writable=True))
             if room < self.size:
@@ -423,7 +433,10 @@ class Gather:
         """The file in memory from ``allocate``, device sources copied too (worker thread)."""
         assert self.allocate is not None
         owner, out = self.allocate(self.size)
-        self.fill(out, threads=1)
+        self._copy(out, threads=1)
         if self.device is not None:
             self.device(out)
-        return owner, memoryview(out).cast("B")[: self.size]
+        view = memoryview(out).cast("B")[: self.size]
+        if self.finish is not None:
+            self.finish(view)
+        return owner, view
