@@ -80,6 +80,9 @@ class Checkpoint:
     #: The launch that wrote a sharded step (None for a checkpoint of one process).
     generation: str | None = None
     _parts: tuple[Checkpoint, ...] = field(repr=False, default=())
+    #: Set on a step handed to a launch with another number of processes (see
+    #: ``_shards.whole_step``): why ``shard(r)`` is not that process's part.
+    _foreign: str | None = field(repr=False, default=None)
 
     @property
     def size(self) -> int:
@@ -95,6 +98,8 @@ class Checkpoint:
         """
         if not isinstance(r, int) or isinstance(r, bool):
             raise TypeError(f"shard must be an int, got {type(r).__name__}")
+        if self._foreign is not None:
+            raise ShardMismatchError(self._foreign.format(r=r))
         if not 0 <= r < self.shards:
             raise ShardMismatchError(
                 f"checkpoint {self.step} has {self.shards} shard(s) (0..{self.shards - 1}); "

@@ -87,8 +87,9 @@ async def _all(fns: Sequence[Any]) -> None:
 
 def parts_of(ckpt: Any) -> tuple[list[Any], bool]:
     """The sources a read of ``ckpt`` merges, and whether it is one part's view."""
-    if getattr(ckpt, "_parts", ()):
-        return [ckpt.shard(r) for r in range(ckpt.shards)], False
+    parts = getattr(ckpt, "_parts", ())
+    if parts:
+        return list(parts), False
     return [ckpt], getattr(ckpt, "part", None) is not None
 
 
