@@ -8,6 +8,7 @@ This module holds the public names only; ``docs/architecture.md`` maps the modul
 behind them.
 """
 
+from . import sync  # asynccp.sync: the checkpointer for synchronous code
 from ._autosave import Autosave, AutosaveStats, Lifespan, ServiceState, autosave, lifespan
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
@@ -93,6 +94,7 @@ __all__ = [
     "current",
     "lifespan",
     "supervise",
+    "sync",
 ]
 
 

@@ -140,6 +140,7 @@ class Job:
     lo: tuple[int, ...] = ()
     hi: tuple[int, ...] = ()
     ranges: list[tuple[int, int]] = field(default_factory=list)  # tensor-relative
+    _direct: tuple[int, int, memoryview] | None = None
 
     def plan(self) -> bool:
         """Work out the overlap and its chunk ranges; False when there is no overlap."""
@@ -153,6 +154,7 @@ class Job:
             hi.append(z - o)
         self.lo, self.hi = tuple(lo), tuple(hi)
         self.ranges = _chunk_ranges(shape, self.lo, self.hi, self.entry.itemsize, self._chunk)
+        self._direct = self._direct_run()
         return True
 
     @property
@@ -161,49 +163,104 @@ class Job:
         return layout.chunk if layout is not None and self.file.ranged else 1 << 62
 
     @property
+    def _where(self) -> tuple[slice, ...]:
+        """The overlap's place in ``dest``."""
+        return tuple(
+            slice(o + a - g, o + z - g)
+            for o, a, z, g in zip(self.offset, self.lo, self.hi, self.origin, strict=True)
+        )
+
+    def _direct_run(self) -> tuple[int, int, memoryview] | None:
+        """When the overlap is one run of the file and one contiguous stretch of
+        ``dest``: that run (tensor-relative bytes) and ``dest``'s memory for it — read
+        there directly, with no staging copy (only the chunks' edges are staged)."""
+        shape, itemsize = self.entry.shape, self.entry.itemsize
+        strides = [itemsize * math.prod(shape[d + 1 :]) for d in range(len(shape))]
+        k = len(shape) - 1
+        while k > 0 and self.lo[k] == 0 and self.hi[k] == shape[k]:
+            k -= 1
+        if any(self.hi[d] - self.lo[d] != 1 for d in range(k)):
+            return None  # several runs
+        view = self.dest[self._where]
+        if not (view.flags.c_contiguous and view.flags.writeable) or not view.size:
+            return None
+        start = sum(lo * s for lo, s in zip(self.lo, strides, strict=True))
+        return start, start + view.nbytes, view.reshape(-1).view("u1").data
+
+    @property
     def span(self) -> tuple[int, int]:
         return self.ranges[0][0], self.ranges[-1][1]
 
     @property
-    def nbytes(self) -> int:
+    def staging(self) -> int:
+        """Bytes of staging buffers the job needs (a direct read: the chunks' edges)."""
+        if self._direct is not None:
+            start, end, _ = self._direct
+            return (start - self.span[0]) + (self.span[1] - end)
         start, end = self.span
         return end - start
 
-    def finish(self, buf: Any) -> None:
-        """Check the chunks in ``buf`` (the span, as fetched), then copy the overlap
-        into ``dest`` (worker thread)."""
+    def buffers(self) -> list[tuple[int, int, memoryview]]:
+        """Where each fetched byte goes: ``(start, end, buffer)``, tensor-relative, in
+        order, covering ``ranges`` exactly."""
         import numpy as np
 
-        start, _ = self.span
-        view = memoryview(buf)
-        layout = self.file.layout
+        if self._direct is not None:
+            (first, last), (start, end, into) = self.span, self._direct
+            head = memoryview(bytearray(start - first))
+            tail = memoryview(bytearray(last - end))
+            parts = [(first, start, head), (start, end, into), (end, last, tail)]
+            return [p for p in parts if p[1] > p[0]]
+        span = self.span[0]
+        bounce = np.empty(self.staging, dtype=np.uint8).data
+        return [(a, z, bounce[a - span : z - span]) for a, z in self.ranges]
+
+    def finish(self, segments: list[tuple[int, int, memoryview]]) -> None:
+        """Check every chunk fetched, then copy the overlap into ``dest`` unless it was
+        read there directly (worker thread)."""
         if self.file.ranged:
-            assert layout is not None and layout.crcs is not None
-            chunk, crcs, first = layout.chunk, layout.crcs, self.entry.first_chunk
-            for a, z in self.ranges:
-                for at in range(a, z, chunk):
-                    got = crc32c.crc32c(view[at - start : min(at + chunk, z) - start])
-                    if got != crcs[first + at // chunk]:
-                        raise CorruptCheckpointError(
-                            f"checkpoint {self.file.source.step}: tensor {self.key!r} "
-                            f"({self.file.name!r}, bytes {at}-{min(at + chunk, z)} of its "
-                            f"data) fails its checksum; the stored bytes changed"
-                        )
+            self._verify(segments)
+        if self._direct is not None:
+            return
+        import numpy as np
+
         shape, itemsize = self.entry.shape, self.entry.itemsize
         strides = [itemsize * math.prod(shape[d + 1 :]) for d in range(len(shape))]
-        first_byte = sum(lo * s for lo, s in zip(self.lo, strides, strict=True)) - start
+        first_byte = sum(lo * s for lo, s in zip(self.lo, strides, strict=True)) - self.span[0]
+        bounce: Any = segments[0][2].obj  # the one staging buffer all segments view
         src = np.ndarray(
             tuple(z - a for a, z in zip(self.lo, self.hi, strict=True)),
             dtype=raw_dtype(itemsize),
-            buffer=buf,
+            buffer=bounce,
             offset=first_byte,
             strides=tuple(strides),
         )
-        where = tuple(
-            slice(o + a - g, o + z - g)
-            for o, a, z, g in zip(self.offset, self.lo, self.hi, self.origin, strict=True)
-        )
-        self.dest[where] = src
+        self.dest[self._where] = src
+
+    def _verify(self, segments: list[tuple[int, int, memoryview]]) -> None:
+        layout = self.file.layout
+        assert layout is not None and layout.crcs is not None
+        chunk, crcs, first = layout.chunk, layout.crcs, self.entry.first_chunk
+        i = 0
+        for a, z in self.ranges:
+            at = a
+            while at < z:
+                stop = min(at - at % chunk + chunk, z)
+                crc, pos = 0, at
+                while pos < stop:
+                    while not segments[i][0] <= pos < segments[i][1]:
+                        i += 1
+                    s, e, view = segments[i]
+                    take = min(stop, e)
+                    crc = crc32c.crc32c(view[pos - s : take - s], crc)
+                    pos = take
+                if crc != crcs[first + at // chunk]:
+                    raise CorruptCheckpointError(
+                        f"checkpoint {self.file.source.step}: tensor {self.key!r} "
+                        f"({self.file.name!r}, bytes {at}-{stop} of its data) fails its "
+                        "checksum; the stored bytes changed"
+                    )
+                at = stop
 
 
 def _chunk_ranges(
@@ -264,7 +321,6 @@ class _Budget:
 async def run_jobs(jobs: Sequence[Job]) -> None:
     """Run every job (already planned): per file, batches of jobs fetched with one
     request list each; files side by side; staging within a byte budget."""
-    import numpy as np
 
     if not jobs:
         return
@@ -273,31 +329,32 @@ async def run_jobs(jobs: Sequence[Job]) -> None:
     for job in jobs:
         by_file.setdefault(id(job.file), []).append(job)
         files[id(job.file)] = job.file
-    budget = _Budget(max(job.nbytes for job in jobs))
+    budget = _Budget(max(job.staging for job in jobs))
     limiter = anyio.CapacityLimiter(_FILES_AT_ONCE)
 
     async def batch(file: SavedFile, group: list[Job], size: int) -> None:
         try:
-            bufs = [np.empty(job.nbytes, dtype=np.uint8) for job in group]
+            segments = [job.buffers() for job in group]
+            ranges: list[tuple[int, int]] = []
+            outs: list[memoryview] = []
+            for job, parts in zip(group, segments, strict=True):
+                for a, z, view in parts:
+                    ranges.append((job.entry.begin + a, job.entry.begin + z))
+                    outs.append(view)
             if file.ranged:
-                ranges: list[tuple[int, int]] = []
-                outs: list[memoryview] = []
-                for job, buf in zip(group, bufs, strict=True):
-                    start = job.span[0]
-                    view = buf.data
-                    for a, z in job.ranges:
-                        ranges.append((job.entry.begin + a, job.entry.begin + z))
-                        outs.append(view[a - start : z - start])
                 await file.source._read_ranges(file.name, ranges, outs)
-            else:
-                whole = memoryview(file._whole)
-                for job, buf in zip(group, bufs, strict=True):
-                    start, end = job.span
-                    buf[:] = np.frombuffer(whole, np.uint8, end - start, job.entry.begin + start)
+            else:  # read whole (verified against the manifest) once: copied from there
+                whole = memoryview(file._whole).cast("B")
+
+                def copy() -> None:
+                    for (a, z), out in zip(ranges, outs, strict=True):
+                        out[:] = whole[a:z]
+
+                await anyio.to_thread.run_sync(copy)
 
             def finish() -> None:
-                for job, buf in zip(group, bufs, strict=True):
-                    job.finish(buf)
+                for job, parts in zip(group, segments, strict=True):
+                    job.finish(parts)
 
             await anyio.to_thread.run_sync(finish)
         finally:
@@ -310,13 +367,14 @@ async def run_jobs(jobs: Sequence[Job]) -> None:
             for job in sorted(by_file[key], key=lambda j: (j.entry.begin, j.span[0])):
                 # A batch never waits for room while it holds some: it is fetched
                 # first (so files waiting on each other cannot all hold part of it).
-                if group and (size + job.nbytes > _BATCH or not budget.try_take(job.nbytes)):
+                need = job.staging
+                if group and (size + need > _BATCH or not budget.try_take(need)):
                     await batch(files[key], group, size)
                     group, size = [], 0
                 if not group:
-                    await budget.take(job.nbytes)
+                    await budget.take(need)
                 group.append(job)
-                size += job.nbytes
+                size += need
             if group:
                 await batch(files[key], group, size)
 
