@@ -15,9 +15,12 @@ are never touched). Every chunk read is checked against the CRC32C the save reco
 A file without a chunk table (format version 1), or a store that cannot read ranges,
 is read whole once, verified against the manifest, and copied from.
 
-Memory: every job's staging buffer is taken from a byte budget (the largest span of
-the read: one job always fits); jobs of one file are fetched together, one request
-list per file, up to :data:`_BATCH` bytes at a time; files are fetched side by side.
+Memory: every job's staging buffer is taken from a byte budget (8 MiB, or the largest
+job's: one job always fits; :mod:`._partial` cuts a job that stages more than 4 MiB
+into pieces of rows). A job whose overlap is one run of the file and one stretch of
+its destination is read straight into the destination: only the partial chunks at its
+two ends are staged. Jobs of one file are fetched together, one request list per
+file, up to :data:`_BATCH` bytes of staging at a time; files side by side.
 """
 
 from __future__ import annotations
@@ -33,14 +36,20 @@ import crc32c
 
 from .._groups import first_leaf
 from ..errors import CorruptCheckpointError
-from ._chunks import Entry, FileLayout, parse_header
+from ._chunks import Entry, FileLayout, combined, parse_header
 
 __all__ = ["Job", "RangedSource", "SavedFile", "raw_dtype", "run_jobs"]
 
 #: Bytes of staging buffers fetched in one request list (one thread trip).
 _BATCH = 64 << 20
+#: Runs of at least this many whole chunks are checked with one call (:func:`combined`).
+_COMBINE_FROM = 16
 #: Files fetched side by side.
 _FILES_AT_ONCE = 8
+#: Staging buffers that may exist at once, at least (more when one job needs more):
+#: two pieces of ``_partial.STAGING_PIECE``, so that one is checked and copied while
+#: the next is read.
+_STAGING_AT_ONCE = 8 << 20
 
 
 class RangedSource(Protocol):
@@ -238,29 +247,63 @@ class Job:
         self.dest[self._where] = src
 
     def _verify(self, segments: list[tuple[int, int, memoryview]]) -> None:
+        """Check every chunk the segments hold: those inside one segment together
+        (:meth:`_check_inside`), those across two (a direct read's edges) chained."""
         layout = self.file.layout
         assert layout is not None and layout.crcs is not None
         chunk, crcs, first = layout.chunk, layout.crcs, self.entry.first_chunk
-        i = 0
-        for a, z in self.ranges:
-            at = a
-            while at < z:
-                stop = min(at - at % chunk + chunk, z)
-                crc, pos = 0, at
-                while pos < stop:
-                    while not segments[i][0] <= pos < segments[i][1]:
-                        i += 1
-                    s, e, view = segments[i]
-                    take = min(stop, e)
-                    crc = crc32c.crc32c(view[pos - s : take - s], crc)
-                    pos = take
-                if crc != crcs[first + at // chunk]:
-                    raise CorruptCheckpointError(
-                        f"checkpoint {self.file.source.step}: tensor {self.key!r} "
-                        f"({self.file.name!r}, bytes {at}-{stop} of its data) fails its "
-                        "checksum; the stored bytes changed"
-                    )
-                at = stop
+        size = self.entry.end - self.entry.begin
+        split: dict[int, list[tuple[int, memoryview]]] = {}
+        for start, end, view in segments:
+            k0 = -(-start // chunk)  # the first chunk that starts inside
+            k1 = end // chunk if end < size else -(-end // chunk)  # past the last inside
+            if k1 > k0:
+                self._check_inside(view, k0 * chunk - start, k0, k1)
+            # the pieces of chunks this segment holds only part of
+            if start % chunk and start < min(k0 * chunk, end):
+                split.setdefault(start // chunk, []).append(
+                    (start, view[: min(k0 * chunk, end) - start])
+                )
+            tail = max(k1, k0) * chunk
+            if tail < end:
+                split.setdefault(tail // chunk, []).append((tail, view[tail - start :]))
+        for k, pieces in split.items():
+            crc = 0
+            for _, piece in sorted(pieces, key=lambda p: p[0]):
+                crc = crc32c.crc32c(piece, crc)
+            if crc != crcs[first + k]:
+                self._corrupt(k * chunk, chunk)
+
+    def _check_inside(self, view: memoryview, base: int, k0: int, k1: int) -> None:
+        """Chunks ``k0`` to ``k1`` (exclusive), whole in ``view`` from ``base``: a long
+        run with one CRC32C call, against the chunks' checksums combined (see
+        :func:`~._chunks.combined`); a short one, or one that fails, chunk by chunk."""
+        layout = self.file.layout
+        assert layout is not None and layout.crcs is not None
+        chunk, crcs, first = layout.chunk, layout.crcs, self.entry.first_chunk
+        size = self.entry.end - self.entry.begin
+        full = k1 if k1 * chunk <= size else k1 - 1  # the tensor's last chunk is shorter
+        if full - k0 >= _COMBINE_FROM:
+            run = view[base : base + (full - k0) * chunk]
+            whole = crc32c.crc32c(run) == combined(crcs[first + k0 : first + full], chunk)
+            last = (
+                full == k1
+                or crc32c.crc32c(view[base + (full - k0) * chunk : base + size - k0 * chunk])
+                == crcs[first + full]
+            )
+            if whole and last:
+                return
+        for k in range(k0, k1):
+            at = base + (k - k0) * chunk
+            if crc32c.crc32c(view[at : at + min(chunk, size - k * chunk)]) != crcs[first + k]:
+                self._corrupt(k * chunk, chunk)
+
+    def _corrupt(self, at: int, chunk: int) -> None:
+        end = min(at + chunk, self.entry.end - self.entry.begin)
+        raise CorruptCheckpointError(
+            f"checkpoint {self.file.source.step}: tensor {self.key!r} ({self.file.name!r}, "
+            f"bytes {at}-{end} of its data) fails its checksum; the stored bytes changed"
+        )
 
 
 def _chunk_ranges(
@@ -329,7 +372,7 @@ async def run_jobs(jobs: Sequence[Job]) -> None:
     for job in jobs:
         by_file.setdefault(id(job.file), []).append(job)
         files[id(job.file)] = job.file
-    budget = _Budget(max(job.staging for job in jobs))
+    budget = _Budget(max(max(job.staging for job in jobs), _STAGING_AT_ONCE))
     limiter = anyio.CapacityLimiter(_FILES_AT_ONCE)
 
     async def batch(file: SavedFile, group: list[Job], size: int) -> None:

@@ -210,7 +210,7 @@ class Target:
                     )
             boxes.append(box)
             volume += math.prod(z - a for a, z in box)
-            out.append(job)
+            out += _pieces(job, box)
         if volume != math.prod(z - a for a, z in region):
             raise CheckpointNotFoundError(
                 f"checkpoint {self.blocks[0][0].source.step if self.blocks else '?'}: "
@@ -219,6 +219,29 @@ class Target:
                 f"{math.prod(z - a for a, z in region)} elements were saved"
             )
         return out
+
+
+#: A job that stages more than this (an overlap of many runs: a slice along a later
+#: dimension) is split into pieces of rows of the first dimension, each staged alone.
+STAGING_PIECE = 4 << 20
+
+
+def _pieces(job: Job, box: Box) -> list[Job]:
+    """``job``, or pieces of it along the first dimension (``box``: its overlap, global)
+    that each stage about :data:`STAGING_PIECE` bytes: the memory a read needs beyond
+    its destination stays small whatever the size of a tensor."""
+    if not box or job.staging <= STAGING_PIECE or box[0][1] - box[0][0] < 2:
+        return [job]
+    first, last = box[0]
+    rows = last - first
+    step = max(1, rows * STAGING_PIECE // job.staging)
+    out = []
+    for a in range(first, last, step):
+        region = ((a, min(a + step, last)), *job.region[1:])
+        piece = Job(job.file, job.entry, job.offset, region, job.dest, job.origin, job.key)
+        if piece.plan():
+            out.append(piece)
+    return out
 
 
 async def targets_of(opened: Opened, leaves: Sequence[tuple[str, Ref | Sharded]]) -> list[Target]:
