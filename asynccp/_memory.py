@@ -25,7 +25,7 @@ import mmap
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import crc32c
 
 __all__ = [
     "HUGE_PAGE",
+    "Deferred",
     "Gather",
     "Landing",
     "address",
@@ -386,9 +387,7 @@ class Gather:
     starts (a tensor's storage, checked then: it may have been resized meanwhile).
     ``allocate``, when set, makes the file in memory of the gather's choosing (pinned
     host memory, for GPU tensors): it returns ``(owner, writable buffer)``, and
-    ``device`` then copies what lives on a device into that buffer. ``finish``, when
-    set, is called with the assembled file once every byte is in place (a training
-    state's chunk checksums are computed from the copy there).
+    ``device`` then copies what lives on a device into that buffer.
     """
 
     size: int
@@ -397,17 +396,9 @@ class Gather:
     keep: list[Any] = field(default_factory=list)
     allocate: Callable[[int], tuple[Any, Any]] | None = None
     device: Callable[[Any], None] | None = None
-    finish: Callable[[memoryview], None] | None = None
 
     def fill(self, out: Any, *, threads: int) -> None:
         """Write the file into the writable buffer ``out`` (at least ``size`` bytes)."""
-        self._copy(out, threads)
-        if self.finish is not None and self.device is None:
-            # Views released at once: a pooled map must close later without BufferError.
-            with memoryview(out) as view, view.cast("B") as flat, flat[: self.size] as file:
-                self.finish(file)
-
-    def _copy(self, out: Any, threads: int) -> None:
         with contextlib.ExitStack() as stack:
             dst, room = stack.enter_context(address(out, writable=True))
             if room < self.size:
@@ -433,10 +424,22 @@ class Gather:
         """The file in memory from ``allocate``, device sources copied too (worker thread)."""
         assert self.allocate is not None
         owner, out = self.allocate(self.size)
-        self._copy(out, threads=1)
+        self.fill(out, threads=1)
         if self.device is not None:
             self.device(out)
-        view = memoryview(out).cast("B")[: self.size]
-        if self.finish is not None:
-            self.finish(view)
-        return owner, view
+        return owner, memoryview(out).cast("B")[: self.size]
+
+
+@dataclass
+class Deferred:
+    """A file whose bytes are completed after the snapshot, off the caller's path.
+
+    ``body`` (``size`` bytes, asynccp's own: never the caller's) is staged as it is, and
+    ``complete(staged)`` — given the checkpoint's other staged files by name — finishes
+    it in a worker thread before anything reads it (the upload). A training state's JSON
+    is one: its chunk checksums come from the staged copy of its tensors.
+    """
+
+    size: int
+    body: bytearray
+    complete: Callable[[Mapping[str, Any]], None]

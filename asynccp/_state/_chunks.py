@@ -10,8 +10,9 @@ tensors, or a slice of one) cannot use that checksum. So a state file records, i
   it trusts an offset;
 - ``chunks``: one CRC32C per :data:`~._schema.CHUNK` bytes of every tensor's data (the
   tensors in the order of their data in the file, each tensor's last chunk shorter),
-  computed from the staged copy of the file while the save's snapshot is taken, and
-  written into the JSON's reserved place (:func:`chunk_table`).
+  computed from the staged copy of the file by the commit, in the background, and
+  written into the JSON's reserved place (:func:`chunk_table`; the JSON is a
+  :class:`~asynccp._memory.Deferred`).
 
 A read fetches whole chunks — at most one extra chunk at each end of every contiguous
 run of bytes it needs — and checks each one; a flipped byte anywhere it fetched is a

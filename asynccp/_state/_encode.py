@@ -18,7 +18,7 @@ from typing import Any
 
 import crc32c
 
-from .._memory import Gather
+from .._memory import Deferred, Gather
 from .._names import validate_name
 from ._chunks import chunk_table, table_length
 from ._schema import CHUNK, FORMAT, MAX_DEPTH, NUMPY_TO_ST, VERSION, Shard, State, Tensor
@@ -32,6 +32,7 @@ class _Planner:
     def __init__(self) -> None:
         self.tensors: list[Tensor] = []
         self.names: set[str] = set()
+        self.shards = 0  # Shard values found
         self._active: dict[int, str] = {}  # containers on the current path -> their path
         self._np = sys.modules.get("numpy")
         self._torch = sys.modules.get("torch")
@@ -117,6 +118,7 @@ class _Planner:
 
     def _shard(self, value: Shard, path: str, segments: tuple[str, ...]) -> Any:
         """A block of a global tensor: stored as its array, placed by the JSON node."""
+        self.shards += 1
         array = value.array
         np, torch = self._np, self._torch
         if torch is not None and isinstance(array, torch.Tensor):
@@ -204,22 +206,24 @@ def _segment(key: str | int) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def plan_state(state: State, name: str) -> list[tuple[str, bytes | memoryview | Gather]]:
+def plan_state(state: State, name: str) -> list[tuple[str, bytes | Gather | Deferred]]:
     """Validate ``state`` and lay out its files, copying no tensor bytes (on the loop:
     walking a state dict is quick, and the snapshot that follows needs the layout).
 
     Returns ``(name, value)`` for ``<name>.json`` (the nesting and scalars) and, when the
     state holds a tensor, ``<name>.safetensors`` (a :class:`~asynccp._memory.Gather` of
-    every tensor's bytes) — then first: its snapshot computes the chunk checksums
-    (:mod:`._chunks`) and writes them into the JSON's reserved place, a ``memoryview``
-    the snapshot copies next. Without tensors the JSON is ``bytes``.
+    every tensor's bytes). With tensors the JSON is a :class:`~asynccp._memory.Deferred`:
+    its chunk checksums (:mod:`._chunks`) are computed from the staged copy of the
+    tensors, by the commit, off the caller's path, and written into its reserved place.
+    Without tensors it is ``bytes``.
     """
     json_name = validate_name(f"{name}.json")
     st_name = validate_name(f"{name}.safetensors")
     planner = _Planner()
     tree = planner.node(state.value, "state", (), 0)
     tensors = planner.tensors
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+    # Version 1 readers read every state without a Shard: they pass over the new keys.
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION if planner.shards else 1}
     if not tensors:
         doc["tensors"] = None
         doc["tree"] = tree
@@ -229,20 +233,19 @@ def plan_state(state: State, name: str) -> list[tuple[str, bytes | memoryview | 
     doc["header"] = {"size": len(gather.head), "crc32c": crc32c.crc32c(gather.head)}
     doc["tree"] = tree
     # The chunk table is the JSON's last value: its place is reserved now (its length
-    # is known), and the snapshot of the tensors writes it (see _chunks).
+    # is known), and written once the tensors are staged (see _chunks).
     reserved = table_length([n for _, n in spans])
     text = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")[:-1]
     text += f', "chunks": {{"size": {CHUNK}, "crc32c": "'.encode()
     at = len(text)
     body = bytearray(text + b"A" * reserved + b'"}}')
 
-    def finish(file: memoryview) -> None:
-        table = chunk_table(file, spans)
+    def complete(staged: Mapping[str, Any]) -> None:
+        table = chunk_table(staged[st_name], spans)
         assert len(table) == reserved
         body[at : at + reserved] = table
 
-    gather.finish = finish
-    return [(st_name, gather), (json_name, memoryview(body))]
+    return [(json_name, Deferred(len(body), body, complete)), (st_name, gather)]
 
 
 def _gather(tensors: list[Tensor]) -> tuple[Gather, list[tuple[int, int]]]:

@@ -23,13 +23,15 @@ mapping key when it is one value of a file mapping):
   ``shard`` (a :class:`Shard`: ``{"tensor": name, "offset": [...], "shape": [...]}``,
   the block stored as ``name`` and where it sits in the global tensor).
 
-  Version 2 adds what a partial read needs to verify the bytes it fetches: ``header``
-  (the size and CRC32C of the safetensors file's first ``8 + n`` bytes: the length and
-  the JSON header, read with one ranged request) and ``chunks`` (``size``, and
-  ``crc32c``: the base64 of one little-endian CRC32C per ``size`` bytes of every
+  What a partial read needs to verify the bytes it fetches is recorded beside the tree:
+  ``header`` (the size and CRC32C of the safetensors file's first ``8 + n`` bytes: the
+  length and the JSON header, read with one ranged request) and ``chunks`` (``size``,
+  and ``crc32c``: the base64 of one little-endian CRC32C per ``size`` bytes of every
   tensor's data, tensors in the order of their data in the file, each tensor's last
   chunk shorter). A slice is fetched in whole chunks and each chunk is checked: see
-  ``docs/loading.md``. Version 1 files (no chunks) are read whole, as before.
+  ``docs/loading.md``. A file without them (from an older asynccp) is read whole.
+  ``version`` is 2 when the tree holds a ``shard`` node, else 1: an asynccp that reads
+  version 1 only reads every state without a ``Shard`` (it passes over the new keys).
 
 What a state may hold: ``str`` and ``int`` keys (``int`` for an optimizer's
 ``state_dict()``, whose ``"state"`` is keyed by parameter index; ``bool`` and every
@@ -75,6 +77,9 @@ __all__ = [
 #: The name of a state saved as the whole payload (``read_state()`` reads it).
 STATE_NAME = "state"
 FORMAT = "asynccp.state"
+#: The newest version this asynccp reads and writes: 2 when a state holds a Shard (a
+#: node version 1 readers do not know), 1 otherwise (its header and chunk records are
+#: keys version 1 readers pass over).
 VERSION = 2
 #: Bytes of tensor data per recorded CRC32C: what a partial read fetches at least, at
 #: each end of every contiguous run of what it needs (4 KiB: a page; checking a chunk
