@@ -1,10 +1,10 @@
 """Loading a 4-rank checkpoint on 2 and on 3 ranks: asynccp against PyTorch DCP.
 
     pip install -e '.[bench,torch]'
-    python benchmarks/bench_reshard.py [--tensors 8] [--side 3072] [--rounds 5] [--json out.json]
+    python benchmarks/bench_reshard.py [--tensors 8] [--side 4096] [--rounds 5] [--json out.json]
 
 One save, then interleaved rounds of loads, in one run. The state is ``--tensors``
-float32 tensors of ``--side x --side`` (the default: 8 x 36 MiB = 288 MiB), half split
+float32 tensors of ``--side x --side`` (the default: 8 x 64 MiB = 512 MiB), half split
 along dimension 0, half along dimension 1, saved once by 4 processes (gloo, CPU) both
 ways: asynccp (``asynccp.Shard`` blocks of a sharded step) and
 ``torch.distributed.checkpoint`` (DTensors, ``FileSystemWriter``), on the same local
@@ -100,7 +100,7 @@ def launch(mode: str, where: Path, world: int, tensors: int, side: int) -> list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tensors", type=int, default=8)
-    ap.add_argument("--side", type=int, default=3072)
+    ap.add_argument("--side", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--worlds", default="2,3", help="reader process counts (default 2,3)")
     ap.add_argument("--dir", help="parent directory (default: a temp dir)")

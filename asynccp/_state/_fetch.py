@@ -364,7 +364,6 @@ class _Budget:
 async def run_jobs(jobs: Sequence[Job]) -> None:
     """Run every job (already planned): per file, batches of jobs fetched with one
     request list each; files side by side; staging within a byte budget."""
-
     if not jobs:
         return
     by_file: dict[int, list[Job]] = {}
@@ -403,7 +402,7 @@ async def run_jobs(jobs: Sequence[Job]) -> None:
         finally:
             budget.give(size)
 
-    async def one_file(tg: Any, key: int) -> None:
+    async def one_file(key: int) -> None:
         async with limiter:
             group: list[Job] = []
             size = 0
@@ -424,7 +423,7 @@ async def run_jobs(jobs: Sequence[Job]) -> None:
     try:
         async with anyio.create_task_group() as tg:
             for key in by_file:
-                tg.start_soon(one_file, tg, key)
+                tg.start_soon(one_file, key)
     except Exception as e:  # a task group wraps its children's errors
         leaf = first_leaf(e)
         raise leaf from leaf.__cause__
