@@ -8,12 +8,13 @@ This module holds the public names only; ``docs/architecture.md`` maps the modul
 behind them.
 """
 
+from . import sync  # asynccp.sync: the checkpointer for synchronous code
 from ._autosave import Autosave, AutosaveStats, Lifespan, ServiceState, autosave, lifespan
 from ._checkpoint import Checkpoint
 from ._checkpointer import Checkpointer
 from ._manifest import FileInfo
 from ._options import CheckpointerOptions, Limits, Retention, Sharding, StoreOptions
-from ._state import State
+from ._state import Shard, State
 from ._supervise import DEFAULT_GRACE, Backoff, RetryEvent, checkpointed, current, supervise
 from ._types import BackoffSpec, LocationLike, OnRetry, Payload, Policy, Recoverable
 from ._write import SaveHandle, Stats
@@ -77,6 +78,7 @@ __all__ = [
     "SaveHandle",
     "ServiceState",
     "ShardConflictError",
+    "Shard",
     "ShardMismatchError",
     "Sharding",
     "State",
@@ -92,6 +94,7 @@ __all__ = [
     "current",
     "lifespan",
     "supervise",
+    "sync",
 ]
 
 

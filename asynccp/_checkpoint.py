@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -35,7 +35,7 @@ from ._groups import first_leaf
 from ._layout import data_dir, payload_key
 from ._manifest import FileInfo, Manifest
 from ._shard_records import SHARD_PREFIX, AnyManifest, Part
-from ._store import LocalFiles, Store, call, local_root, store_errors
+from ._store import LocalFiles, RangedReads, Store, call, local_root, store_errors
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -80,6 +80,9 @@ class Checkpoint:
     #: The launch that wrote a sharded step (None for a checkpoint of one process).
     generation: str | None = None
     _parts: tuple[Checkpoint, ...] = field(repr=False, default=())
+    #: Set on a step handed to a launch with another number of processes (see
+    #: ``_shards.whole_step``): why ``shard(r)`` is not that process's part.
+    _foreign: str | None = field(repr=False, default=None)
 
     @property
     def size(self) -> int:
@@ -95,6 +98,8 @@ class Checkpoint:
         """
         if not isinstance(r, int) or isinstance(r, bool):
             raise TypeError(f"shard must be an int, got {type(r).__name__}")
+        if self._foreign is not None:
+            raise ShardMismatchError(self._foreign.format(r=r))
         if not 0 <= r < self.shards:
             raise ShardMismatchError(
                 f"checkpoint {self.step} has {self.shards} shard(s) (0..{self.shards - 1}); "
@@ -254,25 +259,113 @@ class Checkpoint:
         return buf
 
     async def read_state(
-        self, name: str = "state", *, framework: Literal["numpy", "torch"] = "numpy"
+        self,
+        name: str = "state",
+        *,
+        framework: Literal["numpy", "torch"] = "numpy",
+        keys: Iterable[str] | None = None,
+        slices: Mapping[str, slice | tuple[slice, ...]] | None = None,
     ) -> dict[Any, Any]:
         """The training state saved with ``save(step, asynccp.State(...))``, verified.
 
         The same nesting comes back — dicts (int keys included), lists, tuples,
         scalars — with numpy arrays, or torch tensors with ``framework="torch"``, of
-        the saved dtype and shape. They are views of the verified file, writable: a
-        copy-on-write memory map on a local disk (no copy), one buffer elsewhere.
-        ``name`` is the state's name when it was one value of a file mapping.
+        the saved dtype and shape. Read whole, they are views of the verified file,
+        writable: a copy-on-write memory map on a local disk (no copy), one buffer
+        elsewhere. ``name`` is the state's name when it was one value of a file mapping.
 
-        Raises :class:`CheckpointNotFoundError` when the checkpoint holds no such state,
-        :class:`CorruptCheckpointError` when its files fail verification (so
-        ``load_latest`` falls back to an older checkpoint), and ``TypeError`` for a
-        dtype numpy cannot hold (``bfloat16``, ``float8``: read those with torch).
+        ``keys`` (paths such as ``"model/w"`` or ``"optim"``: keys joined by ``/``)
+        reads only the values at or under them; ``slices`` (path → a slice or a tuple
+        of slices, in global coordinates) reads only that region of a tensor. Only the
+        bytes they need are fetched (ranged reads, in 4 KiB chunks), and each chunk
+        fetched is checked against the CRC32C the save recorded for it.
+
+        On a whole step saved by many processes, values saved as
+        :class:`~asynccp.Shard` come back as the global tensor (or the region
+        ``slices`` names) assembled from every part's blocks, fetching only the blocks
+        it overlaps; other values are taken from the first part that holds them. On
+        one part (``ckpt.shard(r)``) a ``Shard`` value comes back as a ``Shard`` of
+        that part's block. See ``docs/loading.md``.
+
+        Raises :class:`CheckpointNotFoundError` when the checkpoint holds no such state
+        (or a key names nothing), :class:`CorruptCheckpointError` when what it reads
+        fails verification (so ``load_latest`` falls back to an older checkpoint), and
+        ``TypeError`` for a dtype numpy cannot hold (``bfloat16``, ``float8``: read
+        those with torch).
         """
-        from ._state import read_state
+        if keys is None and slices is None and not self._parts:
+            from ._state import read_state
 
-        state: dict[Any, Any] = await read_state(self, name, framework=framework)
-        return state
+            state: dict[Any, Any] = await read_state(self, name, framework=framework)
+            return state
+        from ._state import read_partial
+
+        partial: dict[Any, Any] = await read_partial(
+            self, name, framework=framework, keys=keys, slices=slices
+        )
+        return partial
+
+    async def load_into(
+        self, target: Mapping[Any, Any], name: str = "state", *, strict: bool = True
+    ) -> list[str]:
+        """Copy the saved state into ``target``'s own tensors and arrays, in place.
+
+        ``target`` is a nested mapping like the one saved — a model's or an
+        optimizer's ``state_dict()``, ``{"model": ..., "optim": ...}`` — whose tensors
+        (torch, CPU or CUDA) and numpy arrays receive the saved values: no second copy
+        of the state is made (each tensor goes through a staging buffer of at most its
+        own size). A :class:`~asynccp.Shard` in ``target`` receives its region of the
+        saved global tensor: a job restarted on another number of processes loads
+        each process's share only. Scalars (an epoch, a learning rate) are set in
+        their mapping or list.
+
+        Returns the paths loaded (``"model/w"``...). Every value is checked before a
+        byte is fetched: a tensor whose shape or dtype differs, a value of another
+        kind, and — with ``strict`` (the default) — a path in one and not the other
+        are a ``ValueError`` naming the path. Reads are verified as in
+        :meth:`read_state`.
+        """
+        check_bool("strict", strict)
+        from ._state import load_into
+
+        return await load_into(self, target, name, strict=strict)
+
+    @property
+    def _ranged(self) -> bool:
+        """Whether the store reads byte ranges (else a partial read reads files whole)."""
+        return isinstance(self._store, RangedReads)
+
+    async def _read_ranges(
+        self, name: str, ranges: Sequence[tuple[int, int]], out: Sequence[memoryview]
+    ) -> None:
+        """Read byte ranges of file ``name`` into ``out`` (unverified: the caller
+        checks them against the state's chunk checksums)."""
+        await call(self._store, self._ranges_now, name, ranges, out, map_errors=False)
+
+    def _ranges_now(
+        self, name: str, ranges: Sequence[tuple[int, int]], out: Sequence[memoryview]
+    ) -> None:
+        key = self._key(name)
+        size = self.files[name].size
+        for start, end in ranges:
+            if not 0 <= start <= end <= size:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self.step}: bytes {start}-{end} of file {name!r} are past "
+                    f"its {size} bytes"
+                )
+        store = self._store
+        assert isinstance(store, RangedReads)
+        try:
+            with store_errors(self._store, key, "reading"):
+                try:
+                    store.read_ranges(key, ranges, out)
+                except EOFError:
+                    raise CorruptCheckpointError(
+                        f"checkpoint {self.step}: file {name!r} is shorter than the "
+                        f"{size} bytes the manifest says"
+                    ) from None
+        except FileNotFoundError as e:
+            raise self._missing(key, e) from e
 
     def _missing(self, key: str, e: FileNotFoundError) -> CorruptCheckpointError:
         """A payload object that is not there: gone, or (on a local disk) a folder."""

@@ -25,7 +25,7 @@ import mmap
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import crc32c
 
 __all__ = [
     "HUGE_PAGE",
+    "Deferred",
     "Gather",
     "Landing",
     "address",
@@ -427,3 +428,18 @@ class Gather:
         if self.device is not None:
             self.device(out)
         return owner, memoryview(out).cast("B")[: self.size]
+
+
+@dataclass
+class Deferred:
+    """A file whose bytes are completed after the snapshot, off the caller's path.
+
+    ``body`` (``size`` bytes, asynccp's own: never the caller's) is staged as it is, and
+    ``complete(staged)`` — given the checkpoint's other staged files by name — finishes
+    it in a worker thread before anything reads it (the upload). A training state's JSON
+    is one: its chunk checksums come from the staged copy of its tensors.
+    """
+
+    size: int
+    body: bytearray
+    complete: Callable[[Mapping[str, Any]], None]

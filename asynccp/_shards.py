@@ -9,6 +9,7 @@ step whole before one shard of a launch resumes from it (:func:`whole_step`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from ._layout import PARTS, parse_part_key, parts_dir
 from ._leases import Leases
 from ._shard_records import Part, ShardedManifest, ShardSpec, decode_record
 from ._store import ObjectInfo, Store, call
-from .errors import CorruptCheckpointError, ShardMismatchError
+from .errors import CorruptCheckpointError
 
 __all__ = ["PartGroup", "part_groups", "read_part", "sweep_parts", "uncommitted", "whole_step"]
 
@@ -34,23 +35,33 @@ def whole_step(
     spec: ShardSpec, location: str, action: Callable[[Checkpoint], Awaitable[T]]
 ) -> Callable[[Checkpoint], Awaitable[T]]:
     """``action``, run by one shard of a launch once the checkpoint is checked whole:
-    it has as many parts as the launch has shards, and every part verifies.
+    every part verifies.
 
     Every part, not only this shard's: each shard must reach the same verdict on a
     step without talking to the others, so a corrupt part makes every shard fall back
-    past its step alike. Another number of parts is a :class:`ShardMismatchError`.
+    past its step alike.
+
+    A step of another number of parts (the job was relaunched on another number of
+    processes) is handed over too, marked: its global tensors (saved as
+    :class:`~asynccp.Shard`) load on any number of processes with ``read_state`` and
+    ``load_into``, while ``ckpt.shard(r)`` — a part this process did not write, of
+    another layout — is a :class:`ShardMismatchError`, as are ``read()`` and
+    ``restore()`` of the own part.
     """
 
     async def checked(ckpt: Checkpoint) -> T:
+        await ckpt.verify()
         if ckpt.shards != spec.shards:
-            raise ShardMismatchError(
+            why = (
                 f"checkpoint {ckpt.step} in {location} was written by "
                 f"{ckpt.shards} process(es), and this Checkpointer is shard {spec.shard} "
-                f"of {spec.shards}: restore it with shards={ckpt.shards}, or read every "
-                "part (`ckpt.shard(r)` for r in range(ckpt.shards)) from a Checkpointer "
-                "without shard= and reshard it yourself"
+                f"of {spec.shards}: part {{r}} of {ckpt.shards} is not this process's "
+                "part. Load the global tensors (saved as asynccp.Shard) with "
+                "ckpt.read_state(slices=...) or ckpt.load_into(...) (docs/loading.md), "
+                f"restore it with shards={ckpt.shards}, or read every part from a "
+                "Checkpointer without sharding= and reshard it yourself"
             )
-        await ckpt.verify()
+            ckpt = dataclasses.replace(ckpt, _foreign=why)
         return await action(ckpt)
 
     return checked

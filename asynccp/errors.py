@@ -33,7 +33,9 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
     TypeError
     └── NotAwaitableError                      supervise(): fn(cp) is not awaitable
     SystemExit
-    └── Preempted                              supervise(): stopped by SIGTERM / SIGINT
+    └── Preempted                              supervise(), asynccp.sync: stopped by a signal
+    BaseException
+    └── Terminated                             internal: SIGTERM inside an asynccp.sync block
     UserWarning
     └── CorruptCheckpointWarning               a read skipped a checkpoint that failed
 """
@@ -66,6 +68,7 @@ __all__ = [
     "StepOrderError",
     "StoreError",
     "SupersededError",
+    "Terminated",
     "UploadError",
 ]
 
@@ -274,3 +277,11 @@ class ObjectExists(Exception):
     Raised by the stores (:mod:`asynccp._store`) and handled by the commit; it never
     reaches a caller of the public API.
     """
+
+
+class Terminated(BaseException):
+    """Internal: SIGTERM received in the main thread inside an ``asynccp.sync``
+    ``with`` block. Raised there by the signal handler (like ``KeyboardInterrupt``, it
+    stops the loop's code where it is); the block's exit flushes and turns it into
+    :class:`Preempted`. A ``BaseException``: an ``except Exception`` in the loop must
+    not swallow it."""

@@ -73,6 +73,7 @@ class FaultProxy:
         self._fail_mode: FailMode = "drop"
         self._connections = 0
         self._failures = 0
+        self._answered = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -211,10 +212,18 @@ class FaultProxy:
             return True
 
     def reset_counts(self) -> None:
-        """Zero ``connections`` and ``failures``."""
+        """Zero ``connections``, ``failures`` and ``answered_bytes``."""
         with self._lock:
             self._connections = 0
             self._failures = 0
+            self._answered = 0
+
+    @property
+    def answered_bytes(self) -> int:
+        """Bytes the server's answers carried to clients (headers included): what a
+        client really fetched over the wire."""
+        with self._lock:
+            return self._answered
 
     def cut_active(self, timeout: float = 5.0) -> None:
         """Abort every open connection (so pooled client connections are not reused)."""
@@ -353,6 +362,8 @@ class FaultProxy:
                 if lose.is_set():
                     _reset(writer)
                     return False
+                with self._lock:
+                    self._answered += len(data)
                 return True
 
             await asyncio.gather(

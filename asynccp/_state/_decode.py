@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -18,9 +17,10 @@ import anyio
 
 from .._groups import first_leaf
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
-from ._schema import FORMAT, ITEMSIZE, MAX_DEPTH, ST_TO_NUMPY, STATE_NAME, VERSION, Framework
+from ._chunks import parse_header
+from ._schema import FORMAT, ITEMSIZE, MAX_DEPTH, ST_TO_NUMPY, STATE_NAME, VERSION, Framework, Shard
 
-__all__ = ["Source", "read_state"]
+__all__ = ["Source", "check_framework", "decode_doc", "no_state", "read_state"]
 
 
 class Source(Protocol):
@@ -41,19 +41,19 @@ class Source(Protocol):
 async def read_state(
     ckpt: Source, name: str = STATE_NAME, *, framework: Framework = "numpy"
 ) -> Any:
-    """The state saved as ``name`` in checkpoint ``ckpt``, verified (see the module doc)."""
-    if framework not in ("numpy", "torch"):
-        raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
-    module = _import(framework)
+    """The state saved as ``name`` in checkpoint ``ckpt``, verified (see the module doc).
+
+    ``Shard`` values come back as :class:`~asynccp.Shard` objects of their block when
+    ``ckpt`` is one part of a sharded step, and as the global tensor otherwise (a
+    checkpoint of one process, whose block must then be the whole tensor: the reads
+    that assemble blocks are :mod:`._partial`'s).
+    """
+    module = check_framework(framework)
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     json_name = f"{name}.json"
     if json_name not in ckpt.files:
-        states = sorted(n[: -len(".json")] for n in ckpt.files if n.endswith(".json"))
-        found = f"states it may hold: {states}" if states else f"files: {sorted(ckpt.files)[:10]}"
-        raise CheckpointNotFoundError(
-            f"checkpoint {ckpt.step} holds no state named {name!r} (no file {json_name!r}); {found}"
-        )
+        raise no_state(ckpt, name)
     # The tensors are read side by side with the nesting (a request's latency saved on
     # a remote store): their file's name is known before the nesting names it.
     expected = f"{name}.safetensors"
@@ -70,7 +70,7 @@ async def read_state(
     except Exception as e:  # a task group wraps its children's errors
         leaf = first_leaf(e)
         raise leaf from leaf.__cause__
-    doc = _decode_doc(ckpt, json_name, got[json_name])
+    doc = decode_doc(ckpt, json_name, got[json_name])
     tensors_file = doc["tensors"]
     arrays: dict[str, Any] = {}
     if tensors_file is not None:
@@ -78,7 +78,25 @@ async def read_state(
         if buf is None:  # a file of another name (not written by this asynccp)
             buf = await ckpt._read_buffer(tensors_file)
         arrays = _Tensors(ckpt, tensors_file, buf, module, framework)
-    return _Builder(ckpt, json_name, arrays).node(doc["tree"], 0)
+    part_view = getattr(ckpt, "part", None) is not None
+    return _Builder(ckpt, json_name, arrays, part_view).node(doc["tree"], 0)
+
+
+def check_framework(framework: object) -> Any:
+    """numpy or torch, as ``framework=`` names it (imported now)."""
+    if framework not in ("numpy", "torch"):
+        raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
+    return _import(str(framework))
+
+
+def no_state(ckpt: Any, name: str) -> CheckpointNotFoundError:
+    """The error for a checkpoint that holds no state called ``name``."""
+    json_name = f"{name}.json"
+    states = sorted(n[: -len(".json")] for n in ckpt.files if n.endswith(".json"))
+    found = f"states it may hold: {states}" if states else f"files: {sorted(ckpt.files)[:10]}"
+    return CheckpointNotFoundError(
+        f"checkpoint {ckpt.step} holds no state named {name!r} (no file {json_name!r}); {found}"
+    )
 
 
 def _import(framework: str) -> Any:
@@ -97,7 +115,9 @@ def _import(framework: str) -> Any:
         ) from e
 
 
-def _decode_doc(ckpt: Any, json_name: str, raw: bytes) -> dict[str, Any]:
+def decode_doc(ckpt: Any, json_name: str, raw: bytes) -> dict[str, Any]:
+    """A state's JSON, checked: format, version, its tensor file, a tree."""
+
     def bad(why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"checkpoint {ckpt.step}: state file {json_name!r} {why}")
 
@@ -126,51 +146,19 @@ class _Tensors(dict[str, Any]):
         self._ckpt, self._name, self._module, self._framework = ckpt, name, module, framework
         self._view = memoryview(buf).cast("B")
         self._buf = buf
-        self._header, self._start = self._parse()
+        self._entries = parse_header(self._view, len(self._view), self._bad)
 
     def _bad(self, why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(
             f"checkpoint {self._ckpt.step}: {self._name!r} is not a valid safetensors file: {why}"
         )
 
-    def _parse(self) -> tuple[dict[str, Any], int]:
-        view = self._view
-        if len(view) < 8:
-            raise self._bad("shorter than its 8-byte header length")
-        (n,) = struct.unpack("<Q", view[:8])
-        if n > len(view) - 8:
-            raise self._bad(f"its header length {n} runs past the end")
-        try:
-            header = json.loads(bytes(view[8 : 8 + n]))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise self._bad(f"its header is not JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise self._bad("its header is not a JSON object")
-        return header, 8 + n
-
     def __missing__(self, key: str) -> Any:
-        entry = self._header.get(key)
-        if key == "__metadata__" or not isinstance(entry, dict):
+        entry = self._entries.get(key)
+        if entry is None:
             raise self._bad(f"it has no tensor {key!r}")
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        ok = (
-            dtype in ITEMSIZE
-            and isinstance(shape, list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            and isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        )
-        if not ok:
-            raise self._bad(f"tensor {key!r} has a bad entry {entry!r}")
-        assert isinstance(dtype, str) and isinstance(shape, list) and isinstance(offsets, list)
-        count = math.prod(shape)
-        begin, end = offsets[0] + self._start, offsets[1] + self._start
-        if not (self._start <= begin <= end <= len(self._view)) or (
-            end - begin != count * ITEMSIZE[dtype]
-        ):
-            raise self._bad(f"tensor {key!r} has offsets {offsets} that do not fit")
-        value = self._build(key, dtype, shape, count, begin)
+        count = math.prod(entry.shape)
+        value = self._build(key, entry.dtype, list(entry.shape), count, entry.begin)
         self[key] = value
         return value
 
@@ -194,19 +182,18 @@ class _Tensors(dict[str, Any]):
 
     def raw(self, key: str) -> bytes:
         """The bytes of a ``U8`` entry (a ``bytes`` value of the state)."""
-        entry = self._header.get(key)
-        if not isinstance(entry, dict) or entry.get("dtype") != "U8":
+        entry = self._entries.get(key)
+        if entry is None or entry.dtype != "U8":
             raise self._bad(f"it has no bytes entry {key!r}")
-        self.__missing__(key)  # validates the entry
-        begin, end = (o + self._start for o in entry["data_offsets"])
-        return bytes(self._view[begin:end])
+        return bytes(self._view[entry.begin : entry.end])
 
 
 class _Builder:
     """Turns a state's JSON tree back into mappings, lists, tuples, scalars, tensors."""
 
-    def __init__(self, ckpt: Any, json_name: str, arrays: Any) -> None:
+    def __init__(self, ckpt: Any, json_name: str, arrays: Any, part_view: bool) -> None:
         self._ckpt, self._json, self._arrays = ckpt, json_name, arrays
+        self._part_view = part_view
 
     def _bad(self, why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"checkpoint {self._ckpt.step}: {self._json!r}: {why}")
@@ -243,4 +230,27 @@ class _Builder:
             return self._arrays.raw(body)
         if kind == "float" and body in ("nan", "inf", "-inf"):
             return float(body)
+        if kind == "shard" and isinstance(body, dict) and isinstance(self._arrays, _Tensors):
+            return self._shard(body)
         raise self._bad(f"has a node that is not one of asynccp's: {str(n)[:80]}")
+
+    def _shard(self, body: dict[str, Any]) -> Any:
+        """A saved block: a Shard (one part's view), or the global tensor it is whole."""
+        name, offset, shape = body.get("tensor"), body.get("offset"), body.get("shape")
+        if not isinstance(name, str):
+            raise self._bad(f"has a bad shard node {str(body)[:80]}")
+        array = self._arrays[name]
+        try:
+            shard = Shard(array, offset=offset, shape=shape)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise self._bad(f"has a bad shard node for {name!r}: {e}") from None
+        if self._part_view:
+            return shard
+        block = tuple(int(d) for d in array.shape)
+        if any(shard.offset) or block != shard.shape:
+            raise CheckpointNotFoundError(
+                f"checkpoint {self._ckpt.step}: {name!r} holds only the block {block} at "
+                f"{shard.offset} of a tensor of shape {shard.shape}: read the region it "
+                "covers with read_state(slices=...)"
+            )
+        return array

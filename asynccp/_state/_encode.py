@@ -16,9 +16,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .._memory import Gather
+import crc32c
+
+from .._memory import Deferred, Gather
 from .._names import validate_name
-from ._schema import FORMAT, MAX_DEPTH, NUMPY_TO_ST, VERSION, State, Tensor
+from ._chunks import chunk_table, table_length
+from ._schema import CHUNK, FORMAT, MAX_DEPTH, NUMPY_TO_ST, VERSION, Shard, State, Tensor
 
 __all__ = ["plan_state"]
 
@@ -29,6 +32,7 @@ class _Planner:
     def __init__(self) -> None:
         self.tensors: list[Tensor] = []
         self.names: set[str] = set()
+        self.shards = 0  # Shard values found
         self._active: dict[int, str] = {}  # containers on the current path -> their path
         self._np = sys.modules.get("numpy")
         self._torch = sys.modules.get("torch")
@@ -55,6 +59,8 @@ class _Planner:
             return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
         if isinstance(value, bytes):
             return {"bytes": self._bytes(value, segments)}
+        if isinstance(value, Shard):
+            return self._shard(value, path, segments)
         if torch is not None and isinstance(value, torch.Tensor):
             from ._torch import plan_tensor  # torch is loaded: the state holds its tensors
 
@@ -109,6 +115,33 @@ class _Planner:
             return {"tuple" if isinstance(value, tuple) else "list": nodes}
         finally:
             del self._active[ident]
+
+    def _shard(self, value: Shard, path: str, segments: tuple[str, ...]) -> Any:
+        """A block of a global tensor: stored as its array, placed by the JSON node."""
+        self.shards += 1
+        array = value.array
+        np, torch = self._np, self._torch
+        if torch is not None and isinstance(array, torch.Tensor):
+            from ._torch import plan_tensor
+
+            t = plan_tensor(array, path, self._name(segments))
+            self.tensors.append(t)
+            key = t.key
+        elif np is not None and isinstance(array, np.ndarray):
+            key = self._array(array, path, segments)
+        else:
+            raise TypeError(
+                f"{path} is a Shard of a {type(array).__name__}: a Shard holds a torch "
+                "tensor or a numpy array"
+            )
+        block = tuple(int(d) for d in array.shape)
+        for d, (o, b, g) in enumerate(zip(value.offset, block, value.shape, strict=True)):
+            if o + b > g:  # the array was resized since the Shard was made
+                raise ValueError(
+                    f"{path}: the block of shape {block} at offset {value.offset} does not "
+                    f"fit in the global shape {value.shape} (dimension {d})"
+                )
+        return {"shard": {"tensor": key, "offset": list(value.offset), "shape": list(value.shape)}}
 
     def _name(self, segments: tuple[str, ...]) -> str:
         name = "/".join(segments) or "."
@@ -173,34 +206,55 @@ def _segment(key: str | int) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def plan_state(state: State, name: str) -> list[tuple[str, bytes | Gather]]:
+def plan_state(state: State, name: str) -> list[tuple[str, bytes | Gather | Deferred]]:
     """Validate ``state`` and lay out its files, copying no tensor bytes (on the loop:
     walking a state dict is quick, and the snapshot that follows needs the layout).
 
-    Returns ``(name, value)`` for ``<name>.json`` (the nesting and scalars, as
-    ``bytes``) and, when the state holds a tensor, ``<name>.safetensors`` (a
-    :class:`~asynccp._memory.Gather` of every tensor's bytes).
+    Returns ``(name, value)`` for ``<name>.json`` (the nesting and scalars) and, when the
+    state holds a tensor, ``<name>.safetensors`` (a :class:`~asynccp._memory.Gather` of
+    every tensor's bytes). With tensors the JSON is a :class:`~asynccp._memory.Deferred`:
+    its chunk checksums (:mod:`._chunks`) are computed from the staged copy of the
+    tensors, by the commit, off the caller's path, and written into its reserved place.
+    Without tensors it is ``bytes``.
     """
     json_name = validate_name(f"{name}.json")
     st_name = validate_name(f"{name}.safetensors")
     planner = _Planner()
     tree = planner.node(state.value, "state", (), 0)
     tensors = planner.tensors
-    doc = {"format": FORMAT, "version": VERSION, "tensors": st_name if tensors else None}
+    # Version 1 readers read every state without a Shard: they pass over the new keys.
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION if planner.shards else 1}
+    if not tensors:
+        doc["tensors"] = None
+        doc["tree"] = tree
+        return [(json_name, json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8"))]
+    gather, spans = _gather(tensors)
+    doc["tensors"] = st_name
+    doc["header"] = {"size": len(gather.head), "crc32c": crc32c.crc32c(gather.head)}
     doc["tree"] = tree
-    body = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    parts: list[tuple[str, bytes | Gather]] = [(json_name, body)]
-    if tensors:
-        parts.append((st_name, _gather(tensors)))
-    return parts
+    # The chunk table is the JSON's last value: its place is reserved now (its length
+    # is known), and written once the tensors are staged (see _chunks).
+    reserved = table_length([n for _, n in spans])
+    text = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")[:-1]
+    text += f', "chunks": {{"size": {CHUNK}, "crc32c": "'.encode()
+    at = len(text)
+    body = bytearray(text + b"A" * reserved + b'"}}')
+
+    def complete(staged: Mapping[str, Any]) -> None:
+        table = chunk_table(staged[st_name], spans)
+        assert len(table) == reserved
+        body[at : at + reserved] = table
+
+    return [(json_name, Deferred(len(body), body, complete)), (st_name, gather)]
 
 
-def _gather(tensors: list[Tensor]) -> Gather:
+def _gather(tensors: list[Tensor]) -> tuple[Gather, list[tuple[int, int]]]:
     """The safetensors file of ``tensors`` as a :class:`Gather`: header, then data.
 
     Tensors are laid out by item size, largest first (stable within a size), so that
     every tensor starts at a multiple of its item size: the header is padded to a
-    multiple of 8, as the safetensors library pads it.
+    multiple of 8, as the safetensors library pads it. Also returns each tensor's data
+    as ``(file offset, bytes)``, in file order (what the chunk table covers).
     """
     ordered = sorted(tensors, key=lambda t: -t.itemsize)
     header: dict[str, Any] = {
@@ -238,4 +292,8 @@ def _gather(tensors: list[Tensor]) -> Gather:
         from ._torch import device_copier, pinned
 
         g.allocate, g.device = pinned, device_copier(gpu)
-    return g
+    spans, at = [], len(head)
+    for t in ordered:
+        spans.append((at, t.nbytes))
+        at += t.nbytes
+    return g, spans

@@ -6,7 +6,7 @@ location)."""
 
 from ._base import ObjectInfo, Source, Store
 from ._call import call, store_errors, wait_abandoned
-from ._capabilities import DurableCommits, LocalFiles, local_root
+from ._capabilities import DurableCommits, LocalFiles, RangedReads, local_root
 from ._local import LocalDir
 from ._object import (
     DEFAULT_CHUNK_SIZE,
@@ -26,6 +26,7 @@ __all__ = [
     "LocalFiles",
     "ObjectInfo",
     "ObjectStore",
+    "RangedReads",
     "Source",
     "Store",
     "StoreOptions",

@@ -4,12 +4,16 @@ The protocol holds only what every store does. A store that can do more says so 
 having the methods of one of these protocols; the write path and the readers ask with
 ``isinstance(store, Capability)`` (they are ``runtime_checkable``) and take the faster
 way where it is there, the plain one otherwise. Today :class:`~asynccp._store.LocalDir`
-has both; :class:`~asynccp._store.ObjectStore` and a third-party store need neither.
+has all three, :class:`~asynccp._store.ObjectStore` ranged reads only; a third-party
+store needs none.
 
 - :class:`LocalFiles`: a store that is a directory of plain files. Readers size their
   thread use by it (local reads are CPU-bound, remote ones latency-bound) and read a
   file as a private memory map instead of a copy; the command line checks the
   directory exists. :func:`local_root` is the directory, or None.
+- :class:`RangedReads`: a store that reads byte ranges of an object (a local file's
+  ``pread``, an object store's range requests): a partial read of a training state
+  fetches only the chunks it needs. Without it, the object is read whole.
 - :class:`DurableCommits`: a store whose writes become durable only when it fsyncs
   them, and which can therefore batch the fsyncs of a commit: payload objects put
   without waiting for their bytes (:meth:`~DurableCommits.put_unsynced`), the record
@@ -32,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._base import Source
 
-__all__ = ["DurableCommits", "LocalFiles", "local_root"]
+__all__ = ["DurableCommits", "LocalFiles", "RangedReads", "local_root"]
 
 
 @runtime_checkable
@@ -48,6 +52,21 @@ class LocalFiles(Protocol):
         """A private, writable memory map of the object (a local file: no copy, and
         writes to it never reach the file), or None when the store cannot map it;
         FileNotFoundError when there is no object."""
+        ...
+
+
+@runtime_checkable
+class RangedReads(Protocol):
+    """A store that reads byte ranges of an object, each into a buffer of the caller's."""
+
+    def read_ranges(
+        self, key: str, ranges: Sequence[tuple[int, int]], out: Sequence[memoryview]
+    ) -> None:
+        """Fill ``out[i]`` (``end - start`` bytes, writable) with the bytes
+        ``[start, end)`` of the object, for each ``ranges[i]``. Only those bytes are
+        fetched (ranges that touch may go as one request; none that leave a gap).
+        FileNotFoundError when there is no object; EOFError when it ends before a
+        range does."""
         ...
 
 

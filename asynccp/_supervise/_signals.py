@@ -46,7 +46,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
-__all__ = ["DEFAULT_GRACE", "MainThreadLoan", "SignalWatcher"]
+__all__ = ["DEFAULT_GRACE", "MainThreadLoan", "SignalWatcher", "ignore_further_signals"]
 
 log = logging.getLogger("asynccp")
 
@@ -364,6 +364,13 @@ def _ignore_further_signals() -> None:
     if not _exit_hook_registered:
         atexit.register(_ignore_at_exit)
         _exit_hook_registered = True
+
+
+def ignore_further_signals() -> None:
+    """A pre-empted process on its way out (``asynccp.sync``'s exit after SIGTERM):
+    further SIGTERM/SIGINT are logged and ignored until it exits."""
+    if threading.current_thread() is threading.main_thread():
+        _ignore_further_signals()
 
 
 def _ignore_at_exit() -> None:

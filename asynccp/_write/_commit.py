@@ -141,6 +141,7 @@ async def commit(
     the checkpoint did not commit; cancellation leaves its payload for the collector.
     """
     started = time.monotonic()
+    await complete(files)
     folder = data_dir(step, writer)
     keys = [payload_key(folder, f.name) for f in files]
     commit_sent = False
@@ -244,6 +245,16 @@ async def commit(
             ) from leaf
         raise
     return Committed(manifest, key)
+
+
+async def complete(files: Sequence[StagedFile]) -> None:
+    """Finish the files whose bytes are completed after the snapshot (a training
+    state's JSON: its chunk checksums, from the staged tensors), before anything reads
+    them; in a worker thread, off the caller's path."""
+    for f in files:
+        if f.complete is not None:
+            await anyio.to_thread.run_sync(f.complete, abandon_on_cancel=True)
+            f.complete = None
 
 
 async def _put_file(store: Store, f: StagedFile, key: str, limiter: anyio.CapacityLimiter) -> None:

@@ -19,6 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ import anyio.to_thread
 import crc32c
 
 from .. import _memory
-from .._memory import Gather
+from .._memory import Deferred, Gather
 from .._names import check_names, validate_name
 from .._state import STATE_NAME, State, plan_state
 from .._types import Payload
@@ -63,6 +64,9 @@ class StagedFile:
     crc32c: int | None = None
     buffer: mmap.mmap | None = None  # the pooled memory ``data`` views, if any
     owner: Any = None  # other memory ``data`` views (pinned host memory), dropped on discard
+    #: Finishes ``data`` (a :class:`~asynccp._memory.Deferred`'s), in a worker thread,
+    #: before anything reads it: the commit runs it first (see ``_commit.complete``).
+    complete: Callable[[], None] | None = None
 
 
 class Stager:
@@ -139,8 +143,20 @@ class Stager:
             for part in parts:
                 if isinstance(part.value, Gather):
                     files.append(await self._stage_gather(part.name, part.value))
-                elif not isinstance(part.value, Path):
+                elif isinstance(part.value, (bytes, memoryview)):
                     files.append(await self._stage_buffer(part.name, part.value))
+            staged = {f.name: f.data for f in files}
+            for part in parts:  # completed later, from the files staged here
+                if isinstance(part.value, Deferred):
+                    deferred = part.value
+                    files.append(
+                        StagedFile(
+                            part.name,
+                            part.size,
+                            data=memoryview(deferred.body),
+                            complete=partial(deferred.complete, staged),
+                        )
+                    )
         except BaseException:
             self.discard(files, counted=sum(f.size for f in files))
             raise
@@ -291,7 +307,8 @@ class Stager:
 def _state_parts(state: State, name: str) -> list[Part]:
     """The files of a training state (see :mod:`asynccp._state`) as parts."""
     return [
-        Part(n, v.size if isinstance(v, Gather) else len(v), v) for n, v in plan_state(state, name)
+        Part(n, v.size if isinstance(v, (Gather, Deferred)) else len(v), v)
+        for n, v in plan_state(state, name)
     ]
 
 
@@ -310,13 +327,15 @@ class Part:
     """One file of a payload, validated and sized but not yet copied.
 
     ``value`` is immutable ``bytes`` (kept as is), a flat view of a mutable buffer (to
-    copy), the path of a regular file (to copy into staging), or a :class:`Gather`
-    (a file assembled from several buffers: a training state's tensors).
+    copy), the path of a regular file (to copy into staging), a :class:`Gather`
+    (a file assembled from several buffers: a training state's tensors), or a
+    :class:`Deferred` (asynccp's own bytes, finished from the other staged files by the
+    commit: a training state's JSON with its chunk checksums).
     """
 
     name: str
     size: int
-    value: bytes | memoryview | Path | Gather
+    value: bytes | memoryview | Path | Gather | Deferred
 
 
 async def _plan_one(value: object, name: str | None) -> list[Part]:

@@ -1,4 +1,5 @@
-"""The ``asynccp`` command: ``bench``, ``ls``, ``show``, ``verify``, ``restore``, ``gc``.
+"""The ``asynccp`` command: ``bench``, ``ls``, ``show``, ``verify``, ``restore``,
+``consolidate``, ``gc``.
 
 :func:`main` parses (:mod:`._parser`), runs the command, and turns its end into an exit
 code. Output is for people; ``--json`` prints one JSON document instead. A bad argument
@@ -25,6 +26,7 @@ from typing import Any
 from asynccp.errors import CheckpointError
 
 from ._bench_command import cmd_bench
+from ._consolidate import cmd_consolidate
 from ._gc import cmd_gc
 from ._inspect import cmd_ls, cmd_show, cmd_verify
 from ._messages import Failure, UsageError, messages, say
@@ -40,6 +42,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "show": cmd_show,
     "verify": cmd_verify,
     "restore": cmd_restore,
+    "consolidate": cmd_consolidate,
     "gc": cmd_gc,
 }
 

@@ -266,6 +266,27 @@ def build_parser() -> argparse.ArgumentParser:
     _json_and_store_args(p)
 
     p = located(
+        "consolidate",
+        "write one safetensors file of a step's global tensors",
+        "Write the tensors of a checkpoint's training state (asynccp.State) as one safetensors "
+        "file, OUT: a step saved by many processes is assembled in global coordinates (values "
+        "saved as asynccp.Shard), streamed piece by piece (never the whole model in memory), "
+        "every piece verified. The newest checkpoint that verifies, or --step N. Scalars are "
+        "left out. OUT appears only once complete; an existing OUT is an error (exit 1) "
+        "unless --force. Loadable by the safetensors library and Hugging Face tools.",
+    )
+    p.add_argument("out", metavar="OUT", help="the safetensors file to write")
+    p.add_argument("--step", type=_step, help="consolidate this step (no fallback)")
+    p.add_argument("--name", default="state", help="the state's name (default: state)")
+    p.add_argument(
+        "--key",
+        help="write only the tensors under this path, named relative to it (--key model: "
+        "a model's own state_dict names)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _json_and_store_args(p)
+
+    p = located(
         "gc",
         "apply retention and collect orphans",
         "Delete checkpoints beyond the newest --keep (keeping every --keep-every milestone), "
