@@ -29,7 +29,8 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
     │   ├── AutosaveError                      autosave() failed max_failures times in a row
     │   └── RetriesExhausted                   supervise(): every attempt failed
     ├── RecoverableError                       raise it in a supervised job to retry
-    └── ObjectExists                           internal: a create-if-absent found the key
+    ├── ObjectExists                           internal: a create-if-absent found the key
+    └── Abandoned                              internal: a worker thread's call was given up on
     TypeError
     └── NotAwaitableError                      supervise(): fn(cp) is not awaitable
     SystemExit
@@ -273,4 +274,13 @@ class ObjectExists(Exception):
 
     Raised by the stores (:mod:`asynccp._store`) and handled by the commit; it never
     reaches a caller of the public API.
+    """
+
+
+class Abandoned(Exception):
+    """Internal: a worker thread waiting for its turn to commit found its call given up
+    on (its caller was cancelled), and stops without creating a record.
+
+    Raised in the worker thread (:mod:`asynccp._write._turns`); nobody waits for that
+    call's outcome any more, so it never reaches a caller.
     """

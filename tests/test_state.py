@@ -334,7 +334,7 @@ async def test_bad_state_is_refused_before_anything_is_staged(
             await cp.save(0, State(state))
         assert cp.stats.saves == 0 and cp.stats.queue_bytes == 0
         assert not [p for p in staging.rglob("*") if p.is_file() and p.name != ".lock"]
-        ckpt = await (await cp.save(0, State({"ok": np.ones(2)})))  # the step is still free
+        ckpt = await (await cp.save(0, State({"ok": np.ones(1024)})))  # the step is still free
     folders = sorted(p.name for p in (tmp_path / "loc" / "data").iterdir())
     assert folders == [data_dir(ckpt.step, ckpt.writer).split("/")[-1]]
 
@@ -427,7 +427,8 @@ async def test_damaged_state_file_falls_back_to_the_previous_checkpoint(
 
 async def test_damaged_state_json_is_corruption(tmp_path: Path) -> None:
     async with Checkpointer(tmp_path / "loc") as cp:
-        ckpt = await (await cp.save(0, State({"epoch": 0})))
+        # (a tensor larger than a record holds: its two files are payload objects)
+        ckpt = await (await cp.save(0, State({"epoch": 0, "w": np.zeros(1024)})))
     path = tmp_path / "loc" / data_dir(ckpt.step, ckpt.writer) / "state.json"
     path.write_bytes(path.read_bytes().replace(b"0", b"1"))
     with pytest.raises(asynccp.CorruptCheckpointError, match=r"state\.json"):
