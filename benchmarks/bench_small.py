@@ -52,6 +52,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import _common as c  # noqa: E402
+
 import asynccp  # noqa: E402
 
 MiB = 1 << 20
@@ -107,14 +109,6 @@ def raw_tiny(where: Path, n: int, *, durable: bool) -> float:
         os.close(folder)
 
 
-def _fsync(path: Path, folder: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def asynccp_mib(where: Path, saves: int, body: bytes) -> float:
     """``saves`` 1 MiB checkpoints back to back (durable, max_pending=4); seconds."""
     async with asynccp.Checkpointer(where, limits=asynccp.Limits(max_pending=4)) as cp:
@@ -123,23 +117,6 @@ async def asynccp_mib(where: Path, saves: int, body: bytes) -> float:
         for h in handles:
             await h
         return time.perf_counter() - t0
-
-
-def raw_mib(where: Path, saves: int, body: bytes) -> float:
-    """Raw durable puts of the same objects (obstore put, fsync file, folder, root)."""
-    import obstore
-    from obstore.store import LocalStore
-
-    where.mkdir(parents=True)
-    store = LocalStore(where)
-    t0 = time.perf_counter()
-    for i in range(saves):
-        rel = f"{i:04d}/data"
-        obstore.put(store, rel, body)
-        _fsync(where / rel)
-        _fsync(where / f"{i:04d}", True)
-        _fsync(where, True)
-    return time.perf_counter() - t0
 
 
 # -- S3 --------------------------------------------------------------------------------
@@ -191,19 +168,13 @@ async def read_round(ckpt: Any, store: Any, key: str, who: str) -> float:
 # -- flytekit's seed loop --------------------------------------------------------------
 
 try:
-    from flytekit import current_context, task
+    from flytekit import task
 
     import asynccp.flytekit
 except ImportError:
     task = None
 
-
-def seed_loop(n: int) -> float:
-    cp = current_context().checkpoint
-    t0 = time.perf_counter()
-    for i in range(n):
-        cp.write(f"{i + 1}".encode())
-    return time.perf_counter() - t0
+seed_loop = c.seed_loop
 
 
 if task is not None:
@@ -308,7 +279,7 @@ def run_case(name: str, args: argparse.Namespace, root: Path, s3: S3 | None) -> 
         a, b = interleave(
             rounds,
             lambda r: asyncio.run(asynccp_mib(root / f"mib-a{r}", 20, body)),
-            lambda r: raw_mib(root / f"mib-b{r}", 20, body),
+            lambda r: c.raw_durable_puts(root / f"mib-b{r}", 20, body),
         )
         return summary(name, "s per 20", a, b, False)
     raise ValueError(name)

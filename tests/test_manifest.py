@@ -18,16 +18,24 @@ from asynccp._retention import steps_to_delete
 KEY = manifest_key(7)
 
 
-def good() -> dict[str, Any]:
+def record(files: dict[str, FileInfo], **fields: Any) -> dict[str, Any]:
+    """A manifest of step 7 holding ``files``, as its record's JSON."""
     m = Manifest(
-        step=7,
-        writer="abc123",
-        attempt=1,
-        created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
-        metadata={"loss": 0.25},
-        files={"a/b.bin": FileInfo(3, 0xDEADBEEF)},
+        **{
+            "step": 7,
+            "writer": "abc123",
+            "attempt": 1,
+            "created_at": datetime(2026, 1, 2, tzinfo=timezone.utc),
+            "metadata": {"loss": 0.25},
+            "files": files,
+            **fields,
+        }
     )
     return json.loads(m.encode())
+
+
+def good() -> dict[str, Any]:
+    return record({"a/b.bin": FileInfo(3, 0xDEADBEEF)})
 
 
 def test_round_trip() -> None:
@@ -83,15 +91,7 @@ def test_invalid_manifests_are_errors_not_crashes(raw: bytes, why: str) -> None:
 
 
 def inline_doc() -> dict[str, Any]:
-    m = Manifest(
-        step=7,
-        writer="abc123",
-        attempt=0,
-        created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
-        metadata={},
-        files={"a": FileInfo(3, crc32c.crc32c(b"abc"), b"abc"), "b": FileInfo(0, 0, b"")},
-    )
-    return json.loads(m.encode())
+    return record({"a": FileInfo(3, crc32c.crc32c(b"abc"), b"abc"), "b": FileInfo(0, 0, b"")})
 
 
 def test_a_tiny_checkpoints_bytes_round_trip_inside_its_record() -> None:

@@ -441,19 +441,28 @@ _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 _renameat2: Any = None
 
 
+def _linux_call(name: str, *argtypes: Any) -> Any:
+    """The C library's function ``name`` (returning an int, ``errno`` kept), or False
+    where it does not exist (not Linux, an older C library)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def _place(src: str, dest: str) -> None:
     """Move ``src`` to ``dest`` if ``dest`` does not exist (FileExistsError if it does,
     and ``src`` stays)."""
     global _renameat2
     if _renameat2 is None:
-        _renameat2 = False
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                fn = ctypes.CDLL(None, use_errno=True).renameat2
-                fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
-                fn.argtypes += (ctypes.c_uint,)
-                fn.restype = ctypes.c_int
-                _renameat2 = fn
+        _renameat2 = _linux_call(
+            "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+        )
     if _renameat2:
         a, b = os.fsencode(src), os.fsencode(dest)
         if _renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_NOREPLACE) == 0:
@@ -500,13 +509,9 @@ def _writeback(fd: int, *, wait: bool) -> bool:
     """
     global _sync_file_range
     if _sync_file_range is None:
-        _sync_file_range = False
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-                fn.restype = ctypes.c_int
-                _sync_file_range = fn
+        _sync_file_range = _linux_call(
+            "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+        )
     if not _sync_file_range:
         return False
     flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE

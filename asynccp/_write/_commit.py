@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import anyio
 import anyio.to_thread
@@ -61,7 +61,6 @@ __all__ = [
     "Committed",
     "Item",
     "RecordHook",
-    "Staged",
     "cleanup",
     "commit",
     "inlinable",
@@ -95,23 +94,10 @@ class Committed:
     part: Part | None = None
 
 
-class Staged(Protocol):
-    """A checkpoint staged for its commit (the pipeline's pending item, or an
-    :class:`Item`)."""
-
-    @property
-    def step(self) -> int: ...
-    @property
-    def files(self) -> list[StagedFile]: ...
-    @property
-    def metadata(self) -> Mapping[str, Any]: ...
-    @property
-    def created_at(self) -> datetime: ...
-
-
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Item:
-    """A checkpoint to commit: its step, staged files, metadata and time."""
+    """A checkpoint to commit: its step, staged files, metadata and time (the pipeline's
+    pending checkpoints are items with a handle)."""
 
     step: int
     files: list[StagedFile]
@@ -126,7 +112,7 @@ RecordHook = Callable[[Store, Manifest, Collection[Bad]], Awaitable[Committed]]
 
 
 async def commit(
-    store: Store, item: Staged, ctx: CommitContext, *, record: RecordHook | None = None
+    store: Store, item: Item, ctx: CommitContext, *, record: RecordHook | None = None
 ) -> Committed:
     """Upload ``item``'s files as its checkpoint, then commit its record after
     ``ctx``'s previous commit.
@@ -238,7 +224,7 @@ async def commit(
     return Committed(manifest, key)
 
 
-async def _commit_inline(store: Store, item: Staged, ctx: CommitContext) -> Committed:
+async def _commit_inline(store: Store, item: Item, ctx: CommitContext) -> Committed:
     """A tiny checkpoint: its bytes inside its record, which is all there is to create
     (after the previous commit): made, and created once its turn has come, in one
     worker-thread trip. Nothing to clean up if it fails."""
@@ -360,7 +346,7 @@ def inlinable(files: Sequence[StagedFile]) -> bool:
     )
 
 
-def manifest_of(item: Staged, *, writer: str, attempt: int, inline: bool = False) -> Manifest:
+def manifest_of(item: Item, *, writer: str, attempt: int, inline: bool = False) -> Manifest:
     """The manifest of ``item`` (its checksums computed already); with ``inline``, the
     files' bytes inside it."""
     return Manifest(

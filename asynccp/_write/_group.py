@@ -44,7 +44,7 @@ from ..errors import CheckpointError, CommitUnknownError, StoreError
 from . import _commit  # PAYLOAD_CHECK_AFTER read at call time: one setting for both
 from ._commit import (
     Committed,
-    Staged,
+    Item,
     checksum_and_put,
     commit,
     inlinable,
@@ -75,7 +75,7 @@ def groupable(files: Sequence[StagedFile]) -> bool:
 class _Member:
     """One checkpoint of a group, as the group writes it."""
 
-    item: Staged
+    item: Item
     writer: str
     inline: bool = field(init=False)
     folder: str = field(init=False)
@@ -109,7 +109,7 @@ class _Member:
         return Committed(self.manifest, self.record)
 
 
-async def commit_group(store: Store, items: Sequence[Staged], ctx: CommitContext) -> list[Outcome]:
+async def commit_group(store: Store, items: Sequence[Item], ctx: CommitContext) -> list[Outcome]:
     """Commit several small checkpoints saved back to back, in order, as one group
     (after ``ctx``'s previous commit); each one's outcome, in order.
 

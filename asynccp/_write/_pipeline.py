@@ -36,12 +36,12 @@ from .._telemetry import Telemetry
 from .._types import Payload
 from ..errors import CheckpointClosedError, CheckpointError, FlushTimeoutError, SupersededError
 from . import _handle
-from ._commit import Committed, RecordHook, commit
+from ._commit import Committed, Item, RecordHook, commit
 from ._group import commit_group, groupable
 from ._handle import SaveHandle
 from ._order import StepOrder
 from ._queue import Changes, StagingQueue
-from ._stager import StagedFile, Stager
+from ._stager import Stager
 from ._staging import StagingFolder
 from ._turns import CommitContext, Turn
 
@@ -112,13 +112,9 @@ class FlushResult:
 
 
 @dataclass(eq=False)
-class Pending:
+class Pending(Item):
     """A checkpoint staged by ``save()`` and waiting for (or in) upload."""
 
-    step: int
-    files: list[StagedFile]
-    metadata: dict[str, Any]
-    created_at: datetime
     handle: SaveHandle
     size: int = field(init=False)
 
