@@ -560,3 +560,19 @@ async def test_dest_conflicts_fail_before_anything_moves(tmp_path: Path, conflic
     assert not isinstance(info.value, CorruptCheckpointError)
     assert tree(dest) == before
     assert not [n for n in os.listdir(dest) if n.startswith(".asynccp")]
+
+
+def test_names_found_valid_are_remembered_and_bad_ones_refused_every_time() -> None:
+    """A loop saves the same names save after save: each name, and each list of names,
+    is checked once. A bad name or list is refused every time, whatever came before."""
+    from asynccp._names import check_names, validate_name
+
+    for _ in range(2):
+        assert validate_name("model/w.bin") == "model/w.bin"
+        check_names(["model/w.bin", "state.json"])
+        with pytest.raises(InvalidNameError, match="escape"):
+            validate_name("../w.bin")
+        with pytest.raises(InvalidNameError, match="both a file and the folder"):
+            check_names(["model", "model/w.bin"])
+        with pytest.raises(InvalidNameError, match="duplicate"):
+            check_names(["model/w.bin", "state.json", "model/w.bin"])
