@@ -148,6 +148,10 @@ class StagingQueue(Generic[T]):
         self._bytes -= item.size
         self._notify()
 
+    async def changed(self) -> None:
+        """Wait for the next change (an item staged, taken, done, superseded)."""
+        await self._changed.wait()
+
     async def wait_idle(self) -> None:
         """Wait until every staged item is done."""
         while self._count:
