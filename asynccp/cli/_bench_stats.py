@@ -77,17 +77,20 @@ def spread(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     return (min(measured), max(measured)) if measured else (None, None)
 
 
-def settled(rounds: Sequence[Sequence[float | None]]) -> bool:
+def settled(rounds: Sequence[Sequence[float | None]], *, slack: float = 0.25) -> bool:
     """Whether the spread of per-round figures is known: the newest round's figures
-    (``rounds[-1]``, several side by side) each fall within the range of the rounds
-    before it, so another round is not expected to widen it. At least three rounds."""
+    (``rounds[-1]``, several side by side) each widened the range of the rounds before
+    it by at most ``slack`` of that range (or of the median, when the range is narrow),
+    so another round is not expected to change it much. At least three rounds."""
     if len(rounds) < 3:
         return False
     *before, last = rounds
     for k, value in enumerate(last):
         low, high = spread(r[k] for r in before)
-        if value is None or low is None or high is None:
+        middle = median(r[k] for r in before)
+        if value is None or low is None or high is None or middle is None:
             continue
-        if not low <= value <= high:
+        allowed = slack * max(high - low, 0.1 * abs(middle))
+        if value < low - allowed or value > high + allowed:
             return False
     return True
