@@ -137,7 +137,7 @@ async def read_manifest(store: Store, record: Record) -> AnyManifest:
 
 async def is_complete(store: Store, manifest: AnyManifest) -> bool:
     """Whether every payload object exists with its recorded size (one LIST, no reads;
-    a sharded step: one per part, side by side)."""
+    a sharded step: one per part, side by side; none when every file is inline)."""
     if isinstance(manifest, ShardedManifest):
         complete = [False] * len(manifest.parts)
 
@@ -148,10 +148,13 @@ async def is_complete(store: Store, manifest: AnyManifest) -> bool:
             for r, part in enumerate(manifest.parts):
                 tg.start_soon(check, r, part)
         return all(complete)
+    stored = manifest.stored  # (inline files were checked against their size when decoded)
+    if not stored:
+        return True  # every file is inside the record: nothing to list
     folder = manifest.data + "/"
     objs = await call(store, store.list_objects, folder, key=folder, action="listing")
     sizes = {o.key[len(folder) :]: o.size for o in objs}
-    return all(sizes.get(name) == info.size for name, info in manifest.files.items())
+    return all(sizes.get(name) == info.size for name, info in stored.items())
 
 
 async def validate(store: Store, record: Record) -> AnyManifest:

@@ -145,6 +145,8 @@ class Checkpoint:
         :class:`StoreError` when the store fails.
         """
         name = self._name(name)
+        if self.files[name].inline is not None:  # in the record: no store call, no thread
+            return self._read_verified(name)
         return await call(self._store, self._read_verified, name, map_errors=False)
 
     async def read_all(self) -> dict[str, bytes]:
@@ -177,14 +179,14 @@ class Checkpoint:
 
     def _read_verified(self, name: str) -> bytes:
         """One file's bytes, checked (worker thread)."""
+        inline = self._inline(name)
+        if inline is not None:
+            return inline
         if self.files[name].size >= _memory.LANDING_FROM and local_root(self._store) is None:
             # A large remote object is copied chunk by chunk into its bytes object as
             # it arrives (see _memory.Landing), checksummed on the way.
             data: bytes = self._land(name, "bytes")
             return data
-        if self.files[name].size >= _memory.WHOLE_LANDING_FROM and local_root(self._store) is None:
-            whole: bytes = self._land_whole(name, "bytes")
-            return whole
         key = self._key(name)
         try:
             with store_errors(self._store, key, "reading"):
@@ -193,26 +195,6 @@ class Checkpoint:
             raise self._missing(key, e) from e
         _check(self.step, name, self.files[name], len(buf), crc32c.crc32c(buf))
         return _memory.to_bytes(buf)  # one copy without the GIL (none for local files)
-
-    def _land_whole(self, name: str, kind: str) -> Any:
-        """File ``name`` received whole and copied into a :class:`_memory.Landing` of
-        ``kind`` made (and faulted in) while it downloads; checksummed beside the copy."""
-        info = self.files[name]
-        key = self._key(name)
-        landing = _memory.Landing(info.size, kind=kind)
-        try:
-            try:
-                with store_errors(self._store, key, "reading"):
-                    body = self._store.get_buffer(key)  # obstore's buffer, not yet copied
-            except FileNotFoundError as e:
-                raise self._missing(key, e) from e
-            if len(body) != info.size:
-                _check(self.step, name, info, len(body), 0)  # raises: the size differs
-            _check(self.step, name, info, len(body), landing.write_whole(body))
-            del body  # obstore's buffer goes before the landing is handed over
-            return landing.result()
-        finally:
-            landing.close()
 
     def _land(self, name: str, kind: str) -> Any:
         """File ``name`` streamed into a :class:`_memory.Landing` of ``kind``, verified."""
@@ -236,6 +218,9 @@ class Checkpoint:
         return await call(self._store, self._buffer_verified, name, map_errors=False)
 
     def _buffer_verified(self, name: str) -> Any:
+        inline = self._inline(name)
+        if inline is not None:
+            return bytearray(inline)
         info = self.files[name]
         key = self._key(name)
         try:
@@ -245,8 +230,6 @@ class Checkpoint:
             raise self._missing(key, e) from e
         if buf is None and info.size >= _memory.LANDING_FROM:  # streamed into memory
             return self._land(name, "map")
-        if buf is None and info.size >= _memory.WHOLE_LANDING_FROM:
-            return self._land_whole(name, "map")
         if buf is None:  # a small remote object: received whole, then one copy
             try:
                 with store_errors(self._store, key, "reading"):
@@ -340,19 +323,23 @@ class Checkpoint:
     ) -> None:
         """Read byte ranges of file ``name`` into ``out`` (unverified: the caller
         checks them against the state's chunk checksums)."""
+        info = self.files[name]
+        for start, end in ranges:
+            if not 0 <= start <= end <= info.size:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self.step}: bytes {start}-{end} of file {name!r} are past "
+                    f"its {info.size} bytes"
+                )
+        if info.inline is not None:  # in the record: no store call
+            for (start, end), view in zip(ranges, out, strict=True):
+                view[:] = info.inline[start:end]
+            return
         await call(self._store, self._ranges_now, name, ranges, out, map_errors=False)
 
     def _ranges_now(
         self, name: str, ranges: Sequence[tuple[int, int]], out: Sequence[memoryview]
     ) -> None:
         key = self._key(name)
-        size = self.files[name].size
-        for start, end in ranges:
-            if not 0 <= start <= end <= size:
-                raise CorruptCheckpointError(
-                    f"checkpoint {self.step}: bytes {start}-{end} of file {name!r} are past "
-                    f"its {size} bytes"
-                )
         store = self._store
         assert isinstance(store, RangedReads)
         try:
@@ -362,10 +349,18 @@ class Checkpoint:
                 except EOFError:
                     raise CorruptCheckpointError(
                         f"checkpoint {self.step}: file {name!r} is shorter than the "
-                        f"{size} bytes the manifest says"
+                        f"{self.files[name].size} bytes the manifest says"
                     ) from None
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
+
+    def _inline(self, name: str) -> bytes | None:
+        """The bytes of file ``name`` when its record holds them, checked; else None."""
+        info = self.files[name]
+        if info.inline is None:
+            return None
+        _check(self.step, name, info, len(info.inline), crc32c.crc32c(info.inline))
+        return info.inline
 
     def _missing(self, key: str, e: FileNotFoundError) -> CorruptCheckpointError:
         """A payload object that is not there: gone, or (on a local disk) a folder."""
@@ -378,7 +373,10 @@ class Checkpoint:
     async def verify(self) -> None:
         """Read every file and check it; raise :class:`CorruptCheckpointError` if one fails."""
         for name in self.files:
-            await call(self._store, self._stream_verified, name, None, map_errors=False)
+            if self.files[name].inline is not None:  # in the record: checked here
+                self._inline(name)
+            else:
+                await call(self._store, self._stream_verified, name, None, map_errors=False)
 
     async def download(self, dest_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write every file under ``dest_dir`` (created if needed), verified; return it.
@@ -459,6 +457,11 @@ class Checkpoint:
         The store's errors become :class:`StoreError` (a missing object: corruption);
         errors of ``out``, such as a full local disk, propagate as they are.
         """
+        inline = self._inline(name)
+        if inline is not None:
+            if out is not None:
+                out.write(inline)
+            return
         key = self._key(name)
         crc = size = 0
         with contextlib.closing(self._chunks(key, chunk_size)) as chunks:

@@ -48,12 +48,12 @@ import anyio.to_thread
 from ._checkpoint import Checkpoint, checkpoint_from, part_checkpoint
 from ._checks import check_bool, check_int, check_step
 from ._groups import TaskGroupEntry
+from ._housekeeping import Housekeeping
 from ._leases import LeaseKeeper
 from ._manifest import check_metadata
 from ._options import Limits, Options, Retention, Sharding, StoreOptions, check_keywords, options
 from ._phase import Phase
 from ._reader import CatalogReader, Reader
-from ._retention import Housekeeping
 from ._shard_records import ShardSpec
 from ._shards import whole_step
 from ._store import call, resolve
@@ -344,12 +344,12 @@ class Checkpointer:
             return part_checkpoint(committed.part, self._store)
         return checkpoint_from(committed.manifest, self._store)
 
-    async def _after_commit(self, committed: Committed, idle: bool) -> None:
+    async def _after_commit(self, committed: list[Committed], idle: Callable[[], bool]) -> None:
         if self._tiers is not None:  # replicated; local retention
             return await self._tiers.committed_locally(committed, idle)
         # A sharded writer's commit is its part, not the step: retention finds the step.
-        manifest = None if committed.part is not None else committed.manifest
-        await self._housekeeping.after_commit(committed.key, manifest, idle=idle)
+        commits = [(c.key, None if c.part is not None else c.manifest) for c in committed]
+        await self._housekeeping.after_commit(commits, idle=idle)
 
     def _record_hook(self) -> RecordHook | None:
         """A sharded checkpointer records its part instead of committing the step."""

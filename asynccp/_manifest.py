@@ -8,6 +8,19 @@ and every file with its size and CRC32C::
      "created_at": "2024-…+00:00", "data": "data/00000000000000000007-3f2a…",
      "metadata": {...}, "files": {"weights": {"size": 4096, "crc32c": "1a2b3c4d"}}}
 
+A tiny checkpoint (at most :data:`INLINE_MAX` bytes in at most :data:`INLINE_FILES`
+files) carries its bytes inside its record instead, base64 under each file's
+``"inline"``: one object to create instead of a payload object and a record. Such a
+record is format 3 (:data:`INLINE_FORMAT`), so that an asynccp that predates it
+reports a record of a newer format instead of a checkpoint whose payload is missing;
+every other record is still written as format 1, and both are read::
+
+    {"format": 3, ..., "files": {"data": {"size": 16, "crc32c": "…", "inline": "MDAw…"}}}
+
+An inline file's bytes are checked like any payload object's: their length against
+``size`` when the record is decoded (a mismatch makes the record invalid, as a
+truncated object makes a checkpoint incomplete), their CRC32C when they are read.
+
 ``metadata`` is the caller's, as :func:`check_metadata` made it JSON-ready: numpy
 scalars as Python numbers, NaN and the infinities as ``{"$float": "nan"}`` (JSON has no
 such numbers), read back as floats.
@@ -20,6 +33,8 @@ a broken one).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import numbers
@@ -35,6 +50,9 @@ from .errors import CorruptCheckpointError, InvalidNameError
 
 __all__ = [
     "FORMAT",
+    "INLINE_FILES",
+    "INLINE_FORMAT",
+    "INLINE_MAX",
     "MAX_FORMAT",
     "FileInfo",
     "Manifest",
@@ -47,9 +65,16 @@ __all__ = [
 ]
 
 FORMAT = 1
+#: The format of a record that holds some of its files' bytes (see the module).
+INLINE_FORMAT = 3
 #: The newest manifest format this asynccp reads (2: a sharded step's, see
-#: :mod:`asynccp._shard_records`).
-MAX_FORMAT = 2
+#: :mod:`asynccp._shard_records`; 3: a record with inline files).
+MAX_FORMAT = 3
+#: A checkpoint whose files hold at most this many bytes together, in at most
+#: :data:`INLINE_FILES` buffers, is written inside its record.
+INLINE_MAX = 4096
+#: At most this many files of a checkpoint are written inside its record.
+INLINE_FILES = 8
 _CRC_RE = re.compile(r"^[0-9a-f]{8}$")
 
 
@@ -60,10 +85,15 @@ class FileInfo:
     ``crc32c`` is None only for a file another tool wrote, which a framework plugin
     reads as a checkpoint (flytekit's own, see :mod:`asynccp._foreign`): that tool
     recorded no checksum, so only the size is checked. A manifest always has one.
+
+    ``inline`` holds the file's bytes when its record carries them (a tiny checkpoint,
+    see :data:`INLINE_MAX`); None when they are a payload object. It takes no part in
+    comparisons: a file is its size and checksum, wherever its bytes live.
     """
 
     size: int
     crc32c: int | None
+    inline: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def checksum(self) -> str:
@@ -87,6 +117,22 @@ class Manifest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", data_dir(self.step, self.writer))
 
+    @property
+    def format(self) -> int:
+        """The record's format: :data:`INLINE_FORMAT` when a file is inline, else
+        :data:`FORMAT` (what every asynccp reads)."""
+        return INLINE_FORMAT if self.has_inline else FORMAT
+
+    @property
+    def has_inline(self) -> bool:
+        """Whether some file's bytes are inside the record."""
+        return any(f.inline is not None for f in self.files.values())
+
+    @property
+    def stored(self) -> dict[str, FileInfo]:
+        """The files stored as payload objects (not inline), by name."""
+        return {n: f for n, f in self.files.items() if f.inline is None}
+
     def encode(self) -> bytes:
         """The manifest as UTF-8 JSON."""
         return encode_doc(self.to_doc())
@@ -94,32 +140,35 @@ class Manifest:
     def to_doc(self) -> dict[str, Any]:
         """The manifest as a JSON-ready dict (a sharded step's manifest embeds these)."""
         return {
-            "format": FORMAT,
+            "format": self.format,
             "step": self.step,
             "writer": self.writer,
             "attempt": self.attempt,
             "created_at": self.created_at.isoformat(),
             "data": self.data,
             "metadata": encode_metadata(self.metadata),
-            "files": {
-                name: {"size": info.size, "crc32c": f"{_recorded(info.crc32c):08x}"}
-                for name, info in self.files.items()
-            },
+            "files": {name: _file_doc(info) for name, info in self.files.items()},
         }
 
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> Manifest:
         """Parse and validate ``raw``; raise CorruptCheckpointError naming ``key``."""
-        doc = decode_doc(raw, key=key)
-        fmt = doc.get("format")
-        if fmt != FORMAT or isinstance(fmt, bool):
-            raise _bad(key, f"format {fmt!r} is not {FORMAT}; upgrade asynccp to read it")
-        return cls.from_doc(doc, key=key)
+        return cls.from_record(decode_doc(raw, key=key), key=key)
 
     @classmethod
-    def from_doc(cls, doc: Mapping[str, Any], *, key: str) -> Manifest:
+    def from_record(cls, doc: Mapping[str, Any], *, key: str) -> Manifest:
+        """Validate a record decoded from ``key``: format 1, or 3 (inline files)."""
+        fmt = doc.get("format")
+        if fmt not in (FORMAT, INLINE_FORMAT) or isinstance(fmt, bool):
+            why = f"format {fmt!r} is not {FORMAT} or {INLINE_FORMAT}; upgrade asynccp to read it"
+            raise _bad(key, why)
+        return cls.from_doc(doc, key=key, inline=fmt == INLINE_FORMAT)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], *, key: str, inline: bool = False) -> Manifest:
         """Validate a decoded manifest (or one part of a sharded step's): every field but
-        ``format``. Raises CorruptCheckpointError naming ``key``."""
+        ``format``. ``inline``: files may carry their bytes (format 3). Raises
+        CorruptCheckpointError naming ``key``."""
 
         def bad(why: str) -> CorruptCheckpointError:
             return _bad(key, why)
@@ -155,7 +204,8 @@ class Manifest:
                 crc = info.get("crc32c")
                 if not isinstance(crc, str) or not _CRC_RE.match(crc):
                     raise bad(f"crc32c of {name!r} is not 8 hex digits")
-                files[name] = FileInfo(size, int(crc, 16))
+                body = _inline(info, name, size, bad) if inline else None
+                files[name] = FileInfo(size, int(crc, 16), body)
             check_names(list(files))
         except InvalidNameError as e:
             raise bad(str(e)) from e
@@ -167,6 +217,31 @@ def _recorded(crc: int | None) -> int:
     if crc is None:
         raise ValueError("a manifest records a checksum for every file")
     return crc
+
+
+def _file_doc(info: FileInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {"size": info.size, "crc32c": f"{_recorded(info.crc32c):08x}"}
+    if info.inline is not None:
+        doc["inline"] = base64.b64encode(info.inline).decode("ascii")
+    return doc
+
+
+def _inline(
+    info: Mapping[str, Any], name: str, size: int, bad: Callable[[str], CorruptCheckpointError]
+) -> bytes | None:
+    """The bytes of file ``name`` held in its record (None: a payload object)."""
+    text = info.get("inline")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise bad(f"inline bytes of {name!r} are not a base64 string")
+    try:
+        body = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise bad(f"inline bytes of {name!r} are not base64 ({e})") from e
+    if len(body) != size:
+        raise bad(f"inline bytes of {name!r} are {len(body)} long, its size says {size}")
+    return body
 
 
 def _bad(key: str, why: str) -> CorruptCheckpointError:

@@ -8,6 +8,8 @@ destination of a download.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import InvalidNameError
 
 __all__ = ["MAX_NAME", "MAX_SEGMENT_BYTES", "check_names", "validate_name"]
@@ -16,6 +18,17 @@ __all__ = ["MAX_NAME", "MAX_SEGMENT_BYTES", "check_names", "validate_name"]
 MAX_NAME = 1024
 #: The longest file name (one path segment) local file systems take, in bytes.
 MAX_SEGMENT_BYTES = 255
+#: Names, and lists of names, found valid already: a loop saves the same names save
+#: after save, and each is checked once (bounded: emptied when this many are known).
+_KNOWN = 4096
+_valid: set[str] = set()
+_valid_lists: set[tuple[str, ...]] = set()
+
+
+def _remember(known: set[Any], item: Any) -> None:
+    if len(known) >= _KNOWN:
+        known.clear()
+    known.add(item)
 
 
 def validate_name(name: object) -> str:
@@ -35,6 +48,8 @@ def validate_name(name: object) -> str:
     ending in an ASCII letter and ``:`` or ``|`` (``weights:``, taken for a drive
     letter) — but asynccp reads, lists and deletes local directories itself.
     """
+    if type(name) is str and name in _valid:  # (a str subclass is checked each time)
+        return name
     if not isinstance(name, str):
         raise InvalidNameError(f"a file name must be a str, got {type(name).__name__}")
     if not name:
@@ -66,11 +81,16 @@ def validate_name(name: object) -> str:
                 f"file name {name[:60]!r}… has a segment longer than {MAX_SEGMENT_BYTES} "
                 f"bytes in UTF-8 ({segment[:40]!r}…): no local file system can hold it"
             )
+    if type(name) is str:
+        _remember(_valid, name)
     return name
 
 
 def check_names(names: list[str]) -> None:
     """Reject duplicate names and a name that is also another name's folder."""
+    key = tuple(names)
+    if key in _valid_lists:
+        return
     seen = set(names)
     if len(seen) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -81,3 +101,4 @@ def check_names(names: list[str]) -> None:
             folder = "/".join(parts[:i])
             if folder in seen:
                 raise InvalidNameError(f"{folder!r} is both a file and the folder of {name!r}")
+    _remember(_valid_lists, key)

@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -39,23 +39,25 @@ from ._layout import (
     QUARANTINE,
     is_temporary,
     parse_data_dir,
+    payload_key,
     quarantine_key,
     step_of_quarantine_key,
 )
 from ._leases import drop, read_leases
-from ._options import Retention
-from ._shard_records import AnyManifest, ShardedManifest, decode_record, folders_of, owned_prefixes
+from ._manifest import Manifest
+from ._shard_records import AnyManifest, decode_record, folders_of, owned_prefixes
 from ._shards import sweep_parts
 from ._store import ObjectInfo, Store, call
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 __all__ = [
-    "Housekeeping",
+    "Known",
     "Retained",
     "Trust",
     "apply_retention",
     "collect_orphans",
     "delete_record",
+    "delete_records",
     "invalid_records",
     "is_tombstone",
     "purge_quarantine",
@@ -92,6 +94,25 @@ def steps_to_delete(steps: list[int], keep: int | None, keep_every: int | None) 
     return [s for s in steps if s not in kept]
 
 
+@dataclass(frozen=True)
+class Known:
+    """A valid record, as retention knows it: the checkpoint it commits, the folders
+    deleting it removes, and — when its manifest names them all — its payload objects
+    (deleted by name, with no listing; None: list the folders)."""
+
+    checkpoint: Bad
+    folders: list[str]
+    objects: list[str] | None = None
+
+    @classmethod
+    def of(cls, manifest: AnyManifest) -> Known:
+        folders = owned_prefixes(manifest)
+        if isinstance(manifest, Manifest):  # (a sharded step's part records: listed)
+            objects = [payload_key(manifest.data, name) for name in manifest.stored]
+            return cls((manifest.step, manifest.writer), folders, objects)
+        return cls((manifest.step, manifest.writer), folders)
+
+
 async def delete_record(store: Store, record: Record, folders: list[str] | None) -> None:
     """Delete one checkpoint: its record (every revision), then its payload ``folders``
     (a sharded step: every part's folder, then its part records).
@@ -99,10 +120,31 @@ async def delete_record(store: Store, record: Record, folders: list[str] | None)
     With ``folders`` None (a record too broken to name them) the payload is left to the
     orphan collector.
     """
-    await _delete(store, [record.key, *record.superseded])
-    for prefix in folders or []:
-        objs = await _list(store, prefix + "/")
-        await _delete(store, [o.key for o in objs])
+    known = None if folders is None else Known((record.step, ""), folders)
+    await delete_records(store, [(record, known)])
+
+
+async def delete_records(store: Store, doomed: Sequence[tuple[Record, Known | None]]) -> None:
+    """Delete checkpoints: every record (all revisions) in one call, so that each stops
+    being committed before any of its payload goes; then all their payload in one call
+    (objects named by their manifests; folders listed where the manifest cannot name
+    everything, such as a sharded step's part records). A record known as None (too
+    broken to name its payload) leaves its payload to the orphan collector.
+    """
+    if not doomed:
+        return
+    await _delete(store, [k for record, _ in doomed for k in (record.key, *record.superseded)])
+    objects: list[str] = []
+    for _, known in doomed:
+        if known is None:
+            continue
+        if known.objects is not None:
+            objects += known.objects
+            continue
+        for prefix in known.folders:
+            objects += [o.key for o in await _list(store, prefix + "/")]
+    if objects:
+        await _delete(store, objects)
 
 
 @dataclass
@@ -113,9 +155,8 @@ class Trust:
     once: a steady writer, whose own commits are known to verify, reads no payload.
     """
 
-    #: Records found valid: key → the checkpoint's ``(step, writer)`` and the folders
-    #: deleting it removes.
-    valid: dict[str, tuple[Bad, list[str]]] = field(default_factory=dict)
+    #: Records found valid: key → what deleting its checkpoint removes.
+    valid: dict[str, Known] = field(default_factory=dict)
     #: Records known to verify: committed by this writer, or read whole and checked.
     verified: set[str] = field(default_factory=set)
     #: Checkpoints known not to verify (a checkpointer shares its step order's set:
@@ -124,7 +165,7 @@ class Trust:
 
     def committed(self, key: str, manifest: AnyManifest) -> None:
         """This writer committed ``manifest`` as ``key``: valid, and known to verify."""
-        self.valid[key] = ((manifest.step, manifest.writer), owned_prefixes(manifest))
+        self.valid[key] = Known.of(manifest)
         self.verified.add(key)
 
 
@@ -182,15 +223,15 @@ async def apply_retention(
                 manifest = await catalog.validate(store, record)
             except (CorruptCheckpointError, CheckpointNotFoundError):
                 continue  # never counted, never deleted here
-            trust.valid[record.key] = ((manifest.step, manifest.writer), owned_prefixes(manifest))
+            trust.valid[record.key] = Known.of(manifest)
             entries.append((record, manifest))
         else:
             entries.append((record, None))
     verified: list[int] = []
     while True:
-        counted = [(r, m) for r, m in entries if trust.valid[r.key][0] not in trust.bad]
+        counted = [(r, m) for r, m in entries if trust.valid[r.key].checkpoint not in trust.bad]
         doomed = set(steps_to_delete([r.step for r, _ in counted], keep, keep_every))
-        not_verifying = [r.step for r, _ in entries if trust.valid[r.key][0] in trust.bad]
+        not_verifying = [r.step for r, _ in entries if trust.valid[r.key].checkpoint in trust.bad]
         kept = [r.step for r, _ in counted if r.step not in doomed]
         if not doomed:
             return Retained([], kept, verified, not_verifying)
@@ -208,8 +249,8 @@ async def apply_retention(
         ]
         kept = [r.step for r, _ in counted if r.step not in {r.step for r, _ in going}]
         if not dry_run:
+            await delete_records(store, [(r, trust.valid[r.key]) for r, _ in going])
             for record, _ in going:
-                await delete_record(store, record, trust.valid[record.key][1])
                 trust.valid.pop(record.key, None)
                 trust.verified.discard(record.key)
         return Retained([r.step for r, _ in going], kept, verified, not_verifying)
@@ -480,81 +521,3 @@ async def _referenced(store: Store, steps: set[int]) -> tuple[set[str], set[int]
         else:
             named.update(folders)
     return named, unreadable
-
-
-class Housekeeping:
-    """A writer's housekeeping: retention after each commit, orphan collection once.
-
-    Never fatal: a failure is logged and retried at the next commit (the commit it
-    follows has succeeded, and that is what its caller waits for).
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        retention: Retention,
-        writer: str,
-        bad: set[Bad],
-        shard: int | None = None,
-        generation: str | None = None,
-        hold: Callable[[], Collection[int]] = tuple,
-    ) -> None:
-        self.store = store
-        #: The steps retention must leave now (see :func:`apply_retention`).
-        self.hold = hold
-        #: Of a sharded launch only shard 0 does housekeeping: one process deletes.
-        self.active = shard in (None, 0)
-        self.generation = generation
-        self.keep = retention.keep
-        self.keep_every = retention.keep_every
-        self.orphan_grace = timedelta(seconds=retention.orphan_grace)
-        self.writer = writer
-        #: What retention knows of the records (``bad`` is the step order's own set).
-        self.trust = Trust(bad=bad)
-        self._orphans_collected = False
-
-    def _this_launch(self, manifest: AnyManifest) -> bool:
-        """A sharded step every part of which this launch wrote: as good as our own."""
-        return isinstance(manifest, ShardedManifest) and manifest.generation == self.generation
-
-    async def after_commit(
-        self, key: str, manifest: AnyManifest | None, *, idle: bool = True
-    ) -> None:
-        """This writer committed ``manifest`` as the record ``key`` (None: a sharded
-        writer's part, whose step retention finds): apply retention, collect orphans.
-
-        Orphan collection (a lease write, listings, deletes) waits for a commit after
-        which nothing is staged (``idle``): on a local disk its writes would take turns
-        in the journal with the commits of checkpoints still pending (a burst of four
-        1 MiB durable checkpoints committed at ~58 % of raw durable puts with it right
-        after the first, at ~100 % with it after the last).
-        """
-        if not self.active:
-            return
-        if manifest is not None:
-            self.trust.committed(key, manifest)
-        try:
-            if self.keep is not None:
-                await apply_retention(
-                    self.store,
-                    self.keep,
-                    self.keep_every,
-                    trust=self.trust,
-                    trusted=self._this_launch if self.generation is not None else None,
-                    hold=self.hold,
-                )
-            if not self._orphans_collected and idle:
-                self._orphans_collected = True
-                await collect_orphans(
-                    self.store,
-                    self.orphan_grace,
-                    writer=self.writer,
-                    generation=self.generation,  # its lease, rewritten, still names it
-                )
-        except Exception as e:
-            log.warning(
-                "asynccp: retention in %s failed (will retry next commit): %s",
-                self.store.description,
-                e,
-            )

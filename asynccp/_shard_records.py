@@ -62,7 +62,7 @@ __all__ = [
 
 #: The manifest format of a sharded step (a checkpoint of one process stays format 1).
 SHARDED_FORMAT = 2
-assert MAX_FORMAT == SHARDED_FORMAT
+assert SHARDED_FORMAT <= MAX_FORMAT
 #: Part numbers are at most six digits in a part record's key.
 MAX_SHARDS = 999_999
 #: The file names of a sharded step, seen whole, start with this and the shard number.
@@ -239,7 +239,11 @@ class ShardedManifest:
     @classmethod
     def decode(cls, raw: bytes, *, key: str) -> ShardedManifest:
         """Parse and validate a sharded step's manifest stored at ``key``."""
-        doc = decode_doc(raw, key=key)
+        return cls.from_doc(decode_doc(raw, key=key), key=key)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], *, key: str) -> ShardedManifest:
+        """Validate a sharded step's manifest, decoded from ``key``."""
         if doc.get("format") != SHARDED_FORMAT or isinstance(doc.get("format"), bool):
             raise _bad(key, f"format {doc.get('format')!r} is not {SHARDED_FORMAT}")
         shards, generation, raw_parts = doc.get("shards"), doc.get("generation"), doc.get("parts")
@@ -270,33 +274,29 @@ def _embedded(shard: int, m: Manifest) -> dict[str, Any]:
     return {"shard": shard, **doc}
 
 
-def _format_of(raw: bytes) -> object:
-    try:
-        doc = decode_doc(raw, key="")
-    except CorruptCheckpointError:
-        return None
-    return doc.get("format")
-
-
 #: A step's manifest: of one process, or of a sharded step.
 AnyManifest = Manifest | ShardedManifest
 
 
 def decode_record(raw: bytes, *, key: str) -> Manifest | ShardedManifest:
-    """A step's manifest, of one process (format 1) or sharded (format 2), validated."""
-    if _format_of(raw) == SHARDED_FORMAT:
-        return ShardedManifest.decode(raw, key=key)
-    return Manifest.decode(raw, key=key)
+    """A step's manifest, of one process (format 1, or 3 with inline files) or sharded
+    (format 2), validated."""
+    doc = decode_doc(raw, key=key)
+    if doc.get("format") == SHARDED_FORMAT:
+        return ShardedManifest.from_doc(doc, key=key)
+    return Manifest.from_record(doc, key=key)
 
 
 def folders_of(m: Manifest | ShardedManifest) -> list[str]:
-    """The payload folders a manifest names."""
-    return [m.data] if isinstance(m, Manifest) else [p.data for p in m.parts]
+    """The payload folders a manifest names (none for a checkpoint whose every file is
+    inside its record)."""
+    parts = [m] if isinstance(m, Manifest) else m.parts
+    return [p.data for p in parts if p.stored]
 
 
 def owned_prefixes(m: AnyManifest) -> list[str]:
     """What deleting the step ``m`` commits removes after its record: its payload folders,
     and for a sharded step its part records (of every generation: the step is gone)."""
     if isinstance(m, Manifest):
-        return [m.data]
-    return [p.data for p in m.parts] + [parts_dir(m.step).rstrip("/")]
+        return folders_of(m)
+    return [*folders_of(m), parts_dir(m.step).rstrip("/")]

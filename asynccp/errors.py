@@ -29,7 +29,8 @@ wrong type is a plain ``TypeError``, one of the right type but a bad value a pla
     │   ├── AutosaveError                      autosave() failed max_failures times in a row
     │   └── RetriesExhausted                   supervise(): every attempt failed
     ├── RecoverableError                       raise it in a supervised job to retry
-    └── ObjectExists                           internal: a create-if-absent found the key
+    ├── ObjectExists                           internal: a create-if-absent found the key
+    └── Abandoned                              internal: a worker thread's call was given up on
     TypeError
     └── NotAwaitableError                      supervise(): fn(cp) is not awaitable
     SystemExit
@@ -285,3 +286,12 @@ class Terminated(BaseException):
     stops the loop's code where it is); the block's exit flushes and turns it into
     :class:`Preempted`. A ``BaseException``: an ``except Exception`` in the loop must
     not swallow it."""
+
+
+class Abandoned(Exception):
+    """Internal: a worker thread waiting for its turn to commit found its call given up
+    on (its caller was cancelled), and stops without creating a record.
+
+    Raised in the worker thread (:mod:`asynccp._write._turns`); nobody waits for that
+    call's outcome any more, so it never reaches a caller.
+    """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -148,3 +149,42 @@ def medians(res: dict[str, list[Round]]) -> dict[str, dict[str, float]]:
             k: statistics.median(r.restore_seconds * 1000 for r in v) for k, v in res.items()
         },
     }
+
+
+def fsync(path: Path, folder: bool = False) -> None:
+    """Make a file (or a folder's entries) durable."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def raw_durable_puts(where: Path, saves: int, body: bytes) -> float:
+    """``saves`` raw durable puts of ``body`` under ``where`` (obstore put, fsync of the
+    file, its folder and ``where``), as ``asynccp bench``'s sync writer does; seconds."""
+    import obstore
+    from obstore.store import LocalStore
+
+    where.mkdir(parents=True)
+    store = LocalStore(where)
+    t0 = time.perf_counter()
+    for i in range(saves):
+        rel = f"{i:04d}/data"
+        obstore.put(store, rel, body)
+        fsync(where / rel)
+        fsync(where / f"{i:04d}", True)
+        fsync(where, True)
+    return time.perf_counter() - t0
+
+
+def seed_loop(n: int) -> float:
+    """Flyte's seed loop on ``current_context().checkpoint`` (inside a flytekit task);
+    returns the loop's seconds."""
+    from flytekit import current_context
+
+    cp = current_context().checkpoint
+    t0 = time.perf_counter()
+    for i in range(n):
+        cp.write(f"{i + 1}".encode())
+    return time.perf_counter() - t0

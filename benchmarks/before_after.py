@@ -57,6 +57,9 @@ def figures(doc: dict[str, Any]) -> dict[str, tuple[float | None, bool]]:
     small = doc.get("small_saves") or {}
     out["16 B saves: saves/s"] = (small.get("asynccp_saves_per_s"), True)
     out["16 B saves: / sync writes"] = (small.get("ratio"), True)
+    block = doc.get("small_block_saves") or {}  # (absent from a tree before it)
+    out["16 B saves, block: saves/s"] = (block.get("asynccp_saves_per_s"), True)
+    out["16 B saves, block: / sync writes"] = (block.get("ratio"), True)
     memory = doc.get("memory") or {}
     out["peak RSS growth (MiB)"] = (memory.get("growth_mib"), False)
     return out

@@ -40,20 +40,14 @@ STALL_TARGET = 0.01  # plugin stall <= 1 % of Flyte 2's
 # -- flytekit: the seed's loop ------------------------------------------------------------
 
 try:
-    from flytekit import current_context, task
+    from flytekit import task
 
     import asynccp.flytekit
 except ImportError:
     task = None
 
 
-def seed_loop(n: int) -> float:
-    """The seed's loop on ``current_context().checkpoint``; returns the loop's seconds."""
-    cp = current_context().checkpoint
-    t0 = time.perf_counter()
-    for i in range(n):
-        cp.write(f"{i + 1}".encode())
-    return time.perf_counter() - t0
+seed_loop = c.seed_loop
 
 
 if task is not None:  # flytekit wants tasks at module level

@@ -396,18 +396,10 @@ async def small_durable(
     bench`` saves), or spaced — each save waits for the previous checkpoint to commit,
     as a loop that saves now and then does.
     """
+    import _common as c
     import anyio.to_thread
-    import obstore
-    from obstore.store import LocalStore
 
     import asynccp
-
-    def fsync(path: Path, folder: bool = False) -> None:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     body = os.urandom(MiB)
     out = []
@@ -430,20 +422,9 @@ async def small_durable(
                             await h
                         mine.append(time.perf_counter() - t0)
                 else:
-
-                    def puts(where: Path = where, saves: int = saves) -> float:
-                        where.mkdir(parents=True)
-                        store = LocalStore(where)
-                        t0 = time.perf_counter()
-                        for i in range(saves):
-                            rel = f"{i:04d}/data"
-                            obstore.put(store, rel, body)
-                            fsync(where / rel)
-                            fsync(where / f"{i:04d}", True)
-                            fsync(where, True)
-                        return time.perf_counter() - t0
-
-                    raw.append(await anyio.to_thread.run_sync(puts))
+                    raw.append(
+                        await anyio.to_thread.run_sync(c.raw_durable_puts, where, saves, body)
+                    )
                 shutil.rmtree(where, ignore_errors=True)
         out.append(
             {

@@ -89,6 +89,14 @@ def cases_table(doc: dict[str, Any]) -> None:
             f"| {num(ls['p50'], '.0f')} / {num(ls['p99'], '.0f', ' ms')} |"
         )
     small, mem = doc.get("small_saves"), doc.get("memory")
+    block = doc.get("small_block_saves")
+    if block:
+        print(
+            f"\nSmall saves (16 B, policy=block, {block['saves']} saves, every one committed): "
+            f"asynccp {num(block['asynccp_saves_per_s'], ',.0f', '/s')} vs sync writes "
+            f"{num(block['sync_writes_per_s'], ',.0f', '/s')} = {num(block['ratio'], '.2f', ' x')} "
+            f"({num(block['ratio_low'], '.2f')} to {num(block['ratio_high'], '.2f')} by round)."
+        )
     if small:
         print(
             f"\nSmall saves (16 B, policy=latest, {small['saves']} saves): asynccp "

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from _moto import make_s3_store
 from _proxy import FaultProxy
+from _sites import edit_newest
 
 import asynccp
 from asynccp import Checkpointer
@@ -553,8 +554,7 @@ async def test_lifespan_starts_fresh_then_restores_the_newest_that_verifies(
     # The newest checkpoint rots on disk: its payload no longer matches its checksum.
     newest = (await committed(tmp_path))[-1][0]
     assert newest > good
-    (payload,) = (tmp_path / "data").glob(f"{newest:020d}-*/data")
-    payload.write_bytes(payload.read_bytes().replace(b"3", b"4"))
+    assert edit_newest(tmp_path, "data", lambda data: data.replace(b"3", b"4")) == newest
     with pytest.warns(asynccp.CorruptCheckpointWarning):
         async with open_service() as kept:
             assert kept.value == {"a": 2} and kept.checkpoint is not None

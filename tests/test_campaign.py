@@ -19,6 +19,7 @@ last, each as a plain test.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -58,11 +59,14 @@ SEED_ENV = "ASYNCCP_CAMPAIGN_SEED"
 
 
 async def is_complete(ckpt: Checkpoint) -> bool:
-    """Whether every payload object of ``ckpt`` exists with its recorded size."""
+    """Whether every payload object of ``ckpt`` exists with its recorded size (a file
+    inside its record, a tiny checkpoint's, is there by the record's own validation)."""
     folder = data_dir(ckpt.step, ckpt.writer) + "/"
     objs = await anyio.to_thread.run_sync(ckpt._store.list_objects, folder)
     sizes = {o.key[len(folder) :]: o.size for o in objs}
-    return all(sizes.get(name) == info.size for name, info in ckpt.files.items())
+    return all(
+        info.inline is not None or sizes.get(name) == info.size for name, info in ckpt.files.items()
+    )
 
 
 def campaign_seed() -> int:
@@ -185,7 +189,7 @@ class Model:
 
 def make_entry(rng: random.Random, model: Model, step: int) -> Entry:
     model.version += 1
-    blob = rng.randbytes(rng.randint(64, 4096))
+    blob = rng.randbytes(rng.randint(64, 8192))  # (tiny ones inside their records, or not)
     state = {"step": step, "version": model.version, "blob_crc": crc32c.crc32c(blob)}
     return Entry(state, blob)
 
@@ -220,9 +224,14 @@ def damage(site: Site, model: Model, step: int, kind: str, rng: random.Random, n
     raw = site.raw.get(key)
     doc = json.loads(raw)
     folder = doc["data"]
-    target = f"{folder}/{rng.choice(FILES)}"
+    name = rng.choice(FILES)
+    target = f"{folder}/{name}"
     status = "incomplete"
-    if kind == "garbage":
+    record_kinds = (*MANIFEST_DAMAGE, "names_missing_file")
+    if "inline" in doc["files"][name] and kind not in record_kinds:
+        # a tiny checkpoint: its files are inside its record
+        status = damage_inline(site, key, doc, name, kind, rng, n)
+    elif kind == "garbage":
         site.raw.put(key, b"garbage{" + rng.randbytes(rng.randint(0, 40)))
         status = "unlisted"
     elif kind == "truncated_manifest":
@@ -275,6 +284,44 @@ def damage(site: Site, model: Model, step: int, kind: str, rng: random.Random, n
     entry.status = status
     entry.damage = kind
     entry.record = site.raw.get(key)
+
+
+def damage_inline(
+    site: Site, key: str, doc: dict[str, Any], name: str, kind: str, rng: random.Random, n: int
+) -> str:
+    """Damage ``kind`` done to a tiny checkpoint, whose files are inside its record
+    ``doc`` (stored at ``key``); return the status it leaves. The record's own kinds
+    as for any record; a file "deleted" (or its folder) leaves the record naming a
+    payload object that is not there (incomplete); a file truncated no longer matches
+    its size (the record is invalid); a flipped byte is found by a read."""
+    files = doc["files"]
+    if kind in ("object_deleted", "folder_in_place"):
+        del files[name]["inline"]
+        status = "incomplete"
+    elif kind == "folder_deleted":
+        for info in files.values():
+            del info["inline"]
+        status = "incomplete"
+    elif kind == "object_truncated":
+        body = base64.b64decode(files[name]["inline"])
+        files[name]["inline"] = base64.b64encode(body[: rng.randint(0, len(body) - 1)]).decode()
+        status = "unlisted"
+    elif kind == FLIPPED:
+        body = bytearray(base64.b64decode(files[name]["inline"]))
+        body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+        files[name]["inline"] = base64.b64encode(bytes(body)).decode()
+        status = "flipped"
+    elif kind == STRAY:  # a stray file where the checkpoint has no folder: not damage
+        assert site.raw.root is not None
+        where = os.fsencode(site.raw.root / doc["data"])
+        os.makedirs(where, exist_ok=True)
+        with open(os.path.join(where, b"stray-\xff\xfe-%d" % n), "wb") as f:
+            f.write(b"stray")
+        return "good"
+    else:
+        raise AssertionError(kind)
+    site.raw.put(key, json.dumps(doc).encode())
+    return status
 
 
 async def check_store(site: Site, cp: Checkpointer, model: Model, keep: int | None) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 import pytest
 from _moto import make_s3_store
@@ -18,6 +19,7 @@ from obstore.store import MemoryStore
 
 import asynccp
 from asynccp import Checkpointer
+from asynccp._manifest import INLINE_MAX
 from asynccp._write import FlushResult
 
 
@@ -455,8 +457,8 @@ async def test_retention_keeps_newest_and_milestones(location: Any) -> None:
         retention=asynccp.Retention(keep_every=5),
         keep=2,
     ) as cp:
-        for step in range(12):
-            await (await cp.save(step, {"a": b"x" * step, "b/c": b"y"}))
+        for step in range(12):  # (larger than a record holds: payload objects)
+            await (await cp.save(step, {"a": b"x" * (INLINE_MAX + step), "b/c": b"y"}))
     async with Checkpointer(location) as cp2:
         assert [c.step for c in await cp2.list()] == [0, 5, 10, 11]
         # no payload of a deleted checkpoint remains
@@ -529,15 +531,21 @@ async def test_get_missing_step_and_file(tmp_path: Path) -> None:
 
 
 async def test_manifest_format_on_disk(tmp_path: Path) -> None:
+    body = b"abc" * 2000  # larger than a record holds: a payload object
     async with Checkpointer(tmp_path, attempt=2) as cp:
-        await cp.save(7, {"w": b"abc"}, metadata={"loss": 0.5})
+        await cp.save(7, {"w": body}, metadata={"loss": 0.5})
+        await cp.save(8, {"w": b"abc"})  # tiny: inside its record
     doc = json.loads((tmp_path / "manifests" / f"{7:020d}.json").read_text())
     assert doc["format"] == 1 and doc["step"] == 7 and doc["attempt"] == 2
     assert doc["data"] == f"data/{7:020d}-{cp.writer_id}"
-    assert doc["files"] == {"w": {"size": 3, "crc32c": "364b3fb7"}}
+    assert doc["files"] == {"w": {"size": 6000, "crc32c": f"{crc32c.crc32c(body):08x}"}}
     assert doc["metadata"] == {"loss": 0.5}
     # payload objects hold the caller's bytes unchanged
-    assert (tmp_path / doc["data"] / "w").read_bytes() == b"abc"
+    assert (tmp_path / doc["data"] / "w").read_bytes() == body
+    doc = json.loads((tmp_path / "manifests" / f"{8:020d}.json").read_text())
+    assert doc["format"] == 3 and doc["data"] == f"data/{8:020d}-{cp.writer_id}"
+    assert doc["files"] == {"w": {"size": 3, "crc32c": "364b3fb7", "inline": "YWJj"}}
+    assert not (tmp_path / doc["data"]).exists()  # no payload object: one create
 
 
 @pytest.mark.parametrize("step", [np.int64(3), np.int32(3), np.uint8(3), np.intp(3)])
@@ -731,10 +739,11 @@ async def test_flush_within_a_deadline_returns_what_happened(
         ok = await cp._flush_within(math.inf)
         assert ok == FlushResult(last_committed=0)
         fault_proxy.hold_requests(rb"^PUT \S*/data/")
-        handles = [await cp.save(step, b"held") for step in (1, 2, 3)]
+        held = b"held" * INLINE_MAX  # a payload object (a tiny one has none to hold)
+        handles = [await cp.save(step, held) for step in (1, 2, 3)]
         result = await cp._flush_within(0.3)
         assert result.timed_out and result.last_committed == 0
-        # steps 1 and 2 were in flight (small ones upload two at once), 3 staged: all
+        # steps 1 to 3 were in flight (small ones commit as a group) or staged: all
         # three are abandoned, each named once
         assert result.abandoned == (1, 2, 3)
         assert [type(e) for e in result.errors] == [asynccp.FlushTimeoutError]

@@ -38,6 +38,7 @@ import asynccp
 from asynccp import (
     Checkpoint,
     Checkpointer,
+    CommitUnknownError,
     CorruptCheckpointError,
     CorruptCheckpointWarning,
     FlushTimeoutError,
@@ -192,13 +193,14 @@ async def test_failures_are_reported_earliest_step_first(
             store, limits=asynccp.Limits(max_pending=8), store=asynccp.StoreOptions(io_attempts=1)
         ) as cp:
             fault_proxy.hold_requests(rb"^PUT \S*/data/" + f"{1:020d}".encode())
-            one = await cp.save(1, b"one")
+            # (payload objects: larger than a record holds)
+            one = await cp.save(1, b"one" * 2000)
             await anyio.to_thread.run_sync(fault_proxy.wait_held)
             fault_proxy.set_mode("503", cut_active=False)
-            two = await cp.save(2, b"two")
+            two = await cp.save(2, b"two" * 2000)
             with pytest.raises(UploadError, match="step 2"):
                 await two
-            three = await cp.save(3, b"three")  # step 1 still pending: nothing to report
+            three = await cp.save(3, b"three" * 2000)  # step 1 still pending: nothing to report
             fault_proxy.cut_active()  # the network drops step 1's upload
             fault_proxy.release()
             with pytest.raises(UploadError, match="step 1"):
@@ -338,20 +340,29 @@ async def test_body_exception_flushes_pending_then_propagates_unchanged(
             assert await c.read() == blob(c.step, 3 * MiB)
 
 
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [(b"lost" * 2000, UploadError), (b"lost", CommitUnknownError)],
+    ids=["stored", "inline"],
+)
 async def test_body_exception_with_failed_flush_gets_notes(
-    fault_proxy: FaultProxy, s3_bucket: str
+    fault_proxy: FaultProxy, s3_bucket: str, payload: bytes, error: type[UploadError]
 ) -> None:
+    """The failed flush is a note on the body's exception. A payload object that cannot
+    be put: the checkpoint did not upload. A tiny checkpoint's first request is the
+    create of its record: when it fails and the store cannot be asked, whether it
+    landed is unknown."""
     fault_proxy.set_mode("503")
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config=FAIL_FAST)
     boom = BodyError("the job failed")
     with pytest.raises(BodyError) as ei:
         async with Checkpointer(store) as cp:
-            h = await cp.save(0, b"lost")
+            h = await cp.save(0, payload)
             raise boom
     assert ei.value is boom
     notes = getattr(boom, "__notes__", [])
-    assert any("UploadError" in n for n in notes), notes
-    assert isinstance(h.exception(), UploadError)
+    assert any(f"{error.__name__}:" in n for n in notes), notes
+    assert type(h.exception()) is error
 
 
 # -- 4. payload objects truncated, missing, or flipped in storage ----------------------
@@ -723,8 +734,9 @@ async def test_flush_timeout_abandons_pending_and_reports(
             async with Checkpointer(
                 store, limits=asynccp.Limits(max_pending=16), flush_timeout=0.2
             ) as cp:
-                first = await (await cp.save(0, blob(0, 1000)))
-                handles = [await cp.save(step, blob(step, 1000)) for step in range(1, 6)]
+                # (payload objects: larger than a record holds)
+                first = await (await cp.save(0, blob(0, 5000)))
+                handles = [await cp.save(step, blob(step, 5000)) for step in range(1, 6)]
         assert proxy.held.is_set(), "premise: step 1's request was held during the flush"
         exit_error = ei.value
         mentioned = [repr(exit_error), *getattr(exit_error, "__notes__", [])]
@@ -745,7 +757,7 @@ async def test_flush_timeout_abandons_pending_and_reports(
         assert steps in ([0], [0, 1]), steps  # staged-only steps 2.. never commit
         for c in found:  # no half-checkpoint: whatever is committed is complete
             await c.verify()
-            assert await c.read() == blob(c.step, 1000)
+            assert await c.read() == blob(c.step, 5000)
         # and the next attempt resumes after the latest checkpoint
         latest = await reader.latest()
         assert latest is not None
@@ -823,7 +835,7 @@ async def test_exit_is_bounded_when_the_store_hangs_after_a_commit(
             ) as cp:
                 await (await cp.save(0, b"committed"))
                 fault_proxy.set_mode("503")  # housekeeping after that commit may meet it too
-                stuck = await cp.save(1, b"never")
+                stuck = await cp.save(1, b"never" * 2000)  # (its payload put hangs)
         with pytest.raises(FlushTimeoutError):
             await stuck
     fault_proxy.set_mode("pass")

@@ -42,7 +42,7 @@ from asynccp import (
     InvalidNameError,
 )
 from asynccp._layout import data_dir
-from asynccp._manifest import Manifest
+from asynccp._manifest import INLINE_MAX, Manifest
 from asynccp._store import resolve
 
 #: Names obstore's LocalStore refuses to read (and its listing drops), all valid here.
@@ -53,6 +53,12 @@ AWKWARD = ["a#b", "a?b=c&d", "50%", "%41", "a%2Fb", "sp ace", "tab\u00a0nbsp", "
 
 def manifest_key(step: int) -> str:
     return f"manifests/{step:020d}.json"
+
+
+def stored(data: bytes) -> bytes:
+    """``data`` repeated past what a record holds: a payload object under its name (the
+    names these tests are about are keys in the store only then)."""
+    return data * (INLINE_MAX // len(data) + 1)
 
 
 async def commit(location: Any, payloads: dict[int, Any], **options: Any) -> None:
@@ -87,8 +93,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 async def test_names_local_store_refuses_round_trip(any_site: Site, tmp_path: Path) -> None:
     names = LOCAL_STORE_REFUSES + AWKWARD
-    payload = {n: f"bytes of {n}".encode() for n in names}
-    await commit(any_site.make_location(), {1: payload, 2: {"shard#2": b"two"}}, keep=2)
+    payload = {n: stored(f"bytes of {n}".encode()) for n in names}
+    await commit(any_site.make_location(), {1: payload, 2: {"shard#2": stored(b"two")}}, keep=2)
     async with Checkpointer(any_site.make_location(), keep=1) as cp:
         ckpt = await cp.get(1)
         assert set(ckpt.files) == set(names)
@@ -100,9 +106,9 @@ async def test_names_local_store_refuses_round_trip(any_site: Site, tmp_path: Pa
         await ckpt.verify()
         out = await ckpt.download(tmp_path / "dest")
         assert tree(out) == payload
-        assert await cp.read() == b"two"
+        assert await cp.read() == stored(b"two")
         # Retention deletes such names too, and leaves no payload of step 1 behind.
-        await (await cp.save(3, {"shard#3": b"three"}))
+        await (await cp.save(3, {"shard#3": stored(b"three")}))
     async with Checkpointer(any_site.make_location()) as cp:
         assert [c.step for c in await cp.list()] == [3]
     left = any_site.raw.keys("data/")
@@ -156,7 +162,7 @@ async def test_save_refuses_lone_surrogate(any_site: Site, name: str) -> None:
         with pytest.raises(InvalidNameError, match="UTF-8"):
             await cp.save(1, {name: b"x", "ok": b"y"})
         assert cp.stats.saves == 0
-        await (await cp.save(1, {"ok": b"y"}))
+        await (await cp.save(1, {"ok": stored(b"y")}))
     assert any_site.raw.keys("data/") and all(k.endswith("/ok") for k in any_site.raw.keys("data/"))
 
 
@@ -254,7 +260,7 @@ async def test_undecodable_stray_name_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str, is_dir: bool
 ) -> None:
     root = tmp_path / "store"
-    await commit(root, {1: b"one", 2: b"two"})
+    await commit(root, {1: stored(b"one"), 2: stored(b"two")})
     async with Checkpointer(root) as cp:
         folder = (
             root / data_dir(2, (await cp.get(2)).writer)
@@ -266,10 +272,10 @@ async def test_undecodable_stray_name_is_skipped_with_a_warning(
     async with Checkpointer(root) as cp:
         latest = await cp.latest()
         assert latest is not None and latest.step == 2
-        assert await cp.read() == b"two"
+        assert await cp.read() == stored(b"two")
         assert [c.step for c in await cp.list()] == [1, 2]
         out = await cp.restore(tmp_path / "dest")
-        assert out is not None and tree(out) == {"data": b"two"}
+        assert out is not None and tree(out) == {"data": stored(b"two")}
         await (await cp.save(3, b"three"))
     warned = [r for r in caplog.records if r.name == "asynccp" and "UTF-8" in r.getMessage()]
     assert warned, caplog.text
@@ -350,7 +356,8 @@ async def test_destination_path_too_long_is_a_checkpoint_error_naming_the_file(
 async def test_folder_in_place_of_a_payload_file_is_corruption(
     any_site: Site, tmp_path: Path
 ) -> None:
-    await commit(any_site.make_location(), {1: {"weights": b"one"}, 2: {"weights": b"two"}})
+    one, two = stored(b"one"), stored(b"two")
+    await commit(any_site.make_location(), {1: {"weights": one}, 2: {"weights": two}})
     async with Checkpointer(any_site.make_location()) as cp:
         folder = data_dir(2, (await cp.get(2)).writer)
     any_site.raw.delete(f"{folder}/weights")
@@ -372,10 +379,10 @@ async def test_folder_in_place_of_a_payload_file_is_corruption(
                 latest = await cp.latest()
             assert latest is not None and latest.step == 1
             with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
-                assert await cp.read() == b"one"
+                assert await cp.read() == one
             with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
                 out = await cp.restore(tmp_path / "dest")
-    assert out is not None and tree(out) == {"weights": b"one"}
+    assert out is not None and tree(out) == {"weights": one}
     # A folder in place of a manifest is no manifest, as on an object store.
     any_site.raw.delete(manifest_key(2))
     any_site.raw.put(manifest_key(2) + "/x", b"{}")
@@ -443,7 +450,8 @@ async def test_link_planted_during_the_download_is_refused(tmp_path: Path) -> No
     root, dest, elsewhere = tmp_path / "store", tmp_path / "dest", tmp_path / "elsewhere"
     elsewhere.mkdir()
     dest.mkdir()
-    await commit(root, {1: {"a.bin": b"A", "model/w.bin": b"W"}})
+    a, w = stored(b"A"), stored(b"W")
+    await commit(root, {1: {"a.bin": a, "model/w.bin": w}})
     async with Checkpointer(root) as cp:
         ckpt = await cp.get(1)
         # The payload object becomes a named pipe: the download's read of it waits for
@@ -455,7 +463,7 @@ async def test_link_planted_during_the_download_is_refused(tmp_path: Path) -> No
         def feed() -> None:
             with open(pipe, "wb") as f:  # returns once the download opened the pipe
                 (dest / "model").symlink_to(elsewhere)
-                f.write(b"A")
+                f.write(a)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(anyio.to_thread.run_sync, feed)
@@ -552,3 +560,19 @@ async def test_dest_conflicts_fail_before_anything_moves(tmp_path: Path, conflic
     assert not isinstance(info.value, CorruptCheckpointError)
     assert tree(dest) == before
     assert not [n for n in os.listdir(dest) if n.startswith(".asynccp")]
+
+
+def test_names_found_valid_are_remembered_and_bad_ones_refused_every_time() -> None:
+    """A loop saves the same names save after save: each name, and each list of names,
+    is checked once. A bad name or list is refused every time, whatever came before."""
+    from asynccp._names import check_names, validate_name
+
+    for _ in range(2):
+        assert validate_name("model/w.bin") == "model/w.bin"
+        check_names(["model/w.bin", "state.json"])
+        with pytest.raises(InvalidNameError, match="escape"):
+            validate_name("../w.bin")
+        with pytest.raises(InvalidNameError, match="both a file and the folder"):
+            check_names(["model", "model/w.bin"])
+        with pytest.raises(InvalidNameError, match="duplicate"):
+            check_names(["model/w.bin", "state.json", "model/w.bin"])

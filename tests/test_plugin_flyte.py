@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _sites import edit_newest
 
 pytest.importorskip(
     "flyte", reason="the flyte extra is not installed (pip install 'asynccp[flyte]')"
@@ -60,11 +61,9 @@ def plan_step(plan: str, name: str) -> str:
 
 
 def corrupt_newest(location: str) -> None:
-    """Flip the bytes of the newest committed payload at ``location`` (an earlier
-    attempt's, flushed when it ended)."""
-    newest = sorted((Path(location) / "data").iterdir())[-1]
-    payload = newest / "payload"
-    payload.write_bytes(bytes(b ^ 0xFF for b in payload.read_bytes()))
+    """Flip the bytes of the newest committed checkpoint at ``location`` (an earlier
+    attempt's, flushed when it ended; a counter is tiny: inside its record)."""
+    edit_newest(Path(location), "payload", lambda data: bytes(b ^ 0xFF for b in data))
 
 
 # keep=None: the tests look at every step the attempts committed (the default keeps 3).

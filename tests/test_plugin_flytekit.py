@@ -9,6 +9,7 @@ Local runs call the task as a Python function, as ``python wf.py`` does.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import queue
 import signal
@@ -165,10 +166,14 @@ def test_a_corrupt_newest_checkpoint_is_skipped(counter_task: PythonTask, tmp_pa
     assert_recoverable(
         attempt(counter_task, tmp_path, 0, None, n=10, fail_at=5, fail_on_start=False)
     )
-    # Flip the bytes of the newest checkpoint's payload, as a bad disk or a bad copy would.
-    (payload,) = (tmp_path / "attempt-0" / "data").glob("00000000000000000004-*/*")
-    assert payload.read_bytes() == b"5"
-    payload.write_bytes(b"9")
+    # Change the bytes of the newest checkpoint, as a bad disk or a bad copy would: a
+    # counter is tiny, its bytes live inside its record (its size stays, its checksum
+    # no longer matches).
+    record = tmp_path / "attempt-0" / "manifests" / f"{4:020d}.json"
+    doc = json.loads(record.read_bytes())
+    assert base64.b64decode(doc["files"]["data"]["inline"]) == b"5"
+    doc["files"]["data"]["inline"] = base64.b64encode(b"9").decode()
+    record.write_text(json.dumps(doc))
     with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 4 .* skipped"):
         assert attempt(counter_task, tmp_path, 1, 0, n=10, fail_at=-1, fail_on_start=False) == 4
     # The bad checkpoint is not deleted: the next attempt numbers on after it.

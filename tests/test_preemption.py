@@ -289,7 +289,8 @@ async def test_the_preemption_message_names_every_abandoned_step_once(
     async def job(cp: Checkpointer) -> None:
         await (await cp.save(0, b"committed"))
         fault_proxy.hold_requests(rb"^PUT \S*/data/" + f"{1:020d}".encode())
-        handles = [await cp.save(step, f"step {step}".encode()) for step in range(1, 5)]
+        # (payload objects: larger than a record holds)
+        handles = [await cp.save(step, f"step {step}".encode() * 1000) for step in range(1, 5)]
         await anyio.to_thread.run_sync(fault_proxy.wait_held)
         assert not any(h.done() for h in handles)
         in_flight.extend(range(1, 5))

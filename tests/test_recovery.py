@@ -13,6 +13,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +45,20 @@ def manifest_key(step: int) -> str:
 
 
 def payload(step: int) -> bytes:
-    return f"state at step {step}".encode() * 100
+    """Larger than a record holds (a payload object, which the tests damage)."""
+    return f"state at step {step}".encode() * 300
 
 
-async def save_steps(site: Site, steps: range, **options: Any) -> list[Checkpoint]:
+def tiny(step: int) -> bytes:
+    """Small enough to live inside its record."""
+    return f"state at step {step}".encode()
+
+
+async def save_steps(
+    site: Site, steps: range, make: Any = payload, **options: Any
+) -> list[Checkpoint]:
     async with Checkpointer(site.make_location(), **options) as cp:
-        handles = [await cp.save(s, payload(s)) for s in steps]
+        handles = [await cp.save(s, make(s)) for s in steps]
         return [await h for h in handles]
 
 
@@ -57,11 +66,20 @@ async def read_one(ckpt: Checkpoint) -> bytes:
     return await ckpt.read()
 
 
+def flip(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0xFF
+    return bytes(out)
+
+
 def flip_payload(site: Site, ckpt: Checkpoint) -> None:
+    """One byte of the checkpoint's file flipped where it is stored: its payload object,
+    or (a tiny checkpoint) inside its record."""
+    if ckpt.files["data"].inline is not None:
+        site.raw.edit_inline(manifest_key(ckpt.step), "data", flip)
+        return
     key = f"data/{ckpt.step:020d}-{ckpt.writer}/data"
-    data = bytearray(site.raw.get(key))
-    data[len(data) // 2] ^= 0xFF
-    site.raw.put(key, bytes(data))
+    site.raw.put(key, flip(site.raw.get(key)))
 
 
 def skipping(
@@ -104,18 +122,22 @@ async def test_undecodable_newest_manifest_does_not_block_its_step(any_site: Sit
         assert await (await cp.get(3)).read() == payload(3)
 
 
-async def test_corrupt_newest_payload_resumes_through_load_latest(any_site: Site) -> None:
-    """``latest()`` (metadata only) returns the newest; its payload fails verification;
-    ``load_latest`` falls back, says which step it loaded, and the skipped step is saved
-    again (replaced)."""
-    committed = await save_steps(any_site, range(3))
+@pytest.mark.parametrize("make", [payload, tiny], ids=["stored", "inline"])
+async def test_corrupt_newest_payload_resumes_through_load_latest(
+    any_site: Site, make: Callable[[int], bytes]
+) -> None:
+    """``latest()`` (metadata only) returns the newest; its payload (an object, or the
+    bytes inside a tiny checkpoint's record) fails verification; ``load_latest`` falls
+    back, says which step it loaded, and the skipped step is saved again (replaced)."""
+    committed = await save_steps(any_site, range(3), make)
+    assert (committed[-1].files["data"].inline is not None) is (make is tiny)
     flip_payload(any_site, committed[-1])
     async with Checkpointer(any_site.make_location()) as cp:
         latest = await cp.latest()
         assert latest is not None and latest.step == 2  # valid: sizes match
         with pytest.warns(CorruptCheckpointWarning, match=r"checkpoint 2\b"):
             found = await cp.load_latest(read_one)
-        assert found is not None and found[0].step == 1 and found[1] == payload(1)
+        assert found is not None and found[0].step == 1 and found[1] == make(1)
         replaced = await (await cp.save(2, b"redone"))
         assert await replaced.read() == b"redone"
         assert (await cp.latest()).step == 2  # type: ignore[union-attr]
@@ -313,7 +335,7 @@ async def test_collection_never_takes_a_live_writers_payload(
     direct = make_s3_store(moto_server, s3_bucket)
     fault_proxy.hold_requests(rb"^PUT \S*/manifests/")
     async with Checkpointer(make_s3_store(fault_proxy.url, s3_bucket)) as a:
-        h = await a.save(0, b"a" * 1000)
+        h = await a.save(0, b"a" * 5000)  # (a payload object, not inside the record)
         await anyio.to_thread.run_sync(fault_proxy.wait_held)  # A's commit is held
         async with Checkpointer(direct, retention=asynccp.Retention(orphan_grace=0)) as b:
             await (await b.save(1, b"b"))  # B's housekeeping collects after its commit
@@ -366,7 +388,7 @@ async def test_a_commit_whose_payload_vanished_is_not_resolved(
     fault_proxy.hold_requests(rb"^PUT \S*/manifests/")
     with pytest.raises(asynccp.UploadError, match="deleted while it committed"):
         async with Checkpointer(make_s3_store(fault_proxy.url, s3_bucket)) as a:
-            h = await a.save(0, b"a" * 1000)
+            h = await a.save(0, b"a" * 5000)  # (a payload object, not inside the record)
             await anyio.to_thread.run_sync(fault_proxy.wait_held)  # A's commit is held
             for key in raw.keys("data/"):
                 raw.delete(key)

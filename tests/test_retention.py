@@ -28,6 +28,7 @@ import pytest
 from _sites import Site, make_site
 
 from asynccp import Checkpoint, Checkpointer, CorruptCheckpointWarning
+from asynccp._layout import parse_manifest_key
 from asynccp._retention import Trust, apply_retention
 from asynccp._store import resolve
 from asynccp.cli import main
@@ -38,7 +39,13 @@ def manifest_key(step: int) -> str:
 
 
 def payload(step: int) -> bytes:
-    return f"state at step {step}".encode() * 100
+    """Larger than a record holds (a payload object, which the tests damage)."""
+    return f"state at step {step}".encode() * 300
+
+
+def mixed(step: int) -> bytes:
+    """Odd steps tiny (their bytes inside their records), even steps payload objects."""
+    return f"state at step {step}".encode() * (1 if step % 2 else 300)
 
 
 def data_key(ckpt: Checkpoint) -> str:
@@ -152,6 +159,26 @@ async def test_a_steady_writer_reads_nothing_back(any_site: Site) -> None:
     again = await apply_retention(store, 2, None, trust=trust)
     assert again.verified == [] and again.kept == [4, 5]
     assert [c.step for c in await _list(any_site)] == [4, 5]
+
+
+async def test_a_busy_writer_applies_retention_in_rounds(any_site: Site) -> None:
+    """Tiny checkpoints saved without pause: a retention round runs every ROUND_EVERY
+    commits (not per commit), so the location never holds more than that many beyond
+    ``keep`` (and those staged); once the writer is idle, exactly ``keep`` remain, each
+    its record alone."""
+    from asynccp._housekeeping import ROUND_EVERY
+
+    most = 0
+    async with Checkpointer(any_site.make_location(), keep=2) as cp:
+        for s in range(3 * ROUND_EVERY):
+            await cp.save(s, b"%016d" % s)
+            if s % 16 == 15:
+                most = max(most, len(any_site.raw.keys("manifests/")))
+    assert 2 < most <= 2 + ROUND_EVERY + cp.options.limits.max_pending
+    assert [k.rsplit("/", 1)[-1] for k in any_site.raw.keys("manifests/")] == [
+        f"{s:020d}.json" for s in (3 * ROUND_EVERY - 2, 3 * ROUND_EVERY - 1)
+    ]
+    assert any_site.raw.keys("data/") == []
 
 
 async def _list(site: Site) -> list[Checkpoint]:
@@ -309,17 +336,32 @@ async def test_gc_collects_a_crashed_sharded_writers_temporary_part_record(
 
 def damage(site: Site, rng: random.Random, ckpts: list[Checkpoint]) -> str:
     """One random injury to one random committed checkpoint: a bit flip or a truncation
-    of a payload object, or a record made garbage."""
+    of its file (a payload object, or the bytes inside a tiny checkpoint's record), or a
+    record made garbage."""
     victim = rng.choice(ckpts)
+    ckpts.remove(victim)  # (one injury per checkpoint and run: its record is as listed)
     how = rng.choice(["flip", "flip", "truncate", "record"])
-    if how == "flip":
+    inline = victim.files["data"].inline is not None
+    revisions = [(parse_manifest_key(k), k) for k in site.raw.keys("manifests/")]
+    record = max((r, k) for r, k in revisions if r is not None and r[0] == victim.step)[1]
+    if how == "flip" and inline:  # the bytes inside the record: it fails verification
+
+        def flipped(data: bytes, at: float = rng.random()) -> bytes:
+            out = bytearray(data)
+            out[int(len(out) * at) % len(out)] ^= 0xFF
+            return bytes(out)
+
+        site.raw.edit_inline(record, "data", flipped)
+    elif how == "flip":
         flip(site, data_key(victim), rng.random())
+    elif how == "truncate" and inline:  # shorter than its size says: the record is invalid
+        cut = rng.randrange(victim.size)
+        site.raw.edit_inline(record, "data", lambda data: data[:cut])
     elif how == "truncate":
         raw = site.raw.get(data_key(victim))
         site.raw.put(data_key(victim), raw[: rng.randrange(len(raw))])
     else:
-        keys = [k for k in site.raw.keys("manifests/") if f"{victim.step:020d}" in k]
-        site.raw.put(sorted(keys)[-1], b"{not a record")
+        site.raw.put(record, b"{not a record")
     return f"{how} {victim.step}"
 
 
@@ -330,7 +372,8 @@ async def test_retention_campaign(
 ) -> None:
     """Seeded: runs of a writer with ``keep``, each resuming through ``load_latest`` and
     saving 1-4 steps, with 0-2 random injuries between runs. After every run the newest
-    acknowledged checkpoint verifies and is what ``load_latest`` resumes from."""
+    acknowledged checkpoint verifies and is what ``load_latest`` resumes from. Odd steps
+    are tiny (inside their records), even steps payload objects."""
     caplog.set_level(logging.ERROR, logger="asynccp")
     rng = random.Random(f"retention-{kind}-{keep}")
     site = make_site(kind, tmp_path)
@@ -342,7 +385,7 @@ async def test_retention_campaign(
                 found = await cp.load_latest(read_one)
                 start = found[0].step + 1 if found else 0
                 handles = [
-                    await cp.save(s, payload(s)) for s in range(start, start + rng.randint(1, 4))
+                    await cp.save(s, mixed(s)) for s in range(start, start + rng.randint(1, 4))
                 ]
                 acked = [await h for h in handles][-1]
         fallbacks += sum(issubclass(w.category, CorruptCheckpointWarning) for w in caught)
@@ -352,9 +395,9 @@ async def test_retention_campaign(
                 await (await cp.get(acked.step)).verify()
                 resumed = await cp.load_latest(read_one)
                 assert resumed is not None, f"run {run}: nothing to resume from"
-                assert resumed[0].step == acked.step and resumed[1] == payload(acked.step)
+                assert resumed[0].step == acked.step and resumed[1] == mixed(acked.step)
                 committed = await cp.list()
-        for _ in range(rng.randint(0, 2)):
+        for _ in range(min(len(committed), rng.randint(0, 2))):
             damage(site, rng, committed)
             injuries += 1
     assert injuries > 10 and fallbacks > 0  # the campaign did damage, and it was met

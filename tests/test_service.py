@@ -9,6 +9,7 @@ before the kill is there after the restart, and what is there is exactly the fir
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from _moto import free_port
+from _sites import edit_newest
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -182,9 +184,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_at_startup(
         write(second, i)
     second.stop(signal.SIGTERM)
     # The newest checkpoint's payload rots on disk.
-    newest = max((tmp_path / "state" / "data").iterdir())
-    payload = newest / "data"
-    payload.write_bytes(payload.read_bytes().replace(b'"writes":6', b'"writes":7'))
+    edit_newest(tmp_path / "state", "data", lambda d: d.replace(b'"writes":6', b'"writes":7'))
     third = services()
     restored = third.request("GET", "/status")["writes"]
     assert 3 <= restored < 6  # an older checkpoint: the newest one that verifies
@@ -201,13 +201,12 @@ def test_the_service_stops_when_its_state_can_no_longer_be_saved(
     first = services()
     write(first, 0)
     first.wait_for(lambda s: s["writes_committed"] >= 1, "commit the first write")
-    data = tmp_path / "state" / "data"
-    for folder in data.iterdir():  # the payload folder becomes a file: every upload fails
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
-    data.rmdir()
-    data.write_bytes(b"not a folder")
+    # The records' folder (and the payload folder) become files: every commit fails
+    # (a tiny state's commit is its record alone).
+    for top in ("data", "manifests"):
+        folder = tmp_path / "state" / top
+        shutil.rmtree(folder)
+        folder.write_bytes(b"not a folder")
     write(first, 1)
     try:
         code = first.proc.wait(timeout=BOUND)

@@ -139,6 +139,36 @@ async def test_numpy_state_round_trips(any_site: Site) -> None:
 
 
 @needs_safetensors
+async def test_repeated_shapes_reuse_their_plan_and_a_new_shape_gets_its_own(
+    tmp_path: Path,
+) -> None:
+    """A loop saves the same shapes save after save: their layout (the safetensors
+    header) is made once; a tensor that changes shape, or name, gets a layout of its
+    own, and every checkpoint reads back what was saved in it."""
+    from asynccp._state._encode import plan_state
+
+    def header(state: dict[str, Any]) -> bytes:
+        (_, tensors) = plan_state(State(state), "state")[1]
+        assert not isinstance(tensors, bytes)
+        return tensors.head
+
+    one = {"w": np.zeros((4, 3), np.float32), "b": np.ones(3)}
+    assert header(one) is header({"w": np.ones((4, 3), np.float32), "b": np.zeros(3)})
+    assert header({"w": np.zeros((3, 4), np.float32), "b": np.ones(3)}) != header(one)
+    assert header({"v": np.zeros((4, 3), np.float32), "b": np.ones(3)}) != header(one)
+    states = [
+        {"w": np.full((4, 3), s, np.float32), "b": np.arange(3.0) + s}
+        if s != 2
+        else {"w": np.full((3, 4), s, np.float32), "b": np.arange(3.0) + s}
+        for s in range(4)
+    ]
+    async with Checkpointer(tmp_path / "loc") as cp:
+        done = [await (await cp.save(s, State(st))) for s, st in enumerate(states)]
+    for ckpt, st in zip(done, states, strict=True):
+        got = await ckpt.read_state()
+        assert all(np.array_equal(got[k], st[k]) and got[k].shape == st[k].shape for k in st)
+
+
 async def test_every_numpy_scalar_reads_back_as_a_0d_array_of_its_dtype(tmp_path: Path) -> None:
     """np.float64 subclasses float, and once came back as the Python float 1.5 while
     np.float32 and np.int64 came back as 0-d arrays: every numpy scalar keeps its dtype
@@ -334,7 +364,7 @@ async def test_bad_state_is_refused_before_anything_is_staged(
             await cp.save(0, State(state))
         assert cp.stats.saves == 0 and cp.stats.queue_bytes == 0
         assert not [p for p in staging.rglob("*") if p.is_file() and p.name != ".lock"]
-        ckpt = await (await cp.save(0, State({"ok": np.ones(2)})))  # the step is still free
+        ckpt = await (await cp.save(0, State({"ok": np.ones(1024)})))  # the step is still free
     folders = sorted(p.name for p in (tmp_path / "loc" / "data").iterdir())
     assert folders == [data_dir(ckpt.step, ckpt.writer).split("/")[-1]]
 
@@ -427,7 +457,8 @@ async def test_damaged_state_file_falls_back_to_the_previous_checkpoint(
 
 async def test_damaged_state_json_is_corruption(tmp_path: Path) -> None:
     async with Checkpointer(tmp_path / "loc") as cp:
-        ckpt = await (await cp.save(0, State({"epoch": 0})))
+        # (a tensor larger than a record holds: its two files are payload objects)
+        ckpt = await (await cp.save(0, State({"epoch": 0, "w": np.zeros(1024)})))
     path = tmp_path / "loc" / data_dir(ckpt.step, ckpt.writer) / "state.json"
     path.write_bytes(path.read_bytes().replace(b"0", b"1"))
     with pytest.raises(asynccp.CorruptCheckpointError, match=r"state\.json"):

@@ -31,12 +31,14 @@ from asynccp._store import (
     Store,
     StoreOptions,
     call,
+    durable_commits,
+    local_files,
     local_root,
     resolve,
 )
-from asynccp._write._commit import Committed, commit
-from asynccp._write._group import groupable
+from asynccp._write._commit import Committed, Item, commit
 from asynccp._write._stager import StagedFile
+from asynccp._write._turns import CommitContext
 from asynccp.errors import ObjectExists
 
 
@@ -52,7 +54,7 @@ async def test_a_local_object_that_cannot_be_read_is_a_store_error_naming_it(
     short = tempfile.TemporaryDirectory(prefix="acp-")  # a socket's path is short
     root = Path(short.name) / "s"
     async with Checkpointer(root) as cp:
-        ckpt = await (await cp.save(1, b"hello"))
+        ckpt = await (await cp.save(1, b"hello" * 1000))  # (a payload object)
     key = f"data/{1:020d}-{ckpt.writer}/data"
     (root / key).unlink()
     with socket.socket(socket.AF_UNIX) as sock:
@@ -82,13 +84,13 @@ async def test_a_checkpoint_read_after_another_flush_timed_out_still_retries(
     store = make_s3_store(fault_proxy.url, s3_bucket, retry_config={"max_retries": 0})
     with pytest.raises(asynccp.FlushTimeoutError):
         async with Checkpointer(store, flush_timeout=0.5) as cp:
-            kept = await (await cp.save(0, b"kept"))
-            fault_proxy.hold_requests(rb"^PUT \S*/data/")
-            await cp.save(1, b"stuck")
+            kept = await (await cp.save(0, b"kept" * 2000))  # (payload objects: reads
+            fault_proxy.hold_requests(rb"^PUT \S*/data/")  # and puts to the store)
+            await cp.save(1, b"stuck" * 2000)
     fault_proxy.release()
     failures = fault_proxy.failures
     fault_proxy.fail_next(1, "503")
-    assert await kept.read() == b"kept"  # retried past the 503
+    assert await kept.read() == b"kept" * 2000  # retried past the 503
     assert fault_proxy.failures == failures + 1
 
 
@@ -261,19 +263,11 @@ async def test_a_store_with_only_the_narrow_protocol_commits_and_reads_back() ->
     await call(s, s.open)
 
     async def save(step: int, files: list[StagedFile], writer: str = "aaaa") -> Committed:
-        assert not groupable(s, files)  # no group commit without DurableCommits
-        return await commit(
-            s,
-            step=step,
-            files=files,
-            metadata={"step": step},
-            created_at=datetime.now(timezone.utc),
-            writer=writer,
-            attempt=0,
-            limiter=limiter,
-        )
+        item = Item(step, files, {"step": step}, datetime.now(timezone.utc))
+        return await commit(s, item, CommitContext(writer, 0, limiter))
 
-    one = await save(1, [StagedFile("a", 5, data=b"hello")])  # one small buffer: fast path
+    one = await save(1, [StagedFile("a", 5, data=b"hello")])  # tiny: inside its record
+    assert store.calls == {"open", "create"}
     big = b"x" * (5 << 20)
     two = await save(2, [StagedFile("b", 3, data=b"abc"), StagedFile("c", len(big), data=big)])
     assert (one.key, two.key) == (manifest_key(1), manifest_key(2))
@@ -304,6 +298,5 @@ def test_the_local_directory_has_the_capabilities_and_an_object_store_none(
     memory = resolve("memory://x")
     assert not isinstance(memory, LocalFiles) and not isinstance(memory, DurableCommits)
     assert local_root(memory) is None
-    small = [StagedFile("a", 1, data=b"a")]
-    assert groupable(local, small) and not groupable(memory, small)
-    assert not groupable(resolve(tmp_path, StoreOptions(durable=False)), small)  # nothing to batch
+    assert durable_commits(local) is local and durable_commits(memory) is None
+    assert local_files(local) is local and local_files(memory) is None

@@ -375,7 +375,7 @@ async def test_flush_errors_are_notes_on_the_attempt_error(
     boom = Fatal("the job failed")
 
     async def job(cp: Checkpointer) -> None:
-        await cp.save(0, b"lost")
+        await cp.save(0, b"lost" * 2000)  # (its payload object's put fails)
         raise boom
 
     with pytest.raises(Fatal) as ei:

@@ -39,10 +39,10 @@ SCRIPT = textwrap.dedent(
     import asynccp
 
     async def main(location):
-        limits = asynccp.Limits(max_pending=3, policy="latest")
+        limits = asynccp.Limits(max_pending=2, policy="latest")
         async with asynccp.Checkpointer(location, limits=limits) as cp:
-            # two uploading (the pipeline), the third waiting: the saves after it
-            # supersede the one waiting
+            # one uploading, one waiting (policy="latest" keeps a slot for it): the
+            # saves after it supersede the one waiting
             handles = [await cp.save(step, b"x" * 1000) for step in range(6)]
             await cp.flush()
             stats = cp.stats

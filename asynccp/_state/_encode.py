@@ -9,6 +9,7 @@ only when numpy is loaded, torch tensors only when torch is (:mod:`._torch`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -248,6 +249,27 @@ def plan_state(state: State, name: str) -> list[tuple[str, bytes | Gather | Defe
     return [(json_name, Deferred(len(body), body, complete)), (st_name, gather)]
 
 
+@functools.lru_cache(maxsize=16)
+def _header(layout: tuple[tuple[str, str, tuple[int, ...], int, bool], ...]) -> bytes:
+    """The safetensors header of tensors laid out in this order (name, dtype, shape,
+    bytes, torch's?), its length first. Cached: a loop saves the same state shapes save
+    after save, and a state of many tensors is a long header to encode each time."""
+    header: dict[str, Any] = {
+        "__metadata__": {"format": "pt" if any(torch for *_, torch in layout) else "np"}
+    }
+    offset = 0
+    for key, dtype, shape, nbytes, _ in layout:
+        header[key] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
 def _gather(tensors: list[Tensor]) -> tuple[Gather, list[tuple[int, int]]]:
     """The safetensors file of ``tensors`` as a :class:`Gather`: header, then data.
 
@@ -257,20 +279,7 @@ def _gather(tensors: list[Tensor]) -> tuple[Gather, list[tuple[int, int]]]:
     as ``(file offset, bytes)``, in file order (what the chunk table covers).
     """
     ordered = sorted(tensors, key=lambda t: -t.itemsize)
-    header: dict[str, Any] = {
-        "__metadata__": {"format": "pt" if any(t.torch for t in tensors) else "np"}
-    }
-    offset = 0
-    for t in ordered:
-        header[t.key] = {
-            "dtype": t.dtype,
-            "shape": t.shape,
-            "data_offsets": [offset, offset + t.nbytes],
-        }
-        offset += t.nbytes
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    head = struct.pack("<Q", len(text)) + text
+    head = _header(tuple((t.key, t.dtype, tuple(t.shape), t.nbytes, t.torch) for t in ordered))
     sources: list[tuple[int, Any] | tuple[int, Any, int]] = []
     gpu: list[tuple[int, Any, int]] = []
     pos = len(head)

@@ -5,8 +5,15 @@ thread, abandonable, failures as :class:`~asynccp.StoreError` naming the key and
 location)."""
 
 from ._base import ObjectInfo, Source, Store
-from ._call import call, store_errors, wait_abandoned
-from ._capabilities import DurableCommits, LocalFiles, RangedReads, local_root
+from ._call import abandoned, call, store_errors, wait_abandoned
+from ._capabilities import (
+    DurableCommits,
+    LocalFiles,
+    RangedReads,
+    durable_commits,
+    local_files,
+    local_root,
+)
 from ._local import LocalDir
 from ._object import (
     DEFAULT_CHUNK_SIZE,
@@ -30,8 +37,11 @@ __all__ = [
     "Source",
     "Store",
     "StoreOptions",
+    "abandoned",
     "call",
+    "durable_commits",
     "is_url",
+    "local_files",
     "local_root",
     "resolve",
     "store_errors",

@@ -2,7 +2,8 @@
 
 Every store call of the library goes through :func:`call`:
 
-- it runs in a worker thread (``anyio.to_thread.run_sync``), never on the event loop;
+- it runs in a worker thread (:mod:`asynccp._store._threads`: a lean trip on asyncio,
+  ``anyio.to_thread.run_sync`` elsewhere), never on the event loop;
 - when the task awaiting it is cancelled (the exit flush ran out of time, a reader was
   cancelled), it is abandoned at once rather than awaited — the thread finishes its
   current request on its own — and that call alone stops retrying: the store's retry
@@ -26,9 +27,10 @@ import anyio
 import anyio.to_thread
 
 from ..errors import CheckpointError, ObjectExists, StoreError
+from . import _threads
 from ._base import Store
 
-__all__ = ["call", "describe_keys", "store_errors", "wait_abandoned"]
+__all__ = ["abandoned", "call", "describe_keys", "store_errors", "wait_abandoned"]
 
 T = TypeVar("T")
 
@@ -116,7 +118,16 @@ async def call(
             _thread.stop = None
 
     try:
-        return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=abandon)
+        if abandon:
+            return await _threads.run(run, limiter=limiter)
+        return await anyio.to_thread.run_sync(run, limiter=limiter)
     except anyio.get_cancelled_exc_class():
         stop.set()
         raise
+
+
+def abandoned() -> bool:
+    """Whether the call running in this thread was abandoned (its caller cancelled): a
+    function doing several things in one call stops between them."""
+    stop: threading.Event | None = getattr(_thread, "stop", None)
+    return stop is not None and stop.is_set()

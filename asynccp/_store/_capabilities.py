@@ -30,13 +30,22 @@ Every method is synchronous and blocking and keeps the conventions of
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ._base import Source
 
-__all__ = ["DurableCommits", "LocalFiles", "RangedReads", "local_root"]
+__all__ = [
+    "DurableCommits",
+    "LocalFiles",
+    "RangedReads",
+    "durable_commits",
+    "local_files",
+    "local_root",
+]
 
 
 @runtime_checkable
@@ -135,6 +144,39 @@ class DurableCommits(Protocol):
         ...
 
 
+#: Each store's capabilities, found once: ``isinstance`` against a ``runtime_checkable``
+#: protocol walks its members every time (tens of microseconds, paid per checkpoint by
+#: a loop of tiny saves).
+_FOUND: weakref.WeakKeyDictionary[Any, tuple[LocalFiles | None, DurableCommits | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _capabilities(store: object) -> tuple[LocalFiles | None, DurableCommits | None]:
+    try:
+        return _FOUND[store]
+    except (KeyError, TypeError):  # (TypeError: a store that takes no weak reference)
+        pass
+    found = (
+        store if isinstance(store, LocalFiles) else None,
+        store if isinstance(store, DurableCommits) else None,
+    )
+    with contextlib.suppress(TypeError):
+        _FOUND[store] = found
+    return found
+
+
+def local_files(store: object) -> LocalFiles | None:
+    """``store`` as :class:`LocalFiles` when it is a directory; None otherwise."""
+    return _capabilities(store)[0]
+
+
+def durable_commits(store: object) -> DurableCommits | None:
+    """``store`` as :class:`DurableCommits` when it batches its fsyncs; None otherwise."""
+    return _capabilities(store)[1]
+
+
 def local_root(store: object) -> Path | None:
     """The directory of a store that is one (:class:`LocalFiles`); None otherwise."""
-    return store.root if isinstance(store, LocalFiles) else None
+    found = local_files(store)
+    return None if found is None else found.root

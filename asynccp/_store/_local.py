@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import logging
 import mmap
 import os
@@ -62,6 +63,7 @@ class LocalDir:
 
     def __init__(self, root: Path, *, durable: bool = True, description: str | None = None) -> None:
         self.root = root
+        self._root = os.fspath(root)
         self.durable = durable
         self.description = description or str(root)
         #: Entries a listing skipped and warned about (each is warned about once).
@@ -107,7 +109,34 @@ class LocalDir:
         self._write(key, source, move=move, checked=True)
 
     def create(self, key: str, data: bytes) -> None:
-        self._write(key, data, create=True)
+        """Write ``data`` to a temporary name beside ``key`` (fsynced when durable) and
+        move it to ``key`` only if there is none (ObjectExists otherwise), then make the
+        folder durable: the commit of a record (few system calls: a loop of tiny
+        checkpoints makes one per checkpoint)."""
+        dest = os.path.join(self._root, key)
+        folder, name = os.path.split(dest)
+        tmp = os.path.join(folder, _tmp_name(name))
+        try:
+            fd = os.open(tmp, _CREATE, 0o644)
+        except FileNotFoundError:  # its folder is new (or retention removed it)
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o644)
+        try:
+            try:
+                _write_fd(fd, data)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            _place(tmp, dest)
+        except FileExistsError:
+            _unlink(tmp)
+            raise ObjectExists(key) from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+        if self.durable:
+            fsync_dir(Path(folder))
 
     def prepare_group(self, records: Sequence[tuple[str, bytes, Sequence[str]]]) -> list[Path]:
         """:meth:`prepare_create` for several records at once (durable stores only):
@@ -116,17 +145,18 @@ class LocalDir:
         turns. Returns the prepared files, in order, for :meth:`link_group`."""
         assert self.durable, "a group is prepared on a durable store only"
         made: list[Path] = []
-        sync: list[str] = []
+        objects: list[str] = []
         try:
-            for folder, data, objects in records:
-                key = prepared_record_key(folder, secrets.token_hex(8))
-                tmp = self.root / key
+            for folder, data, sync in records:
+                tmp = self.root / prepared_record_key(folder, secrets.token_hex(8))
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 _write_file(tmp, data, sync=False)
                 made.append(tmp)
-                sync += [*objects, key]
-            _sync_files([self.root / k for k in sync])
-            self.make_durable(sync)
+                objects += sync
+            _sync_files([self.root / k for k in objects] + made)
+            # The objects' names must be durable; a prepared file's need not be (its
+            # link is a new name, made durable by link_group's make_durable).
+            self.make_durable(objects)
         except BaseException:
             self.discard_group(made)
             raise
@@ -198,12 +228,15 @@ class LocalDir:
         """Hard-link ``key`` to the prepared file (ObjectExists when there is one) and
         remove the prepared name; return the key's path (not yet durable)."""
         dest = self.root / key
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(prepared, dest)
+            _place(os.fspath(prepared), os.fspath(dest))
+        except FileNotFoundError:
+            if not prepared.exists():
+                raise
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _place(os.fspath(prepared), os.fspath(dest))
         except FileExistsError:
             raise ObjectExists(key) from None
-        prepared.unlink()
         return dest
 
     def make_durable(self, keys: Sequence[str]) -> None:
@@ -221,24 +254,14 @@ class LocalDir:
             fsync_dir(folder)
 
     def _write(
-        self,
-        key: str,
-        source: Source,
-        *,
-        create: bool = False,
-        move: bool = False,
-        checked: bool = False,
+        self, key: str, source: Source, *, move: bool = False, checked: bool = False
     ) -> None:
-        """Write to a temporary name beside ``key``, then rename (or, to create only if
-        absent, hard-link) it into place."""
+        """Write to a temporary name beside ``key``, then rename it into place."""
         sync = self.durable
-        early = sync and checked and not create  # the final name first, durable later
+        early = sync and checked  # the final name first, durable later
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp_name = f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-        if len(os.fsencode(tmp_name)) > 255:  # a long name: its temporary one must fit too
-            tmp_name = f".{secrets.token_hex(8)}{TMP_SUFFIX}"
-        tmp = dest.with_name(tmp_name)
+        tmp = dest.with_name(_tmp_name(dest.name))
         try:
             if isinstance(source, Path):
                 if move and _try_rename(source, tmp):
@@ -248,21 +271,11 @@ class LocalDir:
                     _copy_file(source, tmp, sync=sync and not early)
             else:
                 _write_file(tmp, source, sync=sync and not early, start_writeback=early)
-            if create:
-                try:
-                    os.link(tmp, dest)
-                except FileExistsError:
-                    raise ObjectExists(key) from None
-                finally:
-                    tmp.unlink()
-                if sync:
-                    fsync_dir(dest.parent)
-            else:
-                # A checked object is renamed before it is durable (prepare_create makes
-                # it so): one journal commit then covers its bytes, its name and its
-                # folder. A crash in between can leave a short file under the final
-                # name: harmless, nothing trusts it until a manifest names it.
-                os.replace(tmp, dest)
+            # A checked object is renamed before it is durable (prepare_create makes it
+            # so): one journal commit then covers its bytes, its name and its folder. A
+            # crash in between can leave a short file under the final name: harmless,
+            # nothing trusts it until a manifest names it.
+            os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -417,14 +430,77 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+#: Temporary names: this process's id and a counter (a clash, after a fork or with
+#: another host sharing the folder, is caught by O_EXCL: the write fails and is retried
+#: by the caller's store call like any other).
+_counter = itertools.count()
+
+
+def _tmp_name(name: str) -> str:
+    tmp = f".{name}.{os.getpid():x}-{next(_counter):x}{TMP_SUFFIX}"
+    if len(os.fsencode(tmp)) > 255:  # a long name: its temporary one must fit too
+        tmp = f".{secrets.token_hex(8)}{TMP_SUFFIX}"
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+# renameat2(2) with RENAME_NOREPLACE (Linux 3.15+, glibc 2.28+): move a file to a name
+# only if the name is free, in one call; elsewhere a hard link, then the old name removed.
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_renameat2: Any = None
+
+
+def _linux_call(name: str, *argtypes: Any) -> Any:
+    """The C library's function ``name`` (returning an int, ``errno`` kept), or False
+    where it does not exist (not Linux, an older C library)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _place(src: str, dest: str) -> None:
+    """Move ``src`` to ``dest`` if ``dest`` does not exist (FileExistsError if it does,
+    and ``src`` stays)."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = _linux_call(
+            "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+        )
+    if _renameat2:
+        a, b = os.fsencode(src), os.fsencode(dest)
+        if _renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), dest)
+        _renameat2 = False  # this file system (or kernel) cannot: hard links from now on
+    os.link(src, dest)
+    os.unlink(src)
+
+
+def _write_fd(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_file(
     path: Path, data: bytes | memoryview, *, sync: bool, start_writeback: bool = False
 ) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_fd(fd, data)
         if sync:
             os.fsync(fd)
         elif start_writeback:
@@ -447,13 +523,9 @@ def _writeback(fd: int, *, wait: bool) -> bool:
     """
     global _sync_file_range
     if _sync_file_range is None:
-        _sync_file_range = False
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-                fn.restype = ctypes.c_int
-                _sync_file_range = fn
+        _sync_file_range = _linux_call(
+            "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+        )
     if not _sync_file_range:
         return False
     flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE

@@ -182,6 +182,14 @@ class ObjectStore:
         return self._retrying(collect)
 
     def delete(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            with contextlib.suppress(FileNotFoundError):
-                self._retrying(obstore.delete, self.store, self._key(key))
+        """Delete objects in bulk (S3: one request per thousand keys), missing ones
+        included; a store that refuses a missing object in a bulk delete gets them one
+        by one."""
+        if not keys:
+            return
+        try:
+            self._retrying(obstore.delete, self.store, [self._key(k) for k in keys])
+        except FileNotFoundError:
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    self._retrying(obstore.delete, self.store, self._key(key))

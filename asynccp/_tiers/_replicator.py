@@ -47,8 +47,9 @@ from .._manifest import Manifest
 from .._retry import Backoff
 from .._store import LocalFiles, Store, call
 from .._write import Replication
-from .._write._commit import Committed, commit
+from .._write._commit import Committed, Item, commit
 from .._write._stager import StagedFile
+from .._write._turns import CommitContext
 from ..errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -314,17 +315,14 @@ class Replicator:
             map_errors=False,
         )
         try:
-            return await commit(
-                self.remote,
-                step=manifest.step,
-                files=files,
-                metadata=manifest.metadata,
-                created_at=manifest.created_at,
+            item = Item(manifest.step, files, manifest.metadata, manifest.created_at)
+            ctx = CommitContext(
                 writer=manifest.writer,
                 attempt=manifest.attempt,
                 limiter=self._limiter,
                 bad=self._bad,
             )
+            return await commit(self.remote, item, ctx)
         except StepAlreadyCommittedError as e:
             raise StepAlreadyCommittedError(
                 f"checkpoint {manifest.step} is in {self.local.description} but another "
@@ -341,14 +339,15 @@ class Replicator:
 
 def _mapped(local: Any, manifest: Manifest) -> list[StagedFile]:
     """The local checkpoint's files mapped and verified (worker thread): what is sent
-    is what was checked. A file missing or different is a CorruptCheckpointError."""
+    is what was checked. A file missing or different is a CorruptCheckpointError. A
+    tiny checkpoint's bytes are in its record (and stay there in the remote tier's)."""
     folder = data_dir(manifest.step, manifest.writer)
     out: list[StagedFile] = []
     try:
         for name, info in manifest.files.items():
             key = payload_key(folder, name)
             try:
-                buf = local.map(key)
+                buf = local.map(key) if info.inline is None else info.inline
             except FileNotFoundError:
                 raise CorruptCheckpointError(
                     f"checkpoint {manifest.step} in {local.description}: {name!r} is missing"

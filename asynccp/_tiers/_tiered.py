@@ -17,7 +17,7 @@ adds, around it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 import anyio
@@ -25,12 +25,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import _catalog as catalog
 from .._catalog import Bad
+from .._housekeeping import Housekeeping
 from .._layout import manifest_key
 from .._leases import LeaseKeeper
 from .._manifest import Manifest
 from .._options import Options, Retention
 from .._reader import CatalogReader
-from .._retention import Housekeeping
 from .._store import LocalFiles, Store, StoreOptions, call, resolve
 from .._write import Committed, FlushResult, Replication, StepOrder
 from ..errors import FlushTimeoutError
@@ -88,6 +88,9 @@ class Tiers:
             ready=self._lease.written,
         )
         self._tidy = anyio.Lock()  # one local retention round at a time
+        #: Whether the pipeline has nothing staged (given by its first commit; until
+        #: then, a catch-up after a crash, it has not staged anything).
+        self._idle: Callable[[], bool] = lambda: True
         self._scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -134,19 +137,30 @@ class Tiers:
 
     # -- the write path -----------------------------------------------------------------
 
-    async def committed_locally(self, committed: Committed, idle: bool) -> None:
-        """The pipeline committed a checkpoint locally: replicate it; local retention."""
-        manifest = committed.manifest
-        self.local_housekeeping.trust.committed(committed.key, manifest)
-        self.replicator.add(manifest)
+    async def committed_locally(self, committed: list[Committed], idle: Callable[[], bool]) -> None:
+        """The pipeline committed checkpoints locally: replicate them; local retention.
+
+        ``idle()`` says whether the pipeline has nothing staged; the local tier's
+        retention rounds after a replication use it too.
+        """
+        self._idle = idle
+        for c in committed:
+            self.local_housekeeping.trust.committed(c.key, c.manifest)
+            self.replicator.add(c.manifest)
         async with self._tidy:
-            await self.local_housekeeping.after_commit(committed.key, manifest, idle=idle)
+            await self.local_housekeeping.after_commit(
+                [(c.key, c.manifest) for c in committed], idle=idle
+            )
 
     async def _after_remote_commit(self, committed: Committed, local: Manifest) -> None:
-        idle = self.replicator.caught_up
-        await self._remote_housekeeping.after_commit(committed.key, committed.manifest, idle=idle)
+        caught_up = self.replicator
+        await self._remote_housekeeping.after_commit(
+            [(committed.key, committed.manifest)], idle=lambda: caught_up.caught_up
+        )
         async with self._tidy:  # what the remote tier holds now may leave the local one
-            await self.local_housekeeping.after_commit(manifest_key(local.step), None, idle=False)
+            await self.local_housekeeping.after_commit(
+                [(manifest_key(local.step), None)], idle=self._idle
+            )
 
     # -- flushing -----------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,19 +26,24 @@ class SaveHandle:
 
     def __init__(self, step: int) -> None:
         self.step = step
-        self._event = anyio.Event()
+        self._done = False
+        #: Made by the first waiter (a loop of saves that never awaits its handles
+        #: makes none), set when the checkpoint settles.
+        self._event: anyio.Event | None = None
+        #: Makes the committed checkpoint, once, when it is first asked for.
+        self._make: Callable[[], Checkpoint] | None = None
         self._result: Checkpoint | None = None
         self._error: BaseException | None = None
 
     def __repr__(self) -> str:
         state = "pending"
-        if self._event.is_set():
+        if self._done:
             state = "committed" if self._error is None else f"failed: {type(self._error).__name__}"
         return f"<SaveHandle step={self.step} {state}>"
 
     def done(self) -> bool:
         """Whether the checkpoint has committed or failed."""
-        return self._event.is_set()
+        return self._done
 
     @property
     def superseded(self) -> bool:
@@ -51,23 +56,35 @@ class SaveHandle:
 
     async def wait(self) -> Checkpoint:
         """Wait for the commit; return the checkpoint or raise its failure."""
-        await self._event.wait()
+        if not self._done:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
         if self._error is not None:
             raise self._error
-        assert self._result is not None
+        if self._result is None:
+            assert self._make is not None
+            self._result, self._make = self._make(), None
         return self._result
 
     def __await__(self) -> Generator[Any, None, Checkpoint]:
         return self.wait().__await__()
 
 
-def resolve(handle: SaveHandle, result: Checkpoint) -> None:
-    """The checkpoint committed: ``await handle`` returns ``result``."""
-    handle._result = result
-    handle._event.set()
+def resolve(handle: SaveHandle, make: Callable[[], Checkpoint]) -> None:
+    """The checkpoint committed: ``await handle`` returns what ``make()`` returns
+    (called once, when first awaited)."""
+    handle._make = make
+    _settle(handle)
 
 
 def fail(handle: SaveHandle, error: BaseException) -> None:
     """The checkpoint did not commit: ``await handle`` raises ``error``."""
     handle._error = error
-    handle._event.set()
+    _settle(handle)
+
+
+def _settle(handle: SaveHandle) -> None:
+    handle._done = True
+    if handle._event is not None:
+        handle._event.set()

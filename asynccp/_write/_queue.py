@@ -19,7 +19,27 @@ import anyio
 
 from .._types import Policy
 
-__all__ = ["StagingQueue"]
+__all__ = ["Changes", "StagingQueue"]
+
+
+class Changes:
+    """Wakes the tasks waiting for a change. The event they wait on is made by the first
+    of them: a change nobody waits for (most of them, in a loop of saves) costs nothing."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
 
 
 class _Sized(Protocol):
@@ -47,7 +67,7 @@ class StagingQueue(Generic[T]):
         self._count = 0
         self._bytes = 0
         self._closed = False
-        self._changed = anyio.Event()
+        self._changed = Changes()
 
     @property
     def depth(self) -> int:
@@ -60,13 +80,17 @@ class StagingQueue(Generic[T]):
         return self._bytes
 
     @property
+    def waiting(self) -> int:
+        """Checkpoints staged and not started yet."""
+        return len(self._waiting)
+
+    @property
     def idle(self) -> bool:
         """Nothing staged or in flight."""
         return self._count == 0
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changed.notify()
 
     def _has_room(self, size: int) -> bool:
         if self._count == 0:
@@ -123,6 +147,10 @@ class StagingQueue(Generic[T]):
         self._count -= 1
         self._bytes -= item.size
         self._notify()
+
+    async def changed(self) -> None:
+        """Wait for the next change (an item staged, taken, done, superseded)."""
+        await self._changed.wait()
 
     async def wait_idle(self) -> None:
         """Wait until every staged item is done."""

@@ -48,7 +48,8 @@ from ..errors import (
     StoreError,
     UploadError,
 )
-from ._commit import PAYLOAD_CHECK_AFTER, Committed, _cleanup, _create_record
+from ._commit import PAYLOAD_CHECK_AFTER, Committed, cleanup
+from ._record import create_record
 
 __all__ = ["commit_part"]
 
@@ -143,7 +144,7 @@ async def _record(store: Store, part: Part, key: str, mine: Collection[str]) -> 
             existing.manifest.writer,
         )
         m = part.manifest
-        await _cleanup(store, [payload_key(m.data, name) for name in m.files])
+        await cleanup(store, [payload_key(m.data, name) for name in m.files])
         return existing
     raise _conflict(store, part, key, existing)
 
@@ -193,7 +194,7 @@ async def _commit_step(
         leaf = first_leaf(e)
         raise leaf from leaf.__cause__
     manifest = ShardedManifest.from_parts(list(parts.values()))
-    await _create_record(store, manifest, bad)
+    await create_record(store, manifest, bad)
     # A part that waited long for the others may have had its payload collected meanwhile
     # (only once its writer's lease lapsed): then the record just made is invalid, and
     # says so (readers skip it; saving the step again replaces it).

@@ -28,9 +28,14 @@ returns a plain dict (the ``--json`` document); :mod:`asynccp.cli._bench_report`
 that dict into tables or a figure. It uses the library as a user would (``Checkpointer``)
 plus the location resolver, so that ``--url`` reads like any asynccp location.
 
+Rounds repeat until the spread is known: each case runs at least ``rounds`` rounds and
+more, up to ``max_rounds``, while the newest round still widens the range of its
+per-round ratios; every ratio is reported with that range (``ratio_low``,
+``ratio_high``), and a target is called missed only when the whole range misses it.
+
 This module runs it all: the store (:mod:`._bench_store`), the payloads and rounds
-(:mod:`._bench_engine`), the memory probe (:mod:`._bench_memory`), the targets
-(:mod:`._bench_targets`).
+(:mod:`._bench_engine`), the small-save tests (:mod:`._bench_small`), the memory probe
+(:mod:`._bench_memory`), the targets (:mod:`._bench_targets`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import anyio
 from ._bench_engine import Case, Engine
 from ._bench_memory import memory
 from ._bench_options import Options
+from ._bench_small import small_saves
 from ._bench_store import Target
 from ._bench_targets import targets
 
@@ -91,10 +97,10 @@ def _version(dist: str) -> str | None:
 
 
 def plan(opts: Options) -> int:
-    """How many progress steps a run takes."""
-    steps = len(opts.kinds) * len(opts.sizes) * opts.rounds * 2
-    if opts.small_saves:
-        steps += opts.rounds * 2
+    """How many progress steps a run takes at most (a case stops adding rounds once its
+    spread is known)."""
+    steps = len(opts.kinds) * len(opts.sizes) * opts.max_rounds * 2
+    steps += (bool(opts.small_saves) + bool(opts.small_block_saves)) * opts.max_rounds * 2
     return steps + (1 if opts.memory else 0)
 
 
@@ -115,7 +121,10 @@ async def run(opts: Options, progress: Callable[[str], None] = lambda _: None) -
                 case = await anyio.to_thread.run_sync(Case, kind, size, src, opts.files_per_save)
                 cases.append(await engine.case(case, lag_case=size == largest))
                 del case
-        small = await engine.small_saves() if opts.small_saves else None
+        small = await small_saves(engine, "latest", opts.small_saves) if opts.small_saves else None
+        block = None
+        if opts.small_block_saves:
+            block = await small_saves(engine, "block", opts.small_block_saves)
         mem = await memory(opts, target, progress) if opts.memory else None
     finally:
         await anyio.to_thread.run_sync(target.close)
@@ -129,6 +138,7 @@ async def run(opts: Options, progress: Callable[[str], None] = lambda _: None) -
         "options": {k: v for k, v in asdict(opts).items() if k != "store_options"},
         "cases": cases,
         "small_saves": small,
+        "small_block_saves": block,
         "memory": mem,
     }
     doc["targets"] = targets(doc)

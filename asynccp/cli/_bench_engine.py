@@ -2,7 +2,8 @@
 
 Each round of a case runs asynccp and the sync writer back to back, alternating which
 goes first, so that machine drift hits both alike; :class:`Engine` reduces the rounds
-to one ``cases`` entry of the result document (and the small-save test to its own).
+to one ``cases`` entry of the result document (the small-save tests are
+:mod:`._bench_small`'s).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from asynccp import Limits
 from asynccp.errors import SupersededError
 
 from ._bench_options import Options
-from ._bench_stats import lag_summary, median, mib_s, ms, per_s, pooled_median, ratio
+from ._bench_stats import lag_summary, median, mib_s, ms, pooled_median, ratio, settled, spread
 from ._bench_store import Target
 from ._format import fmt_size
 
-__all__ = ["Case", "Engine", "Round", "Ticker", "ticking"]
+__all__ = ["Case", "Engine", "Round", "Ticker", "order", "ticking"]
 
 
 # -- payloads --------------------------------------------------------------------------
@@ -117,6 +118,8 @@ class Round:
     restore_seconds: float = 0.0
     restored_bytes: int = 0
     copies: list[float] = field(default_factory=list)
+    #: How late the loop's ticker woke during the round's uploads.
+    lags: list[float] = field(default_factory=list)
 
     @property
     def write_mib_s(self) -> float | None:
@@ -138,7 +141,7 @@ class Engine:
         self.progress = progress
         self._n = 0
 
-    def _sub(self, what: str) -> str:
+    def sub(self, what: str) -> str:
         """A fresh sub-folder name, so that no round sees another's objects."""
         self._n += 1
         return f"{what}-{self._n:04d}"
@@ -147,7 +150,7 @@ class Engine:
         """asynccp saves ``case`` ``saves`` times, awaits every commit, then reads them back."""
         o = self.opts
         r = Round()
-        sub = self._sub("asynccp")
+        sub = self.sub("asynccp")
         limits = Limits(o.max_pending, o.max_pending_bytes, o.policy)
         cp = self.target.checkpointer(sub, limits)
         async with cp, ticking(ticker):
@@ -178,7 +181,7 @@ class Engine:
         """The sync writer on the caller's thread; its puts are the raw-obstore baseline."""
         o = self.opts
         r = Round()
-        sub = self._sub("sync")
+        sub = self.sub("sync")
         if case.buffer is not None:
             for _ in range(o.saves):
                 await anyio.lowlevel.checkpoint()
@@ -208,115 +211,100 @@ class Engine:
         return r
 
     async def case(self, case: Case, lag_case: bool) -> dict[str, Any]:
-        """Interleaved rounds of asynccp and the sync writer on ``case``: one ``cases`` entry."""
+        """Interleaved rounds of asynccp and the sync writer on ``case``: one ``cases`` entry.
+
+        At least ``rounds`` rounds, and more, up to ``max_rounds``, until the spread of
+        the per-round ratios is known (:func:`~._bench_stats.settled`: the newest round
+        no longer widens it).
+        """
         o = self.opts
         a_rounds: list[Round] = []
         s_rounds: list[Round] = []
-        a_lags = Ticker(o.tick_seconds)
-        s_lags = Ticker(o.tick_seconds)
-        for i in range(o.rounds):
-            for who in _order(i):
-                self.progress(f"{case.label}: round {i + 1}/{o.rounds}, {who}")
+        ratios: list[tuple[float | None, ...]] = []
+        while len(a_rounds) < o.max_rounds:
+            i = len(a_rounds)
+            for who in order(i):
+                self.progress(f"{case.label}: round {i + 1}, {who}")
+                ticker = Ticker(o.tick_seconds)
                 if who == "asynccp":
-                    a_rounds.append(await self.asynccp_round(case, a_lags))
+                    a_rounds.append(await self.asynccp_round(case, ticker))
+                    a_rounds[-1].lags = ticker.lags
                 else:
-                    s_rounds.append(await self.sync_round(case, s_lags))
+                    s_rounds.append(await self.sync_round(case, ticker))
+                    s_rounds[-1].lags = ticker.lags
+            a, b = a_rounds[-1], s_rounds[-1]
+            ratios.append(
+                (
+                    ratio(median(a.stalls), median(b.stalls)),
+                    ratio(a.write_mib_s, b.write_mib_s),
+                    ratio(a.restore_mib_s, b.restore_mib_s),
+                )
+            )
+            if len(a_rounds) >= o.rounds and settled(ratios):
+                break
         pairs = list(zip(a_rounds, s_rounds, strict=True))
 
-        def med_ratio(
+        def ratios_of(
             mine: Callable[[Round], float | None], base: Callable[[Round], float | None]
-        ) -> float | None:
-            """The median over the rounds of ``mine(asynccp) / base(baseline)``."""
-            return median([ratio(mine(a), base(s)) for a, s in pairs])
+        ) -> dict[str, float | None]:
+            """The median over the rounds of ``mine(asynccp) / base(baseline)``, and
+            the lowest and highest of those per-round ratios."""
+            each = [ratio(mine(a), base(s)) for a, s in pairs]
+            low, high = spread(each)
+            return {"ratio": median(each), "ratio_low": low, "ratio_high": high}
 
         def rates(rate: Callable[[Round], float | None]) -> dict[str, float | None]:
+            mine = [rate(a) for a in a_rounds]
+            low, high = spread(mine)
             return {
-                "asynccp": median([rate(a) for a in a_rounds]),
+                "asynccp": median(mine),
+                "asynccp_low": low,
+                "asynccp_high": high,
                 "raw_obstore": median([rate(s) for s in s_rounds]),
-                "ratio": med_ratio(rate, rate),
+                **ratios_of(rate, rate),
             }
 
         def stalls(r: Round) -> float | None:
             return median(r.stalls)
 
+        def lags(rounds: list[Round]) -> dict[str, float | int | None]:
+            p99 = [lag_summary(r.lags)["p99"] for r in rounds]
+            low, high = spread(p99)
+            return {
+                **lag_summary([x for r in rounds for x in r.lags]),
+                "p99_low": low,
+                "p99_high": high,
+            }
+
         out: dict[str, Any] = {
             "kind": case.kind,
             "size": case.size,
             "files": len(case.parts),
-            "rounds": o.rounds,
+            "rounds": len(pairs),
             "saves_per_round": o.saves,
             "stall_ms": {
                 "asynccp": ms(pooled_median(a.stalls for a in a_rounds)),
                 "asynccp_max": ms(max((x for a in a_rounds for x in a.stalls), default=None)),
                 "sync_write": ms(pooled_median(s.stalls for s in s_rounds)),
-                "ratio": med_ratio(stalls, stalls),
+                **ratios_of(stalls, stalls),
             },
             "throughput_mib_s": {
                 **rates(lambda r: r.write_mib_s),
                 "committed_bytes": sum(a.committed_bytes for a in a_rounds),
             },
             "restore_mib_s": rates(lambda r: r.restore_mib_s),
-            "loop_lag_ms": {
-                "asynccp": lag_summary(a_lags.lags),
-                "sync_writer": lag_summary(s_lags.lags),
-            },
+            "loop_lag_ms": {"asynccp": lags(a_rounds), "sync_writer": lags(s_rounds)},
         }
         if case.buffer is not None:
             out["stall_ms"]["memory_copy"] = ms(pooled_median(s.copies for s in s_rounds))
-            out["stall_ms"]["ratio_to_copy"] = med_ratio(stalls, lambda s: median(s.copies))
+            to_copy = ratios_of(stalls, lambda s: median(s.copies))
+            out["stall_ms"]["ratio_to_copy"] = to_copy["ratio"]
+            out["stall_ms"]["ratio_to_copy_low"] = to_copy["ratio_low"]
+            out["stall_ms"]["ratio_to_copy_high"] = to_copy["ratio_high"]
         out["lag_case"] = lag_case
         return out
 
-    async def small_saves(self) -> dict[str, Any]:
-        """Flyte's example loop (examples/seed_checkpoint.py): many 16-byte counter saves,
-        policy="latest", vs a sync write each."""
-        o = self.opts
-        per_round = max(1, o.small_saves // o.rounds)
-        a_rates: list[float | None] = []
-        s_rates: list[float | None] = []
-        ratios: list[float | None] = []
-        committed = superseded = 0
-        for i in range(o.rounds):
-            rates: dict[str, float | None] = {}
-            for who in _order(i):
-                self.progress(f"small saves: round {i + 1}/{o.rounds}, {who}")
-                if who == "asynccp":
-                    sub = self._sub("small-asynccp")
-                    limits = Limits(max_pending=o.max_pending, policy="latest")
-                    cp = self.target.checkpointer(sub, limits, keep=3)
-                    async with cp:
-                        t0 = time.perf_counter()
-                        for n in range(per_round):
-                            await cp.save(n, b"%016d" % (n + 1))
-                        await cp.flush()
-                        rates[who] = per_s(per_round, time.perf_counter() - t0)
-                        committed += cp.stats.committed
-                        superseded += cp.stats.superseded
-                else:
-                    sub = self._sub("small-sync")
-                    deadline = time.perf_counter() + 1.0
-                    n = 0
-                    t0 = time.perf_counter()
-                    while n < per_round and time.perf_counter() < deadline:
-                        self.target.put(f"{sub}/counter", b"%016d" % (n + 1))
-                        n += 1
-                    rates[who] = per_s(n, time.perf_counter() - t0)
-                await anyio.to_thread.run_sync(self.target.remove, sub)
-            a_rates.append(rates["asynccp"])
-            s_rates.append(rates["sync"])
-            ratios.append(ratio(rates["asynccp"], rates["sync"]))
-        return {
-            "saves": per_round * o.rounds,
-            "payload_bytes": 16,
-            "policy": "latest",
-            "asynccp_saves_per_s": median(a_rates),
-            "sync_writes_per_s": median(s_rates),
-            "ratio": median(ratios),
-            "committed": committed,
-            "superseded": superseded,
-        }
 
-
-def _order(i: int) -> tuple[str, str]:
+def order(i: int) -> tuple[str, str]:
     """Who runs first in round ``i``: asynccp and the baseline take turns, so drift is shared."""
     return ("asynccp", "sync") if i % 2 == 0 else ("sync", "asynccp")

@@ -29,11 +29,15 @@ class Options:
     sizes: list[int] = field(default_factory=lambda: [MiB, 16 * MiB, 64 * MiB])
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     saves: int = 4
+    #: Rounds per case at least; more, up to ``max_rounds``, until the spread is known.
     rounds: int = 3
+    max_rounds: int = 5
     policy: Policy = "block"
     max_pending: int = 4
     max_pending_bytes: int = 256 * MiB
     small_saves: int = 10_000
+    #: 16-byte saves with policy="block", every one committed (0 skips the test).
+    small_block_saves: int = 2_000
     files_per_save: int = 64
     durable: bool = True
     memory: bool = True
@@ -52,11 +56,14 @@ class Options:
             raise BenchError(f"unknown payload kind(s) {bad}; choose from {', '.join(KINDS)}")
         if self.policy not in ("block", "latest"):
             raise BenchError(f"unknown policy {self.policy!r}; choose 'block' or 'latest'")
+        self.max_rounds = max(self.max_rounds, self.rounds)
         for name in ("saves", "rounds", "max_pending", "max_pending_bytes", "files_per_save"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.small_saves < 0:
             raise BenchError(f"--small-saves must be >= 0, got {self.small_saves}")
+        if self.small_block_saves < 0:
+            raise BenchError(f"--small-block-saves must be >= 0, got {self.small_block_saves}")
         if not self.tick_seconds > 0:
             raise BenchError("the ticker interval must be > 0")

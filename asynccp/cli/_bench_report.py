@@ -24,13 +24,24 @@ __all__ = ["RATIO_NOTE", "figure", "plot", "render_rich", "render_text", "verdic
 
 
 #: The columns of the main table (:func:`_rows`).
-_HEAD = ["payload", "measure", "asynccp", "baseline", "median ratio"]
+_HEAD = ["payload", "measure", "asynccp", "baseline", "median ratio (range)"]
 
 #: What the last column is (printed under the table).
 RATIO_NOTE = (
     "median ratio: asynccp / baseline within each round (the two run back to back), "
-    "the median over the rounds; it need not equal the ratio of the two medians shown"
+    "the median over the rounds; it need not equal the ratio of the two medians shown; "
+    "(range): the lowest and highest round's ratio, this machine's noise"
 )
+
+
+def _spread(d: dict[str, Any], key: str, spec: str, unit: str, scale: float = 1.0) -> str:
+    """A figure and its range over the rounds: ``0.93 x (0.81-1.02)``; ``n/a``."""
+    text = fmt_num(d.get(key), spec, unit, scale=scale)
+    low, high = d.get(f"{key}_low"), d.get(f"{key}_high")
+    if low is None or high is None or d.get(key) is None:
+        return text
+    return f"{text} ({fmt_num(low, spec, '', scale=scale)}-{fmt_num(high, spec, '', scale=scale)})"
+
 
 #: The throughput rows of a case: its figures, the measure, the raw baseline.
 _RATES = (
@@ -51,7 +62,7 @@ def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
             "caller stall",
             fmt_ms(s["asynccp"]),
             f"sync write {fmt_ms(s['sync_write'])}",
-            fmt_num(s["ratio"], ".2f", " %", scale=100),
+            _spread(s, "ratio", ".2f", " %", scale=100),
         ]
         if "memory_copy" in s:
             yield [
@@ -59,7 +70,7 @@ def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
                 "",
                 "",
                 f"memory copy {fmt_ms(s['memory_copy'])}",
-                fmt_num(s["ratio_to_copy"], ".2f", " x"),
+                _spread(s, "ratio_to_copy", ".2f", " x"),
             ]
         for key, measure, baseline in _RATES:
             t = c[key]
@@ -68,7 +79,7 @@ def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
                 measure,
                 fmt_num(t["asynccp"], ".0f", " MiB/s"),
                 f"{baseline} {fmt_num(t['raw_obstore'], '.0f', ' MiB/s')}",
-                fmt_num(t["ratio"], ".0f", " %", scale=100),
+                _spread(t, "ratio", ".0f", " %", scale=100),
             ]
         la, ls = c["loop_lag_ms"]["asynccp"], c["loop_lag_ms"]["sync_writer"]
         yield [
@@ -76,17 +87,18 @@ def _rows(doc: dict[str, Any]) -> Iterator[list[str]]:
             "loop lag p50 / p99",
             _pair(la),
             f"sync writer {_pair(ls)}",
-            "",
+            _p99_range(la),
         ]
-    small = doc.get("small_saves")
-    if small:
-        yield [
-            f"16 B x {small['saves']}",
-            "saves per second (latest)",
-            fmt_num(small["asynccp_saves_per_s"], ",.0f", "/s"),
-            f"sync writes {fmt_num(small['sync_writes_per_s'], ',.0f', '/s')}",
-            fmt_num(small["ratio"], ".1f", " x"),
-        ]
+    for key in ("small_saves", "small_block_saves"):
+        small = doc.get(key)
+        if small:
+            yield [
+                f"16 B x {small['saves']}",
+                f"saves per second ({small['policy']})",
+                fmt_num(small["asynccp_saves_per_s"], ",.0f", "/s"),
+                f"sync writes {fmt_num(small['sync_writes_per_s'], ',.0f', '/s')}",
+                _spread(small, "ratio", ".2f", " x"),
+            ]
     mem = doc.get("memory")
     if mem:
         peak = fmt_num(mem["peak_rss_mib"], ".0f", " MiB")
@@ -106,6 +118,14 @@ def _pair(lag: dict[str, Any]) -> str:
     return f"{fmt_ms(lag['p50'], '')} / {fmt_ms(lag['p99'])}"
 
 
+def _p99_range(lag: dict[str, Any]) -> str:
+    """The range of the per-round p99 loop lags (empty when unknown)."""
+    low, high = lag.get("p99_low"), lag.get("p99_high")
+    if low is None or high is None:
+        return ""
+    return f"p99 by round {fmt_ms(low, '')}-{fmt_ms(high)}"
+
+
 def _summary(doc: dict[str, Any]) -> list[str]:
     """The lines above the tables: what was measured, where, on what machine."""
     m = doc["machine"]
@@ -113,30 +133,43 @@ def _summary(doc: dict[str, Any]) -> list[str]:
         f"asynccp {m['asynccp']} on {doc['location']['kind']} {doc['location']['description']}",
         f"machine: {m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, "
         f"Python {m['python']}, obstore {m['obstore']}; {doc['seconds']} s; "
-        f"figures are medians of {doc['options']['rounds']} interleaved round(s)",
+        f"figures are medians of {doc['options']['rounds']} to "
+        f"{doc['options'].get('max_rounds', doc['options']['rounds'])} interleaved rounds "
+        "(more while a new round widens the range)",
     ]
 
 
 def _target_rows(doc: dict[str, Any]) -> Iterator[list[str]]:
-    """The targets table: target, measured value, goal, met or MISSED."""
+    """The targets table: target, measured value (its range), goal, the judgement."""
     for t in doc["targets"]:
         unit = t["unit"]
         if unit == "x" and t["limit"] < 1:
-            val, lim = fmt_num(t["value"], ".2f", " %", scale=100), f"{t['limit'] * 100:.0f} %"
+            spec, suffix, scale, lim = ".2f", " %", 100.0, f"{t['limit'] * 100:.0f} %"
         elif unit == "x":
-            val, lim = fmt_num(t["value"], ".2f", " x"), f"{t['limit']:g} x"
+            spec, suffix, scale, lim = ".2f", " x", 1.0, f"{t['limit']:g} x"
         elif unit == "ms":
-            val, lim = fmt_ms(t["value"]), f"{t['limit']:g} ms"
+            spec, suffix, scale, lim = ".1f", " ms", 1.0, f"{t['limit']:g} ms"
         else:
-            val, lim = fmt_num(t["value"], ".1f", f" {unit}"), f"{t['limit']:.0f} {unit}"
+            spec, suffix, scale, lim = ".1f", f" {unit}", 1.0, f"{t['limit']:.0f} {unit}"
+        val = _spread(
+            {"v": t["value"], "v_low": t.get("low"), "v_high": t.get("high")},
+            "v",
+            spec,
+            suffix,
+            scale,
+        )
+        if t.get("low") == t.get("high"):
+            val = fmt_num(t["value"], spec, suffix, scale=scale)
         yield [t["target"], val, f"{t['op']} {lim}", _status(t)]
 
 
 def _status(target: dict[str, Any]) -> str:
-    """``met``, ``MISSED``, or ``no samples`` (not met either: nothing shows it is)."""
+    """``met`` (the whole range), ``MISSED`` (the whole range), ``within noise`` (the
+    goal inside the range), or ``no samples`` (missed: nothing shows it is met)."""
     if target["value"] is None:
         return "no samples"
-    return "met" if target["met"] else "MISSED"
+    status = target.get("status", "met" if target["met"] else "missed")
+    return {"met": "met", "missed": "MISSED", "noise": "within noise"}[status]
 
 
 def verdict(doc: dict[str, Any], fail_on_miss: bool) -> tuple[str, int]:
@@ -147,14 +180,23 @@ def verdict(doc: dict[str, Any], fail_on_miss: bool) -> tuple[str, int]:
     """
     total = len(doc["targets"])
     missed = [t for t in doc["targets"] if not t["met"]]
+    noise = [t for t in doc["targets"] if t.get("status") == "noise"]
     code = 1 if missed and fail_on_miss else 0
-    if not missed:
+    if not missed and not noise:
         return f"verdict: all {total} targets met; exit code 0", 0
+    if not missed:
+        return (
+            f"verdict: no target missed: {total - len(noise)} met, {len(noise)} within "
+            "noise (the goal inside the range of the rounds); exit code 0",
+            0,
+        )
     unmeasured = sum(1 for t in missed if t["value"] is None)
     detail = f", {unmeasured} of them without samples" if unmeasured else ""
     policy = "--fail-on-miss" if fail_on_miss else "a miss exits 1 only with --fail-on-miss"
+    within = f", {len(noise)} within noise" if noise else ""
     return (
-        f"verdict: {len(missed)} of {total} targets missed{detail}; exit code {code} ({policy})",
+        f"verdict: {len(missed)} of {total} targets missed (the whole range of the rounds)"
+        f"{detail}{within}; exit code {code} ({policy})",
         code,
     )
 

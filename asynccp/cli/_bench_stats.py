@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ._bench_options import MiB
 
-__all__ = ["lag_summary", "median", "mib_s", "ms", "per_s", "pooled_median", "ratio"]
+__all__ = [
+    "lag_summary",
+    "median",
+    "mib_s",
+    "ms",
+    "per_s",
+    "pooled_median",
+    "ratio",
+    "settled",
+    "spread",
+]
 
 
 def per_s(count: int, seconds: float) -> float | None:
@@ -59,3 +69,28 @@ def lag_summary(lags: list[float]) -> dict[str, float | int | None]:
         "p99": ms(s[min(len(s) - 1, math.ceil(0.99 * len(s)) - 1)]),
         "max": ms(s[-1]),
     }
+
+
+def spread(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """The lowest and the highest of the measured ``values`` (None, None: none)."""
+    measured = [v for v in values if v is not None]
+    return (min(measured), max(measured)) if measured else (None, None)
+
+
+def settled(rounds: Sequence[Sequence[float | None]], *, slack: float = 0.25) -> bool:
+    """Whether the spread of per-round figures is known: the newest round's figures
+    (``rounds[-1]``, several side by side) each widened the range of the rounds before
+    it by at most ``slack`` of that range (or of the median, when the range is narrow),
+    so another round is not expected to change it much. At least three rounds."""
+    if len(rounds) < 3:
+        return False
+    *before, last = rounds
+    for k, value in enumerate(last):
+        low, high = spread(r[k] for r in before)
+        middle = median(r[k] for r in before)
+        if value is None or low is None or high is None or middle is None:
+            continue
+        allowed = slack * max(high - low, 0.1 * abs(middle))
+        if value < low - allowed or value > high + allowed:
+            return False
+    return True

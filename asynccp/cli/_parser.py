@@ -170,7 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--saves", type=_pos_int, default=4, help="saves per round (default 4)")
     b.add_argument(
-        "--rounds", type=_pos_int, default=3, help="interleaved rounds per case (default 3)"
+        "--rounds",
+        type=_pos_int,
+        default=3,
+        help="interleaved rounds per case, at least (default 3)",
+    )
+    b.add_argument(
+        "--max-rounds",
+        type=_pos_int,
+        default=5,
+        help="interleaved rounds per case at most: rounds are added while a new one widens "
+        "the range of the ratios (default 5)",
     )
     b.add_argument("--policy", choices=("block", "latest"), default="block")
     b.add_argument("--max-pending", type=_pos_int, default=4, help="queue bound (checkpoints)")
@@ -191,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_nonneg_int,
         default=10_000,
         help="16-byte saves with policy=latest in the small-save test (0 skips it)",
+    )
+    b.add_argument(
+        "--small-block-saves",
+        type=_nonneg_int,
+        default=2_000,
+        help="16-byte saves with policy=block, every one committed (0 skips the test)",
     )
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     b.add_argument(

@@ -7,6 +7,7 @@ that saved there, and damage is bytes flipped on disk.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ import pytest
 
 import asynccp
 from asynccp import Checkpoint, Checkpointer, StoreOptions
-from asynccp._layout import data_dir
+from asynccp._layout import data_dir, manifest_key
 from asynccp._lineage import (
     RECORD_NAME,
     AttemptRecord,
@@ -67,8 +68,19 @@ async def earlier_attempt(
 
 
 def damage(prefix: Path, step: int, writer: str) -> None:
-    """Flip a byte of every file of a checkpoint (its size stays: only a read finds it)."""
-    for f in (prefix / data_dir(step, writer)).iterdir():
+    """Flip a byte of every file of a checkpoint (its size stays: only a read finds it):
+    its payload objects, or the bytes inside a tiny checkpoint's record."""
+    folder = prefix / data_dir(step, writer)
+    if not folder.exists():  # tiny: every file is inside the record
+        record = prefix / manifest_key(step)
+        doc = json.loads(record.read_bytes())
+        for info in doc["files"].values():
+            raw = bytearray(base64.b64decode(info["inline"]))
+            raw[0] ^= 0xFF
+            info["inline"] = base64.b64encode(bytes(raw)).decode()
+        record.write_text(json.dumps(doc))
+        return
+    for f in folder.iterdir():
         raw = bytearray(f.read_bytes())
         raw[0] ^= 0xFF
         f.write_bytes(bytes(raw))
