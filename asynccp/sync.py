@@ -243,7 +243,7 @@ class SaveHandle:
         error = self._inner.exception()
         if error is not None:
             raise error
-        return Checkpoint(self._inner._result, self._portal)
+        return Checkpoint(self._inner._committed(), self._portal)
 
 
 class Checkpointer:

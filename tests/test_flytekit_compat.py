@@ -16,6 +16,7 @@ plugin followed by one with it, and a chain across an attempt that never started
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -154,6 +155,11 @@ def save_folder(cp: Any, scratch: Path) -> None:
     cp.save(scratch / "state")
 
 
+def inline_bytes(record: str, name: str) -> bytes:
+    """The bytes of file ``name`` held inside an asynccp record's text."""
+    return base64.b64decode(json.loads(record)["files"][name]["inline"])
+
+
 def resume(cp: Any, scratch: Path) -> dict[str, Any]:
     """What a next attempt sees: prev_exists, read(), restore()'s folder; and that its
     own write does not change what it reads (the previous attempt's checkpoint)."""
@@ -210,11 +216,12 @@ def test_flytekit_without_the_plugin_cannot_read_the_plugins_prefix(tmp_path: Pa
     assert seen["prev_exists"] is True
     assert seen["read"][0] == "raised"
     assert seen["read"][1].startswith("Expected exactly one checkpoint - found ")
-    # restore() downloads the layout: the newest write is in the newest payload folder.
+    # restore() downloads the layout: the newest write is inside the newest record (a
+    # few bytes live in their record, not in a payload object).
     restored = seen["restore"]
     assert "asynccp-attempt.json" in restored
-    newest = max(name for name in restored if name.endswith("/_dst_cp"))
-    assert restored[newest] == "bytes"
+    newest = max(name for name in restored if name.startswith("manifests/"))
+    assert inline_bytes(restored[newest], "_dst_cp") == b"bytes"
 
 
 @KINDS
@@ -303,9 +310,9 @@ def test_read_on_an_empty_attempt_and_a_write_goes_to_its_own_prefix(
     assert attempt(kind, checks, tmp_path / "a0", None) == [None, None, None]
     if kind == "flytekit":
         assert (tmp_path / "a0" / SyncCheckpoint.TMP_DST_PATH).read_bytes() == b"bytes"
-    else:  # the attempt's end flushed it, under the same name
-        (payload,) = (tmp_path / "a0" / "data").glob("*/_dst_cp")
-        assert payload.read_bytes() == b"bytes"
+    else:  # the attempt's end flushed it, under the same name (inside its record)
+        (record,) = (tmp_path / "a0" / "manifests").glob("*.json")
+        assert inline_bytes(record.read_text(), "_dst_cp") == b"bytes"
 
 
 @KINDS
@@ -538,7 +545,8 @@ def test_storage_is_bounded_by_default(kind: str, kept: int, tmp_path: Path) -> 
     attempt(kind, fifty, tmp_path / "a0", None)
     steps = sorted(int(p.name[:20]) for p in (tmp_path / "a0" / "manifests").iterdir())
     assert steps == list(range(50 - kept, 50))
-    assert len(list((tmp_path / "a0" / "data").iterdir())) == kept
+    # A few bytes each: in their records, no payload objects.
+    assert [p for p in (tmp_path / "a0").glob("data/**/*") if p.is_file()] == []
     assert attempt(kind, resume, tmp_path / "a1", tmp_path / "a0")["read"] == "49"
 
 

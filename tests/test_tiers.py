@@ -33,7 +33,13 @@ def steps_in(raw: Raw) -> list[int]:
 
 
 def payload(step: int) -> bytes:
-    return f"step {step} ".encode() * (100 + step)
+    """Larger than a record holds inline: a payload object in each tier, to damage."""
+    return f"step {step} ".encode() * (1000 + step)
+
+
+def tiny(step: int) -> bytes:
+    """A checkpoint that lives inside its record (no payload object)."""
+    return f"step {step} ".encode() * (10 + step)
 
 
 async def test_both_tiers_hold_every_step(site: Site, tmp_path: Path) -> None:
@@ -53,6 +59,21 @@ async def test_both_tiers_hold_every_step(site: Site, tmp_path: Path) -> None:
     assert (stats.steps_behind, stats.bytes_behind, stats.replicated, stats.failed) == (0, 0, 6, 0)
     assert stats.last_replicated_step == 5
     assert stats.bytes_replicated == sum(len(payload(s)) for s in range(6))
+
+
+async def test_tiny_checkpoints_are_replicated_inside_their_records(
+    site: Site, tmp_path: Path
+) -> None:
+    local = tmp_path / "local"
+    async with asynccp.Checkpointer(site.make_location(), local=local, local_keep=10) as cp:
+        for step in range(4):
+            await cp.save(step, tiny(step))
+    assert Raw(root=local).keys("data/") == [] and site.raw.keys("data/") == []
+    for step in range(4):
+        assert site.raw.get(manifest_key(step)) == (local / manifest_key(step)).read_bytes()
+    async with asynccp.Checkpointer(site.make_location()) as remote_only:
+        ckpt = await remote_only.latest()
+        assert ckpt is not None and await ckpt.read() == tiny(3)
 
 
 async def test_keep_and_local_keep_apply_each_to_its_tier(site: Site, tmp_path: Path) -> None:

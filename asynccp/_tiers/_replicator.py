@@ -183,6 +183,12 @@ class Replicator:
         relaunch found is known)."""
         return self._known and not self._behind and not self._tidying
 
+    @property
+    def nothing_behind(self) -> bool:
+        """Nothing committed locally is still to be sent (the housekeeping of the one
+        just sent may be under way): the remote tier's retention rounds are due."""
+        return self._known and not self._behind
+
     async def wait_caught_up(self) -> None:
         """Wait until :attr:`caught_up` (each checkpoint replicated, or failed)."""
         while not self.caught_up:

@@ -153,9 +153,9 @@ class Tiers:
             )
 
     async def _after_remote_commit(self, committed: Committed, local: Manifest) -> None:
-        caught_up = self.replicator
+        replicator = self.replicator
         await self._remote_housekeeping.after_commit(
-            [(committed.key, committed.manifest)], idle=lambda: caught_up.caught_up
+            [(committed.key, committed.manifest)], idle=lambda: replicator.nothing_behind
         )
         async with self._tidy:  # what the remote tier holds now may leave the local one
             await self.local_housekeeping.after_commit(

@@ -62,6 +62,10 @@ class SaveHandle:
             await self._event.wait()
         if self._error is not None:
             raise self._error
+        return self._committed()
+
+    def _committed(self) -> Checkpoint:
+        """The committed checkpoint (made once, when first asked for; done, no error)."""
         if self._result is None:
             assert self._make is not None
             self._result, self._make = self._make(), None
