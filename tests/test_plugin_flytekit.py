@@ -171,8 +171,9 @@ def test_a_corrupt_newest_checkpoint_is_skipped(counter_task: PythonTask, tmp_pa
     # no longer matches).
     record = tmp_path / "attempt-0" / "manifests" / f"{4:020d}.json"
     doc = json.loads(record.read_bytes())
-    assert base64.b64decode(doc["files"]["data"]["inline"]) == b"5"
-    doc["files"]["data"]["inline"] = base64.b64encode(b"9").decode()
+    (info,) = doc["files"].values()  # the one file write() stores
+    assert base64.b64decode(info["inline"]) == b"5"
+    info["inline"] = base64.b64encode(b"9").decode()
     record.write_text(json.dumps(doc))
     with pytest.warns(asynccp.CorruptCheckpointWarning, match="checkpoint 4 .* skipped"):
         assert attempt(counter_task, tmp_path, 1, 0, n=10, fail_at=-1, fail_on_start=False) == 4

@@ -39,39 +39,45 @@ _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"
 
 
 class _Pool:
-    """Daemon threads waiting for jobs; a thread is started when none is idle."""
+    """Daemon threads waiting for jobs; a thread is started when none is idle.
+
+    The thread idle most recently takes the next job (last in, first out, as anyio's
+    own pool does): a steady caller keeps using the same few threads, whose memory
+    (each thread's malloc arena) stays warm, while the others stay idle. Handing jobs
+    round-robin to every idle thread made a long run of large reads keep freed memory
+    in each thread's arena (a consolidation's peak memory grew by three quarters).
+    """
 
     def __init__(self) -> None:
-        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._lock = threading.Lock()
-        self._idle = 0
+        #: The idle threads' inboxes, the most recently idle last.
+        self._idle: list[SimpleQueue[_Job]] = []
 
     def submit(self, job: _Job) -> None:
         with self._lock:
-            if self._idle:
-                self._idle -= 1
-            else:
-                threading.Thread(target=self._work, name="asynccp store", daemon=True).start()
-        self._jobs.put(job)
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = SimpleQueue()
+            threading.Thread(
+                target=self._work, args=(inbox,), name="asynccp store", daemon=True
+            ).start()
+        inbox.put(job)
 
-    def _work(self) -> None:
+    def _work(self, inbox: SimpleQueue[_Job]) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:  # pragma: no cover - the pool is never shut down
-                return
-            fn, loop, future = job
+            fn, loop, future = inbox.get()
             try:
                 outcome: tuple[bool, Any] = (True, fn())
             except BaseException as e:  # handed to the waiting task
                 outcome = (False, e)
-            del job, fn
+            del fn
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future, outcome)
             del loop, future, outcome
             with self._lock:
-                if self._idle >= _KEEP_IDLE:
+                if len(self._idle) >= _KEEP_IDLE:
                     return
-                self._idle += 1
+                self._idle.append(inbox)
 
 
 def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
