@@ -55,9 +55,10 @@ from ._checks import check_seconds
 from ._manifest import FileInfo
 from ._supervise import DEFAULT_GRACE
 from ._supervise._signals import ignore_further_signals
+from ._supervise._supervisor import preempted
 from ._types import LocationLike, Payload
 from ._write import Stats
-from .errors import PREEMPTED_EXIT_CODE, CheckpointClosedError, Preempted, Terminated
+from .errors import CheckpointClosedError, Terminated
 
 __all__ = ["Checkpoint", "Checkpointer", "SaveHandle"]
 
@@ -319,25 +320,13 @@ class Checkpointer:
             flushed = portal.call(self._cp._flush_within, self._grace)
         finally:
             self._stack.__exit__(None, None, None)
-        errors = tuple(f"{type(e).__name__}: {e}" for e in flushed.errors)
-        committed = flushed.last_committed
-        saved = (
-            f"the newest step it committed is {committed}"
-            if committed is not None
-            else ("it committed no checkpoint")
-        )
-        outcome = "every staged checkpoint committed" if not errors else "flushing failed"
-        message = (
-            f"pre-empted by SIGTERM: {outcome}; {saved}. Exiting with code "
-            f"{PREEMPTED_EXIT_CODE}: run it again on {self.location} to resume."
-        )
-        (log.error if errors else log.warning)("asynccp: %s", message)
-        raise Preempted(
-            message,
-            signal=signal.SIGTERM,
+        raise preempted(
+            "pre-empted by SIGTERM",
+            sig=signal.SIGTERM,
             attempt=self._cp.attempt,
-            last_step=committed,
-            errors=errors,
+            last_step=flushed.last_committed,
+            errors=tuple(f"{type(e).__name__}: {e}" for e in flushed.errors),
+            how=f"run it again on {self.location} to resume",
         ) from None
 
     def _handle_sigterm(self) -> None:

@@ -104,7 +104,7 @@ def test_sigterm_in_a_sync_loop_flushes_and_exits_75(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == asynccp.PREEMPTED_EXIT_CODE, (out, err)
     assert "not reached" not in out
-    assert "every staged checkpoint committed" in err and "the newest step it committed is 3" in err
+    assert "every staged checkpoint committed" in err and "its newest committed step is 3" in err
     with asynccp.sync.Checkpointer(location) as cp:
         assert [c.step for c in cp.list()] == staged == [0, 1, 2, 3]
         for c in cp.list():

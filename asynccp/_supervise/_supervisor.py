@@ -55,7 +55,7 @@ from ._retry_policy import (
 )
 from ._signals import DEFAULT_GRACE, SignalWatcher
 
-__all__ = ["checkpointed", "current", "supervise"]
+__all__ = ["checkpointed", "current", "preempted", "supervise"]
 
 #: The keyword arguments of :func:`supervise` itself (for "did you mean ...?").
 _OWN_NAMES = frozenset(
@@ -330,31 +330,40 @@ class _Supervisor:
         return outcome
 
     def _preempted(self, name: str, attempt: int, stopped: _Stopped) -> Preempted:
-        errors = stopped.errors
-        committed = stopped.flushed.last_committed
-        saved = (
-            f"its newest committed step is {committed}"
-            if committed is not None
-            else "it committed no checkpoint"
-        )
-        outcome = (
-            "every staged checkpoint committed"
-            if not errors
-            else f"flushing failed: {'; '.join(errors)}"
-        )
-        how = self.resume or f"run it again on {self.description} to resume"
-        message = (
-            f"{name} was pre-empted by {stopped.cause or stopped.signal.name} during attempt "
-            f"{attempt}: {outcome}; {saved}. Exiting with code {PREEMPTED_EXIT_CODE}: {how}."
-        )
-        (log.error if errors else log.warning)("asynccp: %s", message)
-        return Preempted(
-            message,
-            signal=stopped.signal,
+        return preempted(
+            f"{name} was pre-empted by {stopped.cause or stopped.signal.name} during "
+            f"attempt {attempt}",
+            sig=stopped.signal,
             attempt=attempt,
-            last_step=committed,
-            errors=errors,
+            last_step=stopped.flushed.last_committed,
+            errors=stopped.errors,
+            how=self.resume or f"run it again on {self.description} to resume",
         )
+
+
+def preempted(
+    what: str,
+    *,
+    sig: signal.Signals,
+    attempt: int,
+    last_step: int | None,
+    errors: tuple[str, ...],
+    how: str,
+) -> Preempted:
+    """The :class:`Preempted` a pre-empted run raises (``what``: who was pre-empted by
+    what), its message logged: what the flush did, the newest committed step, how to
+    resume."""
+    saved = (
+        f"its newest committed step is {last_step}"
+        if last_step is not None
+        else "it committed no checkpoint"
+    )
+    outcome = "every staged checkpoint committed"
+    if errors:
+        outcome = f"flushing failed: {'; '.join(errors)}"
+    message = f"{what}: {outcome}; {saved}. Exiting with code {PREEMPTED_EXIT_CODE}: {how}."
+    (log.error if errors else log.warning)("asynccp: %s", message)
+    return Preempted(message, signal=sig, attempt=attempt, last_step=last_step, errors=errors)
 
 
 async def _call(
