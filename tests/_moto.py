@@ -57,6 +57,11 @@ class MotoServer:
         self._log_path: Path | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id (None: not running)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def url(self) -> str:
         """Endpoint URL, e.g. ``http://127.0.0.1:41234``."""
         return f"http://{HOST}:{self.port}"
