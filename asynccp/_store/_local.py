@@ -25,16 +25,13 @@ here, and a listing skips (with a warning) what it cannot name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import itertools
 import logging
 import mmap
 import os
 import secrets
-import shutil
 import stat
-import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,12 +40,22 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .._layout import TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
 from ..errors import ObjectExists, StoreError
 from ._base import ObjectInfo, Source
+from ._files import (
+    copy_file,
+    fsync_dir,
+    fsync_file,
+    place,
+    sync_files,
+    try_rename,
+    write_fd,
+    write_file,
+)
 
 if TYPE_CHECKING:
     from ._base import Store
     from ._capabilities import DurableCommits, LocalFiles, RangedReads
 
-__all__ = ["LocalDir", "fsync_dir"]
+__all__ = ["LocalDir"]
 
 log = logging.getLogger("asynccp")
 _COPY_CHUNK = 8 << 20
@@ -123,12 +130,12 @@ class LocalDir:
             fd = os.open(tmp, _CREATE, 0o644)
         try:
             try:
-                _write_fd(fd, data)
+                write_fd(fd, data)
                 if self.durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            _place(tmp, dest)
+            place(tmp, dest)
         except FileExistsError:
             _unlink(tmp)
             raise ObjectExists(key) from None
@@ -150,10 +157,10 @@ class LocalDir:
             for folder, data, sync in records:
                 tmp = self.root / prepared_record_key(folder, secrets.token_hex(8))
                 tmp.parent.mkdir(parents=True, exist_ok=True)
-                _write_file(tmp, data, sync=False)
+                write_file(tmp, data, sync=False)
                 made.append(tmp)
                 objects += sync
-            _sync_files([self.root / k for k in objects] + made)
+            sync_files([self.root / k for k in objects] + made)
             # The objects' names must be durable; a prepared file's need not be (its
             # link is a new name, made durable by link_group's make_durable).
             self.make_durable(objects)
@@ -200,15 +207,15 @@ class LocalDir:
         if not self.durable:
             return None
         if data is None:
-            _sync_files([self.root / k for k in sync])
+            sync_files([self.root / k for k in sync])
             self.make_durable(sync)
             return None
         key = prepared_record_key(folder, secrets.token_hex(8))
         tmp = self.root / key
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _write_file(tmp, data, sync=False)
-            _sync_files([self.root / k for k in sync] + [tmp])
+            write_file(tmp, data, sync=False)
+            sync_files([self.root / k for k in sync] + [tmp])
             self.make_durable([*sync, key])
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -229,12 +236,12 @@ class LocalDir:
         remove the prepared name; return the key's path (not yet durable)."""
         dest = self.root / key
         try:
-            _place(os.fspath(prepared), os.fspath(dest))
+            place(os.fspath(prepared), os.fspath(dest))
         except FileNotFoundError:
             if not prepared.exists():
                 raise
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _place(os.fspath(prepared), os.fspath(dest))
+            place(os.fspath(prepared), os.fspath(dest))
         except FileExistsError:
             raise ObjectExists(key) from None
         return dest
@@ -264,13 +271,13 @@ class LocalDir:
         tmp = dest.with_name(_tmp_name(dest.name))
         try:
             if isinstance(source, Path):
-                if move and _try_rename(source, tmp):
+                if move and try_rename(source, tmp):
                     if sync and not early:
-                        _fsync_file(tmp)
+                        fsync_file(tmp)
                 else:
-                    _copy_file(source, tmp, sync=sync and not early)
+                    copy_file(source, tmp, sync=sync and not early)
             else:
-                _write_file(tmp, source, sync=sync and not early, start_writeback=early)
+                write_file(tmp, source, sync=sync and not early, start_writeback=early)
             # A checked object is renamed before it is durable (prepare_create makes it
             # so): one journal commit then covers its bytes, its name and its folder. A
             # crash in between can leave a short file under the final name: harmless,
@@ -447,147 +454,6 @@ def _tmp_name(name: str) -> str:
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-# renameat2(2) with RENAME_NOREPLACE (Linux 3.15+, glibc 2.28+): move a file to a name
-# only if the name is free, in one call; elsewhere a hard link, then the old name removed.
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
-_renameat2: Any = None
-
-
-def _linux_call(name: str, *argtypes: Any) -> Any:
-    """The C library's function ``name`` (returning an int, ``errno`` kept), or False
-    where it does not exist (not Linux, an older C library)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = argtypes
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _place(src: str, dest: str) -> None:
-    """Move ``src`` to ``dest`` if ``dest`` does not exist (FileExistsError if it does,
-    and ``src`` stays)."""
-    global _renameat2
-    if _renameat2 is None:
-        _renameat2 = _linux_call(
-            "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
-        )
-    if _renameat2:
-        a, b = os.fsencode(src), os.fsencode(dest)
-        if _renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(err, os.strerror(err), dest)
-        _renameat2 = False  # this file system (or kernel) cannot: hard links from now on
-    os.link(src, dest)
-    os.unlink(src)
-
-
-def _write_fd(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _write_file(
-    path: Path, data: bytes | memoryview, *, sync: bool, start_writeback: bool = False
-) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        _write_fd(fd, data)
-        if sync:
-            os.fsync(fd)
-        elif start_writeback:
-            _writeback(fd, wait=False)
-    finally:
-        os.close(fd)
-
-
-# sync_file_range(2) (Linux): start writing a file's dirty pages, or wait until they are.
-_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
-_sync_file_range: Any = None
-
-
-def _writeback(fd: int, *, wait: bool) -> bool:
-    """Write a file's data out (``wait``: and wait for it) without a journal commit.
-
-    Returns False where ``sync_file_range`` does not exist (the caller's fsync then
-    does everything). Data written out this way is carried by the next journal commit
-    of the file system, whichever file's fsync triggers it.
-    """
-    global _sync_file_range
-    if _sync_file_range is None:
-        _sync_file_range = _linux_call(
-            "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
-        )
-    if not _sync_file_range:
-        return False
-    flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE
-    return bool(_sync_file_range(fd, 0, 0, flags) == 0)
-
-
-def _sync_files(paths: list[Path]) -> None:
-    """Make several files durable in (usually) one journal commit.
-
-    Each file's data is written out and waited for first (``sync_file_range``): the
-    block allocations and the data then all belong to the running journal transaction,
-    so the first ``fsync`` commits every file, and the ones after it find their
-    changes committed already. Without ``sync_file_range``, plain fsyncs.
-    """
-    fds = [os.open(p, os.O_RDONLY) for p in paths]
-    try:
-        for fd in fds:
-            _writeback(fd, wait=False)
-        for fd in fds:
-            _writeback(fd, wait=True)
-        for fd in fds:
-            os.fsync(fd)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _copy_file(src: Path, dest: Path, *, sync: bool) -> None:
-    with open(src, "rb") as fin, open(dest, "xb") as fout:
-        shutil.copyfileobj(fin, fout, _COPY_CHUNK)
-        fout.flush()
-        if sync:
-            os.fsync(fout.fileno())
-
-
-def _try_rename(src: Path, dest: Path) -> bool:
-    try:
-        os.rename(src, dest)
-        return True
-    except OSError as e:
-        if e.errno == errno.EXDEV:
-            return False
-        raise
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries durable (POSIX; Windows has no directory fsync)."""
-    if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _prune_empty_dirs(root: Path, keys: Sequence[str]) -> None:
