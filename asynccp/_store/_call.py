@@ -2,8 +2,7 @@
 
 Every store call of the library goes through :func:`call`:
 
-- it runs in a worker thread (:mod:`asynccp._store._threads`: a lean trip on asyncio,
-  ``anyio.to_thread.run_sync`` elsewhere), never on the event loop;
+- it runs in a worker thread (``anyio.to_thread.run_sync``), never on the event loop;
 - when the task awaiting it is cancelled (the exit flush ran out of time, a reader was
   cancelled), it is abandoned at once rather than awaited — the thread finishes its
   current request on its own — and that call alone stops retrying: the store's retry
@@ -27,7 +26,6 @@ import anyio
 import anyio.to_thread
 
 from ..errors import CheckpointError, ObjectExists, StoreError
-from . import _threads
 from ._base import Store
 
 __all__ = ["abandoned", "call", "describe_keys", "store_errors", "wait_abandoned"]
@@ -118,9 +116,7 @@ async def call(
             _thread.stop = None
 
     try:
-        if abandon:
-            return await _threads.run(run, limiter=limiter)
-        return await anyio.to_thread.run_sync(run, limiter=limiter)
+        return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=abandon)
     except anyio.get_cancelled_exc_class():
         stop.set()
         raise
