@@ -11,12 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import queue
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ pytest.importorskip(
     "flytekit", reason="the flytekit extra is not installed (pip install 'asynccp[flytekit]')"
 )
 
+from _child import Child
 from flytekit import current_context, task, workflow
 from flytekit.bin.entrypoint import setup_execution
 from flytekit.core.base_task import PythonTask
@@ -368,68 +365,32 @@ def test_other_errors_are_not_retried_and_still_flush(tmp_path: Path) -> None:
 POD = Path(__file__).parent / "scripts" / "flytekit_pod.py"
 
 
-class Pod:
-    """``scripts/flytekit_pod.py``: one attempt in its own process; stdout read by a thread."""
-
-    def __init__(self, root: Path, k: int, previous: int | None = None) -> None:
-        args = [sys.executable, str(POD), str(root), str(k)]
-        args += [] if previous is None else [str(previous)]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def wait_for(self, prefix: str, timeout: float = 120.0) -> str:
-        """The first stdout line starting with ``prefix`` (fails if the process ends first)."""
-        deadline = time.monotonic() + timeout
-        while (line := self.lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
-            if line.startswith(prefix):
-                return line
-        pytest.fail(f"the pod ended without {prefix!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM, as Kubernetes stops a pod; the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """Kill the process if it still runs; close its pipes once the reader is done."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(60)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+def pod(root: Path, k: int, previous: int | None = None) -> Child:
+    """``scripts/flytekit_pod.py``: attempt ``k`` in its own process."""
+    args = [sys.executable, str(POD), str(root), str(k)]
+    args += [] if previous is None else [str(previous)]
+    return Child(args, root / f"pod-{k}.stderr")
 
 
 def test_sigterm_in_a_pod_flushes_and_exits_75(tmp_path: Path) -> None:
     """The body is computing (not saving) when SIGTERM comes: its checkpoints are
     flushed, the process exits with 75 at once, and the next attempt resumes."""
-    first = Pod(tmp_path, 0)
+    first = pod(tmp_path, 0)
     try:
         assert first.wait_for("resumed") == "resumed 0"
         assert first.wait_for("saved") == "saved 50"
         assert first.terminate() == asynccp.PREEMPTED_EXIT_CODE
     finally:
-        first.kill()
+        first.close()
     # every write handed over before the signal committed (the default keep=3 retires
     # the older ones)
     assert committed(tmp_path / "attempt-0") == [(47, b"48"), (48, b"49"), (49, b"50")]
-    second = Pod(tmp_path, 1, previous=0)
+    second = pod(tmp_path, 1, previous=0)
     try:
         assert second.wait_for("resumed") == "resumed 50"
         assert second.terminate() == asynccp.PREEMPTED_EXIT_CODE
     finally:
-        second.kill()
+        second.close()
 
 
 # -- configuration and imports ------------------------------------------------------------

@@ -23,17 +23,14 @@ slow; one run of each kind is in the default run.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import anyio
 import pytest
+from _child import Child
 
 import asynccp
 
@@ -49,58 +46,12 @@ WRITES = 10  # what the scripts write at most
 RUNS = 20
 
 
-class Child:
-    """A child process whose stdout lines a thread reads; stderr goes to a file (a
-    framework logs plenty: a pipe nobody reads would fill and stop the child)."""
-
-    def __init__(self, args: list[str], root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.stderr_path = root / "stderr.txt"
-        # flytekit's local sandbox (tempfile.mkdtemp) goes under root: removed with it.
-        env = {**os.environ, "TMPDIR": str(root)}
-        with self.stderr_path.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                args,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                env=env,
-                cwd=root,
-            )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def wait_for(self, prefix: str, timeout: float = 120.0) -> str:
-        """The first stdout line starting with ``prefix`` (fails if the child ends first)."""
-        deadline = time.monotonic() + timeout
-        while (line := self.lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
-            if line.startswith(prefix):
-                return line
-        pytest.fail(f"the child ended without {prefix!r}: {self.stderr()[-3000:]}")
-
-    def terminate(self, timeout: float = 120.0) -> int:
-        """SIGTERM, as Kubernetes stops a pod (or a user stops a local run); the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(60)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def start(args: list[str], root: Path) -> Child:
+    """``args`` as a child process under ``root`` (its stderr in ``root/stderr.txt``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    # flytekit's local sandbox (tempfile.mkdtemp) goes under root: removed with it.
+    env = {**os.environ, "TMPDIR": str(root)}
+    return Child(args, root / "stderr.txt", env=env, cwd=root)
 
 
 def committed(location: str) -> list[tuple[int, int]]:
@@ -123,7 +74,7 @@ def committed(location: str) -> list[tuple[int, int]]:
 def preempt(args: list[str], root: Path, at: int) -> tuple[int, list[tuple[int, int]], str]:
     """Run ``args``; SIGTERM once write ``at`` has returned. The exit code, what was
     committed at the task's location, and stderr."""
-    child = Child(args, root)
+    child = start(args, root)
     try:
         location = child.wait_for("location ").split(" ", 1)[1]
         child.wait_for(f"wrote {at}")
