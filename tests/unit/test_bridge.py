@@ -251,6 +251,24 @@ class GatedView:
         return await self.cp.save(step, payload, metadata=metadata)
 
 
+async def gated_bridge(
+    cp: Checkpointer, stack: AsyncExitStack, *, latest: bool, max_items: int, grace: float
+) -> tuple[GatedView, SyncBridge]:
+    """A bridge over ``cp`` seen through a :class:`GatedView`, its portal in ``stack``."""
+    view = GatedView(cp)
+    portal = await stack.enter_async_context(BlockingPortal())
+    bridge = SyncBridge(
+        view,  # type: ignore[arg-type]
+        portal,
+        steps=view.reserve_step,
+        latest=latest,
+        max_items=max_items,
+        max_bytes=1 << 20,
+        grace=grace,
+    )
+    return view, bridge
+
+
 async def bridged(
     root: Path,
     body: Callable[[SyncBridge, Checkpointer], Awaitable[Any]],
@@ -559,19 +577,10 @@ async def test_a_waiting_put_is_released_when_the_bridge_ends(tmp_path: Path) ->
         Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
         AsyncExitStack() as stack,
     ):
-        view = GatedView(cp)
+        # grace: how long the pre-empted bridge waits for step 0's save
+        view, bridge = await gated_bridge(cp, stack, latest=False, max_items=1, grace=0.2)
         view.gates[0] = anyio.Event()  # never opened: step 0 stays in its save
         view.saving[0] = saving = anyio.Event()
-        portal = await stack.enter_async_context(BlockingPortal())
-        bridge = SyncBridge(
-            view,  # type: ignore[arg-type]
-            portal,
-            steps=view.reserve_step,
-            latest=False,
-            max_items=1,
-            max_bytes=1 << 20,
-            grace=0.2,  # how long the pre-empted bridge waits for step 0's save
-        )
 
         def sync_body() -> None:
             bridge.put(b"zero")
@@ -638,19 +647,9 @@ async def test_pre_empted_the_save_under_way_is_not_cut_off(tmp_path: Path, late
         Checkpointer(tmp_path, store=asynccp.StoreOptions(durable=False)) as cp,
         AsyncExitStack() as stack,
     ):
-        view = GatedView(cp)
+        view, bridge = await gated_bridge(cp, stack, latest=latest, max_items=8, grace=30)
         view.gates[0] = gate = anyio.Event()
         view.saving[0] = saving = anyio.Event()
-        portal = await stack.enter_async_context(BlockingPortal())
-        bridge = SyncBridge(
-            view,  # type: ignore[arg-type]
-            portal,
-            steps=view.reserve_step,
-            latest=latest,
-            max_items=8,
-            max_bytes=1 << 20,
-            grace=30,
-        )
 
         async def open_gate() -> None:
             gate.set()
