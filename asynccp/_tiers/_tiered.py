@@ -17,7 +17,7 @@ adds, around it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 
 import anyio
@@ -120,8 +120,11 @@ class Tiers:
             self.order.raise_floor(step)
         self.replicator.remote_newest(step)
 
-    async def start(self, tg: TaskGroup) -> None:
-        """Keep the remote lease and run the replicator in ``tg`` (until :meth:`stop`)."""
+    async def start(self, tg: TaskGroup, quiet: Callable[[], Awaitable[None]]) -> None:
+        """Keep the remote lease and run the replicator in ``tg`` (until :meth:`stop`);
+        ``quiet()`` returns once the write pipeline has nothing staged (the replicator
+        gives way to saves)."""
+        self.replicator.quiet = quiet
         tg.start_soon(self._lease.run)
         await tg.start(self._replicate)
 
