@@ -1,6 +1,7 @@
 """Every save counts: tiny and small checkpoints, each committed, against the raw floor.
 
     python benchmarks/bench_small.py [--rounds 7] [--only local,durable,s3,...] [--json out.json]
+                                     [--max-pending N]
 
 Each case runs asynccp and its baseline back to back, ``--rounds`` times, the order
 alternating, and reports the median of each and the median of the per-round ratios,
@@ -16,6 +17,8 @@ reaches it; the table also says when the whole range does (or misses it).
 - ``s3``: ``--s3-saves`` (300) checkpoints of 16 bytes to a moto S3 server (started
   here, on 127.0.0.1), ``policy="block"``, ``keep=3``; against sequential raw
   ``obstore.put`` calls of the same 16 bytes. Target ≥ 1.0.
+- ``--max-pending N`` runs ``local``, ``durable`` and ``s3`` with ``Limits(max_pending=N)``
+  instead of the default 4: a group commit takes at most what waits in the queue.
 - ``seed-block`` / ``seed-latest``: Flyte's seed loop
   (``current_context().checkpoint.write(f"{i + 1}".encode())``, ``--seed-saves`` times)
   in a flytekit ``def`` task run locally, with
@@ -73,11 +76,15 @@ CASES = list(TARGETS)
 # -- the local loops -----------------------------------------------------------------
 
 
-async def asynccp_tiny(where: Any, n: int, *, durable: bool = True, **store: Any) -> float:
+async def asynccp_tiny(
+    where: Any, n: int, *, durable: bool = True, max_pending: int | None = None, **store: Any
+) -> float:
     """``n`` 16-byte checkpoints, policy="block", keep=3; checkpoints per second until
-    every one committed (``flush()`` returned)."""
+    every one committed (``flush()`` returned). ``max_pending``: the Limits default
+    unless given."""
     opts = asynccp.StoreOptions(durable=durable, **store)
-    async with asynccp.Checkpointer(where, keep=3, store=opts) as cp:
+    limits = asynccp.Limits() if max_pending is None else asynccp.Limits(max_pending=max_pending)
+    async with asynccp.Checkpointer(where, keep=3, store=opts, limits=limits) as cp:
         t0 = time.perf_counter()
         for i in range(n):
             await cp.save(i, b"%016d" % (i + 1))
@@ -241,12 +248,14 @@ def summary(name: str, unit: str, a: list[float], b: list[float], higher: bool) 
 
 
 def run_case(name: str, args: argparse.Namespace, root: Path, s3: S3 | None) -> dict[str, Any]:
-    n, rounds = args.saves, args.rounds
+    n, rounds, mp = args.saves, args.rounds, args.max_pending
     if name in ("local", "durable"):
         durable = name == "durable"
         a, b = interleave(
             rounds,
-            lambda r: asyncio.run(asynccp_tiny(root / f"{name}-a{r}", n, durable=durable)),
+            lambda r: asyncio.run(
+                asynccp_tiny(root / f"{name}-a{r}", n, durable=durable, max_pending=mp)
+            ),
             lambda r: raw_tiny(root / f"{name}-b{r}", n, durable=durable),
         )
         return summary(name, "checkpoints/s", a, b, True)
@@ -255,7 +264,9 @@ def run_case(name: str, args: argparse.Namespace, root: Path, s3: S3 | None) -> 
         store = s3.store()
         a, b = interleave(
             rounds,
-            lambda r: asyncio.run(asynccp_tiny(store, args.s3_saves, prefix=f"run{r}")),
+            lambda r: asyncio.run(
+                asynccp_tiny(store, args.s3_saves, max_pending=mp, prefix=f"run{r}")
+            ),
             lambda r: raw_puts(store, args.s3_saves),
         )
         return summary(name, "checkpoints/s", a, b, True)
@@ -312,6 +323,11 @@ def main() -> None:
     p.add_argument("--saves", type=int, default=2000, help="local tiny saves (default 2000)")
     p.add_argument("--s3-saves", type=int, default=300, help="S3 tiny saves (default 300)")
     p.add_argument("--seed-saves", type=int, default=2000, help="seed-loop writes (default 2000)")
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        help="Limits(max_pending=) of the tiny local and S3 cases (default: the library's, 4)",
+    )
     p.add_argument("--only", default=",".join(CASES), help=f"cases (default {','.join(CASES)})")
     p.add_argument("--dir", help="parent directory for the local cases (default: a temp dir)")
     p.add_argument("--json", help="write the results as JSON to this file")
