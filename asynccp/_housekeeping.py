@@ -34,10 +34,11 @@ class Housekeeping:
     commit once nothing else is staged (and the saver staged nothing more when it had
     the chance), or once :data:`ROUND_EVERY` checkpoints (or :data:`ROUND_BYTES` bytes)
     were committed since the last one — so a loop that saves
-    without pause pays a listing per few dozen checkpoints, not per checkpoint, and a
-    location holds at most that many checkpoints beyond ``keep`` meanwhile. Commits
-    that arrive while a round runs are covered by the next one; the next commit never
-    waits for a round.
+    without pause pays a listing per few dozen checkpoints, not per checkpoint. Commits
+    that arrive while a round runs are covered by the next one, which starts as soon as
+    it ends if they are as many; the next commit never waits for a round. So a location
+    holds beyond ``keep`` about :data:`ROUND_EVERY` checkpoints, plus a group's
+    overshoot and those committed while a round runs.
 
     Never fatal: a failure is logged and retried at the next commit (the commit it
     follows has succeeded, and that is what its caller waits for).
