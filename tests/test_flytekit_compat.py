@@ -387,12 +387,13 @@ async def current_reads(step: int) -> str:
     assert latest is not None
     found = await cp.load_latest(lambda c: c.read())
     assert found is not None
+    listed = [c.step for c in await cp.list()]  # (before the write: it may commit at once)
     handle = await cp.write(b"next")
     return json.dumps(
         {
             "latest": [latest.step, dict(latest.metadata), sorted(latest.files)],
             "load_latest": [found[0].step, found[1].decode()],
-            "list": [c.step for c in await cp.list()],
+            "list": listed,
             "wrote": handle.step,
         }
     )
