@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -163,7 +164,10 @@ def cost(keys: int, saves: int = 100) -> None:
     state["counts"] = {f"k{i}": 1 for i in range(keys)}  # as after the fill
 
     async def run() -> tuple[float, float]:
-        where = tempfile.mkdtemp(prefix="bench-service-cost-")
+        with tempfile.TemporaryDirectory(prefix="bench-service-cost-") as where:
+            return await autosaves(where)
+
+    async def autosaves(where: str) -> tuple[float, float]:
         async with (
             asynccp.Checkpointer(where, policy="latest", keep=3) as cp,
             asynccp.autosave(cp, lambda: service.dump(state), every=0.02) as saver,
@@ -242,6 +246,7 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.perf_counter() - started
 
     def summary(mode: str) -> dict[str, float]:

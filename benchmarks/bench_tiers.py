@@ -103,8 +103,11 @@ def main() -> None:
     args = p.parse_args()
     size = int(args.size_mib * MiB)
     data = bytearray(os.urandom(size))
-    root = Path(tempfile.mkdtemp(prefix="asynccp-bench-tiers-"))
-    with MotoServer() as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="asynccp-bench-tiers-") as where,
+        MotoServer() as server,
+    ):
+        root = Path(where)  # removed at the end: a run writes a few GiB here
         port = int(server.url.rsplit(":", 1)[1])
         px = Link(port, args.link_mb * 1e6)
         # The remote's server and its link stand for other machines: here they share
