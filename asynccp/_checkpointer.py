@@ -267,7 +267,7 @@ class Checkpointer:
                 await self._pipeline.start(tg, staging, ready=self._lease.written)
                 if self._tiers is not None:
                     stack.callback(self._tiers.stop)
-                    await self._tiers.start(tg, self._pipeline.wait_idle)
+                    await self._tiers.start(tg, self._pipeline.wait_quiet)
                 stack.push_async_exit(self._drain)  # first: the flush
                 # The location is read while the lease is first written, and the open
                 # returns with the lease held: the first upload need not wait for it.

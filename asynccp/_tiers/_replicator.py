@@ -24,13 +24,14 @@ Failures:
   or a supervisor's flush, and the replicator goes on with the next step.
 
 The replicator gives way to the caller: before it reads, checks and uploads a
-checkpoint it waits until the write pipeline has nothing staged (``quiet``), for at most
-as long as its previous checkpoint took to replicate (:data:`FIRST_DEFER` for the
-first). A save stages a copy of the caller's state while the caller waits; on a machine
-with few cores the replicator's work (a CRC32C over the file, the S3 client's payload
-hash) would otherwise run beside that copy and lengthen it. A loop that never pauses
-still has its checkpoints replicated, at no less than half the pace it would otherwise
-get.
+checkpoint it waits until the write pipeline has had nothing staged for
+:data:`SETTLE` seconds (``quiet``: a burst of saves is over, not just paused between
+two saves), for at most as long as its previous checkpoint took to replicate
+(:data:`FIRST_DEFER` for the first). A save stages a copy of the caller's state while
+the caller waits; on a machine with few cores the replicator's work (a CRC32C over the
+file, the S3 client's payload hash) would otherwise run beside that copy and lengthen
+it. A loop that never pauses still has its checkpoints replicated, at no less than half
+the pace it would otherwise get.
 
 After a crash (a SIGKILL), a relaunch on the same local directory finds the local steps
 newer than the newest step of the remote tier (one listing and a few metadata calls) and
@@ -75,6 +76,10 @@ log = logging.getLogger("asynccp")
 #: The longest the replicator waits for the pipeline to have nothing staged before its
 #: first checkpoint (then: as long as the previous checkpoint took to replicate).
 FIRST_DEFER = 0.5
+
+#: How long the pipeline must have had nothing staged before the replicator starts: the
+#: next save of a burst (a loop awaiting its handles, then saving again) comes sooner.
+SETTLE = 0.05
 
 #: The wait between the attempts to replicate one checkpoint: 0.5 s, 1 s... up to 30 s.
 RETRY_BACKOFF = Backoff(initial=0.5, max=30.0, jitter=0.25)
@@ -129,8 +134,9 @@ class Replicator:
         self._local_bad = local_bad
         self._after_commit = after_commit
         self._ready = ready  # the remote lease is written
-        #: Returns once the write pipeline has nothing staged (None: never waited for).
-        self.quiet: Callable[[], Awaitable[None]] | None = None
+        #: ``quiet(seconds)`` returns once the write pipeline has had nothing staged for
+        #: ``seconds`` (None: never waited for).
+        self.quiet: Callable[[float], Awaitable[None]] | None = None
         self._last_took = FIRST_DEFER  # the previous replication's seconds
         #: Local checkpoints not yet in the remote tier, by step (None: not known yet).
         self._behind: dict[int, Manifest] = {}
@@ -270,12 +276,12 @@ class Replicator:
                 self._wake()
 
     async def _give_way(self) -> None:
-        """Wait until the pipeline has nothing staged, for at most as long as the
-        previous replication took (see the module's docstring)."""
+        """Wait until the pipeline has had nothing staged for :data:`SETTLE`, for at
+        most as long as the previous replication took (see the module's docstring)."""
         if self.quiet is None:
             return
         with anyio.move_on_after(self._last_took):
-            await self.quiet()
+            await self.quiet(SETTLE)
 
     def _fail(self, step: int, error: CheckpointError) -> None:
         log.error(

@@ -120,10 +120,10 @@ class Tiers:
             self.order.raise_floor(step)
         self.replicator.remote_newest(step)
 
-    async def start(self, tg: TaskGroup, quiet: Callable[[], Awaitable[None]]) -> None:
+    async def start(self, tg: TaskGroup, quiet: Callable[[float], Awaitable[None]]) -> None:
         """Keep the remote lease and run the replicator in ``tg`` (until :meth:`stop`);
-        ``quiet()`` returns once the write pipeline has nothing staged (the replicator
-        gives way to saves)."""
+        ``quiet(seconds)`` returns once the write pipeline has had nothing staged for
+        ``seconds`` (the replicator gives way to saves)."""
         self.replicator.quiet = quiet
         tg.start_soon(self._lease.run)
         await tg.start(self._replicate)

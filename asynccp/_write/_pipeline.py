@@ -307,6 +307,11 @@ class Pipeline:
         """Wait until every staged checkpoint has committed or failed."""
         await self._queue.wait_idle()
 
+    async def wait_quiet(self, seconds: float) -> None:
+        """Wait until every staged checkpoint has committed or failed and none has been
+        staged since, for ``seconds``."""
+        await self._queue.wait_quiet(seconds)
+
     def take_failures(self, *, settled_only: bool = False) -> list[CheckpointError]:
         """The failures not reported yet, in step order (each is reported once).
 

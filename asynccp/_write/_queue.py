@@ -68,6 +68,7 @@ class StagingQueue(Generic[T]):
         self._bytes = 0
         self._closed = False
         self._changed = Changes()
+        self._idle_since = 0.0  # (anyio's clock) when the last item was done
 
     @property
     def depth(self) -> int:
@@ -124,7 +125,7 @@ class StagingQueue(Generic[T]):
         """Give back a reservation that never became an item (the snapshot failed)."""
         self._count -= 1
         self._bytes -= size
-        self._notify()
+        self._settled()
 
     async def get(self) -> T | None:
         """The next item to upload, in save order; None once closed and drained."""
@@ -146,6 +147,11 @@ class StagingQueue(Generic[T]):
         """``item`` committed or failed: give its room back."""
         self._count -= 1
         self._bytes -= item.size
+        self._settled()
+
+    def _settled(self) -> None:
+        if self._count == 0:
+            self._idle_since = anyio.current_time()
         self._notify()
 
     async def changed(self) -> None:
@@ -156,6 +162,16 @@ class StagingQueue(Generic[T]):
         """Wait until every staged item is done."""
         while self._count:
             await self._changed.wait()
+
+    async def wait_quiet(self, seconds: float) -> None:
+        """Wait until every staged item is done and nothing has been staged since, for
+        ``seconds`` (a burst of saves is over)."""
+        while True:
+            await self.wait_idle()
+            left = self._idle_since + seconds - anyio.current_time()
+            if left <= 0:
+                return
+            await anyio.sleep(left)  # then: still idle, or idle again since
 
     def close(self) -> None:
         """Accept no more items; ``get`` returns None once the queue is drained."""
@@ -169,5 +185,5 @@ class StagingQueue(Generic[T]):
         for item in items:
             self._count -= 1
             self._bytes -= item.size
-        self._notify()
+        self._settled()
         return items

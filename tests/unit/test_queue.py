@@ -273,6 +273,32 @@ async def test_wait_idle_waits_for_every_item_done() -> None:
     assert (a.size, b.size) == (1, 2)
 
 
+async def test_wait_quiet_waits_for_the_items_then_for_the_quiet_time() -> None:
+    q, _ = make(max_pending=5, max_bytes=1000)
+    await q.wait_quiet(0.0)  # nothing staged: at once
+    await stage(q, "a", 1)
+    quiet = anyio.Event()
+
+    async def waiter(seconds: float) -> None:
+        await q.wait_quiet(seconds)
+        quiet.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, 0.0)
+        await anyio.wait_all_tasks_blocked()
+        assert not quiet.is_set()  # an item is staged
+        q.done(await q.get())
+        with anyio.fail_after(30):
+            await quiet.wait()
+    # Idle just now, but not for a minute: a burst's next save may be coming.
+    quiet = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, 60.0)
+        await anyio.wait_all_tasks_blocked()
+        assert q.idle and not quiet.is_set()
+        tg.cancel_scope.cancel()
+
+
 async def test_drain_removes_what_has_not_started_and_frees_its_room() -> None:
     q, superseded = make(max_pending=5, max_bytes=1000)
     a = await stage(q, "a", 1)

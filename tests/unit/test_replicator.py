@@ -65,8 +65,8 @@ async def test_waits_for_the_pipeline_to_be_quiet(
     log: list[str] = []
     quiet = anyio.Event()
 
-    async def wait_quiet() -> None:
-        log.append("waiting")
+    async def wait_quiet(seconds: float) -> None:
+        log.append(f"waiting {seconds:g} s quiet")
         await quiet.wait()
         log.append("quiet")
 
@@ -76,12 +76,12 @@ async def test_waits_for_the_pipeline_to_be_quiet(
         await tg.start(r.run)
         r.add(manifests[0])
         await anyio.wait_all_tasks_blocked()
-        assert log == ["waiting"]  # a save is staging: nothing read or sent yet
+        assert log == [f"waiting {_replicator.SETTLE:g} s quiet"]  # nothing read or sent yet
         quiet.set()
         with anyio.fail_after(30):
             await r.wait_caught_up()
         tg.cancel_scope.cancel()
-    assert log == ["waiting", "quiet", "replicated 0"]
+    assert log == [f"waiting {_replicator.SETTLE:g} s quiet", "quiet", "replicated 0"]
     assert [rec.step for rec in await catalog.records(remote)] == [0]
 
 
@@ -93,7 +93,11 @@ async def test_a_pipeline_never_quiet_does_not_stop_it(
     remote = LocalDir(tmp_path / "remote")
     log: list[str] = []
     r = replicator(local, remote, log)
-    r.quiet = anyio.sleep_forever  # saves without pause
+
+    async def never(seconds: float) -> None:  # saves without pause
+        await anyio.sleep_forever()
+
+    r.quiet = never
     async with anyio.create_task_group() as tg:
         await tg.start(r.run)
         for manifest in manifests:
