@@ -33,15 +33,7 @@ from .._state import STATE_NAME, State, plan_state
 from .._types import Payload
 from ._staging import StagingFolder
 
-__all__ = [
-    "DEFAULT_NAME",
-    "OFFLOAD_BYTES",
-    "POOL_FROM",
-    "Part",
-    "StagedFile",
-    "Stager",
-    "maybe_offload",
-]
+__all__ = ["DEFAULT_NAME", "OFFLOAD_BYTES", "Part", "StagedFile", "Stager", "maybe_offload"]
 
 #: The name a single-buffer payload gets inside its checkpoint.
 DEFAULT_NAME = "data"
@@ -51,10 +43,6 @@ T = TypeVar("T")
 #: Copies at least this large go to a worker thread instead of running on the loop
 #: (smaller ones take well under a millisecond: less than the trip to a thread).
 OFFLOAD_BYTES = 4 << 20
-#: Copies at least this large stage into pooled memory (below: a fresh ``bytearray``).
-#: A fresh buffer's pages fault in on first touch; a mutable buffer saved again and
-#: again then costs the loop a copy into memory already mapped.
-POOL_FROM = 64 << 10
 _COPY_CHUNK = 8 << 20
 #: A pooled buffer is reused for a smaller file when it wastes at most this much.
 _POOL_SLACK = 8 << 20
@@ -198,20 +186,16 @@ class Stager:
         if g.allocate is not None:  # memory of the gather's own choosing (pinned)
             owner, data = await anyio.to_thread.run_sync(g.fill_own)
             return StagedFile(name, g.size, data=data, owner=owner)
-        if g.size < POOL_FROM:  # tiny: fresh memory is as quick as the pool
+        if g.size < OFFLOAD_BYTES:  # small: on the loop, quicker than a thread trip
             out = bytearray(g.size)
             g.fill(out, threads=1)
             return StagedFile(name, g.size, data=memoryview(out))
-        if g.size < OFFLOAD_BYTES:  # small: on the loop, quicker than a thread trip
-            buffer, data = self._copy(g)  # into pooled memory: no fresh pages to fault in
-            return StagedFile(name, g.size, data=data, buffer=buffer)
         buffer, data = await anyio.to_thread.run_sync(self._copy, g)
         return StagedFile(name, g.size, data=data, buffer=buffer)
 
     def _copy(self, g: Gather) -> tuple[mmap.mmap, memoryview]:
-        """``g`` assembled in a pooled or fresh buffer (in a worker thread from
-        :data:`OFFLOAD_BYTES` on: the allocation and the copy, which faults fresh pages
-        in, take time; on the loop below it)."""
+        """``g`` assembled in a pooled or fresh buffer (worker thread: the allocation
+        and the copy, which faults fresh pages in, take time)."""
         buffer, fresh = self._take(g.size)
         try:
             g.fill(buffer, threads=_memory.copy_threads(g.size, fresh=fresh))
