@@ -662,7 +662,6 @@ async def test_without_opentelemetry_nothing_changes(
     assert [json.loads(d) for _, d in await committed(tmp_path)] == [{"k": 1}]
 
 
-@pytest.mark.slow
 def test_import_asynccp_loads_no_opentelemetry_nor_web_framework() -> None:
     """OpenTelemetry is imported when an autosave is made, never by ``import asynccp``."""
     code = (
@@ -706,7 +705,6 @@ anyio.run(main)
 """
 
 
-@pytest.mark.slow
 def test_metrics_and_spans_through_the_global_providers(tmp_path: Path) -> None:
     pytest.importorskip("opentelemetry.sdk")
     proc = subprocess.run(

@@ -392,6 +392,7 @@ async def corruption_job(
             assert latest is not None and latest.step == start + saves - 1
 
 
+@pytest.mark.slow
 async def test_corruption_campaign(any_site: Site) -> None:
     """Rounds of: a job resumes and saves; the newest one or two checkpoints are damaged.
 
@@ -561,6 +562,7 @@ def disarm(proxy: FaultProxy) -> None:
     proxy.set_mode("pass")
 
 
+@pytest.mark.slow
 async def test_lost_answers_campaign(
     fault_proxy: FaultProxy, s3_bucket: str, moto_server: str
 ) -> None:

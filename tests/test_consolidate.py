@@ -111,6 +111,7 @@ print(code, base, hwm())
 """
 
 
+@pytest.mark.slow
 def test_consolidate_streams_in_pieces(tmp_path: Path) -> None:
     """768 MiB of tensors (three 256 MiB ones, saved by two writers) consolidated by a
     fresh process whose peak memory grows by less than half a tensor: a piece of 64 MiB

@@ -294,7 +294,6 @@ def test_a_fleet_killed_at_random_commits_exactly_the_complete_steps(
     assert folders == named, f"uncollected payload: {sorted(folders - named)[:5]}"
 
 
-@pytest.mark.slow
 def test_two_processes_claiming_one_shard(moto_server: str, s3_bucket: str) -> None:
     """Two processes started with the same shard of the same launch save step 0: exactly
     one records its part; the other fails with ShardConflictError (and exits non-zero)."""

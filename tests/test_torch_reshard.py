@@ -46,6 +46,7 @@ def launch(
     return losses, final.group(1)
 
 
+@pytest.mark.slow
 def test_saved_on_4_ranks_resumed_on_2_continues_exactly(tmp_path: Path) -> None:
     reference, final = launch(1, str(tmp_path / "reference"))
     assert sorted(reference) == list(range(STEPS))
