@@ -544,10 +544,12 @@ class HoldingProxy:
                 kept = [ln for ln in headers if not ln.lower().startswith(b"connection:")]
                 request = b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""])
                 up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-                up_writer.write(request + body)
-                await up_writer.drain()
-                response = await up_reader.read()  # upstream closes after one response
-                up_writer.close()
+                try:
+                    up_writer.write(request + body)
+                    await up_writer.drain()
+                    response = await up_reader.read()  # upstream closes after one response
+                finally:  # (also when the proxy stops mid-request)
+                    up_writer.close()
                 writer.write(response)
                 await writer.drain()
                 if matched:
