@@ -103,7 +103,7 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return v[k - 1], v[n - k]
 
 
-async def save_round(cp: asynccp.Checkpointer, data: bytearray, saves: int) -> dict[str, float]:
+async def save_round(cp: asynccp.Checkpointer, data: bytearray, saves: int) -> dict[str, Any]:
     # A first batch, not timed: a loop that saves for hours stages into memory its
     # earlier saves used (the stager's pool). Fresh memory's page faults are the
     # machine's, and on a VM they swing tenfold with how the host backs the memory.
@@ -173,8 +173,8 @@ def main() -> None:
             return make_s3_store(px.url, name)
 
         # 1. stall and time to the local commit
-        def local_only(i: int) -> dict[str, float]:
-            async def run() -> dict[str, float]:
+        def local_only(i: int) -> dict[str, Any]:
+            async def run() -> dict[str, Any]:
                 async with asynccp.Checkpointer(
                     root / f"l{i}", limits=limits(size, args.saves)
                 ) as cp:
@@ -182,8 +182,8 @@ def main() -> None:
 
             return anyio.run(run)
 
-        def tiered(i: int) -> dict[str, float]:
-            async def run() -> dict[str, float]:
+        def tiered(i: int) -> dict[str, Any]:
+            async def run() -> dict[str, Any]:
                 async with asynccp.Checkpointer(
                     remote(bucket()),
                     local=root / f"t{i}",
