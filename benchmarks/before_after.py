@@ -123,6 +123,13 @@ def main() -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 print(f"pair {pair + 1}/{args.pairs}: {which}", file=sys.stderr, flush=True)
                 runs[which].append(figures(run_bench(tree.resolve(), args.sizes, out)))
+    print_table(runs)
+
+
+def print_table(runs: dict[str, list[dict[str, tuple[float | None, bool]]]]) -> None:
+    """One Markdown table of every figure of ``runs`` (each run: ``name -> (value,
+    higher_is_better)``), with each tree's median and range and the verdict, then the
+    chance of each verdict given the number of runs."""
     names = list(runs["before"][0])
     print(f"{len(runs['before'])} runs of each, interleaved\n")
     print("| figure | before: median (range) | after: median (range) | after vs before |")
