@@ -63,6 +63,11 @@ class LocalFiles(Protocol):
         FileNotFoundError when there is no object."""
         ...
 
+    def recycle_records(self, on: bool) -> None:
+        """Keep the records this store's writer deletes, to write its next records over
+        them instead of creating files (off: delete every one kept)."""
+        ...
+
 
 @runtime_checkable
 class RangedReads(Protocol):

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .._layout import TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
+from .._layout import MANIFESTS, TMP_SUFFIX, TOP_FOLDERS, prepared_record_key
 from ..errors import ObjectExists, StoreError
 from ._base import ObjectInfo, Source
 from ._files import (
@@ -50,6 +50,7 @@ from ._files import (
     write_fd,
     write_file,
 )
+from ._spares import Spares, write_over
 
 if TYPE_CHECKING:
     from ._base import Store
@@ -75,6 +76,9 @@ class LocalDir:
         self.description = description or str(root)
         #: Entries a listing skipped and warned about (each is warned about once).
         self._skipped: set[str] = set()
+        #: Record files retention deleted, kept to be written over (off until a writer
+        #: turns them on: :meth:`recycle_records`).
+        self._spares = Spares()
 
     def __repr__(self) -> str:
         return f"<LocalDir {self.root} durable={self.durable}>"
@@ -119,18 +123,37 @@ class LocalDir:
         """Write ``data`` to a temporary name beside ``key`` (fsynced when durable) and
         move it to ``key`` only if there is none (ObjectExists otherwise), then make the
         folder durable: the commit of a record (few system calls: a loop of tiny
-        checkpoints makes one per checkpoint)."""
+        checkpoints makes one per checkpoint). A spare record file of the folder is
+        written over when there is one (:mod:`._spares`)."""
         dest = os.path.join(self._root, key)
-        folder, name = os.path.split(dest)
-        tmp = os.path.join(folder, _tmp_name(name))
+        folder = os.path.dirname(dest)
+        records = key.startswith(MANIFESTS)
+        claimed = self._spares.claim(folder) if records else None
         try:
-            fd = os.open(tmp, _CREATE, 0o644)
-        except FileNotFoundError:  # its folder is new (or retention removed it)
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, _CREATE, 0o644)
+            self._create(key, dest, data, claimed)
+        except FileNotFoundError:
+            if claimed is None:
+                raise
+            self._create(key, dest, data, None)  # the spare was collected meanwhile
+        if records:
+            self._spares.used(folder)
+        if self.durable:
+            fsync_dir(Path(folder))
+
+    def _create(self, key: str, dest: str, data: bytes, claimed: tuple[str, int] | None) -> None:
+        if claimed is None:
+            folder, name = os.path.split(dest)
+            tmp = os.path.join(folder, _tmp_name(name))
+            try:
+                fd = os.open(tmp, _CREATE, 0o644)
+            except FileNotFoundError:  # its folder is new (or retention removed it)
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(tmp, _CREATE, 0o644)
+        else:
+            tmp, fd = claimed
         try:
             try:
-                write_fd(fd, data)
+                (write_fd if claimed is None else write_over)(fd, data)
                 if self.durable:
                     os.fsync(fd)
             finally:
@@ -142,8 +165,6 @@ class LocalDir:
         except BaseException:
             _unlink(tmp)
             raise
-        if self.durable:
-            fsync_dir(Path(folder))
 
     def prepare_group(self, records: Sequence[tuple[str, bytes, Sequence[str]]]) -> list[Path]:
         """:meth:`prepare_create` for several records at once (durable stores only):
@@ -155,10 +176,19 @@ class LocalDir:
         objects: list[str] = []
         try:
             for folder, data, sync in records:
-                tmp = self.root / prepared_record_key(folder, secrets.token_hex(8))
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                write_file(tmp, data, sync=False)
-                made.append(tmp)
+                claimed = self._spares.claim(os.path.join(self._root, folder))
+                if claimed is not None:  # a spare record file (see :mod:`._spares`)
+                    path, fd = claimed
+                    made.append(Path(path))
+                    try:
+                        write_over(fd, data)
+                    finally:
+                        os.close(fd)
+                else:
+                    tmp = self.root / prepared_record_key(folder, secrets.token_hex(8))
+                    tmp.parent.mkdir(parents=True, exist_ok=True)
+                    write_file(tmp, data, sync=False)
+                    made.append(tmp)
                 objects += sync
             sync_files([self.root / k for k in objects] + made)
             # The objects' names must be durable; a prepared file's need not be (its
@@ -244,6 +274,8 @@ class LocalDir:
             place(os.fspath(prepared), os.fspath(dest))
         except FileExistsError:
             raise ObjectExists(key) from None
+        if key.startswith(MANIFESTS):
+            self._spares.used(os.fspath(dest.parent))
         return dest
 
     def make_durable(self, keys: Sequence[str]) -> None:
@@ -390,11 +422,23 @@ class LocalDir:
             log.warning("asynccp: %s: skipping %r: %s", self.description, shown, why)
 
     def delete(self, keys: Sequence[str]) -> None:
-        """Delete files, then the folders left empty (as an object store has none)."""
+        """Delete files, then the folders left empty (as an object store has none).
+
+        A writer's records become spares, up to a point (:meth:`recycle_records`)."""
         for key in keys:
+            path = os.path.join(self._root, key)
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                os.unlink(self.root / key)
+                if not self._spares.retire(path):
+                    os.unlink(path)
         _prune_empty_dirs(self.root, keys)
+
+    def recycle_records(self, on: bool) -> None:
+        """Keep the records this store's writer deletes, to write its next records over
+        them (``on``: see :mod:`._spares`); off: delete every spare (the writer is done)."""
+        if on:
+            self._spares.enabled = True
+        else:
+            self._spares.drop()
 
 
 if TYPE_CHECKING:

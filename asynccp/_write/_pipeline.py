@@ -30,7 +30,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._options import Limits
-from .._store import Store
+from .._store import Store, local_files
 from .._telemetry import Telemetry
 from .._types import Payload
 from ..errors import CheckpointClosedError, CheckpointError, FlushTimeoutError, SupersededError
@@ -168,8 +168,15 @@ class Pipeline:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, tg: TaskGroup, staging: StagingFolder, ready: anyio.Event) -> None:
-        """Stage into ``staging``; run the worker in ``tg`` (uploads wait for ``ready``)."""
+        """Stage into ``staging``; run the worker in ``tg`` (uploads wait for ``ready``).
+
+        On a local directory, the records retention deletes are kept to write the next
+        ones over (:meth:`~asynccp._store.LocalFiles.recycle_records`) until
+        :meth:`release`."""
         self._stager.open(staging)
+        files = local_files(self._store)
+        if files is not None:
+            files.recycle_records(True)
         self._tg = tg
         self._worker_scope = await tg.start(self._worker, ready)
 
@@ -191,9 +198,16 @@ class Pipeline:
         return self._result(scope.cancelled_caught, seconds)
 
     async def release(self) -> None:
-        """Remove the staging folder (after the worker is gone)."""
+        """Remove the staging folder and the spare records (after the worker is gone)."""
+        files = local_files(self._store)
+
+        def release() -> None:
+            self._stager.close()
+            if files is not None:
+                files.recycle_records(False)
+
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._stager.close)
+            await anyio.to_thread.run_sync(release)
 
     async def flush_within(self, seconds: float) -> FlushResult:
         """Wait for every staged checkpoint to commit and for housekeeping, at most
