@@ -293,12 +293,17 @@ class FaultProxy:
             await self._stop.wait()
         finally:
             server.close()
+            # A connection accepted just now has a handler task that has not run yet:
+            # one pass of the loop lets it register its transport, to be aborted too.
+            await asyncio.sleep(0)
             await self._abort_all()
             # Let handlers see the aborts and finish on their own: on 3.11,
             # cancelling a start_server handler task logs a spurious traceback.
             if self._handlers:
                 await asyncio.wait(self._handlers, timeout=5.0)
             await server.wait_closed()
+            await self._abort_all()
+            await asyncio.sleep(0)  # the aborted transports close their sockets
 
     async def _abort_all(self) -> None:
         for t in list(self._transports):
@@ -488,6 +493,7 @@ class HoldingProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._open: set[asyncio.BaseTransport] = set()  # the clients' connections
         self._thread = threading.Thread(target=self._run, name="HoldingProxy", daemon=True)
 
     @property
@@ -520,8 +526,13 @@ class HoldingProxy:
         self._ready.set()
         async with server:
             await self._stop.wait()
+            await asyncio.sleep(0)  # (a handler of a connection accepted just now starts)
+            for transport in list(self._open):  # those of clients still connected
+                transport.abort()
+            await asyncio.sleep(0)  # their sockets close
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer.transport)
         try:
             while True:
                 try:
@@ -557,4 +568,5 @@ class HoldingProxy:
         except (OSError, asyncio.IncompleteReadError):
             pass  # the client gave up on the connection
         finally:
+            self._open.discard(writer.transport)
             writer.close()
