@@ -247,7 +247,8 @@ async def apply_retention(
             for r, m in counted
             if r.step in doomed and r.step < anchor and r.step not in held
         ]
-        kept = [r.step for r, _ in counted if r.step not in {r.step for r, _ in going}]
+        gone = {r.step for r, _ in going}
+        kept = [r.step for r, _ in counted if r.step not in gone]
         if not dry_run:
             await delete_records(store, [(r, trust.valid[r.key]) for r, _ in going])
             for record, _ in going:
