@@ -30,7 +30,6 @@ from _moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, make_s3_store
 import asynccp
 from asynccp.cli import _bench, _bench_report, _bench_stats, _bench_targets, main
 from asynccp.cli._bench_command import MEMORY_BENCH_WARNING
-from asynccp.cli._bench_engine import LAG_TICKS
 from asynccp.cli._bench_options import Options as BenchOptions
 
 TINY_BENCH = [
@@ -566,8 +565,6 @@ def check_bench_doc(doc: dict[str, Any], kinds: set[str], sizes: set[int]) -> No
             assert figures <= set(case[key]), (key, case[key])
         for who in ("asynccp", "sync_writer"):
             assert {"p50", "p99", "max", "ticks"} <= set(case["loop_lag_ms"][who])
-            # Every round's lag sample holds enough ticks, however fast the round.
-            assert case["loop_lag_ms"][who]["ticks"] >= LAG_TICKS * case["rounds"]
         assert case["stall_ms"]["asynccp"] > 0 and case["stall_ms"]["sync_write"] > 0
         assert 1 <= case["rounds"] <= 2  # more than --rounds only while the range widens
         committed = case["throughput_mib_s"]["committed_bytes"]

@@ -108,26 +108,6 @@ async def ticking(ticker: Ticker | None) -> Any:
             tg.cancel_scope.cancel()
 
 
-#: A round's loop-lag sample holds at least this many ticks. A round that ends sooner
-#: (four 1 MiB saves commit in a few milliseconds, about one tick of 5 ms) makes the
-#: same saves again, back to back, until the ticker has ticked this often; only its
-#: first saves count for the stall and the throughput. Without that, the lag figure of
-#: a small payload pooled a tick or two per round, taken where the round ran long and
-#: at the moment its commits settle: the faster asynccp committed, the worse it looked.
-LAG_TICKS = 20
-#: ... unless the round has run this long (a ticker that does not tick).
-LAG_MAX_SECONDS = 2.0
-
-
-def _more_ticks(ticker: Ticker | None, started: float) -> bool:
-    """Whether a round with ``ticker`` (started at ``started``) needs more ticks."""
-    return (
-        ticker is not None
-        and len(ticker.lags) < LAG_TICKS
-        and time.perf_counter() - started < LAG_MAX_SECONDS
-    )
-
-
 @dataclass
 class Round:
     """What one round of one contender (asynccp or the sync writer) measured."""
@@ -138,8 +118,7 @@ class Round:
     restore_seconds: float = 0.0
     restored_bytes: int = 0
     copies: list[float] = field(default_factory=list)
-    #: How late the loop's ticker woke during the round's uploads (at least
-    #: :data:`LAG_TICKS` ticks: see there).
+    #: How late the loop's ticker woke during the round's uploads.
     lags: list[float] = field(default_factory=list)
 
     @property
@@ -190,16 +169,6 @@ class Engine:
                     continue
             r.write_seconds = time.perf_counter() - t0
             r.committed_bytes = sum(c.size for c in ckpts)
-            step = o.saves
-            while _more_ticks(ticker, t0):  # (the lag's sample only: see LAG_TICKS)
-                handles = []
-                for _ in range(o.saves):
-                    case.touch(step)
-                    handles.append(await cp.save(step, case.payload))
-                    step += 1
-                for h in handles:
-                    with contextlib.suppress(SupersededError):
-                        await h
         # Restores run with the ticker off: the lag figure is about uploads.
         t0 = time.perf_counter()
         for c in ckpts:
@@ -234,15 +203,6 @@ class Engine:
                 keys += [k for k, _ in items]
             r.write_seconds = time.perf_counter() - t0
             r.committed_bytes = o.saves * case.size
-            extra = 0
-            while _more_ticks(ticker, t0):  # (the lag's sample only: see LAG_TICKS)
-                for _ in range(o.saves):
-                    case.touch(extra)
-                    await anyio.lowlevel.checkpoint()
-                    self.target.put_many(
-                        [(f"{sub}/extra/{extra:06d}/{name}", src) for name, src in case.parts]
-                    )
-                    extra += 1
         t0 = time.perf_counter()
         for k in keys:
             r.restored_bytes += len(self.target.get(k))
