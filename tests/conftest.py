@@ -12,6 +12,7 @@ adds nothing there, and the S3 runs are the slow ones.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _close_flytekits_stats_client() -> Iterator[None]:
+    """flytekit's ``setup_execution`` makes a process-wide statsd client (a UDP socket)
+    that a pod keeps until it exits: closed when the test session ends, so the test
+    process does not exit with it open (a ResourceWarning)."""
+    yield
+    client = sys.modules.get("flytekit.interfaces.stats.client")
+    made = getattr(client, "_stats_client", None)
+    close = getattr(made, "close", None)
+    if close is not None:
+        close()
 
 
 @pytest.fixture(scope="session")

@@ -47,21 +47,6 @@ from asynccp.flytekit import AsyncCheckpoint, Checkpointing
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_flytekits_stats_client() -> Any:
-    """``setup_execution`` makes flytekit's process-wide statsd client (a UDP socket),
-    which a pod keeps until it exits: closed here, after this module's attempts, so the
-    test process does not end with it open (a ResourceWarning at exit)."""
-    yield
-    from flytekit.interfaces.stats import client
-
-    made, client._stats_client = client._stats_client, None
-    close = getattr(made, "close", None)
-    if close is not None:
-        close()
-
-
 # -- a task attempt, with or without the plugin ------------------------------------------
 
 #: The behaviour the next attempt runs: ``(checkpoint, scratch folder) -> JSON value``.
