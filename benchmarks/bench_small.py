@@ -17,8 +17,9 @@ reaches it; the table also says when the whole range does (or misses it).
 - ``s3``: ``--s3-saves`` (300) checkpoints of 16 bytes to a moto S3 server (started
   here, on 127.0.0.1), ``policy="block"``, ``keep=3``; against sequential raw
   ``obstore.put`` calls of the same 16 bytes. Target ≥ 1.0.
-- ``--max-pending N`` runs ``local``, ``durable`` and ``s3`` with ``Limits(max_pending=N)``
-  instead of the default 4: a group commit takes at most what waits in the queue.
+- ``--max-pending N`` runs asynccp in ``local``, ``durable``, ``s3`` and the seed-loop
+  cases with ``Limits(max_pending=N)`` instead of the default 4: a group commit takes
+  at most what waits in the queue.
 - ``seed-block`` / ``seed-latest``: Flyte's seed loop
   (``current_context().checkpoint.write(f"{i + 1}".encode())``, ``--seed-saves`` times)
   in a flytekit ``def`` task run locally, with
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -184,25 +186,40 @@ except ImportError:
 seed_loop = c.seed_loop
 
 
+def _seed_limits() -> asynccp.Limits:
+    """The seed-loop tasks' Limits: ``--max-pending`` read before ``main`` parses the
+    command line, because a flytekit task's config is fixed where it is defined, at
+    module level (flytekit refuses tasks defined in a function)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--max-pending", type=int)
+    mp = pre.parse_known_args()[0].max_pending if __name__ == "__main__" else None
+    return asynccp.Limits() if mp is None else asynccp.Limits(max_pending=mp)
+
+
 if task is not None:
+    _limits = _seed_limits()
 
     @task
     def flytekit_seed(n: int) -> float:
         return seed_loop(n)
 
-    @task(task_config=asynccp.flytekit.Checkpointing(keep=3))
+    @task(task_config=asynccp.flytekit.Checkpointing(keep=3, limits=_limits))
     def asynccp_block_seed(n: int) -> float:
         return seed_loop(n)
 
     @task(
         task_config=asynccp.flytekit.Checkpointing(
-            keep=3, store=asynccp.StoreOptions(durable=False)
+            keep=3, limits=_limits, store=asynccp.StoreOptions(durable=False)
         )
     )
     def asynccp_nofsync_seed(n: int) -> float:
         return seed_loop(n)
 
-    @task(task_config=asynccp.flytekit.Checkpointing(policy="latest", keep=3))
+    @task(
+        task_config=asynccp.flytekit.Checkpointing(
+            keep=3, limits=dataclasses.replace(_limits, policy="latest")
+        )
+    )
     def asynccp_latest_seed(n: int) -> float:
         return seed_loop(n)
 
@@ -326,7 +343,8 @@ def main() -> None:
     p.add_argument(
         "--max-pending",
         type=int,
-        help="Limits(max_pending=) of the tiny local and S3 cases (default: the library's, 4)",
+        help="Limits(max_pending=) of asynccp in the tiny local, S3 and seed-loop cases "
+        "(default: the library's, 4)",
     )
     p.add_argument("--only", default=",".join(CASES), help=f"cases (default {','.join(CASES)})")
     p.add_argument("--dir", help="parent directory for the local cases (default: a temp dir)")
