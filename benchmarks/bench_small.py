@@ -186,13 +186,21 @@ except ImportError:
 seed_loop = c.seed_loop
 
 
+#: ``--max-pending``, declared once: ``main``'s parser takes it as a parent.
+_LIMITS_ARGS = argparse.ArgumentParser(add_help=False)
+_LIMITS_ARGS.add_argument(
+    "--max-pending",
+    type=int,
+    help="Limits(max_pending=) of asynccp in the tiny local, S3 and seed-loop cases "
+    "(default: the library's, 4)",
+)
+
+
 def _seed_limits() -> asynccp.Limits:
     """The seed-loop tasks' Limits: ``--max-pending`` read before ``main`` parses the
     command line, because a flytekit task's config is fixed where it is defined, at
     module level (flytekit refuses tasks defined in a function)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--max-pending", type=int)
-    mp = pre.parse_known_args()[0].max_pending if __name__ == "__main__" else None
+    mp = _LIMITS_ARGS.parse_known_args()[0].max_pending if __name__ == "__main__" else None
     return asynccp.Limits() if mp is None else asynccp.Limits(max_pending=mp)
 
 
@@ -335,17 +343,11 @@ def fmt(x: float, unit: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[_LIMITS_ARGS])
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     p.add_argument("--saves", type=int, default=2000, help="local tiny saves (default 2000)")
     p.add_argument("--s3-saves", type=int, default=300, help="S3 tiny saves (default 300)")
     p.add_argument("--seed-saves", type=int, default=2000, help="seed-loop writes (default 2000)")
-    p.add_argument(
-        "--max-pending",
-        type=int,
-        help="Limits(max_pending=) of asynccp in the tiny local, S3 and seed-loop cases "
-        "(default: the library's, 4)",
-    )
     p.add_argument("--only", default=",".join(CASES), help=f"cases (default {','.join(CASES)})")
     p.add_argument("--dir", help="parent directory for the local cases (default: a temp dir)")
     p.add_argument("--json", help="write the results as JSON to this file")
