@@ -300,3 +300,20 @@ def test_the_local_directory_has_the_capabilities_and_an_object_store_none(
     assert local_root(memory) is None
     assert durable_commits(local) is local and durable_commits(memory) is None
     assert local_files(local) is local and local_files(memory) is None
+
+
+def test_deleting_the_last_objects_keeps_the_top_folders_open_made_durable(
+    tmp_path: Path,
+) -> None:
+    """A durable write fsyncs folders up to the top ones, whose entries ``open()`` made
+    durable once: deleting the last checkpoint (retention, ``gc``, the orphan collector)
+    must not remove them, or the next write's folder would hang from an entry that
+    never reached the disk. Folders below them go when they are empty."""
+    store = LocalDir(tmp_path / "loc")
+    store.open()
+    keys = ["data/00000000000000000001-w/a/b", manifest_key(1)]
+    for key in keys:
+        store.put(key, b"x")
+    store.delete(keys)
+    assert sorted(p.name for p in store.root.iterdir()) == ["data", "manifests"]
+    assert list((store.root / "data").iterdir()) == []

@@ -501,10 +501,13 @@ def _unlink(path: str) -> None:
 
 
 def _prune_empty_dirs(root: Path, keys: Sequence[str]) -> None:
-    """Remove folders left empty by deletes, up to (not including) ``root``."""
+    """Remove folders left empty by deletes, up to (not including) ``root`` and its top
+    folders: :meth:`LocalDir.open` made their entries durable once, and every durable
+    write counts on it (a top folder made again later would not be)."""
+    tops = {root / top for top in TOP_FOLDERS}
     folders = {(root / key).parent for key in keys}
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        while folder != root and root in folder.parents:
+        while folder != root and folder not in tops and root in folder.parents:
             try:
                 folder.rmdir()
             except OSError:
