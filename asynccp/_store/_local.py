@@ -79,6 +79,7 @@ class LocalDir:
         #: Record files retention deleted, kept to be written over (off until a writer
         #: turns them on: :meth:`recycle_records`).
         self._spares = Spares()
+        self._records = os.path.join(self._root, MANIFESTS.rstrip("/"))
 
     def __repr__(self) -> str:
         return f"<LocalDir {self.root} durable={self.durable}>"
@@ -176,19 +177,7 @@ class LocalDir:
         objects: list[str] = []
         try:
             for folder, data, sync in records:
-                claimed = self._spares.claim(os.path.join(self._root, folder))
-                if claimed is not None:  # a spare record file (see :mod:`._spares`)
-                    path, fd = claimed
-                    made.append(Path(path))
-                    try:
-                        write_over(fd, data)
-                    finally:
-                        os.close(fd)
-                else:
-                    tmp = self.root / prepared_record_key(folder, secrets.token_hex(8))
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    write_file(tmp, data, sync=False)
-                    made.append(tmp)
+                made.append(self._prepare_record(folder, data))
                 objects += sync
             sync_files([self.root / k for k in objects] + made)
             # The objects' names must be durable; a prepared file's need not be (its
@@ -231,8 +220,10 @@ class LocalDir:
         :meth:`link_prepared` then links the file into place: the commit itself is one link
         and one fsync of the folder, and the temporary name goes with the link; if the
         commit does not happen, :meth:`discard_prepared` removes it. ``folder`` is the
-        checkpoint's own payload folder: a file left by a killed writer goes with that
-        folder (collected with it, or deleted with the checkpoint by retention).
+        checkpoint's own payload folder: a file left there by a killed writer goes with
+        that folder (collected with it, or deleted with the checkpoint by retention). A
+        spare record, when the writer has one, is written over instead (see
+        :mod:`._spares`; one a killed writer leaves is collected once stale).
         """
         if not self.durable:
             return None
@@ -240,16 +231,35 @@ class LocalDir:
             sync_files([self.root / k for k in sync])
             self.make_durable(sync)
             return None
-        key = prepared_record_key(folder, secrets.token_hex(8))
-        tmp = self.root / key
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._prepare_record(folder, data)
         try:
-            write_file(tmp, data, sync=False)
             sync_files([self.root / k for k in sync] + [tmp])
-            self.make_durable([*sync, key])
+            # The objects' names must be durable; a prepared file's need not be (its
+            # link is a new name, made durable by link_prepared).
+            self.make_durable(sync)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return tmp
+
+    def _prepare_record(self, folder: str, data: bytes) -> Path:
+        """A file holding ``data``, to be linked as a record (not yet durable): a spare
+        record file written over (see :mod:`._spares`: no inode allocated), else a new
+        file in ``folder``."""
+        claimed = self._spares.claim(self._records)
+        if claimed is not None:
+            path, fd = claimed
+            try:
+                write_over(fd, data)
+            except BaseException:
+                os.close(fd)
+                _unlink(path)
+                raise
+            os.close(fd)
+            return Path(path)
+        tmp = self.root / prepared_record_key(folder, secrets.token_hex(8))
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        write_file(tmp, data, sync=False)
         return tmp
 
     def discard_prepared(self, prepared: Any) -> None:

@@ -6,8 +6,9 @@ Both cost the file system far more than the bytes do: ext4 without a journal che
 for every new inode, each one freed in the last seconds before it takes one, and a
 mount with ``discard`` trims every block freed. A writer's :class:`~._local.LocalDir`
 therefore moves a record retention deletes to a temporary name (which removes the
-record as atomically as unlinking it does) and writes the next record of that folder
-over it: no inode or block is allocated or freed.
+record as atomically as unlinking it does) and prepares its next record — tiny or
+beside payload files, committed in a group or alone — in it, written over: no inode or
+block is allocated or freed for the record.
 
 A spare is an ordinary temporary file (its name ends with ``TMP_SUFFIX``): readers and
 listings skip it, and the orphan collector takes one that a killed writer left, once it

@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+import pytest
+
 import asynccp
 from asynccp._layout import MANIFESTS, TMP_SUFFIX, manifest_key
 from asynccp._store import LocalDir
@@ -66,6 +68,31 @@ async def test_durable_groups_write_over_spares_and_read_back(tmp_path: Path) ->
         for c in kept:
             await c.verify()
             assert await c.read("data") == b"x" * (c.step % 7)
+    assert temporaries(root) == []
+
+
+@pytest.mark.parametrize("size", [64 << 10, 5 << 20], ids=["grouped", "alone"])
+async def test_records_of_checkpoints_with_payload_files_take_spares_too(
+    tmp_path: Path, size: int
+) -> None:
+    """A record that does not hold its bytes (a payload file beside it: written in a
+    group below 4 MiB, alone above) is prepared in a spare as well, not a new file."""
+    root = tmp_path / "loc"
+    seen: set[int] = set()
+    reused = 0
+    async with asynccp.Checkpointer(root, keep=2) as cp:
+        for step in range(40):
+            await (await cp.save(step, bytearray([step]) * size))
+            now = records(root)
+            reused += now[f"{step:020d}.json"] in seen
+            seen |= set(now.values())
+    assert reused > 10
+    async with asynccp.Checkpointer(root) as cp:
+        kept = await cp.list()
+        assert [c.step for c in kept] == [38, 39]
+        for c in kept:
+            await c.verify()
+            assert await c.read("data") == bytes([c.step]) * size
     assert temporaries(root) == []
 
 
