@@ -113,6 +113,33 @@ def workdir(arg: str | None) -> tuple[Path, Callable[[], None]]:
     return root, lambda: shutil.rmtree(root, ignore_errors=True)
 
 
+def file_system(path: Path) -> str:
+    """What ``path`` is stored on, for a benchmark's header: the file system, its device,
+    its mount options and, for ext4, whether it has a journal (jbd2 lists the journals
+    it runs under ``/proc/fs/jbd2``). Creating files is several times slower on ext4
+    without a journal after many deletions, which changes every local ratio; a reader
+    of the figures needs to know which it was. "unknown" where ``/proc`` is absent."""
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    where = os.path.realpath(path)
+    best: tuple[int, str] = (-1, "unknown")
+    for line in mounts:
+        fields = line.split()
+        sep = fields.index("-")
+        point = fields[4].replace("\\040", " ")
+        kind, device, options = fields[sep + 1], fields[sep + 2], fields[sep + 3]
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best[0]:
+            text = f"{kind} on {device} ({options})"
+            if kind == "ext4":
+                journal = Path("/proc/fs/jbd2").glob(f"{os.path.basename(device)}-*")
+                text += ", journaled" if any(journal) else ", no journal"
+            best = (len(point), text)
+    return best[1]
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--sizes", default="1,16,64", help="payload sizes in MiB (default 1,16,64)")

@@ -26,6 +26,11 @@ caller may overwrite):
   to back, with a 5 ms ticker on the loop: the lag's p50 and p99 over every tick (a
   few hundred), and the saves per second the window reached.
 
+The checkpoints go to the temporary directory (``TMPDIR``), whose file system the
+output names first. On ext4 without a journal, creating files right after many were
+deleted (the rounds delete theirs as they go) is slow, and the window measures mostly
+that; ``TMPDIR`` on a journaled file system measures the trees instead.
+
 The table and its verdicts are ``before_after.py``'s.
 """
 
@@ -198,8 +203,13 @@ def main() -> None:
     if args.before is None or args.after is None:
         parser.error("give the two trees: BEFORE_TREE AFTER_TREE")
     sys.path.insert(0, str(HERE))
+    from _common import file_system
     from before_after import print_table
 
+    print(
+        f"checkpoints in {tempfile.gettempdir()} (TMPDIR): "
+        f"{file_system(Path(tempfile.gettempdir()))}"
+    )
     runs: dict[str, list[dict[str, tuple[float | None, bool]]]] = {"before": [], "after": []}
     for pair in range(args.pairs):
         for which in ("before", "after") if pair % 2 == 0 else ("after", "before"):

@@ -360,6 +360,13 @@ def main() -> None:
         print("flytekit is not installed: skipping the seed loop (pip install flytekit)")
         cases = [c for c in cases if not c.startswith("seed")]
     root = Path(tempfile.mkdtemp(prefix="asynccp-small-", dir=args.dir))
+    disk = c.file_system(root)
+    print(f"local cases in {root.parent}: {disk}")
+    if cases_seed := [n for n in cases if n.startswith("seed")]:
+        print(
+            f"{', '.join(cases_seed)}: flytekit's files in {tempfile.gettempdir()}: "
+            f"{c.file_system(Path(tempfile.gettempdir()))}"
+        )
     s3 = S3() if {"s3", "read16"} & set(cases) else None
     results = []
     try:
@@ -382,7 +389,8 @@ def main() -> None:
             f"| ≥ {r['target']:g} | {verdict} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rounds": args.rounds, "cases": results}, indent=2))
+        doc = {"rounds": args.rounds, "file_system": disk, "cases": results}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":
