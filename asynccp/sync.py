@@ -307,13 +307,15 @@ class Checkpointer:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
+        # (Never suppresses the block's exception; typed so, like the async one.)
         self._restore_sigterm()
         portal, self._portal = self._portal, None
         if portal is None:
-            return False
+            return
         if not isinstance(exc, Terminated):
-            return bool(self._stack.__exit__(exc_type, exc, tb))
+            self._stack.__exit__(exc_type, exc, tb)
+            return
         # SIGTERM: flush within grace, close, exit 75 (Preempted).
         ignore_further_signals()
         try:
