@@ -5,7 +5,7 @@ thread, abandonable, failures as :class:`~asynccp.StoreError` naming the key and
 location)."""
 
 from ._base import ObjectInfo, Source, Store
-from ._call import abandoned, call, store_errors, wait_abandoned
+from ._call import abandoned, call, describe_error, store_errors, wait_abandoned
 from ._capabilities import (
     DurableCommits,
     LocalFiles,
@@ -39,6 +39,7 @@ __all__ = [
     "StoreOptions",
     "abandoned",
     "call",
+    "describe_error",
     "durable_commits",
     "is_url",
     "local_files",

@@ -28,7 +28,14 @@ import anyio.to_thread
 from ..errors import CheckpointError, ObjectExists, StoreError
 from ._base import Store
 
-__all__ = ["abandoned", "call", "describe_keys", "store_errors", "wait_abandoned"]
+__all__ = [
+    "abandoned",
+    "call",
+    "describe_error",
+    "describe_keys",
+    "store_errors",
+    "wait_abandoned",
+]
 
 T = TypeVar("T")
 
@@ -44,6 +51,33 @@ def describe_keys(key: str | Sequence[str] | None) -> str:
     keys = list(key)
     shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     return f" {shown}" if keys else ""
+
+
+#: obstore ends each message with a dump of its Rust error value, "Debug source:" and
+#: a few dozen lines: what a person reads stops before it (``__cause__`` keeps it all).
+_DEBUG_DUMP = "\n\nDebug source:"
+#: The last places the AWS credential chain looks: the instance metadata service
+#: (IMDSv2's token, then the instance role's credentials). A request to them that
+#: failed means no credentials were found before it.
+_AWS_METADATA_PATHS = ("/latest/api/token", "/latest/meta-data/iam/security-credentials")
+_NO_AWS_CREDENTIALS = (
+    "; no AWS credentials were found (obstore reads the AWS_* environment variables, "
+    "then asks the instance metadata service; it does not read ~/.aws): set "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass a credential provider in "
+    "store=asynccp.StoreOptions(obstore={...}), e.g. obstore.auth.boto3's "
+    "Boto3CredentialProvider() for ~/.aws profiles"
+)
+
+
+def describe_error(e: BaseException, *, advice: bool = True) -> str:
+    """A store error as a person reads it: obstore's message without its debug dump,
+    and (``advice``) what to do when AWS credentials were not found."""
+    text = str(e).split(_DEBUG_DUMP, 1)[0].strip()
+    if not advice:
+        return text.replace(_NO_AWS_CREDENTIALS, "")
+    if any(path in text for path in _AWS_METADATA_PATHS) and _NO_AWS_CREDENTIALS not in text:
+        text += _NO_AWS_CREDENTIALS
+    return text
 
 
 @contextlib.contextmanager
@@ -66,7 +100,9 @@ def store_errors(store: Store, key: str | Sequence[str] | None, action: str) -> 
             f"{action}{describe_keys(key)} in {store.description} failed: the bucket does not exist"
         ) from e
     except Exception as e:
-        raise StoreError(f"{action}{describe_keys(key)} in {store.description} failed: {e}") from e
+        raise StoreError(
+            f"{action}{describe_keys(key)} in {store.description} failed: {describe_error(e)}"
+        ) from e
 
 
 def wait_abandoned(seconds: float) -> bool:

@@ -32,7 +32,7 @@ from .._layout import QUARANTINE, manifest_key
 from .._manifest import newer_format
 from .._retention import quarantine
 from .._shard_records import AnyManifest, ShardedManifest, decode_record
-from .._store import DurableCommits, Store, call
+from .._store import DurableCommits, Store, call, describe_error
 from ..errors import (
     CheckpointNotFoundError,
     CommitUnknownError,
@@ -200,6 +200,7 @@ async def look_after_failure(
     """
     step = manifest.step
     cause = error.__cause__ or error
+    why = describe_error(cause)
     try:
         try:
             existing = await catalog.read_manifest(store, Record(step, key, 0))
@@ -210,17 +211,19 @@ async def look_after_failure(
                 "asynccp: step %d: the answer to its commit was lost (%s), but the "
                 "store holds its record: committed",
                 step,
-                cause,
+                why,
             )
             return
     except StoreError as e:
+        # (The advice, if any, once: at the end of the first reason.)
         raise CommitUnknownError(
             f"checkpoint step {step} in {store.description}: the commit request failed "
-            f"({cause}) and the store could not be asked whether it landed ({e}); it may or "
-            "may not be committed. Its payload is kept; the next reader decides."
+            f"({why}) and the store could not be asked whether it landed "
+            f"({describe_error(e, advice=False)}); it may or may not be committed. Its "
+            "payload is kept; the next reader decides."
         ) from cause
     raise UploadError(
-        f"checkpoint step {step} was not committed to {store.description}: {cause}"
+        f"checkpoint step {step} was not committed to {store.description}: {why}"
     ) from cause
 
 
