@@ -11,6 +11,8 @@ to do, not dump obstore's debug structure.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,9 @@ async def test_without_credentials_the_error_says_where_they_go(
             async with asynccp.Checkpointer(f"s3://{s3_bucket}/run", store=options) as cp:
                 await (await cp.save(1, b"state"))
     message = str(caught.value)
-    assert "no AWS credentials were found" in message
+    assert "no AWS credentials found" in message
     assert "AWS_ACCESS_KEY_ID" in message and "Boto3CredentialProvider" in message
-    assert message.count("no AWS credentials were found") == 1
+    assert message.count("no AWS credentials found") == 1
     assert "Debug source" not in message  # obstore's dump of its error value
 
 
@@ -80,3 +82,29 @@ async def test_a_profile_in_an_aws_credentials_file_through_boto3(
         latest = await cp.latest()
         assert latest is not None and latest.step == 1
         assert await latest.read() == b"state"
+
+
+def test_the_command_line_keeps_the_advice_in_its_one_line(
+    no_aws_env: None, moto_server: str, s3_bucket: str
+) -> None:
+    """``asynccp ls`` prints one line of at most a few hundred characters, cut in the
+    middle: the advice at its end stays."""
+    with MetadataServer("aws") as metadata:
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": moto_server,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": REGION,
+            "AWS_METADATA_ENDPOINT": metadata.url,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "asynccp", "ls", f"s3://{s3_bucket}/run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("asynccp: listing manifests/")
+    assert "no AWS credentials found" in line and "Boto3CredentialProvider()" in line

@@ -61,11 +61,10 @@ _DEBUG_DUMP = "\n\nDebug source:"
 #: failed means no credentials were found before it.
 _AWS_METADATA_PATHS = ("/latest/api/token", "/latest/meta-data/iam/security-credentials")
 _NO_AWS_CREDENTIALS = (
-    "; no AWS credentials were found (obstore reads the AWS_* environment variables, "
-    "then asks the instance metadata service; it does not read ~/.aws): set "
-    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass a credential provider in "
-    "store=asynccp.StoreOptions(obstore={...}), e.g. obstore.auth.boto3's "
-    "Boto3CredentialProvider() for ~/.aws profiles"
+    "; no AWS credentials found (obstore reads the AWS_* variables and the instance "
+    "metadata service, not ~/.aws): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+    "for a ~/.aws profile pass StoreOptions(obstore={'credential_provider': "
+    "obstore.auth.boto3.Boto3CredentialProvider()})"
 )
 
 

@@ -107,11 +107,15 @@ def one_line(e: BaseException, limit: int = 400) -> str:
     """The first non-blank line of an error's message (its type when there is none).
 
     Store errors carry multi-line reports (the whole HTTP exchange); a command prints
-    one line, cut to ``limit`` characters.
+    one line of at most ``limit`` characters, cut in the middle: its start says what
+    failed, and its end what to do (asynccp's advice comes last, after obstore's text).
     """
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     msg = lines[0] if lines else type(e).__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+    if len(msg) <= limit:
+        return msg
+    head = limit // 4
+    return f"{msg[:head]} ... {msg[-(limit - head - 5) :]}"
 
 
 def _cells(ch: str) -> int:
