@@ -261,8 +261,10 @@ def decode_doc(raw: bytes, *, key: str) -> dict[str, Any]:
 
 def encode_doc(doc: Mapping[str, Any]) -> bytes:
     """A record as asynccp writes it: UTF-8 JSON, keys sorted (the same dict always gives
-    the same bytes)."""
-    return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
+    the same bytes), compact — without indentation the standard library encodes in C,
+    several times faster, and every checkpoint pays for it (people read records through
+    ``asynccp show``)."""
+    return json.dumps(doc, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _int(doc: Mapping[str, Any], key: str, bad: Callable[[str], CorruptCheckpointError]) -> int:

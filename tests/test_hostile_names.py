@@ -218,7 +218,8 @@ def test_manifest_decode_refuses_lone_surrogate() -> None:
 async def test_manifest_naming_lone_surrogate_is_skipped(any_site: Site, tmp_path: Path) -> None:
     await commit(any_site.make_location(), {1: b"one", 2: b"two"})
     raw = any_site.raw.get(manifest_key(2))
-    any_site.raw.put(manifest_key(2), raw.replace(b'"data": {', b'"\\ud800": {'))
+    assert b'"data":{' in raw  # the file's entry, to be renamed
+    any_site.raw.put(manifest_key(2), raw.replace(b'"data":{', b'"\\ud800":{'))
     surrogate = r"checkpoint 2\b.*is not valid UTF-8"
     with pytest.warns(CorruptCheckpointWarning, match=surrogate):  # opening: the floor
         async with Checkpointer(any_site.make_location()) as cp:
@@ -315,7 +316,8 @@ async def test_manifest_naming_a_300_byte_segment_is_skipped(
         any_site.raw.put(f"{folder}/{long}", b"two")
         any_site.raw.delete(f"{folder}/w")
     raw = any_site.raw.get(manifest_key(2))
-    any_site.raw.put(manifest_key(2), raw.replace(b'"w": {', f'"{long}": {{'.encode()))
+    assert b'"w":{' in raw  # the file's entry, to be renamed
+    any_site.raw.put(manifest_key(2), raw.replace(b'"w":{', f'"{long}":{{'.encode()))
     with pytest.raises(CorruptCheckpointError, match="255 bytes"):
         Manifest.decode(any_site.raw.get(manifest_key(2)), key=manifest_key(2))
     too_long = r"checkpoint 2\b.*longer than 255 bytes"

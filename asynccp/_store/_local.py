@@ -514,12 +514,14 @@ def _prune_empty_dirs(root: Path, keys: Sequence[str]) -> None:
     """Remove folders left empty by deletes, up to (not including) ``root`` and its top
     folders: :meth:`LocalDir.open` made their entries durable once, and every durable
     write counts on it (a top folder made again later would not be)."""
-    tops = {root / top for top in TOP_FOLDERS}
-    folders = {(root / key).parent for key in keys}
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        while folder != root and folder not in tops and root in folder.parents:
+    base = os.fspath(root)
+    inside = os.path.join(base, "")  # (strings: a retention round passes many keys)
+    tops = {os.path.join(base, top) for top in TOP_FOLDERS}
+    folders = {os.path.dirname(os.path.join(base, key)) for key in keys}
+    for folder in sorted(folders, key=lambda p: p.count(os.sep), reverse=True):
+        while folder not in tops and folder.startswith(inside) and folder != base:
             try:
-                folder.rmdir()
+                os.rmdir(folder)
             except OSError:
                 break
-            folder = folder.parent
+            folder = os.path.dirname(folder)

@@ -26,6 +26,7 @@ was being deleted anyway.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 from collections import deque
@@ -50,6 +51,10 @@ class Spares:
     def __init__(self) -> None:
         self._by_folder: dict[str, deque[str]] = {}
         self.enabled = False
+        # Spare names: this pool's random prefix and a counter (no system call per
+        # name; a name another writer's pool picks never clashes with one of ours).
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
 
     def used(self, folder: str) -> None:
         """Records are created in ``folder``: those retention deletes there may be kept."""
@@ -66,7 +71,7 @@ class Spares:
         pool = self._by_folder.get(folder)
         if pool is None or len(pool) >= SPARES_MAX:
             return False
-        spare = os.path.join(folder, f".spare.{secrets.token_hex(8)}{TMP_SUFFIX}")
+        spare = os.path.join(folder, f".spare.{self._prefix}-{next(self._count):x}{TMP_SUFFIX}")
         try:
             os.rename(path, spare)
         except FileNotFoundError:

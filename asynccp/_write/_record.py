@@ -29,7 +29,7 @@ from typing import Any
 from .. import _catalog as catalog
 from .._catalog import Bad, Record
 from .._layout import QUARANTINE, manifest_key
-from .._manifest import newer_format
+from .._manifest import decode_doc, newer_format
 from .._retention import quarantine
 from .._shard_records import AnyManifest, ShardedManifest, decode_record
 from .._store import DurableCommits, Store, call, describe_error
@@ -153,7 +153,8 @@ async def _why_replaceable(
     """Why the checkpoint ``record`` commits may be replaced; None if it must stay.
 
     ``ours``, for a sharded step, is the manifest this shard would write: the same
-    part records give the same bytes, so a record of the same commit must be identical.
+    part records give the same document, so a record of the same commit must be identical
+    (compared decoded: an earlier asynccp wrote the same document indented).
     """
     gone = StepAlreadyCommittedError(
         f"step {record.step} in {store.description} was committed by another "
@@ -172,7 +173,11 @@ async def _why_replaceable(
     if existing.writer == writer:
         # Ours: a retried request whose first try landed, or (a sharded step, whose
         # manifest is a function of its part records) the same commit by another shard.
-        if ours is None or raw == ours:
+        if (
+            ours is None
+            or raw == ours
+            or decode_doc(raw, key=record.key) == decode_doc(ours, key=record.key)
+        ):
             return "ours"
         return "its record names this step's part records but differs from them"
     if not await catalog.is_complete(store, existing):
