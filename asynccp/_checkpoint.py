@@ -35,7 +35,7 @@ from ._groups import first_leaf
 from ._layout import data_dir, payload_key
 from ._manifest import FileInfo, Manifest
 from ._shard_records import SHARD_PREFIX, AnyManifest, Part
-from ._store import LocalFiles, RangedReads, Store, call, local_root, store_errors
+from ._store import RangedReads, Store, call, local_files, local_root, store_errors
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -225,7 +225,8 @@ class Checkpoint:
         key = self._key(name)
         try:
             with store_errors(self._store, key, "reading"):
-                buf = self._store.map(key) if isinstance(self._store, LocalFiles) else None
+                files = local_files(self._store)  # (found once per store: see there)
+                buf = files.map(key) if files is not None else None
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
         if buf is None and info.size >= _memory.LANDING_FROM:  # streamed into memory

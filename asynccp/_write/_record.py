@@ -32,7 +32,7 @@ from .._layout import QUARANTINE, manifest_key
 from .._manifest import decode_doc, newer_format
 from .._retention import quarantine
 from .._shard_records import AnyManifest, ShardedManifest, decode_record
-from .._store import DurableCommits, Store, call, describe_error
+from .._store import Store, call, describe_error, durable_commits
 from ..errors import (
     CheckpointNotFoundError,
     CommitUnknownError,
@@ -56,8 +56,9 @@ def create(store: Store, key: str, data: bytes, prepared: Any) -> None:
     if prepared is None:
         store.create(key, data)
         return
-    assert isinstance(store, DurableCommits)  # only such a store prepares
-    store.link_prepared(prepared, key)
+    durable = durable_commits(store)
+    assert durable is not None  # only such a store prepares
+    durable.link_prepared(prepared, key)
 
 
 async def create_record(
