@@ -140,6 +140,9 @@ class Entry:
     damage: str | None = None
     #: The record's bytes once damaged: what saving the step again moves to quarantine.
     record: bytes | None = None
+    #: Flipped, and found not to verify by the last job's ``load_latest``: that job's
+    #: retention does not count it toward ``keep`` and keeps it (DESIGN.md §8).
+    known_bad: bool = False
 
     @property
     def valid(self) -> bool:  # what retention counts
@@ -181,8 +184,8 @@ class Model:
             assert old.record is not None
             self.quarantined.append(old.record)
         self.steps[step] = entry
-        if keep is not None:  # retention after each commit: valid ones only
-            valid = sorted(s for s, e in self.steps.items() if e.valid)
+        if keep is not None:  # retention after each commit: valid ones not known bad
+            valid = sorted(s for s, e in self.steps.items() if e.valid and not e.known_bad)
             for s in valid[:-keep]:
                 del self.steps[s]
 
@@ -345,8 +348,8 @@ async def check_store(site: Site, cp: Checkpointer, model: Model, keep: int | No
                 await ckpt.verify()
         complete = await is_complete(ckpt)
         assert complete == entry.valid, (ckpt.step, entry)
-        valid += complete
-    if keep is not None:
+        valid += complete and not entry.known_bad
+    if keep is not None:  # (those known bad are kept beside them)
         assert valid <= keep
     newest = model.newest_good()
     with skipping(model.invalid_above(model.newest_valid())):
@@ -363,6 +366,8 @@ async def corruption_job(
 ) -> None:
     """Resume with load_latest (checking it found what the model says), save more steps."""
     expected = model.newest_good()
+    for step, entry in model.steps.items():  # what load_latest below reads and skips
+        entry.known_bad = entry.status == "flipped" and (expected is None or step > expected)
     # opening finds the floor (metadata only), skipping the invalid steps above it
     with skipping(model.invalid_above(model.newest_valid())):
         async with Checkpointer(site.make_location(), keep=keep) as cp:
