@@ -174,11 +174,7 @@ async def _why_replaceable(
     if existing.writer == writer:
         # Ours: a retried request whose first try landed, or (a sharded step, whose
         # manifest is a function of its part records) the same commit by another shard.
-        if (
-            ours is None
-            or raw == ours
-            or decode_doc(raw, key=record.key) == decode_doc(ours, key=record.key)
-        ):
+        if ours is None or decode_doc(raw, key=record.key) == decode_doc(ours, key=record.key):
             return "ours"
         return "its record names this step's part records but differs from them"
     if not await catalog.is_complete(store, existing):
