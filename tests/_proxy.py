@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import re
 import socket
@@ -91,7 +92,6 @@ class FaultProxy:
         self._fraction = 0.0
         self._random = random.Random(0)
         self._transports: set[asyncio.WriteTransport] = set()  # loop thread only
-        self._handlers: set[asyncio.Task[None]] = set()  # loop thread only
 
     # -- public API ---------------------------------------------------------
 
@@ -229,7 +229,11 @@ class FaultProxy:
         """Abort every open connection (so pooled client connections are not reused)."""
         if self._loop is None or not self._loop.is_running():
             return
-        asyncio.run_coroutine_threadsafe(self._abort_all(), self._loop).result(timeout)
+
+        async def abort_all() -> None:
+            self._abort_all()
+
+        asyncio.run_coroutine_threadsafe(abort_all(), self._loop).result(timeout)
 
     def start(self, timeout: float = 5.0) -> None:
         """Bind a free port and serve from a background thread."""
@@ -292,20 +296,9 @@ class FaultProxy:
         try:
             await self._stop.wait()
         finally:
-            server.close()
-            # A connection accepted just now has a handler task that has not run yet:
-            # one pass of the loop lets it register its transport, to be aborted too.
-            await asyncio.sleep(0)
-            await self._abort_all()
-            # Let handlers see the aborts and finish on their own: on 3.11,
-            # cancelling a start_server handler task logs a spurious traceback.
-            if self._handlers:
-                await asyncio.wait(self._handlers, timeout=5.0)
-            await server.wait_closed()
-            await self._abort_all()
-            await asyncio.sleep(0)  # the aborted transports close their sockets
+            await _close_all(server, self._abort_all)
 
-    async def _abort_all(self) -> None:
+    def _abort_all(self) -> None:
         for t in list(self._transports):
             t.abort()
         self._transports.clear()
@@ -325,11 +318,10 @@ class FaultProxy:
             return self._mode
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
         self._transports.add(writer.transport)
         try:
+            if self._stop is not None and self._stop.is_set():
+                return  # accepted as the proxy stopped: aborted below
             action = self._next_action()
             if action == "drop":
                 _reset(writer)
@@ -340,7 +332,6 @@ class FaultProxy:
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # peer went away or sent junk; nothing to report in a fault proxy
         finally:
-            self._handlers.discard(task)
             self._transports.discard(writer.transport)
             if not writer.transport.is_closing():
                 writer.transport.abort()
@@ -437,6 +428,41 @@ class _Link:
             await asyncio.sleep(self._free_at - now)
 
 
+async def _close_all(
+    server: asyncio.Server, abort_all: Callable[[], None], timeout: float = 5.0
+) -> None:
+    """Stop a proxy's server: close the listener, abort every connection and let the
+    loop's other tasks finish.
+
+    The listener closes only once every task created so far has started: a
+    connection accepted just before would otherwise meet a closed server when its
+    accepting task makes the transport, which CPython's asyncio (3.11) answers with
+    an AssertionError that it swallows, leaking the accepted socket (an "unclosed
+    transport" ResourceWarning later). The check and the close happen in one step of
+    the loop, so no accept comes between them. A connection being set up registers
+    its transport only when its handler runs, so abort again until no other task is
+    left (or ``timeout`` passed). Handlers are not cancelled: on 3.11, cancelling a
+    start_server handler logs a spurious traceback.
+    """
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        coroutines = [t.get_coro() for t in asyncio.all_tasks()]
+        if all(inspect.getcoroutinestate(c) != inspect.CORO_CREATED for c in coroutines):  # type: ignore[arg-type]
+            break
+        await asyncio.sleep(0)  # (a poll: asyncio has no event for "every task started")
+    server.close()
+    while True:
+        abort_all()
+        others = asyncio.all_tasks() - {me}
+        if not others or loop.time() >= deadline:
+            break
+        await asyncio.wait(others, timeout=0.05)
+    await server.wait_closed()
+    await asyncio.sleep(0)  # the aborted transports close their sockets
+
+
 def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with RST (SO_LINGER 0) rather than a polite FIN."""
     sock = writer.get_extra_info("socket")
@@ -493,7 +519,7 @@ class HoldingProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._open: set[asyncio.BaseTransport] = set()  # the clients' connections
+        self._open: set[asyncio.WriteTransport] = set()  # the clients' connections
         self._thread = threading.Thread(target=self._run, name="HoldingProxy", daemon=True)
 
     @property
@@ -524,12 +550,15 @@ class HoldingProxy:
         server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = int(server.sockets[0].getsockname()[1])
         self._ready.set()
-        async with server:
-            await self._stop.wait()
-            await asyncio.sleep(0)  # (a handler of a connection accepted just now starts)
-            for transport in list(self._open):  # those of clients still connected
+
+        def abort_open() -> None:  # the clients still connected
+            for transport in list(self._open):
                 transport.abort()
-            await asyncio.sleep(0)  # their sockets close
+
+        try:
+            await self._stop.wait()
+        finally:
+            await _close_all(server, abort_open)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open.add(writer.transport)
